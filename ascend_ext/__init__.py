@@ -1,0 +1,78 @@
+"""ascend_ext: FastAttention, MLA and expert-parallel kernels for vLLM on Ascend NPUs,
+NVIDIA GPUs and CPUs.
+
+vLLM entry points (see pyproject.toml):
+
+* ``vllm.platform_plugins``: :func:`register` returns the platform class path for
+  the detected hardware, or None (vLLM's own platform then serves).
+* ``vllm.general_plugins``: :func:`register_general` registers our backend names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__version__ = "0.1.0"
+
+logger = logging.getLogger("ascend_ext")
+
+CPU_PLATFORM = "ascend_ext.integration.platforms.cpu.AscendExtCpuPlatform"
+CUDA_PLATFORM = "ascend_ext.integration.platforms.cuda.AscendExtCudaPlatform"
+
+
+def disabled() -> bool:
+    return os.environ.get("ASCEND_EXT_DISABLE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def vllm_ascend_platform_active() -> bool:
+    """Whether vllm-ascend's platform plugin is installed and allowed by VLLM_PLUGINS."""
+    from importlib.metadata import entry_points
+
+    allowed = os.environ.get("VLLM_PLUGINS")
+    allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",")}
+    for ep in entry_points(group="vllm.platform_plugins"):
+        if ep.value.split(":")[0].split(".")[0] == "vllm_ascend":
+            if allowed_names is None or ep.name in allowed_names:
+                return True
+    return False
+
+
+def register() -> str | None:
+    """vLLM platform plugin: our platform class path for this machine, or None.
+
+    Cheap and idempotent. None when ``ASCEND_EXT_DISABLE=1``; when vllm-ascend's own
+    platform plugin is active (vLLM refuses two out-of-tree platforms, so we defer to
+    it rather than make vLLM fail; exclude it with ``VLLM_PLUGINS`` to use ours); on
+    NPUs until the NPU platform lands; and when the installed vLLM cannot drive the
+    detected hardware.
+    """
+    if disabled():
+        return None
+    from . import hardware
+
+    if vllm_ascend_platform_active():
+        logger.warning("ascend_ext: vllm-ascend's platform plugin is active, deferring to it "
+                       "(set VLLM_PLUGINS to exclude it and use ascend_ext's platform)")
+        return None
+    device = hardware.detect()
+    if device == "npu":
+        logger.warning("ascend_ext: no NPU platform in this version; vLLM keeps its own")
+        return None
+    cpu_build = hardware.vllm_is_cpu_build()
+    if device == "cuda" and not cpu_build:
+        return CUDA_PLATFORM
+    if cpu_build:
+        return CPU_PLATFORM
+    return None
+
+
+def register_general() -> None:
+    """vLLM general plugin: register backend names in every vLLM process."""
+    if disabled():
+        return
+    try:
+        from .integration import register_backends
+        register_backends()
+    except Exception:  # never make vLLM fail to start
+        logger.exception("ascend_ext: backend registration failed")

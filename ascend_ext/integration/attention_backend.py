@@ -1,0 +1,136 @@
+"""vLLM attention backend "ASCEND_EXT": adapts vLLM metadata and calls ascend_ext.ops.
+
+Every step goes through two ops: ``reshape_and_cache`` writes the step's new K/V
+into the paged cache, then ``paged_attention`` attends each request's new queries
+over its whole cached context (prefill, chunked prefill, prefix-cache hits and
+decode alike). The KV cache is vLLM's combined tensor; :func:`split_kv_cache`
+gives the op-layout views without copying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from vllm.v1.attention.backend import (AttentionBackend, AttentionImpl, AttentionMetadataBuilder,
+                                       AttentionType, CommonAttentionMetadata, MultipleOf)
+from vllm.v1.kv_cache_layout import KVCacheLayout
+
+from .. import ops
+from . import ATTENTION_BACKEND_NAME
+
+
+class AscendExtAttentionBackend(AttentionBackend):
+    forward_includes_kv_cache_update: bool = False
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "float16", "bfloat16"]
+
+    @staticmethod
+    def get_name() -> str:
+        return ATTENTION_BACKEND_NAME
+
+    @staticmethod
+    def get_impl_cls() -> type[AscendExtAttentionImpl]:
+        return AscendExtAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[AscendExtMetadataBuilder]:
+        return AscendExtMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list:
+        return [MultipleOf(16)]
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_non_causal(cls) -> bool:
+        return True
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
+        # the ops take any strides with a contiguous head dim: token-major first
+        return (KVCacheLayout.LBNHC, KVCacheLayout.LBHNC)
+
+
+@dataclass
+class AscendExtAttentionMetadata:
+    num_actual_tokens: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc: torch.Tensor   # int32 [B+1]
+    seq_lens: torch.Tensor          # int32 [B]
+    block_table: torch.Tensor       # int32 [B, max_blocks]
+    slot_mapping: torch.Tensor      # [num_actual_tokens]
+    causal: bool
+
+
+class AscendExtMetadataBuilder(AttentionMetadataBuilder[AscendExtAttentionMetadata]):
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> AscendExtAttentionMetadata:
+        m = common_attn_metadata
+        if isinstance(m.causal, torch.Tensor):
+            raise NotImplementedError("ascend_ext attention does not support per-request causal flags")
+        return AscendExtAttentionMetadata(
+            num_actual_tokens=m.num_actual_tokens,
+            max_query_len=m.max_query_len,
+            max_seq_len=m.max_seq_len,
+            query_start_loc=m.query_start_loc.to(torch.int32),
+            seq_lens=m.seq_lens.to(torch.int32),
+            block_table=m.block_table_tensor.to(torch.int32),
+            slot_mapping=m.slot_mapping,
+            causal=bool(m.causal),
+        )
+
+
+class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int | None = None,
+                 alibi_slopes: list[float] | None = None, sliding_window: int | None = None,
+                 kv_cache_dtype: str = "auto", logits_soft_cap: float | None = None,
+                 attn_type: str = AttentionType.DECODER,
+                 kv_sharing_target_layer_name: str | None = None, **unsupported) -> None:
+        if alibi_slopes is not None:
+            raise NotImplementedError("ascend_ext attention does not support ALiBi; set ASCEND_EXT_DISABLE=1")
+        if attn_type != AttentionType.DECODER:
+            raise NotImplementedError(f"ascend_ext attention serves decoder layers only, got {attn_type}")
+        if any(v is not None for v in unsupported.values()):
+            raise NotImplementedError(f"ascend_ext attention does not support {sorted(unsupported)}")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.kv_cache_dtype = kv_cache_dtype
+        self.softcap = float(logits_soft_cap or 0.0)
+        # vLLM's sliding_window W = the token itself and the W - 1 before it
+        self.window_size = (sliding_window - 1, 0) if sliding_window else (-1, -1)
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+
+    def do_kv_cache_update(self, layer, key: torch.Tensor, value: torch.Tensor,
+                           kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+        with ops.trusted_inputs():
+            ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+
+    def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: AscendExtAttentionMetadata | None,
+                output: torch.Tensor, output_scale=None, output_block_scale=None) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("ascend_ext attention does not fuse output quantization")
+        if attn_metadata is None:  # profiling run
+            return output
+        n = attn_metadata.num_actual_tokens
+        k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+        with ops.trusted_inputs():
+            ops.paged_attention(
+                query[:n], k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens,
+                attn_metadata.query_start_loc, attn_metadata.max_query_len,
+                softmax_scale=self.scale, causal=attn_metadata.causal, window_size=self.window_size,
+                softcap=self.softcap, out=output[:n], max_seqlen_k=attn_metadata.max_seq_len)
+        return output

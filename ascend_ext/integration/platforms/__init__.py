@@ -1,0 +1,1 @@
+"""vLLM platform classes of ascend_ext (one module per hardware family)."""

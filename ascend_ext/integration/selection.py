@@ -1,0 +1,42 @@
+"""Which vLLM attention layers our backends serve (the rest stay with vLLM's)."""
+
+from __future__ import annotations
+
+import logging
+
+from . import ATTENTION_BACKEND_NAME, ATTENTION_BACKEND_PATH, register_backends
+
+logger = logging.getLogger("ascend_ext")
+
+_SUPPORTED_CACHE_DTYPES = (None, "auto", "float16", "bfloat16", "float32")
+
+
+def unsupported_reason(selected_backend, config) -> str | None:
+    """Why our backend must not serve this layer, or None when it can."""
+    if selected_backend is not None and getattr(selected_backend, "name", None) != ATTENTION_BACKEND_NAME:
+        return f"the user selected backend {selected_backend.name}"
+    if config.use_mla:
+        return "MLA layers use vLLM's MLA backend until ascend_ext's MLA backend is enabled"
+    checks = (
+        (config.attn_type != "decoder", f"attention type {config.attn_type}"),
+        (config.has_sink, "attention sinks"),
+        (config.use_sparse, "sparse attention"),
+        (config.use_mm_prefix, "multimodal prefix-LM masks"),
+        (config.kv_cache_dtype not in _SUPPORTED_CACHE_DTYPES, f"kv_cache_dtype {config.kv_cache_dtype}"),
+        (config.use_pcp or config.use_dcp, "context parallelism"),
+        (config.use_rswa, "R-SWA"),
+    )
+    for failed, what in checks:
+        if failed:
+            return f"{what} is not supported by ascend_ext attention"
+    return None
+
+
+def attention_backend_path(selected_backend, config) -> str | None:
+    """Our backend's class path for this layer, or None to defer to vLLM's choice."""
+    reason = unsupported_reason(selected_backend, config)
+    if reason is not None:
+        logger.info("ascend_ext: deferring attention to vLLM (%s)", reason)
+        return None
+    register_backends()
+    return ATTENTION_BACKEND_PATH

@@ -1,0 +1,16 @@
+"""Public tensor ops of ascend_ext (never imports vLLM).
+
+Each op validates its inputs, then runs the implementation chosen by
+:mod:`ascend_ext.ops._dispatch` for the tensors' device (override with
+``ASCEND_EXT_IMPL`` or :func:`use_impl`).
+"""
+
+from ._dispatch import describe, use_impl
+from ._validate import trusted_inputs
+from .attention import (TileMask, flash_attn_varlen, merge_attn_states, paged_attention,
+                        reshape_and_cache, split_kv_cache)
+
+__all__ = [
+    "TileMask", "describe", "flash_attn_varlen", "merge_attn_states", "paged_attention",
+    "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
+]

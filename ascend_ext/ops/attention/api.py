@@ -1,0 +1,226 @@
+"""Public attention ops: validate, normalise, dispatch to the selected implementation."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _validate as check
+from .._dispatch import resolve
+from .tile_mask import TileMask
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                      softmax_scale=None, causal=False, window_size=(-1, -1),
+                      mask: TileMask | None = None, return_lse=False, softcap=0.0, out=None):
+    """Attention over packed variable-length sequences (no KV cache).
+
+    Args:
+        q: [Tq, Hq, D] float16/bfloat16/float32, sequences packed back to back.
+        k: [Tk, Hkv, D] and v: [Tk, Hkv, Dv], same dtype and device as q;
+            Hq % Hkv == 0 (grouped-query attention: query head h uses KV head h // (Hq/Hkv)).
+        cu_seqlens_q, cu_seqlens_k: int32 [B+1] offsets of each sequence (0 first,
+            non-decreasing, last = Tq / Tk).
+        max_seqlen_q, max_seqlen_k: upper bounds of the per-sequence lengths.
+        softmax_scale: defaults to D ** -0.5.
+        causal: bottom-right aligned (query i sees keys j <= i + Lk - Lq).
+        window_size: (left, right), -1 = unbounded (flash-attn semantics; causal sets right = 0).
+        mask: optional :class:`TileMask` of shape [Lq, Lk] applied to every sequence
+            (each must have exactly those lengths), combined with causal/window by AND.
+        return_lse: also return float32 natural-log logsumexp [Hq, Tq].
+        softcap: if > 0, scores become softcap * tanh(scores / softcap).
+        out: optional preallocated [Tq, Hq, Dv] output (dtype of q).
+
+    Returns:
+        out [Tq, Hq, Dv] (dtype of q), plus lse when ``return_lse``. Rows that see no
+        key give out 0 and lse -inf.
+    """
+    check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
+    check.tensor("k", k, ndim=3)
+    check.tensor("v", v, ndim=3)
+    check.same_dtype("q", q, k=k, v=v)
+    check.same_device("q", q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    check.dim_equals("k", k, 2, q.shape[2], "the head dim of q")
+    check.dim_equals("v", v, 0, k.shape[0], "the token count of k")
+    check.dim_equals("v", v, 1, k.shape[1], "the KV head count of k")
+    check.gqa_heads("q", q.shape[1], "k", k.shape[1])
+    batch = check.cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    check.cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], batch)
+    check.max_seqlen("max_seqlen_q", max_seqlen_q, cu_seqlens_q, "cu_seqlens_q")
+    check.max_seqlen("max_seqlen_k", max_seqlen_k, cu_seqlens_k, "cu_seqlens_k")
+    scale = check.softmax_scale(softmax_scale, q.shape[2])
+    window = check.window(window_size, causal)
+    softcap = _softcap(softcap)
+    if mask is not None:
+        _check_mask(mask, q, cu_seqlens_q, cu_seqlens_k)
+        mask = mask if mask.device == q.device else mask.to(q.device)
+    out = check.output("out", out, (q.shape[0], q.shape[1], v.shape[2]), q)
+    impl = resolve("flash_attn_varlen", q.device.type)
+    lse = impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+               softmax_scale=scale, window=window, mask=mask, softcap=softcap,
+               out=out, return_lse=return_lse)
+    return (out, lse) if return_lse else out
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
+                    softmax_scale=None, causal=True, window_size=(-1, -1), return_lse=False,
+                    softcap=0.0, out=None, max_seqlen_k=None):
+    """Attention of new queries over a paged KV cache (decode and chunked prefill).
+
+    Args:
+        q: [Tq, Hq, D] float16/bfloat16/float32; the queries of sequence b are its
+            last Lq_b positions (Lq_b = cu_seqlens_q[b+1] - cu_seqlens_q[b]).
+        k_cache: [num_blocks, block_size, Hkv, D], v_cache: [num_blocks, block_size, Hkv, Dv],
+            dtype of q; any strides with the last dim contiguous (vLLM views work).
+        block_table: int32 [B, max_blocks]; entries past a sequence's last block are ignored.
+        seq_lens: int32 [B], keys of each sequence, the new ones included (already cached).
+        cu_seqlens_q: int32 [B+1] query offsets; Lq_b <= seq_lens[b].
+        max_seqlen_q: upper bound of Lq_b. max_seqlen_k: optional upper bound of seq_lens.
+        causal, window_size, softmax_scale, softcap, return_lse, out: as in
+            :func:`flash_attn_varlen` (causal bottom-right, so decode sees the whole cache).
+
+    Returns:
+        out [Tq, Hq, Dv], plus lse float32 [Hq, Tq] when ``return_lse``.
+    """
+    check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
+    check.tensor("k_cache", k_cache, ndim=4)
+    check.tensor("v_cache", v_cache, ndim=4)
+    check.same_dtype("q", q, k_cache=k_cache, v_cache=v_cache)
+    check.tensor("block_table", block_table, ndim=2, dtypes=(torch.int32,))
+    check.tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,))
+    check.same_device("q", q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                      seq_lens=seq_lens, cu_seqlens_q=cu_seqlens_q)
+    _check_cache_pair(k_cache, v_cache, q.shape[2])
+    check.gqa_heads("q", q.shape[1], "k_cache", k_cache.shape[2])
+    batch = check.cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0])
+    check.dim_equals("seq_lens", seq_lens, 0, batch, "the batch size B of cu_seqlens_q")
+    check.dim_equals("block_table", block_table, 0, batch, "the batch size B of cu_seqlens_q")
+    check.max_seqlen("max_seqlen_q", max_seqlen_q, cu_seqlens_q, "cu_seqlens_q")
+    if max_seqlen_k is not None:
+        check.positive_int("max_seqlen_k", max_seqlen_k, allow_zero=True)
+    if check.value_checks_enabled():
+        _check_paged_values(block_table, seq_lens, k_cache, cu_seqlens_q, max_seqlen_k)
+    scale = check.softmax_scale(softmax_scale, q.shape[2])
+    window = check.window(window_size, causal)
+    softcap = _softcap(softcap)
+    out = check.output("out", out, (q.shape[0], q.shape[1], v_cache.shape[3]), q)
+    impl = resolve("paged_attention", q.device.type)
+    lse = impl(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+               softmax_scale=scale, window=window, softcap=softcap, out=out,
+               return_lse=return_lse, max_seqlen_k=max_seqlen_k)
+    return (out, lse) if return_lse else out
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    """Write new tokens into the paged cache in place.
+
+    key [T, Hkv, D], value [T, Hkv, Dv]; caches [num_blocks, block_size, Hkv, D/Dv];
+    slot_mapping int32/int64 [N] with N <= T: token t (t < N) goes to block
+    ``slot // block_size``, offset ``slot % block_size``; slot < 0 is skipped (padding).
+    Tokens past N are ignored (vLLM pads the token dim). Values are cast to the cache dtype.
+    """
+    check.tensor("key", key, ndim=3, dtypes=check.FLOAT_DTYPES)
+    check.tensor("value", value, ndim=3, dtypes=check.FLOAT_DTYPES)
+    check.tensor("k_cache", k_cache, ndim=4, dtypes=check.FLOAT_DTYPES)
+    check.tensor("v_cache", v_cache, ndim=4, dtypes=check.FLOAT_DTYPES)
+    check.tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64))
+    check.same_device("key", key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    _check_cache_pair(k_cache, v_cache, key.shape[2])
+    check.dim_equals("key", key, 1, k_cache.shape[2], "the KV head count of k_cache")
+    check.dim_equals("value", value, 0, key.shape[0], "the token count of key")
+    check.dim_equals("value", value, 1, key.shape[1], "the KV head count of key")
+    check.dim_equals("value", value, 2, v_cache.shape[3], "the head dim of v_cache")
+    if slot_mapping.shape[0] > key.shape[0]:
+        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} entries but key has only "
+                         f"{key.shape[0]} tokens")
+    if check.value_checks_enabled() and slot_mapping.numel():
+        top = int(slot_mapping.max())
+        capacity = k_cache.shape[0] * k_cache.shape[1]
+        if top >= capacity:
+            raise ValueError(f"slot_mapping holds slot {top}, past the cache capacity "
+                             f"num_blocks*block_size = {capacity}")
+    resolve("reshape_and_cache", key.device.type)(key, value, k_cache, v_cache, slot_mapping)
+
+
+def merge_attn_states(out_a, lse_a, out_b, lse_b):
+    """Merge two attention results over disjoint key sets into the full one.
+
+    out_* [T, H, D] (same float dtype), lse_* float32 [H, T] (natural log, -inf =
+    no key seen; the matching out rows are then ignored, even if NaN).
+    Returns (out [T, H, D] in the dtype of out_a, lse float32 [H, T]).
+    """
+    check.tensor("out_a", out_a, ndim=3, dtypes=check.FLOAT_DTYPES)
+    check.tensor("out_b", out_b, ndim=3, dtypes=check.FLOAT_DTYPES)
+    check.tensor("lse_a", lse_a, ndim=2, dtypes=(torch.float32,))
+    check.tensor("lse_b", lse_b, ndim=2, dtypes=(torch.float32,))
+    check.same_dtype("out_a", out_a, out_b=out_b)
+    check.same_device("out_a", out_a, out_b=out_b, lse_a=lse_a, lse_b=lse_b)
+    if out_b.shape != out_a.shape:
+        raise ValueError(f"out_b must have the shape of out_a {tuple(out_a.shape)}, got {tuple(out_b.shape)}")
+    expected = (out_a.shape[1], out_a.shape[0])
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if tuple(lse.shape) != expected:
+            raise ValueError(f"{name} must have shape [H, T] = {list(expected)}, got {tuple(lse.shape)}")
+    return resolve("merge_attn_states", out_a.device.type)(out_a, lse_a, out_b, lse_b)
+
+
+def split_kv_cache(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views (k_cache, v_cache) [num_blocks, block_size, Hkv, D] of a vLLM-style
+    combined cache [num_blocks, Hkv, block_size, 2 * D] (any physical layout)."""
+    check.tensor("kv_cache", kv_cache, ndim=4)
+    if kv_cache.shape[3] != 2 * head_size:
+        raise ValueError(f"kv_cache.shape[3] must be 2 * head_size = {2 * head_size}, got {tuple(kv_cache.shape)}")
+    k_cache, v_cache = kv_cache.transpose(1, 2).split(head_size, dim=-1)
+    return k_cache, v_cache
+
+
+# ----------------------------------------------------------------------- helpers
+def _softcap(value) -> float:
+    if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"softcap must be a float >= 0 (0 = off), got {value!r}")
+    return float(value)
+
+
+def _check_cache_pair(k_cache, v_cache, head_dim: int) -> None:
+    check.dim_equals("k_cache", k_cache, 3, head_dim, "the head dim of the queries/keys")
+    for dim, what in ((0, "num_blocks"), (1, "block_size"), (2, "KV head count")):
+        check.dim_equals("v_cache", v_cache, dim, k_cache.shape[dim], f"the {what} of k_cache")
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.stride(3) != 1:
+            raise ValueError(f"{name} must be contiguous in its last (head) dim, got strides {cache.stride()}")
+
+
+def _check_paged_values(block_table, seq_lens, k_cache, cu_seqlens_q, max_seqlen_k) -> None:
+    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
+    lens = seq_lens.cpu()
+    if bool((lens < 0).any()):
+        raise ValueError(f"seq_lens must be >= 0, got {lens.tolist()}")
+    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
+    if bool((q_lens > lens).any()):
+        b = int((q_lens > lens).nonzero()[0])
+        raise ValueError(f"sequence {b} has {int(q_lens[b])} queries but seq_lens[{b}] = {int(lens[b])} "
+                         "keys; queries are the last positions of their sequence, so Lq <= seq_len")
+    if max_seqlen_k is not None and lens.numel() and int(lens.max()) > max_seqlen_k:
+        raise ValueError(f"max_seqlen_k ({max_seqlen_k}) is smaller than max(seq_lens) ({int(lens.max())})")
+    needed = (lens + block_size - 1) // block_size
+    if needed.numel() and int(needed.max()) > block_table.shape[1]:
+        raise ValueError(f"seq_lens needs up to {int(needed.max())} blocks but block_table has "
+                         f"{block_table.shape[1]} columns")
+    table = block_table.cpu()
+    used = torch.arange(table.shape[1])[None, :] < needed[:, None]
+    bad = used & ((table < 0) | (table >= num_blocks))
+    if bool(bad.any()):
+        b, j = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"block_table[{b}, {j}] = {int(table[b, j])} is out of range [0, {num_blocks})")
+
+
+def _check_mask(mask, q, cu_seqlens_q, cu_seqlens_k) -> None:
+    if not isinstance(mask, TileMask):
+        raise TypeError(f"mask must be a TileMask, got {type(mask).__name__}")
+    if check.value_checks_enabled():
+        lq = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
+        lk = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).cpu()
+        if bool((lq != mask.seqlen_q).any()) or bool((lk != mask.seqlen_k).any()):
+            raise ValueError(
+                f"mask is {mask.seqlen_q}x{mask.seqlen_k} but the sequences have query lengths "
+                f"{lq.tolist()} and key lengths {lk.tolist()}; a TileMask applies to sequences of "
+                "exactly its shape")

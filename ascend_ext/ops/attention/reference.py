@@ -1,0 +1,125 @@
+"""Plain-torch reference implementations of the attention ops (any device).
+
+Arithmetic is float32 whatever the input dtype; results are cast back to the
+output dtype. These functions receive already-validated, normalised arguments
+from :mod:`ascend_ext.ops.attention.api` (the causal flag is folded into the
+window: causal == right edge 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mask_rules import visible_mask
+
+# bound on the float32 score block materialised at once (elements)
+_SCORE_BUDGET = 1 << 24
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+           visible: torch.Tensor | None, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of one sequence.
+
+    q [Lq, Hq, D], k [Lk, Hkv, D], v [Lk, Hkv, Dv] (any float dtype), visible bool
+    [Lq, Lk] or None (all visible). Returns out float32 [Lq, Hq, Dv] and lse float32
+    [Hq, Lq]; rows that see no key get out 0 and lse -inf.
+    """
+    lq, hq, _ = q.shape
+    lk, hkv, dv = v.shape
+    group = hq // hkv
+    out = q.new_zeros((lq, hq, dv), dtype=torch.float32)
+    lse = q.new_full((hq, lq), float("-inf"), dtype=torch.float32)
+    if lq == 0 or lk == 0:
+        return out, lse
+    kf = k.float().permute(1, 2, 0)            # [Hkv, D, Lk]
+    vf = v.float().permute(1, 0, 2)            # [Hkv, Lk, Dv]
+    rows = max(1, _SCORE_BUDGET // max(1, lk * hq))
+    for start in range(0, lq, rows):
+        stop = min(lq, start + rows)
+        qf = q[start:stop].float().reshape(stop - start, hkv, group, -1).permute(1, 2, 0, 3)
+        scores = torch.matmul(qf, kf.unsqueeze(1)) * scale          # [Hkv, G, r, Lk]
+        if softcap > 0:
+            scores = softcap * torch.tanh(scores / softcap)
+        if visible is not None:
+            scores = scores.masked_fill(~visible[start:stop], float("-inf"))
+        row_max = scores.amax(dim=-1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        p = torch.exp(scores - row_max)
+        denom = p.sum(dim=-1, keepdim=True)
+        o = torch.matmul(p, vf.unsqueeze(1))                         # [Hkv, G, r, Dv]
+        o = torch.where(denom > 0, o / denom.clamp_min(1e-30), torch.zeros_like(o))
+        out[start:stop] = o.permute(2, 0, 1, 3).reshape(stop - start, hq, dv)
+        lse[:, start:stop] = (torch.log(denom) + row_max).squeeze(-1).reshape(hq, stop - start)
+    return out, lse
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                      softmax_scale, window, mask, softcap, out, return_lse):
+    lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32) if return_lse else None
+    cq = cu_seqlens_q.tolist()
+    ck = cu_seqlens_k.tolist()
+    dense = mask.dense().to(q.device) if mask is not None else None
+    for b in range(len(cq) - 1):
+        q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        visible = visible_mask(q1 - q0, k1 - k0, window, q.device)
+        if dense is not None:
+            visible = visible & dense
+        o, l = attend(q[q0:q1], k[k0:k1], v[k0:k1], softmax_scale, visible, softcap)
+        out[q0:q1] = o.to(out.dtype)
+        if lse is not None:
+            lse[:, q0:q1] = l
+    return lse
+
+
+def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """The first ``length`` tokens of a sequence whose blocks are ``blocks`` -> [length, H, D]."""
+    block_size = cache.shape[1]
+    n = -(-length // block_size)
+    return cache[blocks[:n].long()].flatten(0, 1)[:length]
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
+    lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32) if return_lse else None
+    cq = cu_seqlens_q.tolist()
+    lens = seq_lens.tolist()
+    for b, length in enumerate(lens):
+        q0, q1 = cq[b], cq[b + 1]
+        if q1 == q0:
+            continue
+        k = gather_paged(k_cache, block_table[b], length)
+        v = gather_paged(v_cache, block_table[b], length)
+        visible = visible_mask(q1 - q0, length, window, q.device)
+        o, l = attend(q[q0:q1], k, v, softmax_scale, visible, softcap)
+        out[q0:q1] = o.to(out.dtype)
+        if lse is not None:
+            lse[:, q0:q1] = l
+    return lse
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+    n = slot_mapping.shape[0]
+    slots = slot_mapping.long()
+    keep = slots >= 0
+    slots = slots[keep]
+    block_size = k_cache.shape[1]
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = key[:n][keep].to(k_cache.dtype)
+    v_cache[blocks, offsets] = value[:n][keep].to(v_cache.dtype)
+
+
+def merge_attn_states(out_a, lse_a, out_b, lse_b):
+    """Exact merge of two partial softmax results over disjoint key sets."""
+    la, lb = lse_a.float(), lse_b.float()
+    lse = torch.logaddexp(la, lb)
+    finite = torch.isfinite(lse)
+    safe = torch.where(finite, lse, torch.zeros_like(lse))
+    wa = torch.where(torch.isfinite(la), torch.exp(la - safe), torch.zeros_like(la))
+    wb = torch.where(torch.isfinite(lb), torch.exp(lb - safe), torch.zeros_like(lb))
+    wa = wa.transpose(0, 1).unsqueeze(-1)   # [T, H, 1]
+    wb = wb.transpose(0, 1).unsqueeze(-1)
+    # a side with weight 0 may hold garbage (even NaN): select, do not multiply
+    oa = torch.where(wa > 0, out_a.float() * wa, torch.zeros_like(out_a, dtype=torch.float32))
+    ob = torch.where(wb > 0, out_b.float() * wb, torch.zeros_like(out_b, dtype=torch.float32))
+    out = (oa + ob).to(out_a.dtype)
+    return out, torch.where(finite, lse, torch.full_like(lse, float("-inf")))
