@@ -63,7 +63,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
         visible = visible_mask(q1 - q0, k1 - k0, window, q.device)
         if dense is not None:
-            visible = visible & dense
+            visible = dense if visible is None else visible & dense
         o, l = attend(q[q0:q1], k[k0:k1], v[k0:k1], softmax_scale, visible, softcap)
         out[q0:q1] = o.to(out.dtype)
         if lse is not None:

@@ -132,7 +132,7 @@ class TileMask:
             kinds[count == 0] = EMPTY
             kinds[(count == capacity) & (count > 0)] = FULL
             part = (kinds == PARTIAL).nonzero()
-            patterns = tiles[part[:, 0], part[:, 1]].reshape(len(part), -1).to(torch.uint8)
+            patterns = tiles[part[:, 0], part[:, 1]].reshape(len(part), tq * tk).to(torch.uint8)
         else:
             # pad rows past seqlen_q with an empty interval
             pad = nq * tq - sq
@@ -158,6 +158,8 @@ class TileMask:
             rel_hi = (hi[part[:, 0]] - c0[part[:, 1], None]).clamp(0, tk)
             rel_hi = torch.minimum(rel_hi, (sk - c0[part[:, 1], None]).clamp(0, tk))
             rel_hi = torch.maximum(rel_hi, rel_lo)
+            empty_row = rel_hi == rel_lo            # canonical form, so equal tiles dedupe
+            rel_lo, rel_hi = rel_lo.masked_fill(empty_row, 0), rel_hi.masked_fill(empty_row, 0)
             patterns = torch.cat([rel_lo, rel_hi], dim=1)
         if len(part):
             uniq, pool_ids = torch.unique(patterns, dim=0, return_inverse=True)

@@ -1,0 +1,45 @@
+"""Shared test set-up.
+
+* Triton kernels run under the interpreter when no GPU is present, so the same
+  kernel source is exercised in CPU-only CI (must be set before triton is imported).
+* Inputs are fresh random numbers every run; the seed is printed so a failure can
+  be replayed with ASCEND_EXT_TEST_SEED=<seed>.
+"""
+
+import os
+import random
+import time
+import zlib
+
+import pytest
+
+try:
+    import torch
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SEED = int(os.environ.get("ASCEND_EXT_TEST_SEED", time.time_ns() % (2**31)))
+
+
+def pytest_report_header(config):
+    return f"ascend_ext test seed: {SEED} (replay with ASCEND_EXT_TEST_SEED={SEED})"
+
+
+@pytest.fixture
+def rng(request):
+    """A torch.Generator seeded per test from the session seed and the test id."""
+    g = torch.Generator()
+    g.manual_seed(SEED ^ zlib.crc32(request.node.nodeid.encode()))
+    random.seed(SEED)
+    return g
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords and not _HAS_CUDA:
+            item.add_marker(skip_gpu)

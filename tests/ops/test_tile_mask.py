@@ -1,0 +1,129 @@
+"""TileMask: dense() is exactly the intended mask, tiles are classified right, storage is tiny."""
+
+import pytest
+import torch
+
+from ascend_ext import ops
+from ascend_ext.ops import TileMask
+
+from .impls import DEVICE, runnable
+from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, randn
+
+SIZES = [(1, 1), (16, 16), (100, 100), (37, 90), (90, 37), (128, 128), (129, 257)]
+TILES = [(16, 16), (32, 64), (64, 32)]
+
+
+def _doc_dense(offsets):
+    total = offsets[-1]
+    doc = torch.zeros(total, dtype=torch.long)
+    for d, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        doc[a:b] = d
+    return doc[:, None] == doc[None, :]
+
+
+def _check_classification(tm: TileMask, dense: torch.Tensor):
+    kinds = tm.tile_kinds()
+    for i in range(tm.num_tiles_q):
+        for j in range(tm.num_tiles_k):
+            block = dense[i * tm.tile_q:(i + 1) * tm.tile_q, j * tm.tile_k:(j + 1) * tm.tile_k]
+            expected = 0 if not block.any() else (1 if block.all() else 2)
+            assert kinds[i, j] == expected, (i, j)
+    pool = tm.pool
+    assert len({bytes(t.flatten().numpy()) for t in pool}) == pool.shape[0], "pool not deduplicated"
+
+
+@pytest.mark.parametrize("sq,sk", SIZES)
+@pytest.mark.parametrize("tile", TILES)
+def test_causal_and_window_dense(sq, sk, tile):
+    for window, tm in (((-1, 0), TileMask.causal(sq, sk, tile=tile)),
+                       ((5, 0), TileMask.sliding_window(sq, sk, 5, 0, tile=tile)),
+                       ((3, 7), TileMask.sliding_window(sq, sk, 3, 7, tile=tile)),
+                       ((-1, 2), TileMask.sliding_window(sq, sk, -1, 2, tile=tile))):
+        expected = allowed(sq, sk, False, window)
+        assert torch.equal(tm.dense(), expected), window
+        _check_classification(tm, expected)
+
+
+@pytest.mark.parametrize("offsets", [[0, 5], [0, 3, 3, 40, 41, 100], [0, 64, 128, 200], [0]])
+@pytest.mark.parametrize("tile", TILES)
+def test_document_dense(offsets, tile):
+    tm = TileMask.document(torch.tensor(offsets, dtype=torch.int32), tile=tile)
+    expected = _doc_dense(offsets)
+    assert torch.equal(tm.dense(), expected)
+    _check_classification(tm, expected)
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (50, 70), (64, 64), (100, 33)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.7, 1.0])
+def test_from_dense_random(sq, sk, density, rng):
+    dense = torch.rand(sq, sk, generator=rng) < density
+    dense[: sq // 3] = False              # rows that see no key
+    dense[:, -5:] |= density > 0.5
+    tm = TileMask.from_dense(dense, tile=(16, 32))
+    assert torch.equal(tm.dense(), dense)
+    _check_classification(tm, dense)
+
+
+def test_causal_pool_is_tiny_and_deduplicated():
+    tm = TileMask.causal(1024, 1024, tile=(128, 128))
+    stats = tm.stats()
+    assert stats["pool"] == 1 and stats["partial"] == 8 and stats["full"] == 28 and stats["empty"] == 28
+
+
+@pytest.mark.parametrize("builder", [
+    lambda: TileMask.causal(131072, 131072),
+    lambda: TileMask.sliding_window(131072, 131072, 4096, 0),
+    lambda: TileMask.document(torch.tensor([0, 1000, 17000, 50000, 50001, 131072], dtype=torch.int32)),
+])
+def test_128k_masks_stay_under_1mib(builder):
+    tm = builder()
+    assert tm.nbytes <= 1 << 20, tm
+    assert tm.num_tiles_q == 1024
+
+
+def test_bad_tile_mask_arguments():
+    with pytest.raises(ValueError, match="tile_q must be a power of two"):
+        TileMask.causal(10, 10, tile=(24, 16))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        TileMask.document([0, 5, 3])
+    with pytest.raises(TypeError, match="torch.bool"):
+        TileMask.from_dense(torch.ones(4, 4))
+    with pytest.raises(ValueError, match="seqlen_q"):
+        TileMask.causal(-1, 4)
+
+
+MASKS = {
+    "causal": lambda s: (TileMask.causal(s, s, tile=(16, 16)), allowed(s, s, True, (-1, -1))),
+    "documents": lambda s: (TileMask.document([0, 7, 30, s], tile=(16, 32)), _doc_dense([0, 7, 30, s])),
+    "random": lambda s: (None, None),
+}
+
+
+@pytest.mark.parametrize("impl", runnable("flash_attn_varlen"))
+@pytest.mark.parametrize("kind", ["documents", "random", "window+documents"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flash_attn_with_tile_mask(impl, kind, dtype, rng):
+    s, hq, hkv, d = 70, 4, 2, 64
+    if kind == "random":
+        dense = torch.rand(s, s, generator=rng) < 0.3
+        dense[3] = False                    # a row with no visible key
+        tm = TileMask.from_dense(dense, tile=(16, 16))
+        causal, window = False, (-1, -1)
+    else:
+        offsets = [0, 7, 30, 31, s]
+        dense = _doc_dense(offsets)
+        tm = TileMask.document(offsets, tile=(16, 32))
+        causal, window = (True, (9, 0)) if kind == "window+documents" else (True, (-1, -1))
+    batch = 2                               # the mask applies to every sequence
+    q = randn((batch * s, hq, d), dtype, rng, DEVICE)
+    k = randn((batch * s, hkv, d), dtype, rng, DEVICE)
+    v = randn((batch * s, hkv, d), dtype, rng, DEVICE)
+    with ops.use_impl(attention=impl):
+        out, lse = ops.flash_attn_varlen(q, k, v, cu([s] * batch, DEVICE), cu([s] * batch, DEVICE), s, s,
+                                         causal=causal, window_size=window, mask=tm, return_lse=True)
+    ok = allowed(s, s, causal, window, dense)
+    for b in range(batch):
+        sl = slice(b * s, (b + 1) * s)
+        ref, ref_lse = attention_f64(q[sl].cpu(), k[sl].cpu(), v[sl].cpu(), d ** -0.5, ok)
+        assert_close(out[sl], ref, dtype)
+        assert_lse_close(lse[:, sl], ref_lse, dtype)
