@@ -1,5 +1,6 @@
 """Attention ops: varlen flash attention, paged attention, cache writes, lse merge."""
 
+from .._availability import triton_available
 from .._dispatch import register
 from ..._devices import ANY_DEVICE
 from .api import flash_attn_varlen, merge_attn_states, paged_attention, reshape_and_cache, split_kv_cache
@@ -7,6 +8,8 @@ from .tile_mask import TileMask
 
 for _op in ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "merge_attn_states"):
     register(_op, "reference", f"ascend_ext.ops.attention.reference:{_op}", devices=ANY_DEVICE)
+register("flash_attn_varlen", "triton", "ascend_ext.ops.attention.triton_flash:flash_attn_varlen",
+         devices=("cuda", "npu", "cpu"), available=triton_available)
 
 __all__ = ["TileMask", "flash_attn_varlen", "merge_attn_states", "paged_attention",
            "reshape_and_cache", "split_kv_cache"]

@@ -1,0 +1,252 @@
+"""FastAttention forward for packed variable-length batches, in Triton.
+
+Two-level tiling: each program owns a first-level tile of ``BLOCK_M = SUB_M *
+NUM_SUB`` query rows of one head and streams ``BLOCK_N``-key tiles of K/V through
+it. Each K/V tile is loaded once and consumed by ``NUM_SUB`` second-level query
+sub-tiles, each with its own online-softmax state, so the vector work (softmax,
+rescale) runs on ``SUB_M × BLOCK_N`` pieces while the matrix work of one sub-tile can
+overlap the vector work of the other. ``NUM_SUB = 1`` is the classic one-level
+FlashAttention-2 loop (the ablation baseline).
+
+Tile classification: for causal / sliding-window rules the key blocks of a query
+tile split into a masked head, a mask-free body and a masked tail
+(:func:`block_segments`); fully masked blocks are never visited. With a
+:class:`TileMask`, the program walks its query-tile row's runs: empty tiles are
+absent, full runs take the mask-free path, partial runs load one pool tile.
+
+Grid: (query head, query tile, sequence), heads fastest so that the heads of a GQA
+group run side by side and their shared K/V tiles are read from HBM once (L2 hits
+for the rest of the group); query tiles are issued last-first (causal rows at the
+bottom of a sequence carry the most work).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (LOG2E, block_segments, dot_flags, finish_rows, next_pow2, row_bounds,
+                            softmax_step)
+from .triton_configs import flash_config
+
+
+@triton.jit
+def _load_kv(K, V, n, k_len, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+             HEAD_DIM, HEAD_DIM_V, EVEN_D: tl.constexpr, BOUND_N: tl.constexpr):
+    cols = n + offs_n
+    k_ptrs = K + cols[None, :] * stride_kt + offs_d[:, None]
+    v_ptrs = V + cols[:, None] * stride_vt + offs_dv[None, :]
+    if BOUND_N:
+        in_n = cols < k_len
+        if EVEN_D:
+            k_t = tl.load(k_ptrs, mask=in_n[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=in_n[:, None], other=0.0)
+        else:
+            k_t = tl.load(k_ptrs, mask=in_n[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            v = tl.load(v_ptrs, mask=in_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    else:
+        if EVEN_D:
+            k_t = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            k_t = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0.0)
+    return k_t, v
+
+
+@triton.jit
+def _run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, n_from, n_to, k_len,
+                lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+                HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                pool_ptr, pool_rows0, pool_rows1,
+                MASKED: tl.constexpr, POOL: tl.constexpr, NUM_SUB: tl.constexpr,
+                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Stream key blocks [n_from, n_to) through both query sub-tiles.
+
+    MASKED applies the row intervals [lo, hi) (and the key bound); POOL also ANDs in
+    the pool tile at ``pool_ptr`` (rows pool_rows*, BLOCK_N columns).
+    """
+    for n in tl.range(n_from, n_to, BLOCK_N):
+        k_t, v = _load_kv(K, V, n, k_len, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+                          HEAD_DIM, HEAD_DIM_V, EVEN_D, MASKED)
+        cols = n + offs_n
+        vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
+        if POOL:
+            vis0 = vis0 & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+        acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
+                                    MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
+        if NUM_SUB == 2:
+            vis1 = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
+            if POOL:
+                vis1 = vis1 & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+            acc1, m1, l1 = softmax_step(acc1, m1, l1, q1, k_t, v, vis1, scale_log2, softcap,
+                                        MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
+    return acc0, m0, l0, acc1, m1, l1
+
+
+@triton.jit
+def _run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, last, full_start, full_end, k_len,
+                 lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+                 HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                 NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                 HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Key blocks [first, last) under the row rules only: the blocks inside
+    [full_start, full_end) take the mask-free path, the rest are masked."""
+    free_from = tl.minimum(tl.maximum(full_start, first), last)
+    free_to = tl.maximum(tl.minimum(full_end, last), free_from)
+    acc0, m0, l0, acc1, m1, l1 = _run_blocks(
+        acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, free_from, k_len,
+        lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, K, offs_n, offs_n,
+        True, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+    acc0, m0, l0, acc1, m1, l1 = _run_blocks(
+        acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, free_from, free_to, k_len,
+        lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, K, offs_n, offs_n,
+        False, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+    return _run_blocks(
+        acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, free_to, last, k_len,
+        lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, K, offs_n, offs_n,
+        True, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+
+
+@triton.jit
+def _store_rows(O, LSE, acc, m_i, l_i, rows, q_len, q_start, head, stride_ot, stride_oh,
+                stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr):
+    out, lse = finish_rows(acc, m_i, l_i)
+    in_m = rows < q_len
+    o_ptrs = O + (q_start + rows)[:, None] * stride_ot + head * stride_oh + offs_dv[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    if WRITE_LSE:
+        tl.store(LSE + head * stride_lse_h + q_start + rows, lse, mask=in_m)
+
+
+@triton.jit
+def flash_varlen_fwd_kernel(
+        Q, K, V, O, LSE, CU_Q, CU_K,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+        stride_ot, stride_oh, stride_lse_h,
+        scale_log2, softcap, window_left, window_right,
+        ROW_PTR, RUN_START, RUN_LEN, RUN_POOL, POOL_TILES,
+        HEAD_DIM, HEAD_DIM_V,
+        GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        SUB_M: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
+        IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
+    head = tl.program_id(0)
+    tile = tl.num_programs(1) - 1 - tl.program_id(1)
+    seq = tl.program_id(2)
+    q_start = tl.load(CU_Q + seq)
+    q_len = tl.load(CU_Q + seq + 1) - q_start
+    if tile * BLOCK_M >= q_len:
+        return
+    k_start = tl.load(CU_K + seq)
+    k_len = tl.load(CU_K + seq + 1) - k_start
+    kv_head = head // GROUP
+
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_n = tl.arange(0, BLOCK_N)
+    rows0 = tile * BLOCK_M + tl.arange(0, SUB_M)
+    rows1 = rows0 + SUB_M
+    q_base = Q + q_start * stride_qt + head * stride_qh
+    q0 = tl.load(q_base + rows0[:, None] * stride_qt + offs_d[None, :],
+                 mask=(rows0[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q1 = q0
+    if NUM_SUB == 2:
+        q1 = tl.load(q_base + rows1[:, None] * stride_qt + offs_d[None, :],
+                     mask=(rows1[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    K = K + k_start * stride_kt + kv_head * stride_kh
+    V = V + k_start * stride_vt + kv_head * stride_vh
+
+    acc0 = tl.zeros((SUB_M, BLOCK_DV), tl.float32)
+    m0 = tl.full((SUB_M,), float("-inf"), tl.float32)
+    l0 = tl.zeros((SUB_M,), tl.float32)
+    acc1 = acc0
+    m1 = m0
+    l1 = l0
+    lo0, hi0 = row_bounds(rows0, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    lo1, hi1 = row_bounds(rows1, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+
+    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
+    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+    if HAS_MASK:
+        # tiling-mask: walk this query tile's runs (empty tiles are absent), each clipped
+        # to the causal/window range; full runs keep the mask-free path where the rules allow
+        for r in range(tl.load(ROW_PTR + tile), tl.load(ROW_PTR + tile + 1)):
+            first = tl.maximum(tl.load(RUN_START + r) * BLOCK_N, start)
+            last = tl.maximum(tl.minimum((tl.load(RUN_START + r) + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
+            pool_id = tl.load(RUN_POOL + r)
+            if pool_id < 0:
+                acc0, m0, l0, acc1, m1, l1 = _run_visible(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, last, full_start, full_end, k_len,
+                    lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+                    HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+            else:
+                acc0, m0, l0, acc1, m1, l1 = _run_blocks(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, last, k_len,
+                    lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+                    HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                    POOL_TILES + pool_id * (BLOCK_M * BLOCK_N),
+                    rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
+                    True, True, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+    else:
+        acc0, m0, l0, acc1, m1, l1 = _run_visible(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, start, end, full_start, full_end, k_len,
+            lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
+            HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+
+    _store_rows(O, LSE, acc0, m0, l0, rows0, q_len, q_start, head, stride_ot, stride_oh,
+                stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
+    if NUM_SUB == 2:
+        _store_rows(O, LSE, acc1, m1, l1, rows1, q_len, q_start, head, stride_ot, stride_oh,
+                    stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                      softmax_scale, window, mask, softcap, out, return_lse, config=None):
+    """Triton implementation behind :func:`ascend_ext.ops.flash_attn_varlen` (validated args).
+
+    ``config`` (dict with SUB_M, NUM_SUB, BLOCK_N, num_warps, num_stages) overrides the
+    per-device table; benchmarks use it for the tiling ablation.
+    """
+    tq, hq, d = q.shape
+    dv = v.shape[2]
+    batch = cu_seqlens_q.shape[0] - 1
+    lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty(1, dtype=torch.float32)
+    if tq == 0 or batch == 0:
+        return lse if return_lse else None
+    cfg = dict(config or flash_config(q.device, d, q.dtype, causal=window[1] == 0))
+    if mask is not None:   # the tiling-mask fixes the first-level tile shape
+        if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
+            cfg["NUM_SUB"] = 1
+        cfg["SUB_M"] = mask.tile_q // cfg["NUM_SUB"]
+        cfg["BLOCK_N"] = mask.tile_k
+        mask_args = (mask.row_ptr, mask.run_start, mask.run_len, mask.run_pool,
+                     mask.pool.to(torch.int8) if mask.pool.numel() else mask.row_ptr)
+    else:
+        mask_args = (cu_seqlens_q,) * 5   # unused pointers
+    block_m = cfg["SUB_M"] * cfg["NUM_SUB"]
+    grid = (hq, triton.cdiv(max(max_seqlen_q, 1), block_m), batch)
+    left, right = window
+    flash_varlen_fwd_kernel[grid](
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
+        softmax_scale * LOG2E, softcap, left, right, *mask_args, d, dv,
+        GROUP=hq // k.shape[1], BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
+        SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
+        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
+        HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
+        EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return lse if return_lse else None
