@@ -10,6 +10,9 @@ for _op in ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "merge_
     register(_op, "reference", f"ascend_ext.ops.attention.reference:{_op}", devices=ANY_DEVICE)
 register("flash_attn_varlen", "triton", "ascend_ext.ops.attention.triton_flash:flash_attn_varlen",
          devices=("cuda", "npu", "cpu"), available=triton_available)
+for _op in ("paged_attention", "merge_attn_states"):
+    register(_op, "triton", f"ascend_ext.ops.attention.triton_paged:{_op}",
+             devices=("cuda", "npu", "cpu"), available=triton_available)
 
 __all__ = ["TileMask", "flash_attn_varlen", "merge_attn_states", "paged_attention",
            "reshape_and_cache", "split_kv_cache"]

@@ -119,3 +119,117 @@ def finish_rows(acc, m_i, l_i):
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
                    float("-inf"))
     return out, lse
+
+
+@triton.jit
+def load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+            offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+            PAGED: tl.constexpr, EVEN_D: tl.constexpr, BOUND_N: tl.constexpr):
+    """K^T [D, N] and V [N, Dv] of keys n .. n+N-1.
+
+    Contiguous source: key j at K + j*stride_kt. Paged source: key j lives in cache block
+    TABLE[j // cache_block] at slot j % cache_block. BOUND_N masks keys >= k_len (and
+    never reads the block table past the sequence).
+    """
+    cols = n + offs_n
+    in_n = cols < k_len
+    if PAGED:
+        if BOUND_N:
+            blk = tl.load(TABLE + cols // cache_block, mask=in_n, other=0).to(tl.int64)
+        else:
+            blk = tl.load(TABLE + cols // cache_block).to(tl.int64)
+        slot = cols % cache_block
+        k_rows = blk * stride_kb + slot * stride_kt
+        v_rows = blk * stride_vb + slot * stride_vt
+    else:
+        k_rows = cols.to(tl.int64) * stride_kt
+        v_rows = cols.to(tl.int64) * stride_vt
+    k_ptrs = K + k_rows[None, :] + offs_d[:, None]
+    v_ptrs = V + v_rows[:, None] + offs_dv[None, :]
+    if BOUND_N:
+        if EVEN_D:
+            k_t = tl.load(k_ptrs, mask=in_n[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=in_n[:, None], other=0.0)
+        else:
+            k_t = tl.load(k_ptrs, mask=in_n[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            v = tl.load(v_ptrs, mask=in_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    else:
+        if EVEN_D:
+            k_t = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            k_t = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0.0)
+    return k_t, v
+
+
+@triton.jit
+def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
+               K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+               lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+               pool_ptr, pool_rows0, pool_rows1,
+               MASKED: tl.constexpr, POOL: tl.constexpr, PAGED: tl.constexpr, NUM_SUB: tl.constexpr,
+               BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Stream key blocks [n_from, n_to) through one or two query sub-tiles.
+
+    Each K/V tile is loaded once and used by every sub-tile (the two-level tiling).
+    MASKED applies the row intervals [lo, hi) (which also bound keys to k_len); POOL
+    ANDs in a tiling-mask pool tile (rows pool_rows*, BLOCK_N columns) at pool_ptr.
+    """
+    for n in tl.range(n_from, n_to, BLOCK_N):
+        k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
+                         stride_vt, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, PAGED, EVEN_D, MASKED)
+        cols = n + offs_n
+        vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
+        if POOL:
+            vis0 = vis0 & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+        acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
+                                    MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
+        if NUM_SUB == 2:
+            vis1 = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
+            if POOL:
+                vis1 = vis1 & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+            acc1, m1, l1 = softmax_step(acc1, m1, l1, q1, k_t, v, vis1, scale_log2, softcap,
+                                        MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
+    return acc0, m0, l0, acc1, m1, l1
+
+
+@triton.jit
+def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+                lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                PAGED: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Key blocks [first, last) under the row rules only: the blocks inside
+    [full_start, full_end) take the mask-free path, the rest are masked."""
+    free_from = tl.minimum(tl.maximum(full_start, first), last)
+    free_to = tl.maximum(tl.minimum(full_end, last), free_from)
+    for part in tl.static_range(3):
+        if part == 0:
+            n_from = first
+            n_to = free_from
+        elif part == 1:
+            n_from = free_from
+            n_to = free_to
+        else:
+            n_from = free_to
+            n_to = last
+        acc0, m0, l0, acc1, m1, l1 = run_blocks(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
+            K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+            lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+            K, offs_n, offs_n, part != 1, False, PAGED, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
+            IEEE, DOT_F32)
+    return acc0, m0, l0, acc1, m1, l1
+
+
+@triton.jit
+def store_rows(O, LSE, acc, m_i, l_i, tokens, heads, valid, stride_ot, stride_oh, stride_lse_h,
+               offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr):
+    """Normalise and store rows: row i goes to O[tokens[i], heads[i]] and LSE[heads[i], tokens[i]]."""
+    out, lse = finish_rows(acc, m_i, l_i)
+    o_ptrs = O + tokens.to(tl.int64)[:, None] * stride_ot + heads[:, None] * stride_oh + offs_dv[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    if WRITE_LSE:
+        tl.store(LSE + heads * stride_lse_h + tokens, lse, mask=valid)

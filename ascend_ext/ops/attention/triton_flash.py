@@ -26,102 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (LOG2E, block_segments, dot_flags, finish_rows, next_pow2, row_bounds,
-                            softmax_step)
+from .triton_common import (LOG2E, block_segments, dot_flags, next_pow2, row_bounds, run_blocks,
+                            run_visible, store_rows)
 from .triton_configs import flash_config
-
-
-@triton.jit
-def _load_kv(K, V, n, k_len, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-             HEAD_DIM, HEAD_DIM_V, EVEN_D: tl.constexpr, BOUND_N: tl.constexpr):
-    cols = n + offs_n
-    k_ptrs = K + cols[None, :] * stride_kt + offs_d[:, None]
-    v_ptrs = V + cols[:, None] * stride_vt + offs_dv[None, :]
-    if BOUND_N:
-        in_n = cols < k_len
-        if EVEN_D:
-            k_t = tl.load(k_ptrs, mask=in_n[None, :], other=0.0)
-            v = tl.load(v_ptrs, mask=in_n[:, None], other=0.0)
-        else:
-            k_t = tl.load(k_ptrs, mask=in_n[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
-            v = tl.load(v_ptrs, mask=in_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-    else:
-        if EVEN_D:
-            k_t = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            k_t = tl.load(k_ptrs, mask=offs_d[:, None] < HEAD_DIM, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_dv[None, :] < HEAD_DIM_V, other=0.0)
-    return k_t, v
-
-
-@triton.jit
-def _run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, n_from, n_to, k_len,
-                lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-                HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-                pool_ptr, pool_rows0, pool_rows1,
-                MASKED: tl.constexpr, POOL: tl.constexpr, NUM_SUB: tl.constexpr,
-                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """Stream key blocks [n_from, n_to) through both query sub-tiles.
-
-    MASKED applies the row intervals [lo, hi) (and the key bound); POOL also ANDs in
-    the pool tile at ``pool_ptr`` (rows pool_rows*, BLOCK_N columns).
-    """
-    for n in tl.range(n_from, n_to, BLOCK_N):
-        k_t, v = _load_kv(K, V, n, k_len, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-                          HEAD_DIM, HEAD_DIM_V, EVEN_D, MASKED)
-        cols = n + offs_n
-        vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
-        if POOL:
-            vis0 = vis0 & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
-        acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
-                                    MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
-        if NUM_SUB == 2:
-            vis1 = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
-            if POOL:
-                vis1 = vis1 & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
-            acc1, m1, l1 = softmax_step(acc1, m1, l1, q1, k_t, v, vis1, scale_log2, softcap,
-                                        MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
-    return acc0, m0, l0, acc1, m1, l1
-
-
-@triton.jit
-def _run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, last, full_start, full_end, k_len,
-                 lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-                 HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-                 NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-                 HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """Key blocks [first, last) under the row rules only: the blocks inside
-    [full_start, full_end) take the mask-free path, the rest are masked."""
-    free_from = tl.minimum(tl.maximum(full_start, first), last)
-    free_to = tl.maximum(tl.minimum(full_end, last), free_from)
-    acc0, m0, l0, acc1, m1, l1 = _run_blocks(
-        acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, free_from, k_len,
-        lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, K, offs_n, offs_n,
-        True, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-    acc0, m0, l0, acc1, m1, l1 = _run_blocks(
-        acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, free_from, free_to, k_len,
-        lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, K, offs_n, offs_n,
-        False, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-    return _run_blocks(
-        acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, free_to, last, k_len,
-        lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, K, offs_n, offs_n,
-        True, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-
-
-@triton.jit
-def _store_rows(O, LSE, acc, m_i, l_i, rows, q_len, q_start, head, stride_ot, stride_oh,
-                stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr):
-    out, lse = finish_rows(acc, m_i, l_i)
-    in_m = rows < q_len
-    o_ptrs = O + (q_start + rows)[:, None] * stride_ot + head * stride_oh + offs_dv[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
-    if WRITE_LSE:
-        tl.store(LSE + head * stride_lse_h + q_start + rows, lse, mask=in_m)
 
 
 @triton.jit
@@ -145,8 +52,8 @@ def flash_varlen_fwd_kernel(
     q_len = tl.load(CU_Q + seq + 1) - q_start
     if tile * BLOCK_M >= q_len:
         return
-    k_start = tl.load(CU_K + seq)
-    k_len = tl.load(CU_K + seq + 1) - k_start
+    k_start = tl.load(CU_K + seq).to(tl.int64)
+    k_len = (tl.load(CU_K + seq + 1) - k_start).to(tl.int32)
     kv_head = head // GROUP
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -154,7 +61,7 @@ def flash_varlen_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     rows0 = tile * BLOCK_M + tl.arange(0, SUB_M)
     rows1 = rows0 + SUB_M
-    q_base = Q + q_start * stride_qt + head * stride_qh
+    q_base = Q + q_start.to(tl.int64) * stride_qt + head * stride_qh
     q0 = tl.load(q_base + rows0[:, None] * stride_qt + offs_d[None, :],
                  mask=(rows0[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM), other=0.0)
     q1 = q0
@@ -172,44 +79,44 @@ def flash_varlen_fwd_kernel(
     l1 = l0
     lo0, hi0 = row_bounds(rows0, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo1, hi1 = row_bounds(rows1, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-
     t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
     lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+
     if HAS_MASK:
         # tiling-mask: walk this query tile's runs (empty tiles are absent), each clipped
         # to the causal/window range; full runs keep the mask-free path where the rules allow
         for r in range(tl.load(ROW_PTR + tile), tl.load(ROW_PTR + tile + 1)):
-            first = tl.maximum(tl.load(RUN_START + r) * BLOCK_N, start)
-            last = tl.maximum(tl.minimum((tl.load(RUN_START + r) + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
+            run_first = tl.load(RUN_START + r)
+            first = tl.maximum(run_first * BLOCK_N, start)
+            last = tl.maximum(tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
             pool_id = tl.load(RUN_POOL + r)
             if pool_id < 0:
-                acc0, m0, l0, acc1, m1, l1 = _run_visible(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, last, full_start, full_end, k_len,
-                    lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-                    HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+                acc0, m0, l0, acc1, m1, l1 = run_visible(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                    K, V, K, 1, 0, stride_kt, 0, stride_vt,
+                    lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                    False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
             else:
-                acc0, m0, l0, acc1, m1, l1 = _run_blocks(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, first, last, k_len,
-                    lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-                    HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-                    POOL_TILES + pool_id * (BLOCK_M * BLOCK_N),
-                    rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
-                    True, True, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+                acc0, m0, l0, acc1, m1, l1 = run_blocks(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, k_len,
+                    K, V, K, 1, 0, stride_kt, 0, stride_vt,
+                    lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                    POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
+                    True, True, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
     else:
-        acc0, m0, l0, acc1, m1, l1 = _run_visible(
-            acc0, m0, l0, acc1, m1, l1, q0, q1, K, V, start, end, full_start, full_end, k_len,
-            lo0, hi0, lo1, hi1, stride_kt, stride_vt, offs_n, offs_d, offs_dv,
-            HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+        acc0, m0, l0, acc1, m1, l1 = run_visible(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
+            K, V, K, 1, 0, stride_kt, 0, stride_vt,
+            lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+            False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
 
-    _store_rows(O, LSE, acc0, m0, l0, rows0, q_len, q_start, head, stride_ot, stride_oh,
-                stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
+    store_rows(O, LSE, acc0, m0, l0, q_start + rows0, rows0 * 0 + head, rows0 < q_len,
+               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
     if NUM_SUB == 2:
-        _store_rows(O, LSE, acc1, m1, l1, rows1, q_len, q_start, head, stride_ot, stride_oh,
-                    stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
+        store_rows(O, LSE, acc1, m1, l1, q_start + rows1, rows1 * 0 + head, rows1 < q_len,
+                   stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,

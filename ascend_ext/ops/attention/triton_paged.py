@@ -1,0 +1,188 @@
+"""Paged attention (decode and chunked prefill) in Triton, with split-KV.
+
+Each program owns ``BLOCK_M`` packed query rows of one KV head: row r is query token
+``r // G`` of head ``kv_head * G + r % G`` (G = GQA group size), so every K/V tile
+read from the paged cache serves the whole group at once, and a decode step with
+one query token still fills the matrix unit with G rows.
+
+Split-KV (flash-decoding): when batch × KV heads × row tiles cannot fill the
+device, each sequence's keys are cut into ``num_splits`` ranges processed by
+separate programs; each writes a normalised partial output and its lse, and
+:func:`combine_splits_kernel` merges them exactly (the N-way form of
+``merge_attn_states``, which reuses the same kernel).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_common import (LOG2E, block_segments, dot_flags, next_pow2, row_bounds, run_visible,
+                            store_rows)
+from .triton_configs import paged_config
+
+
+@triton.jit
+def paged_attn_kernel(
+        Q, K_CACHE, V_CACHE, BLOCK_TABLE, SEQ_LENS, CU_Q, O, LSE,
+        stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+        stride_bt, stride_ot, stride_oh, stride_lse_h, stride_o_split, stride_lse_split,
+        scale_log2, softcap, window_left, window_right, cache_block, keys_per_split, num_splits,
+        HEAD_DIM, HEAD_DIM_V,
+        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = tl.program_id(2) // num_splits
+    split = tl.program_id(2) % num_splits
+    q_start = tl.load(CU_Q + seq)
+    q_len = tl.load(CU_Q + seq + 1) - q_start
+    if tile * BLOCK_M >= q_len * GROUP:
+        return
+    k_len = tl.load(SEQ_LENS + seq)
+
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    tokens = rows // GROUP
+    heads = kv_head * GROUP + rows % GROUP
+    valid = tokens < q_len
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = tl.load(Q + (q_start + tokens).to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh
+                + offs_d[None, :], mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+
+    lo, hi = row_bounds(tokens, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    t_first = (tile * BLOCK_M) // GROUP
+    t_last = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // GROUP, q_len - 1)
+    lo_f, hi_f = row_bounds(t_first, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    n_begin = split * keys_per_split
+    n_end = tl.minimum(n_begin + keys_per_split, k_len)
+    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin, n_end, BLOCK_N)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc, m_i, l_i, _, _, _ = run_visible(
+        acc, m_i, l_i, acc, m_i, l_i, q, q, start, end, full_start, full_end, k_len,
+        K_CACHE + kv_head * stride_kh, V_CACHE + kv_head * stride_vh, BLOCK_TABLE + seq * stride_bt,
+        cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+        lo, hi, lo, hi, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+        True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+    store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
+               q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
+               HEAD_DIM_V, WRITE_LSE)
+
+
+@triton.jit
+def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
+                          stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
+                          stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
+                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
+    """out[t, h] = sum_s w_s * part[s, t, h] / sum_s w_s with w_s = exp(lse_s - max lse).
+
+    Splits whose lse is -inf are skipped by selection, so their outputs may hold anything."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    in_s = offs_s < num_splits
+    lse = tl.load(PART_LSE + offs_s * stride_pls + h * stride_plh + t, mask=in_s, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m_safe))
+    total = tl.sum(w, 0)
+    parts = tl.load(PART_O + offs_s[:, None] * stride_ps + t * stride_pt + h * stride_ph + offs_dv[None, :],
+                    mask=(w > 0)[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0).to(tl.float32)
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(O + t * stride_ot + h * stride_oh + offs_dv, out.to(O.dtype.element_ty), mask=offs_dv < HEAD_DIM_V)
+    if WRITE_LSE:
+        tl.store(LSE + h * stride_lse_h + t,
+                 tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
+
+
+def combine_splits(part_o, part_lse, out, lse) -> None:
+    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None."""
+    splits, tokens, heads, dv = part_o.shape
+    if tokens == 0:
+        return
+    lse_arg = lse if lse is not None else part_lse
+    combine_splits_kernel[(tokens, heads)](
+        part_o, part_lse, out, lse_arg, splits,
+        part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
+        out.stride(0), out.stride(1), lse_arg.stride(0), dv,
+        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int) -> int:
+    """Enough KV splits to give the device ~2 programs per compute unit, each split
+    keeping at least a few key blocks so the combine stays cheap."""
+    if device.type == "cuda":
+        target, min_keys = 2 * _sm_count(device.index or 0), 256
+    else:   # interpreter / NPU: small numbers that still exercise the split path
+        target, min_keys = 16, 2 * block_n
+    if programs >= target or max_seqlen_k < 2 * min_keys:
+        return 1
+    return max(1, min(triton.cdiv(target, programs), max_seqlen_k // min_keys, 64))
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None,
+                    config=None, num_splits=None):
+    """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args)."""
+    tq, hq, d = q.shape
+    hkv, dv = k_cache.shape[2], v_cache.shape[3]
+    group = hq // hkv
+    batch = seq_lens.shape[0]
+    lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else None
+    if tq == 0 or batch == 0:
+        return lse
+    cfg = dict(config or paged_config(q.device, d, q.dtype))
+    if config is None:   # grow the row tile for chunked prefill (many rows per sequence)
+        cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
+    if max_seqlen_k is None:
+        max_seqlen_k = int(seq_lens.max())
+    row_tiles = triton.cdiv(max(max_seqlen_q, 1) * group, cfg["BLOCK_M"])
+    if num_splits is None:
+        num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"])
+    keys_per_split = triton.cdiv(triton.cdiv(max(max_seqlen_k, 1), num_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    if num_splits > 1:
+        dest_o = torch.empty((num_splits, tq, hq, dv), dtype=torch.float32, device=q.device)
+        dest_lse = torch.empty((num_splits, hq, tq), dtype=torch.float32, device=q.device)
+    else:   # write straight into the result; without lse the lse pointer is never used
+        dest_o = out.unsqueeze(0)
+        dest_lse = (lse if lse is not None else q.new_empty((1, 1), dtype=torch.float32)).unsqueeze(0)
+    left, right = window
+    paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
+        q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+        dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
+        softmax_scale * LOG2E, softcap, left, right, k_cache.shape[1], keys_per_split, num_splits, d, dv,
+        GROUP=group, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
+        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
+        WRITE_LSE=num_splits > 1 or lse is not None,
+        EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if num_splits > 1:
+        combine_splits(dest_o, dest_lse, out, lse)
+    return lse
+
+
+def merge_attn_states(out_a, lse_a, out_b, lse_b):
+    """Triton implementation behind :func:`ascend_ext.ops.merge_attn_states`: the 2-way combine."""
+    out = torch.empty_like(out_a)
+    lse = torch.empty_like(lse_a)
+    combine_splits(torch.stack([out_a, out_b]), torch.stack([lse_a, lse_b]), out, lse)
+    return out, lse
