@@ -86,6 +86,37 @@ def softcap_scores(s, softcap):
 
 
 @triton.jit
+def scores(q, k_t, scale_log2, softcap, HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Raw scores q @ k_t and the factor that turns them into log2 units.
+
+    Without softcap the factor is scale*log2(e), applied later inside one FMA; with
+    softcap the scores are capped here and already in log2 units (factor 1)."""
+    s = dot(q, k_t, tl.zeros((q.shape[0], k_t.shape[1]), tl.float32), IEEE, DOT_F32)
+    if HAS_SOFTCAP:
+        return softcap_scores(s * (scale_log2 * 0.6931471805599453), softcap) * 1.4426950408889634, 1.0
+    else:
+        return s, scale_log2
+
+
+@triton.jit
+def softmax_update(acc, m_i, l_i, s, scale, v, GUARD: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Online-softmax update with one block of scores s [M, N] (-inf = masked) and V [N, Dv].
+
+    GUARD handles rows that have seen no key yet (running max -inf)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
+    if GUARD:
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_safe = m_new
+    p = tl.math.exp2(s * scale - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = dot(p.to(v.dtype), v, acc, IEEE, DOT_F32)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def softmax_step(acc, m_i, l_i, q, k_t, v, visible, scale_log2, softcap,
                  MASKED: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                  IEEE: tl.constexpr, DOT_F32: tl.constexpr):
@@ -94,21 +125,10 @@ def softmax_step(acc, m_i, l_i, q, k_t, v, visible, scale_log2, softcap,
     q [M, D], k_t [D, N], v [N, Dv], visible bool [M, N] (used when MASKED);
     acc [M, Dv] fp32, m_i / l_i [M] fp32 running max (log2 units) and sum.
     """
-    s = dot(q, k_t, tl.zeros((q.shape[0], k_t.shape[1]), tl.float32), IEEE, DOT_F32)
-    if HAS_SOFTCAP:
-        s = softcap_scores(s * (scale_log2 / 1.4426950408889634), softcap) * 1.4426950408889634
-    else:
-        s = s * scale_log2
+    s, scale = scores(q, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
     if MASKED:
         s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = dot(p.to(v.dtype), v, acc, IEEE, DOT_F32)
-    return acc, m_new, l_i
+    return softmax_update(acc, m_i, l_i, s, scale, v, MASKED, IEEE, DOT_F32)
 
 
 @triton.jit
@@ -141,9 +161,9 @@ def load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
         slot = cols % cache_block
         k_rows = blk * stride_kb + slot * stride_kt
         v_rows = blk * stride_vb + slot * stride_vt
-    else:
-        k_rows = cols.to(tl.int64) * stride_kt
-        v_rows = cols.to(tl.int64) * stride_vt
+    else:   # 32-bit offsets within one sequence (the wrapper checks they fit)
+        k_rows = cols * stride_kt
+        v_rows = cols * stride_vt
     k_ptrs = K + k_rows[None, :] + offs_d[:, None]
     v_ptrs = V + v_rows[:, None] + offs_dv[None, :]
     if BOUND_N:
@@ -167,31 +187,61 @@ def load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
 def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
                K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
                lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-               pool_ptr, pool_rows0, pool_rows1,
-               MASKED: tl.constexpr, POOL: tl.constexpr, PAGED: tl.constexpr, NUM_SUB: tl.constexpr,
+               MASKED: tl.constexpr, PAGED: tl.constexpr, NUM_SUB: tl.constexpr,
                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-               IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+               IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr = False):
     """Stream key blocks [n_from, n_to) through one or two query sub-tiles.
 
     Each K/V tile is loaded once and used by every sub-tile (the two-level tiling).
-    MASKED applies the row intervals [lo, hi) (which also bound keys to k_len); POOL
-    ANDs in a tiling-mask pool tile (rows pool_rows*, BLOCK_N columns) at pool_ptr.
+    MASKED applies the row intervals [lo, hi) (which also bound keys to k_len).
+    WARP_SPEC asks Triton to warp-specialise the loop (Hopper+, mask-free loops only).
     """
-    for n in tl.range(n_from, n_to, BLOCK_N):
+    for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
         k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
                          stride_vt, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, PAGED, EVEN_D, MASKED)
         cols = n + offs_n
         vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
-        if POOL:
-            vis0 = vis0 & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
         acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
                                     MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
         if NUM_SUB == 2:
             vis1 = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
-            if POOL:
-                vis1 = vis1 & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
             acc1, m1, l1 = softmax_step(acc1, m1, l1, q1, k_t, v, vis1, scale_log2, softcap,
                                         MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
+    return acc0, m0, l0, acc1, m1, l1
+
+
+@triton.jit
+def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to, k_len,
+            K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+            scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
+            NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+            HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """One tiling-mask run: key blocks [first, last) of one class, in a single loop.
+
+    Blocks in [free_from, free_to) of a full run skip masking; the others apply the
+    row rules, and a partial run (has_pool) also its pool tile. One loop (runtime
+    branches, not three loops) keeps the pipelined K/V buffers to one set.
+    """
+    for n in tl.range(first, last, BLOCK_N):
+        k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
+                         HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
+        cols = n + offs_n
+        need_mask = (n < free_from) | (n >= free_to) | has_pool
+        s, scale = scores(q0, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
+        if need_mask:
+            vis = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
+            if has_pool:
+                vis = vis & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+            s = tl.where(vis, s, float("-inf"))
+        acc0, m0, l0 = softmax_update(acc0, m0, l0, s, scale, v, True, IEEE, DOT_F32)
+        if NUM_SUB == 2:
+            s, scale = scores(q1, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
+            if need_mask:
+                vis = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
+                if has_pool:
+                    vis = vis & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+                s = tl.where(vis, s, float("-inf"))
+            acc1, m1, l1 = softmax_update(acc1, m1, l1, s, scale, v, True, IEEE, DOT_F32)
     return acc0, m0, l0, acc1, m1, l1
 
 
@@ -200,7 +250,8 @@ def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, ful
                 K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
                 lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                 PAGED: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-                HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+                HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                WARP_SPEC: tl.constexpr = False):
     """Key blocks [first, last) under the row rules only: the blocks inside
     [full_start, full_end) take the mask-free path, the rest are masked."""
     free_from = tl.minimum(tl.maximum(full_start, first), last)
@@ -219,17 +270,52 @@ def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, ful
             acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
             K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
             lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-            K, offs_n, offs_n, part != 1, False, PAGED, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
-            IEEE, DOT_F32)
+            part != 1, PAGED, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC and part == 1)
     return acc0, m0, l0, acc1, m1, l1
 
 
 @triton.jit
+def load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D: tl.constexpr):
+    """Query rows: row i is Q[tokens[i], heads[i], :]; invalid rows read as 0."""
+    ptrs = Q + tokens.to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
+    if EVEN_D:
+        return tl.load(ptrs, mask=valid[:, None], other=0.0)
+    else:
+        return tl.load(ptrs, mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+
+
+@triton.jit
 def store_rows(O, LSE, acc, m_i, l_i, tokens, heads, valid, stride_ot, stride_oh, stride_lse_h,
-               offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr):
+               offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr):
     """Normalise and store rows: row i goes to O[tokens[i], heads[i]] and LSE[heads[i], tokens[i]]."""
     out, lse = finish_rows(acc, m_i, l_i)
     o_ptrs = O + tokens.to(tl.int64)[:, None] * stride_ot + heads[:, None] * stride_oh + offs_dv[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
+    if EVEN_D:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None])
+    else:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V))
     if WRITE_LSE:
         tl.store(LSE + heads * stride_lse_h + tokens, lse, mask=valid)
+
+
+_STAGES_THAT_FIT: dict = {}
+
+
+def launch(kernel, grid, *args, num_stages: int, **kwargs) -> None:
+    """Launch; on a shared-memory overflow retry with fewer pipeline stages (down to 1).
+
+    The stage count that fits is remembered per kernel specialisation, so the retry
+    costs one failed attempt per process, not one per call."""
+    from triton.runtime.errors import OutOfResources
+
+    key = (kernel.fn.__name__, num_stages, tuple(sorted((k, v) for k, v in kwargs.items())))
+    stages = _STAGES_THAT_FIT.get(key, num_stages)
+    while True:
+        try:
+            kernel[grid](*args, num_stages=stages, **kwargs)
+            _STAGES_THAT_FIT[key] = stages
+            return
+        except OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 
 # (SUB_M, NUM_SUB, BLOCK_N, num_warps, num_stages) keyed by head-dim bucket
-_SM90 = {
-    64: dict(SUB_M=64, NUM_SUB=2, BLOCK_N=128, num_warps=8, num_stages=3),
-    128: dict(SUB_M=64, NUM_SUB=2, BLOCK_N=128, num_warps=8, num_stages=3),
+_SM90 = {   # sweep of 2026-11-23 on an H100 (benchmarks/NOTES.md)
+    64: dict(SUB_M=128, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=3),
+    128: dict(SUB_M=128, NUM_SUB=1, BLOCK_N=128, num_warps=8, num_stages=3),
     256: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=8, num_stages=2),
 }
 _GENERIC_CUDA = {
@@ -42,7 +42,7 @@ ASCEND_910B_CANDIDATES = {
 _INTERPRETER = dict(SUB_M=16, NUM_SUB=2, BLOCK_N=32, num_warps=4, num_stages=1)
 
 # paged attention (decode / chunked prefill): BLOCK_M packed (token, head) rows
-_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3)
+_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
 _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
 _PAGED_INTERPRETER = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
 

@@ -14,10 +14,11 @@ tile split into a masked head, a mask-free body and a masked tail
 :class:`TileMask`, the program walks its query-tile row's runs: empty tiles are
 absent, full runs take the mask-free path, partial runs load one pool tile.
 
-Grid: (query head, query tile, sequence), heads fastest so that the heads of a GQA
-group run side by side and their shared K/V tiles are read from HBM once (L2 hits
-for the rest of the group); query tiles are issued last-first (causal rows at the
-bottom of a sequence carry the most work).
+Grid: (query tile × GQA-group head, KV head, sequence). The heads of a GQA group are
+fastest, so they run side by side and their shared K/V tiles come from HBM once
+(L2 hits for the rest of the group); next come the query tiles of the same KV
+head (for MHA: consecutive programs share K/V), issued last-first because causal
+rows at the bottom of a sequence carry the most work.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (LOG2E, block_segments, dot_flags, next_pow2, row_bounds, run_blocks,
-                            run_visible, store_rows)
+from .triton_common import (LOG2E, block_segments, dot_flags, launch, load_rows, next_pow2, row_bounds,
+                            run_run, run_visible, store_rows)
 from .triton_configs import flash_config
 
 
@@ -43,10 +44,11 @@ def flash_varlen_fwd_kernel(
         SUB_M: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
-        IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
-    head = tl.program_id(0)
-    tile = tl.num_programs(1) - 1 - tl.program_id(1)
+    # grid axis 0 = (query tile, head within the GQA group), group heads fastest
+    tile = tl.num_programs(0) // GROUP - 1 - tl.program_id(0) // GROUP
+    head = tl.program_id(1) * GROUP + tl.program_id(0) % GROUP
     seq = tl.program_id(2)
     q_start = tl.load(CU_Q + seq)
     q_len = tl.load(CU_Q + seq + 1) - q_start
@@ -61,13 +63,11 @@ def flash_varlen_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     rows0 = tile * BLOCK_M + tl.arange(0, SUB_M)
     rows1 = rows0 + SUB_M
-    q_base = Q + q_start.to(tl.int64) * stride_qt + head * stride_qh
-    q0 = tl.load(q_base + rows0[:, None] * stride_qt + offs_d[None, :],
-                 mask=(rows0[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    heads = rows0 * 0 + head
+    q0 = load_rows(Q, q_start + rows0, heads, rows0 < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
     q1 = q0
     if NUM_SUB == 2:
-        q1 = tl.load(q_base + rows1[:, None] * stride_qt + offs_d[None, :],
-                     mask=(rows1[:, None] < q_len) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        q1 = load_rows(Q, q_start + rows1, heads, rows1 < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
     K = K + k_start * stride_kt + kv_head * stride_kh
     V = V + k_start * stride_vt + kv_head * stride_vh
 
@@ -86,37 +86,31 @@ def flash_varlen_fwd_kernel(
 
     if HAS_MASK:
         # tiling-mask: walk this query tile's runs (empty tiles are absent), each clipped
-        # to the causal/window range; full runs keep the mask-free path where the rules allow
+        # to the causal/window range; full runs skip masking where the row rules allow
         for r in range(tl.load(ROW_PTR + tile), tl.load(ROW_PTR + tile + 1)):
             run_first = tl.load(RUN_START + r)
             first = tl.maximum(run_first * BLOCK_N, start)
             last = tl.maximum(tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
             pool_id = tl.load(RUN_POOL + r)
-            if pool_id < 0:
-                acc0, m0, l0, acc1, m1, l1 = run_visible(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
-                    K, V, K, 1, 0, stride_kt, 0, stride_vt,
-                    lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-                    False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-            else:
-                acc0, m0, l0, acc1, m1, l1 = run_blocks(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, k_len,
-                    K, V, K, 1, 0, stride_kt, 0, stride_vt,
-                    lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-                    POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
-                    True, True, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+            has_pool = pool_id >= 0
+            acc0, m0, l0, acc1, m1, l1 = run_run(
+                acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+                scale_log2, softcap, POOL_TILES + tl.maximum(pool_id, 0) * (BLOCK_M * BLOCK_N), has_pool,
+                rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
+                NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
     else:
         acc0, m0, l0, acc1, m1, l1 = run_visible(
             acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
             K, V, K, 1, 0, stride_kt, 0, stride_vt,
             lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-            False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+            False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
 
-    store_rows(O, LSE, acc0, m0, l0, q_start + rows0, rows0 * 0 + head, rows0 < q_len,
-               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
+    store_rows(O, LSE, acc0, m0, l0, q_start + rows0, heads, rows0 < q_len,
+               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
     if NUM_SUB == 2:
-        store_rows(O, LSE, acc1, m1, l1, q_start + rows1, rows1 * 0 + head, rows1 < q_len,
-                   stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE)
+        store_rows(O, LSE, acc1, m1, l1, q_start + rows1, heads, rows1 < q_len,
+                   stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
@@ -138,22 +132,27 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             cfg["NUM_SUB"] = 1
         cfg["SUB_M"] = mask.tile_q // cfg["NUM_SUB"]
         cfg["BLOCK_N"] = mask.tile_k
+        cfg["num_stages"] = min(cfg["num_stages"], 2)   # the run loop keeps extra state in shared memory
         mask_args = (mask.row_ptr, mask.run_start, mask.run_len, mask.run_pool,
                      mask.pool.to(torch.int8) if mask.pool.numel() else mask.row_ptr)
     else:
         mask_args = (cu_seqlens_q,) * 5   # unused pointers
     block_m = cfg["SUB_M"] * cfg["NUM_SUB"]
-    grid = (hq, triton.cdiv(max(max_seqlen_q, 1), block_m), batch)
+    if max(max_seqlen_k * k.stride(0), max_seqlen_k * v.stride(0), max_seqlen_q * q.stride(0)) >= 2 ** 31:
+        raise ValueError("flash_attn_varlen (triton): a sequence spans more than 2**31 elements of q/k/v; "
+                         "split it or use ASCEND_EXT_IMPL=attention=reference")
+    group = hq // k.shape[1]
+    grid = (triton.cdiv(max(max_seqlen_q, 1), block_m) * group, k.shape[1], batch)
     left, right = window
-    flash_varlen_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
-        softmax_scale * LOG2E, softcap, left, right, *mask_args, d, dv,
-        GROUP=hq // k.shape[1], BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
-        SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
-        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
-        HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
-        EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    launch(flash_varlen_fwd_kernel, grid,
+           q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+           q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+           out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
+           softmax_scale * LOG2E, softcap, left, right, *mask_args, d, dv,
+           GROUP=group, BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
+           SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
+           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
+           HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
+           EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False),
+           **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return lse if return_lse else None

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (LOG2E, block_segments, dot_flags, next_pow2, row_bounds, run_visible,
-                            store_rows)
+from .triton_common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, row_bounds,
+                            run_visible, store_rows)
 from .triton_configs import paged_config
 
 
@@ -53,8 +53,7 @@ def paged_attn_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_n = tl.arange(0, BLOCK_N)
-    q = tl.load(Q + (q_start + tokens).to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh
-                + offs_d[None, :], mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q = load_rows(Q, q_start + tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
 
     lo, hi = row_bounds(tokens, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     t_first = (tile * BLOCK_M) // GROUP
@@ -76,7 +75,7 @@ def paged_attn_kernel(
         True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
-               HEAD_DIM_V, WRITE_LSE)
+               HEAD_DIM_V, WRITE_LSE, EVEN_D)
 
 
 @triton.jit

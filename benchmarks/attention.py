@@ -1,0 +1,369 @@
+"""Attention benchmarks on one CUDA GPU: prefill, document masks, paged decode, tiling ablation.
+
+Everything is measured in one run against anchors measured in the same run: torch
+SDPA's FLASH (FA2), CUDNN and EFFICIENT backends, naive attention, flex_attention with
+a BlockMask, the device's copy bandwidth and bf16 matmul rate.
+
+    python benchmarks/attention.py                 # full run, ~5 min on an H100
+    python benchmarks/attention.py --parts prefill,decode --quick
+    python benchmarks/attention.py --parts sweep   # tile-configuration sweep
+
+Prints markdown tables, writes attention.json and attention.png to $OUT (or
+benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
+
+from ascend_ext import ops  # noqa: E402
+from ascend_ext.ops import TileMask  # noqa: E402
+from ascend_ext.ops.attention import triton_flash, triton_paged  # noqa: E402
+
+DEV = "cuda"
+TOKENS = 32768          # B * S per prefill shape
+
+
+def _cu(lengths):
+    out = [0]
+    for n in lengths:
+        out.append(out[-1] + n)
+    return torch.tensor(out, dtype=torch.int32, device=DEV)
+
+
+def _flops(b, s, hq, d, causal):
+    return 4 * b * s * s * hq * d * (0.5 if causal else 1.0)
+
+
+def _sdpa(backend, q4, k4, v4, causal, mask=None):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    which = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
+
+    def run():
+        with sdpa_kernel(which):
+            return F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, is_causal=causal and mask is None)
+    return run
+
+
+def _naive(q4, k4, v4, causal):
+    s = q4.shape[2]
+    scale = q4.shape[-1] ** -0.5
+    tri = torch.ones(s, s, dtype=torch.bool, device=DEV).tril() if causal else None
+
+    def run():
+        scores = (q4 @ k4.transpose(-1, -2)) * scale
+        if tri is not None:
+            scores = scores.masked_fill(~tri, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1).to(q4.dtype) @ v4
+    return run
+
+
+def _try_ms(fn):
+    try:
+        fn()
+        torch.cuda.synchronize()
+        return bench_ms(fn)
+    except Exception as exc:  # a backend that refuses a shape is reported, not fatal
+        return f"n/a ({type(exc).__name__})"
+
+
+def prefill(quick: bool) -> list[dict]:
+    rows = []
+    seqs = [1024, 4096, 16384] if quick else [1024, 4096, 16384, 32768]
+    for d in (128, 64):
+        for name, hq, hkv in (("MHA", 32, 32), ("GQA8", 32, 4)):
+            for s in seqs:
+                for causal in (True, False):
+                    b = max(1, TOKENS // s)
+                    q = torch.randn(b * s, hq, d, device=DEV, dtype=torch.bfloat16)
+                    k = torch.randn(b * s, hkv, d, device=DEV, dtype=torch.bfloat16)
+                    v = torch.randn(b * s, hkv, d, device=DEV, dtype=torch.bfloat16)
+                    cu = _cu([s] * b)
+                    out = torch.empty_like(q)
+
+                    def ours():
+                        return ops.flash_attn_varlen(q, k, v, cu, cu, s, s, causal=causal, out=out)
+                    q4 = q.view(b, s, hq, d).transpose(1, 2)
+                    k4 = k.view(b, s, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
+                    v4 = v.view(b, s, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
+                    with ops.use_impl(attention="triton"), ops.trusted_inputs():
+                        ours()
+                        ref = _sdpa("flash", q4, k4, v4, causal)()
+                        err = (out.view(b, s, hq, d).transpose(1, 2).float() - ref.float()).abs().max().item()
+                        t_ours = bench_ms(ours)
+                    flops = _flops(b, s, hq, d, causal)
+                    row = {"d": d, "heads": name, "S": s, "B": b, "causal": causal, "max_err_vs_fa2": err,
+                           "ours_TF": flops / t_ours / 1e9}
+                    for backend in ("flash", "cudnn", "efficient"):
+                        t = _try_ms(_sdpa(backend, q4, k4, v4, causal))
+                        row[f"{backend}_TF"] = flops / t / 1e9 if isinstance(t, float) else t
+                    if s <= 4096:
+                        t = _try_ms(_naive(q4, k4, v4, causal))
+                        row["naive_TF"] = flops / t / 1e9 if isinstance(t, float) else t
+                    for backend in ("flash", "cudnn"):
+                        if isinstance(row[f"{backend}_TF"], float):
+                            row[f"vs_{backend}"] = row["ours_TF"] / row[f"{backend}_TF"]
+                    rows.append(row)
+                    del q, k, v, q4, k4, v4, out
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def documents() -> list[dict]:
+    """8 causal documents packed into 16k tokens: tile mask vs flex BlockMask vs dense SDPA."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    s, h, d = 16384, 16, 128
+    gen = torch.Generator().manual_seed(0)
+    cuts = sorted(torch.randperm(s - 1, generator=gen)[:7].add(1).tolist())
+    offsets = [0] + cuts + [s]
+    q = torch.randn(s, h, d, device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(s, h, d, device=DEV, dtype=torch.bfloat16)
+    v = torch.randn(s, h, d, device=DEV, dtype=torch.bfloat16)
+    cu_full = _cu([s])
+    tm = TileMask.document(offsets, tile=(128, 128)).to(DEV)
+    stats = tm.stats()
+    causal_tiles = TileMask.causal(s, s).stats()
+    doc_ids = torch.zeros(s, dtype=torch.int32, device=DEV)
+    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
+        doc_ids[a:b] = i
+    rows = []
+    with ops.use_impl(attention="triton"), ops.trusted_inputs():
+        t_mask = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True, mask=tm))
+        t_causal = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True))
+        cu_docs = _cu([b - a for a, b in zip(offsets, offsets[1:])])
+        longest = max(b - a for a, b in zip(offsets, offsets[1:]))
+        t_varlen = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, causal=True))
+        masked = ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True, mask=tm)
+        by_docs = ops.flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, causal=True)
+    useful = sum((b - a) * (b - a + 1) / 2 for a, b in zip(offsets, offsets[1:]))
+    flops_useful = 4 * useful * h * d
+    rows.append({"method": "ours TileMask.document+causal", "ms": t_mask, "useful_TF": flops_useful / t_mask / 1e9,
+                 "mask_bytes": stats["nbytes"], "note": f"{stats['full'] + stats['partial']} non-empty tiles"})
+    rows.append({"method": "ours varlen (cu_seqlens = documents)", "ms": t_varlen,
+                 "useful_TF": flops_useful / t_varlen / 1e9, "note": f"max|diff| vs mask {float((masked - by_docs).abs().max()):.2g}"})
+    rows.append({"method": "ours causal 16k (no documents)", "ms": t_causal,
+                 "note": f"{causal_tiles['full'] + causal_tiles['partial']} non-empty tiles"})
+    q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+
+    def doc_causal(b, hh, qi, ki):
+        return (doc_ids[qi] == doc_ids[ki]) & (qi >= ki)
+    block_mask = create_block_mask(doc_causal, None, None, s, s, device=DEV)
+    flex = torch.compile(flex_attention)
+    flex(q4, k4, v4, block_mask=block_mask)
+    t_flex = bench_ms(lambda: flex(q4, k4, v4, block_mask=block_mask))
+    rows.append({"method": "flex_attention + BlockMask", "ms": t_flex, "useful_TF": flops_useful / t_flex / 1e9})
+    dense = (doc_ids[:, None] == doc_ids[None, :]) & torch.ones(s, s, dtype=torch.bool, device=DEV).tril()
+    t_dense = _try_ms(_sdpa("efficient", q4, k4, v4, False, mask=dense))
+    rows.append({"method": "SDPA efficient + dense bool mask", "ms": t_dense,
+                 "useful_TF": flops_useful / t_dense / 1e9 if isinstance(t_dense, float) else None,
+                 "mask_bytes": dense.numel()})
+    nonempty = (stats["full"] + stats["partial"]) / (causal_tiles["full"] + causal_tiles["partial"])
+    rows.append({"method": "proportionality", "note": f"time(doc)/time(causal) = {t_mask / t_causal:.3f}; "
+                 f"non-empty tiles ratio = {nonempty:.3f}"})
+    return rows
+
+
+def decode(quick: bool) -> list[dict]:
+    hq, hkv, d, bs = 32, 8, 128, 16
+    rows = []
+    batches = [1, 8, 32, 128] if quick else [1, 8, 32, 128, 256]
+    contexts = [1024, 4096, 16384] if quick else [1024, 4096, 16384, 32768]
+    for b in batches:
+        for ctx in contexts:
+            kv_bytes = 2 * b * ctx * hkv * d * 2
+            if kv_bytes > 24e9:
+                continue
+            nblk = b * ctx // bs
+            k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+            v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+            table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
+            lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
+            q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+            cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
+            out = torch.empty_like(q)
+            with ops.use_impl(attention="triton"), ops.trusted_inputs():
+                t = bench_ms(lambda: ops.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, out=out,
+                                                         max_seqlen_k=ctx))
+            row = {"B": b, "ctx": ctx, "us": t * 1e3, "GBps": kv_bytes / t / 1e6}
+            if b * ctx <= 32 * 4096:
+                def naive():
+                    kk = k_cache[table.long()].view(b, ctx, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
+                    vv = v_cache[table.long()].view(b, ctx, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
+                    return F.scaled_dot_product_attention(q.unsqueeze(2), kk, vv)
+                ref = naive().squeeze(2)
+                row["max_err_vs_naive"] = (ref.float() - out.float()).abs().max().item()
+                row["naive_us"] = bench_ms(naive) * 1e3
+            rows.append(row)
+            del k_cache, v_cache
+            torch.cuda.empty_cache()
+    return rows
+
+
+ABLATION = [   # (SUB_M, NUM_SUB, BLOCK_N, warps, stages)
+    (128, 1, 128, 8, 3), (128, 1, 64, 4, 3), (64, 1, 64, 4, 3),
+    (64, 2, 128, 8, 3), (64, 2, 64, 4, 3), (128, 2, 64, 8, 2), (128, 2, 128, 8, 2),
+]
+
+
+def ablation(quick: bool) -> list[dict]:
+    rows = []
+    for d in (128, 64):
+        for s in ((4096,) if quick else (4096, 16384)):
+            for causal in (True, False):
+                b, h = TOKENS // s, 32
+                q = torch.randn(b * s, h, d, device=DEV, dtype=torch.bfloat16)
+                k = torch.randn(b * s, h, d, device=DEV, dtype=torch.bfloat16)
+                v = torch.randn(b * s, h, d, device=DEV, dtype=torch.bfloat16)
+                cu = _cu([s] * b)
+                out = torch.empty_like(q)
+                ref = None
+                for sub_m, num_sub, block_n, warps, stages in ABLATION:
+                    cfg = dict(SUB_M=sub_m, NUM_SUB=num_sub, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                    row = {"d": d, "S": s, "causal": causal, "first_level": f"{sub_m * num_sub}x{block_n}",
+                           "second_level": f"{num_sub}x{sub_m}", "warps": warps, "stages": stages}
+
+                    def run():
+                        return triton_flash.flash_attn_varlen(q, k, v, cu, cu, s, s, softmax_scale=d ** -0.5,
+                                                              window=(-1, 0) if causal else (-1, -1), mask=None,
+                                                              softcap=0.0, out=out, return_lse=False, config=cfg)
+                    try:
+                        run()
+                        torch.cuda.synchronize()
+                        if ref is None:
+                            ref = out.clone()
+                        row["max_diff_vs_first"] = (out.float() - ref.float()).abs().max().item()
+                        row["TF"] = _flops(b, s, h, d, causal) / bench_ms(run) / 1e9
+                    except Exception as exc:
+                        row["TF"] = f"failed: {type(exc).__name__}: {str(exc)[:60]}"
+                    rows.append(row)
+                del q, k, v, out
+    return rows
+
+
+PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 128, 4, 2), (16, 128, 8, 3), (16, 64, 8, 4)]
+
+
+def paged_sweep() -> list[dict]:
+    hq, hkv, d, bs = 32, 8, 128, 16
+    rows = []
+    for b, ctx in ((1, 32768), (32, 4096), (128, 4096), (64, 16384)):
+        nblk = b * ctx // bs
+        k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+        v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+        table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
+        lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
+        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+        cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
+        out = torch.empty_like(q)
+        for block_m, block_n, warps, stages in PAGED_SWEEP:
+            cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+
+            def run():
+                return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
+                                                    window=(-1, 0), softcap=0.0, out=out, return_lse=False,
+                                                    max_seqlen_k=ctx, config=cfg)
+            t = bench_ms(run)
+            rows.append({"B": b, "ctx": ctx, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}", "us": t * 1e3,
+                         "GBps": 2 * b * ctx * hkv * d * 2 / t / 1e6})
+        del k_cache, v_cache
+        torch.cuda.empty_cache()
+    return rows
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    pre = [r for r in result.get("prefill", []) if r["d"] == 128 and r["heads"] == "MHA" and r["causal"]]
+    if pre:
+        ax = axes[0]
+        xs = [r["S"] for r in pre]
+        for key, label in (("ours_TF", "ascend_ext"), ("flash_TF", "SDPA FA2"), ("cudnn_TF", "SDPA cuDNN"),
+                           ("efficient_TF", "SDPA efficient")):
+            ys = [r[key] if isinstance(r.get(key), float) else math.nan for r in pre]
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_title("causal prefill bf16 d128 MHA (B*S=32k)")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("TFLOP/s")
+        ax.legend()
+    dec = result.get("decode", [])
+    if dec:
+        ax = axes[1]
+        for b in sorted({r["B"] for r in dec}):
+            pts = [r for r in dec if r["B"] == b]
+            ax.plot([r["ctx"] for r in pts], [r["GBps"] for r in pts], marker="o", label=f"batch {b}")
+        ax.axhline(result["ceilings"]["copy_GBps"], color="k", ls="--", label="copy bandwidth")
+        ax.set_xscale("log", base=2)
+        ax.set_title("paged decode bf16, 32q/8kv heads, d128")
+        ax.set_xlabel("context")
+        ax.set_ylabel("GB/s of KV read")
+        ax.legend()
+    abl = [r for r in result.get("ablation", []) if isinstance(r.get("TF"), float) and r["d"] == 128 and r["causal"]]
+    if abl:
+        ax = axes[2]
+        labels = [f"S{r['S'] // 1024}k {r['first_level']}/{r['second_level']} w{r['warps']}" for r in abl]
+        ax.barh(range(len(abl)), [r["TF"] for r in abl])
+        ax.set_yticks(range(len(abl)), labels, fontsize=7)
+        ax.set_title("two-level tiling ablation (causal d128)")
+        ax.set_xlabel("TFLOP/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="prefill,documents,decode,ablation")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    result = {"env": environment(), "ceilings": device_ceilings()}
+    print(result["env"], result["ceilings"])
+    sections = [
+        ("sweep", "paged_sweep", paged_sweep, "paged decode config sweep", ["B", "ctx", "cfg", "us", "GBps"]),
+        ("ablation", "ablation", lambda: ablation(args.quick), "two-level tiling ablation (bf16, 32 heads, B*S=32k)",
+         ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "TF", "max_diff_vs_first"]),
+        ("prefill", "prefill", lambda: prefill(args.quick), "prefill bf16 (TFLOP/s; causal counts half)",
+         ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
+          "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
+        ("documents", "documents", documents, "8 causal documents in 16k tokens (16 heads, d128, bf16)",
+         ["method", "ms", "useful_TF", "mask_bytes", "note"]),
+        ("decode", "decode", lambda: decode(args.quick),
+         f"paged decode bf16 (32 q / 8 kv heads, d128, block 16); copy bandwidth "
+         f"{result['ceilings']['copy_GBps']:.0f} GB/s", ["B", "ctx", "us", "GBps", "naive_us", "max_err_vs_naive"]),
+    ]
+    for part, key, fn, title, columns in sections:
+        if part not in parts:
+            continue
+        try:
+            result[key] = fn()
+            print_table(title, result[key], columns)
+        except Exception:   # one broken part must not lose the others' numbers
+            import traceback
+            traceback.print_exc()
+            result[key + "_error"] = traceback.format_exc()[-2000:]
+        sys.stdout.flush()
+    path = write_json("attention.json", result)
+    plot(result, path.replace(".json", ".png"))
+    print(f"\nwrote {path} and attention.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

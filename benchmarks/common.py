@@ -1,0 +1,73 @@
+"""Shared benchmark plumbing: timing, device ceilings, result files (JSON + PNG), tables."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+
+import torch
+
+
+def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median milliseconds of ``fn`` on the current device (CUDA events through do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def device_ceilings() -> dict:
+    """Measured copy bandwidth (bytes read + written) and bf16 matmul rate of this GPU."""
+    src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)   # 512 MiB, far past L2
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src))
+    copy_gbs = 2 * src.numel() * src.element_size() / ms / 1e6
+    del src, dst
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = bench_ms(lambda: a @ b)
+    return {"copy_GBps": copy_gbs, "matmul_bf16_TFLOPs": 2 * 8192 ** 3 / ms / 1e9}
+
+
+def environment() -> dict:
+    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def out_dir() -> str:
+    path = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def write_json(name: str, payload: dict) -> str:
+    path = os.path.join(out_dir(), name)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    return path
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"\n## {title}")
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) if rows else len(c) for c in columns}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |")
+    print("|" + "|".join("-" * (widths[c] + 2) for c in columns) + "|")
+    for r in rows:
+        print("| " + " | ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns) + " |")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
