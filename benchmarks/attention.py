@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
+from common import bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
@@ -33,6 +33,7 @@ from ascend_ext.ops.attention import triton_flash, triton_paged  # noqa: E402
 
 DEV = "cuda"
 TOKENS = 32768          # B * S per prefill shape
+COPY_GBPS = [float("nan")]   # filled in by main() from the measured ceiling
 
 
 def _cu(lengths):
@@ -196,9 +197,12 @@ def decode(quick: bool) -> list[dict]:
             cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
             out = torch.empty_like(q)
             with ops.use_impl(attention="triton"), ops.trusted_inputs():
-                t = bench_ms(lambda: ops.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, out=out,
-                                                         max_seqlen_k=ctx))
-            row = {"B": b, "ctx": ctx, "us": t * 1e3, "GBps": kv_bytes / t / 1e6}
+                def run():
+                    return ops.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, out=out, max_seqlen_k=ctx)
+                t_eager = bench_ms(run)
+                t = bench_graph_ms(run)
+            row = {"B": b, "ctx": ctx, "us": t * 1e3, "GBps": kv_bytes / t / 1e6, "eager_us": t_eager * 1e3,
+                   "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0]}
             if b * ctx <= 32 * 4096:
                 def naive():
                     kk = k_cache[table.long()].view(b, ctx, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
@@ -213,9 +217,9 @@ def decode(quick: bool) -> list[dict]:
     return rows
 
 
-ABLATION = [   # (SUB_M, NUM_SUB, BLOCK_N, warps, stages)
-    (128, 1, 128, 8, 3), (128, 1, 64, 4, 3), (64, 1, 64, 4, 3),
-    (64, 2, 128, 8, 3), (64, 2, 64, 4, 3), (128, 2, 64, 8, 2), (128, 2, 128, 8, 2),
+ABLATION = [   # (SUB_M, NUM_SUB, BLOCK_N, warps, stages, warp_specialize)
+    (128, 1, 128, 8, 3, False), (128, 1, 128, 8, 2, False), (128, 1, 64, 8, 3, False), (128, 1, 64, 4, 3, False),
+    (128, 1, 128, 8, 3, True), (64, 2, 64, 4, 3, False), (128, 2, 64, 8, 2, False), (64, 2, 128, 8, 2, False),
 ]
 
 
@@ -231,10 +235,11 @@ def ablation(quick: bool) -> list[dict]:
                 cu = _cu([s] * b)
                 out = torch.empty_like(q)
                 ref = None
-                for sub_m, num_sub, block_n, warps, stages in ABLATION:
-                    cfg = dict(SUB_M=sub_m, NUM_SUB=num_sub, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                for sub_m, num_sub, block_n, warps, stages, ws in ABLATION:
+                    cfg = dict(SUB_M=sub_m, NUM_SUB=num_sub, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+                               WS=ws)
                     row = {"d": d, "S": s, "causal": causal, "first_level": f"{sub_m * num_sub}x{block_n}",
-                           "second_level": f"{num_sub}x{sub_m}", "warps": warps, "stages": stages}
+                           "second_level": f"{num_sub}x{sub_m}", "warps": warps, "stages": stages, "ws": ws}
 
                     def run():
                         return triton_flash.flash_attn_varlen(q, k, v, cu, cu, s, s, softmax_scale=d ** -0.5,
@@ -276,7 +281,7 @@ def paged_sweep() -> list[dict]:
                 return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
                                                     window=(-1, 0), softcap=0.0, out=out, return_lse=False,
                                                     max_seqlen_k=ctx, config=cfg)
-            t = bench_ms(run)
+            t = bench_graph_ms(run)
             rows.append({"B": b, "ctx": ctx, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}", "us": t * 1e3,
                          "GBps": 2 * b * ctx * hkv * d * 2 / t / 1e6})
         del k_cache, v_cache
@@ -334,11 +339,12 @@ def main() -> int:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     result = {"env": environment(), "ceilings": device_ceilings()}
+    COPY_GBPS[0] = result["ceilings"]["copy_GBps"]
     print(result["env"], result["ceilings"])
     sections = [
         ("sweep", "paged_sweep", paged_sweep, "paged decode config sweep", ["B", "ctx", "cfg", "us", "GBps"]),
         ("ablation", "ablation", lambda: ablation(args.quick), "two-level tiling ablation (bf16, 32 heads, B*S=32k)",
-         ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "TF", "max_diff_vs_first"]),
+         ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "ws", "TF", "max_diff_vs_first"]),
         ("prefill", "prefill", lambda: prefill(args.quick), "prefill bf16 (TFLOP/s; causal counts half)",
          ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
           "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
@@ -346,7 +352,8 @@ def main() -> int:
          ["method", "ms", "useful_TF", "mask_bytes", "note"]),
         ("decode", "decode", lambda: decode(args.quick),
          f"paged decode bf16 (32 q / 8 kv heads, d128, block 16); copy bandwidth "
-         f"{result['ceilings']['copy_GBps']:.0f} GB/s", ["B", "ctx", "us", "GBps", "naive_us", "max_err_vs_naive"]),
+         f"{result['ceilings']['copy_GBps']:.0f} GB/s; us = CUDA-graph replay, eager_us = plain calls",
+         ["B", "ctx", "us", "GBps", "pct_copy_bw", "eager_us", "naive_us", "max_err_vs_naive"]),
     ]
     for part, key, fn, title, columns in sections:
         if part not in parts:

@@ -17,6 +17,20 @@ def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def bench_graph_ms(fn, replays: int = 20) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph: device time without host launch overhead."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(replays):
+            fn()
+    return bench_ms(graph.replay) / replays
+
+
 def device_ceilings() -> dict:
     """Measured copy bandwidth (bytes read + written) and bf16 matmul rate of this GPU."""
     src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)   # 512 MiB, far past L2

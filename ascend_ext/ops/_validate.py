@@ -92,6 +92,8 @@ def softmax_scale(value, head_dim: int) -> float:
         return head_dim ** -0.5
     if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)):
         raise TypeError(f"softmax_scale must be a Python float, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"softmax_scale must be > 0, got {value}")
     return float(value)
 
 

@@ -215,14 +215,14 @@ def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
             NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-            HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+            HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, STAGES: tl.constexpr):
     """One tiling-mask run: key blocks [first, last) of one class, in a single loop.
 
-    Blocks in [free_from, free_to) of a full run skip masking; the others apply the
-    row rules, and a partial run (has_pool) also its pool tile. One loop (runtime
-    branches, not three loops) keeps the pipelined K/V buffers to one set.
+    Blocks in [free_from, free_to) skip masking; the others apply the row rules, and a
+    partial run (has_pool) also its pool tile. STAGES sets the loop's own software
+    pipelining depth (partial runs are short: 1 keeps them out of shared memory).
     """
-    for n in tl.range(first, last, BLOCK_N):
+    for n in tl.range(first, last, BLOCK_N, num_stages=STAGES):
         k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
                          HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
         cols = n + offs_n

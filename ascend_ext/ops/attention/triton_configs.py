@@ -25,7 +25,7 @@ import torch
 
 # (SUB_M, NUM_SUB, BLOCK_N, num_warps, num_stages) keyed by head-dim bucket
 _SM90 = {   # sweep of 2026-11-23 on an H100 (benchmarks/NOTES.md)
-    64: dict(SUB_M=128, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=3),
+    64: dict(SUB_M=128, NUM_SUB=1, BLOCK_N=64, num_warps=8, num_stages=3),
     128: dict(SUB_M=128, NUM_SUB=1, BLOCK_N=128, num_warps=8, num_stages=3),
     256: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=8, num_stages=2),
 }

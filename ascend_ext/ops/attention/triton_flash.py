@@ -92,13 +92,19 @@ def flash_varlen_fwd_kernel(
             first = tl.maximum(run_first * BLOCK_N, start)
             last = tl.maximum(tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
             pool_id = tl.load(RUN_POOL + r)
-            has_pool = pool_id >= 0
-            acc0, m0, l0, acc1, m1, l1 = run_run(
-                acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
-                K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
-                scale_log2, softcap, POOL_TILES + tl.maximum(pool_id, 0) * (BLOCK_M * BLOCK_N), has_pool,
-                rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
-                NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+            if pool_id >= 0:   # partial tiles: element mask from the pool (few; unpipelined loop)
+                acc0, m0, l0, acc1, m1, l1 = run_run(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, last, last, k_len,
+                    K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+                    scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), pool_id >= 0,
+                    rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
+                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1)
+            else:              # full tiles: the causal/window fast path
+                acc0, m0, l0, acc1, m1, l1 = run_visible(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                    K, V, K, 1, 0, stride_kt, 0, stride_vt,
+                    lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                    False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
     else:
         acc0, m0, l0, acc1, m1, l1 = run_visible(
             acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
@@ -132,7 +138,6 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             cfg["NUM_SUB"] = 1
         cfg["SUB_M"] = mask.tile_q // cfg["NUM_SUB"]
         cfg["BLOCK_N"] = mask.tile_k
-        cfg["num_stages"] = min(cfg["num_stages"], 2)   # the run loop keeps extra state in shared memory
         mask_args = (mask.row_ptr, mask.run_start, mask.run_len, mask.run_pool,
                      mask.pool.to(torch.int8) if mask.pool.numel() else mask.row_ptr)
     else:
