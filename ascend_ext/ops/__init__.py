@@ -9,8 +9,10 @@ from ._dispatch import describe, use_impl
 from ._validate import trusted_inputs
 from .attention import (TileMask, flash_attn_varlen, merge_attn_states, paged_attention,
                         reshape_and_cache, split_kv_cache)
+from .mla import concat_and_cache_mla, mla_decode
 
 __all__ = [
-    "TileMask", "describe", "flash_attn_varlen", "merge_attn_states", "paged_attention",
+    "TileMask", "concat_and_cache_mla", "describe", "flash_attn_varlen", "merge_attn_states",
+    "mla_decode", "paged_attention",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]

@@ -58,6 +58,8 @@ def same_dtype(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) 
 
 def same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
     for name, x in others.items():
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x is not None and x.device != ref.device:
             raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {x.device}")
 
@@ -149,3 +151,41 @@ def output(name: str, out: torch.Tensor | None, shape: tuple[int, ...], like: to
     if out.dtype != like.dtype or out.device != like.device:
         raise TypeError(f"{name} must be {like.dtype} on {like.device}, got {out.dtype} on {out.device}")
     return out
+
+
+def paged_values(block_table: torch.Tensor, seq_lens: torch.Tensor, num_blocks: int, block_size: int, *,
+                 q_lens: torch.Tensor | None = None, max_seqlen_k: int | None = None) -> None:
+    """Value checks of paged-cache metadata (syncs with the device)."""
+    lens = seq_lens.cpu()
+    if bool((lens < 0).any()):
+        raise ValueError(f"seq_lens must be >= 0, got {lens.tolist()}")
+    if q_lens is not None:
+        q_lens = q_lens.cpu()
+        if bool((q_lens > lens).any()):
+            b = int((q_lens > lens).nonzero()[0])
+            raise ValueError(f"sequence {b} has {int(q_lens[b])} queries but seq_lens[{b}] = {int(lens[b])} "
+                             "keys; queries are the last positions of their sequence, so Lq <= seq_len")
+    if max_seqlen_k is not None and lens.numel() and int(lens.max()) > max_seqlen_k:
+        raise ValueError(f"max_seqlen_k ({max_seqlen_k}) is smaller than max(seq_lens) ({int(lens.max())})")
+    needed = (lens + block_size - 1) // block_size
+    if needed.numel() and int(needed.max()) > block_table.shape[1]:
+        raise ValueError(f"seq_lens needs up to {int(needed.max())} blocks but block_table has "
+                         f"{block_table.shape[1]} columns")
+    table = block_table.cpu()
+    used = torch.arange(table.shape[1])[None, :] < needed[:, None]
+    bad = used & ((table < 0) | (table >= num_blocks))
+    if bool(bad.any()):
+        b, j = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"block_table[{b}, {j}] = {int(table[b, j])} is out of range [0, {num_blocks})")
+
+
+def slots(slot_mapping: torch.Tensor, tokens: int, capacity: int) -> None:
+    """slot_mapping [N] (N <= tokens) holds slots < capacity (negative = skip)."""
+    tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64))
+    if slot_mapping.shape[0] > tokens:
+        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} entries but only {tokens} tokens are given")
+    if value_checks_enabled() and slot_mapping.numel():
+        top = int(slot_mapping.max())
+        if top >= capacity:
+            raise ValueError(f"slot_mapping holds slot {top}, past the cache capacity "
+                             f"num_blocks*block_size = {capacity}")

@@ -98,7 +98,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     if max_seqlen_k is not None:
         check.positive_int("max_seqlen_k", max_seqlen_k, allow_zero=True)
     if check.value_checks_enabled():
-        _check_paged_values(block_table, seq_lens, k_cache, cu_seqlens_q, max_seqlen_k)
+        check.paged_values(block_table, seq_lens, k_cache.shape[0], k_cache.shape[1],
+                           q_lens=cu_seqlens_q[1:] - cu_seqlens_q[:-1], max_seqlen_k=max_seqlen_k)
     scale = check.softmax_scale(softmax_scale, q.shape[2])
     window = check.window(window_size, causal)
     softcap = _softcap(softcap)
@@ -122,22 +123,13 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     check.tensor("value", value, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k_cache", k_cache, ndim=4, dtypes=check.FLOAT_DTYPES)
     check.tensor("v_cache", v_cache, ndim=4, dtypes=check.FLOAT_DTYPES)
-    check.tensor("slot_mapping", slot_mapping, ndim=1, dtypes=(torch.int32, torch.int64))
     check.same_device("key", key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     _check_cache_pair(k_cache, v_cache, key.shape[2])
     check.dim_equals("key", key, 1, k_cache.shape[2], "the KV head count of k_cache")
     check.dim_equals("value", value, 0, key.shape[0], "the token count of key")
     check.dim_equals("value", value, 1, key.shape[1], "the KV head count of key")
     check.dim_equals("value", value, 2, v_cache.shape[3], "the head dim of v_cache")
-    if slot_mapping.shape[0] > key.shape[0]:
-        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} entries but key has only "
-                         f"{key.shape[0]} tokens")
-    if check.value_checks_enabled() and slot_mapping.numel():
-        top = int(slot_mapping.max())
-        capacity = k_cache.shape[0] * k_cache.shape[1]
-        if top >= capacity:
-            raise ValueError(f"slot_mapping holds slot {top}, past the cache capacity "
-                             f"num_blocks*block_size = {capacity}")
+    check.slots(slot_mapping, key.shape[0], k_cache.shape[0] * k_cache.shape[1])
     resolve("reshape_and_cache", key.device.type)(key, value, k_cache, v_cache, slot_mapping)
 
 
@@ -187,30 +179,6 @@ def _check_cache_pair(k_cache, v_cache, head_dim: int) -> None:
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         if cache.stride(3) != 1:
             raise ValueError(f"{name} must be contiguous in its last (head) dim, got strides {cache.stride()}")
-
-
-def _check_paged_values(block_table, seq_lens, k_cache, cu_seqlens_q, max_seqlen_k) -> None:
-    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
-    lens = seq_lens.cpu()
-    if bool((lens < 0).any()):
-        raise ValueError(f"seq_lens must be >= 0, got {lens.tolist()}")
-    q_lens = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
-    if bool((q_lens > lens).any()):
-        b = int((q_lens > lens).nonzero()[0])
-        raise ValueError(f"sequence {b} has {int(q_lens[b])} queries but seq_lens[{b}] = {int(lens[b])} "
-                         "keys; queries are the last positions of their sequence, so Lq <= seq_len")
-    if max_seqlen_k is not None and lens.numel() and int(lens.max()) > max_seqlen_k:
-        raise ValueError(f"max_seqlen_k ({max_seqlen_k}) is smaller than max(seq_lens) ({int(lens.max())})")
-    needed = (lens + block_size - 1) // block_size
-    if needed.numel() and int(needed.max()) > block_table.shape[1]:
-        raise ValueError(f"seq_lens needs up to {int(needed.max())} blocks but block_table has "
-                         f"{block_table.shape[1]} columns")
-    table = block_table.cpu()
-    used = torch.arange(table.shape[1])[None, :] < needed[:, None]
-    bad = used & ((table < 0) | (table >= num_blocks))
-    if bool(bad.any()):
-        b, j = (int(x) for x in bad.nonzero()[0])
-        raise ValueError(f"block_table[{b}, {j}] = {int(table[b, j])} is out of range [0, {num_blocks})")
 
 
 def _check_mask(mask, q, cu_seqlens_q, cu_seqlens_k) -> None:

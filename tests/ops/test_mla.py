@@ -1,0 +1,190 @@
+"""MLA decode: absorbed form equals the explicit per-head computation; every
+implementation matches float64; cache writes; bad input."""
+
+import itertools
+
+import pytest
+import torch
+
+from ascend_ext import ops
+
+from .impls import DEVICE, runnable
+from .naive import allowed, assert_close, assert_lse_close, attention_f64, randn
+
+
+def _latent_cache(lengths, width, block_size, dtype, rng, extra_blocks=2):
+    """Per-sequence latent rows scattered into a NaN-poisoned cache with a permuted table."""
+    rows = [randn((n, width), dtype, rng) for n in lengths]
+    needed = [-(-n // block_size) for n in lengths]
+    total = sum(needed) + extra_blocks
+    perm = torch.randperm(total, generator=rng).tolist()
+    cache = torch.full((total, block_size, width), float("nan"), dtype=dtype)
+    table = torch.full((len(lengths), max(needed + [1]) + 1), -1, dtype=torch.int32)
+    cursor = 0
+    for b, r in enumerate(rows):
+        for j in range(needed[b]):
+            table[b, j] = perm[cursor]
+            part = r[j * block_size:(j + 1) * block_size]
+            cache[perm[cursor], :part.shape[0]] = part
+            cursor += 1
+    return rows, cache, table, torch.tensor(lengths, dtype=torch.int32)
+
+
+def _reference(q, rows, rank, scale, causal):
+    outs, lses = [], []
+    for b, latent in enumerate(rows):
+        s_q = q.shape[1]
+        ok = allowed(s_q, latent.shape[0], causal, (-1, -1))
+        o, l = attention_f64(q[b].cpu(), latent[:, None, :], latent[:, None, :rank], scale, ok)
+        outs.append(o)
+        lses.append(l)
+    return torch.stack(outs), torch.stack(lses)
+
+
+CASES = []
+for n, (hq, s_q, block_size, dtype) in enumerate(itertools.product(
+        (1, 16, 128), (1, 2), (16, 64), (torch.bfloat16, torch.float16, torch.float32))):
+    lengths = [[0, 1, 17, 100], [5, 64, 65], [130, 3]][n % 3]
+    if hq == 128 and dtype == torch.float32:
+        continue   # covered by the other dtypes; keeps the interpreter run short
+    CASES.append(pytest.param(hq, s_q, block_size, dtype, lengths,
+                              id=f"h{hq}-sq{s_q}-bs{block_size}-{str(dtype)[6:]}-n{max(lengths)}"))
+
+
+@pytest.mark.parametrize("impl", runnable("mla_decode"))
+@pytest.mark.parametrize("hq,s_q,block_size,dtype,lengths", CASES)
+def test_mla_decode_matches_float64(impl, hq, s_q, block_size, dtype, lengths, rng):
+    rank, rope = 512, 64
+    rows, cache, table, lens = _latent_cache(lengths, rank + rope, block_size, dtype, rng)
+    q = randn((len(lengths), s_q, hq, rank + rope), dtype, rng, DEVICE)
+    scale = (128 + 64) ** -0.5
+    out = torch.full((len(lengths), s_q, hq, rank), float("nan"), dtype=dtype, device=DEVICE)
+    with ops.use_impl(mla=impl):
+        _, lse = ops.mla_decode(q, cache.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
+                                softmax_scale=scale, return_lse=True, out=out)
+    ref, ref_lse = _reference(q, rows, rank, scale, causal=True)
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+
+
+@pytest.mark.parametrize("impl", runnable("mla_decode"))
+@pytest.mark.parametrize("causal", [True, False])
+def test_mla_decode_small_rank_and_odd_rope(impl, causal, rng):
+    """Widths that are not powers of two (rank 96, rope 40) and non-causal multi-token."""
+    rank, rope, s_q, hq = 96, 40, 3, 4
+    rows, cache, table, lens = _latent_cache([2, 33, 50], rank + rope, 16, torch.float32, rng)
+    q = randn((3, s_q, hq, rank + rope), torch.float32, rng, DEVICE)
+    with ops.use_impl(mla=impl):
+        out, lse = ops.mla_decode(q, cache.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
+                                  softmax_scale=0.1, causal=causal, return_lse=True)
+    ref, ref_lse = _reference(q, rows, rank, 0.1, causal)
+    assert_close(out, ref, torch.float32)
+    assert_lse_close(lse, ref_lse, torch.float32)
+
+
+@pytest.mark.skipif("triton" not in runnable("mla_decode"), reason="Triton cannot run here")
+@pytest.mark.parametrize("num_splits", [2, 5])
+def test_mla_triton_split_kv(num_splits, rng):
+    from ascend_ext.ops.mla import triton_decode
+
+    rank, rope, hq, s_q = 512, 64, 16, 2
+    rows, cache, table, lens = _latent_cache([200, 1, 77], rank + rope, 16, torch.bfloat16, rng)
+    q = randn((3, s_q, hq, rank + rope), torch.bfloat16, rng, DEVICE)
+    out = torch.empty((3, s_q, hq, rank), dtype=torch.bfloat16, device=DEVICE)
+    lse = triton_decode.mla_decode(q, cache.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
+                                   softmax_scale=0.07, causal=True, out=out, return_lse=True, num_splits=num_splits)
+    ref, ref_lse = _reference(q, rows, rank, 0.07, True)
+    assert_close(out, ref, torch.bfloat16)
+    assert_lse_close(lse, ref_lse, torch.bfloat16)
+
+
+def test_absorbed_equals_explicit_mla(rng):
+    """Decompress K/V per head with W_UK / W_UV and run plain attention: the absorbed
+    decode followed by W_UV gives the same output."""
+    hq, nope, rope, v_dim, rank, s_q = 4, 32, 16, 24, 64, 2
+    lengths = [9, 40]
+    scale = (nope + rope) ** -0.5
+    w_uk = randn((hq, nope, rank), torch.float64, rng, scale=0.2)
+    w_uv = randn((hq, v_dim, rank), torch.float64, rng, scale=0.2)
+    latents = [randn((n, rank), torch.float64, rng) for n in lengths]
+    k_pes = [randn((n, rope), torch.float64, rng) for n in lengths]
+    q_nope = randn((len(lengths), s_q, hq, nope), torch.float64, rng)
+    q_pe = randn((len(lengths), s_q, hq, rope), torch.float64, rng)
+    # absorbed: q_lat = q_nope @ W_UK, cache rows = [c_kv, k_pe]
+    q_abs = torch.cat([torch.einsum("bshn,hnr->bshr", q_nope, w_uk), q_pe], dim=-1).float()
+    rows = [torch.cat([c, p], dim=-1).float() for c, p in zip(latents, k_pes)]
+    bs = 8
+    needed = [-(-n // bs) for n in lengths]
+    cache = torch.full((sum(needed), bs, rank + rope), float("nan"))
+    table = torch.zeros(len(lengths), max(needed), dtype=torch.int32)
+    blk = 0
+    for b, r in enumerate(rows):
+        for j in range(needed[b]):
+            part = r[j * bs:(j + 1) * bs]
+            cache[blk, :part.shape[0]] = part
+            table[b, j] = blk
+            blk += 1
+    out_lat = ops.mla_decode(q_abs, cache, table, torch.tensor(lengths, dtype=torch.int32), kv_lora_rank=rank,
+                             softmax_scale=scale)
+    absorbed = torch.einsum("bshr,hvr->bshv", out_lat.double(), w_uv)
+    for b, n in enumerate(lengths):
+        k = torch.cat([torch.einsum("lr,hnr->lhn", latents[b], w_uk),
+                       k_pes[b][:, None, :].expand(n, hq, rope)], dim=-1)
+        v = torch.einsum("lr,hvr->lhv", latents[b], w_uv)
+        qf = torch.cat([q_nope[b], q_pe[b]], dim=-1)
+        explicit, _ = attention_f64(qf, k, v, scale, allowed(s_q, n, True, (-1, -1)))
+        torch.testing.assert_close(absorbed[b], explicit, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("impl", runnable("concat_and_cache_mla"))
+def test_concat_and_cache_mla(impl, rng):
+    blocks, bs, rank, rope, n = 4, 16, 64, 16, 20
+    cache = torch.full((blocks, bs, rank + rope), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    kv_c = randn((n + 2, rank), torch.float32, rng, DEVICE)
+    k_pe = randn((n + 2, rope), torch.float32, rng, DEVICE)
+    slots = torch.randperm(blocks * bs, generator=rng)[:n]
+    slots[3] = -1
+    with ops.use_impl(mla=impl):
+        ops.concat_and_cache_mla(kv_c, k_pe, cache, slots.to(DEVICE))
+    flat = cache.view(-1, rank + rope).cpu()
+    for t, s in enumerate(slots.tolist()):
+        if s >= 0:
+            assert torch.equal(flat[s], torch.cat([kv_c[t], k_pe[t]]).to(torch.bfloat16).cpu())
+    assert int(torch.isnan(flat.float()).all(1).sum()) == blocks * bs - (n - 1)
+
+
+def _mla_args(**over):
+    args = dict(q=torch.randn(2, 1, 4, 576), kv_cache=torch.randn(5, 16, 576),
+                block_table=torch.tensor([[0, 1], [2, -1]], dtype=torch.int32),
+                seq_lens=torch.tensor([20, 3], dtype=torch.int32))
+    kw = dict(kv_lora_rank=512, softmax_scale=0.1)
+    for k, v in over.items():
+        (args if k in args else kw)[k] = v
+    return lambda: ops.mla_decode(*args.values(), **kw)
+
+
+@pytest.mark.parametrize("call,exc,message", [
+    (_mla_args(kv_lora_rank=600), ValueError, "kv_lora_rank (600) is larger than the cache width (576)"),
+    (_mla_args(q=torch.randn(2, 1, 4, 512)), ValueError, "q.shape[3]"),
+    (_mla_args(q=torch.randn(2, 4, 576)), ValueError, "q must have 4 dimensions"),
+    (_mla_args(kv_cache=torch.randn(5, 16, 576).half()), TypeError, "kv_cache must have the dtype of q"),
+    (_mla_args(softmax_scale=None), TypeError, "softmax_scale is required"),
+    (_mla_args(kv_lora_rank=0), ValueError, "kv_lora_rank must be > 0"),
+    (_mla_args(seq_lens=torch.tensor([40, 3], dtype=torch.int32)), ValueError, "block_table has 2 columns"),
+    (_mla_args(block_table=torch.tensor([[0, 7], [2, -1]], dtype=torch.int32)), ValueError, "block_table[0, 1] = 7"),
+    (_mla_args(q=torch.randn(2, 0, 4, 576)), ValueError, "at least one query"),
+    (_mla_args(seq_lens=torch.tensor([20], dtype=torch.int32)), ValueError, "seq_lens.shape[0]"),
+], ids=["rank>width", "q width", "q rank", "dtype", "scale", "rank0", "table narrow", "table range", "s_q 0",
+        "batch"])
+def test_mla_bad_input(call, exc, message):
+    with pytest.raises(exc) as info:
+        call()
+    assert message in str(info.value)
+
+
+def test_concat_and_cache_mla_bad_input():
+    cache = torch.zeros(4, 16, 576)
+    with pytest.raises(ValueError, match="must equal the cache width"):
+        ops.concat_and_cache_mla(torch.randn(3, 500), torch.randn(3, 64), cache, torch.arange(3))
+    with pytest.raises(ValueError, match="past the cache capacity"):
+        ops.concat_and_cache_mla(torch.randn(3, 512), torch.randn(3, 64), cache, torch.tensor([0, 1, 64]))
