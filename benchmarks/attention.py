@@ -289,6 +289,46 @@ def paged_sweep() -> list[dict]:
     return rows
 
 
+def overhead() -> list[dict]:
+    """Host time of one eager call (tiny shapes): where does it go? cProfile top entries."""
+    import cProfile
+    import pstats
+    import time
+
+    b, ctx, hq, hkv, d = 1, 1024, 32, 8, 128
+    k_cache = torch.randn(ctx // 16, 16, hkv, d, device=DEV, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.arange(ctx // 16, device=DEV, dtype=torch.int32).view(1, -1)
+    lens = torch.full((1,), ctx, dtype=torch.int32, device=DEV)
+    q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+    cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
+    rows = []
+    with ops.use_impl(attention="triton"), ops.trusted_inputs():
+        def call():
+            return ops.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, max_seqlen_k=ctx)
+        for _ in range(20):
+            call()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            call()
+        host_us = (time.perf_counter() - t0) / 200 * 1e6
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(200):
+            call()
+        prof.disable()
+        torch.cuda.synchronize()
+    stats = pstats.Stats(prof)
+    rows.append({"what": "paged_attention eager host time per call", "us": host_us})
+    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]
+    for (file, line, fn), (cc, nc, tt, ct, callers) in entries:
+        rows.append({"what": f"{os.path.basename(file)}:{line} {fn}", "us": tt / 200 * 1e6,
+                     "cum_us": ct / 200 * 1e6})
+    return rows
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -350,6 +390,7 @@ def main() -> int:
           "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
         ("documents", "documents", documents, "8 causal documents in 16k tokens (16 heads, d128, bf16)",
          ["method", "ms", "useful_TF", "mask_bytes", "note"]),
+        ("overhead", "overhead", overhead, "eager host overhead (tottime per call, cProfile)", ["what", "us", "cum_us"]),
         ("decode", "decode", lambda: decode(args.quick),
          f"paged decode bf16 (32 q / 8 kv heads, d128, block 16); copy bandwidth "
          f"{result['ceilings']['copy_GBps']:.0f} GB/s; us = CUDA-graph replay, eager_us = plain calls",

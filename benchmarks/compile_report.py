@@ -33,10 +33,13 @@ KERNELS = {
               dict(GROUP=4, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
                    HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False,
                    num_warps=4, num_stages=2)),
+    "mla": ("ascend_ext.ops.mla.triton_decode", "mla_decode_kernel",
+            dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
+                 EVEN=True, IEEE=False, DOT_F32=False, num_warps=4, num_stages=2)),
 }
 FLOAT_ARGS = {"scale_log2", "softcap", "sm_scale"}
 UNALIGNED_INTS = {"window_left", "window_right", "HEAD_DIM", "HEAD_DIM_V", "num_splits", "cache_block",
-                  "keys_per_split", "kv_lora_rank", "rope_dim", "num_tokens"}
+                  "keys_per_split", "kv_lora_rank", "rope_dim", "num_tokens", "s_q", "rank", "rope"}
 
 
 def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:

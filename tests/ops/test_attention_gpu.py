@@ -77,3 +77,19 @@ def test_paged_realistic(block_size, hq, hkv, d, rng):
         q0 += lq
     assert_close(out, torch.cat(refs), dtype)
     assert_lse_close(lse, torch.cat(ref_lses, dim=1), dtype)
+
+
+@pytest.mark.parametrize("hq,s_q", [(16, 1), (128, 2), (16, 4)])
+def test_mla_realistic(hq, s_q, rng):
+    from .test_mla import _latent_cache, _reference
+
+    rank, rope, dtype = 512, 64, torch.bfloat16
+    rows, cache, table, lens = _latent_cache([8191, 1, 0, 3000, 64], rank + rope, 64, dtype, rng, extra_blocks=20)
+    q = randn((5, s_q, hq, rank + rope), dtype, rng, DEV)
+    out = torch.full((5, s_q, hq, rank), float("nan"), dtype=dtype, device=DEV)
+    with ops.use_impl(mla="triton"):
+        _, lse = ops.mla_decode(q, cache.to(DEV), table.to(DEV), lens.to(DEV), kv_lora_rank=rank,
+                                softmax_scale=0.07, return_lse=True, out=out)
+    ref, ref_lse = _reference(q, rows, rank, 0.07, True)
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
