@@ -7,6 +7,7 @@ key keeps running max ``-inf`` and sum 0, and finishes with output 0, lse -inf.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -28,6 +29,7 @@ def dot_flags(dtype: torch.dtype) -> dict:
             "DOT_F32": dtype == torch.bfloat16 and interpreting()}
 
 
+@functools.lru_cache(maxsize=None)
 def next_pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, triton.next_power_of_2(n))
 

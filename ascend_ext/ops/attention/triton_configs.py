@@ -21,6 +21,8 @@ softmax/rescale (vector) tile.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # (SUB_M, NUM_SUB, BLOCK_N, num_warps, num_stages) keyed by head-dim bucket
@@ -51,12 +53,17 @@ def _bucket(head_dim: int) -> int:
     return 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
 
 
+@functools.lru_cache(maxsize=64)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, causal: bool) -> dict:
     if device.type == "cpu":
         return dict(_INTERPRETER)
     if device.type == "npu":
         return dict(ASCEND_910B_CANDIDATES[_bucket(head_dim)])
-    major, _ = torch.cuda.get_device_capability(device)
+    major, _ = _capability(device)
     table = _SM90 if major >= 9 else _GENERIC_CUDA
     cfg = dict(table[_bucket(head_dim)])
     if dtype == torch.float32:        # fp32 tiles take twice the shared memory
@@ -69,7 +76,7 @@ def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dic
         return dict(_PAGED_INTERPRETER)
     if device.type == "npu":
         return dict(BLOCK_M=16, BLOCK_N=128, num_warps=1, num_stages=1)
-    major, _ = torch.cuda.get_device_capability(device)
+    major, _ = _capability(device)
     cfg = dict(_PAGED_SM90 if major >= 9 else _PAGED_GENERIC)
     if head_dim > 128 or dtype == torch.float32:
         cfg.update(BLOCK_N=32, num_stages=2)

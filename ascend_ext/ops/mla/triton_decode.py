@@ -100,16 +100,14 @@ def mla_decode_kernel(Q, CACHE, BLOCK_TABLE, SEQ_LENS, O, LSE,
 
 
 def mla_config(device: torch.device, heads: int, s_q: int, dtype: torch.dtype) -> dict:
-    """Tiles chosen with benchmarks/compile_report.py (no spills) and the H100 sweep."""
+    """Fastest tiles of the H100 sweep of 2026-11-23 (benchmarks/NOTES.md)."""
     if device.type == "cpu":           # interpreter: small tiles, several blocks per test
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
     rows = heads * s_q
     if dtype == torch.float32:
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
     if rows <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=3)
-    if rows <= 32:
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
 
 
