@@ -32,7 +32,7 @@ def build_tiny_llama(path: str, *, seed: int = 0, init_range: float = 0.2, hidde
     return path
 
 
-def build_tiny_deepseek_v2(path: str, *, seed: int = 0, init_range: float = 0.1, hidden: int = 128,
+def build_tiny_deepseek_v2(path: str, *, seed: int = 0, init_range: float = 0.25, hidden: int = 128,
                            layers: int = 2, heads: int = 4, vocab: int = 512,
                            num_experts: int = 8, top_k: int = 2) -> str:
     """Save a random DeepseekV2ForCausalLM (MLA + MoE, bf16 weights) to ``path``.
@@ -61,9 +61,10 @@ def run(spec: dict) -> dict:
     """Generate with vLLM in this process.
 
     spec: {"model": dir, "prompts": [[ids...], ...] or [[[ids...], ...], ...] (one list per
-    generate call), "max_tokens": int, "llm": {LLM kwargs}}. Returns the platform, the
-    attention backend of every layer, and per prompt the greedy token ids, their
-    logprobs and the number of prefix-cached prompt tokens, plus timings.
+    generate call), "max_tokens": int, "logprobs": top-k to record, "llm": {LLM kwargs}}.
+    Returns the platform, the attention backend of every layer, and per prompt the greedy
+    token ids, their logprobs, the top-k logprobs per step and the number of prefix-cached
+    prompt tokens, plus timings.
     """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: inspectable
     from vllm import LLM, SamplingParams
@@ -76,7 +77,8 @@ def run(spec: dict) -> dict:
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], **kwargs)
     start_s = time.perf_counter() - t0
-    params = SamplingParams(temperature=0.0, max_tokens=spec.get("max_tokens", 16), logprobs=0,
+    top_k = spec.get("logprobs", 0)
+    params = SamplingParams(temperature=0.0, max_tokens=spec.get("max_tokens", 16), logprobs=top_k,
                             detokenize=False, ignore_eos=True)
     batches = spec["prompts"]
     if batches and isinstance(batches[0][0], int):
@@ -93,6 +95,7 @@ def run(spec: dict) -> dict:
                 "prompt_len": len(out.prompt_token_ids),
                 "token_ids": list(completion.token_ids),
                 "logprobs": [lp[t].logprob for t, lp in zip(completion.token_ids, completion.logprobs)],
+                "top_logprobs": [{str(t): v.logprob for t, v in lp.items()} for lp in completion.logprobs],
                 "num_cached_tokens": out.num_cached_tokens or 0,
             })
     layers = llm.llm_engine.vllm_config.compilation_config.static_forward_context

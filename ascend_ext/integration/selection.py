@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from . import ATTENTION_BACKEND_NAME, ATTENTION_BACKEND_PATH, register_backends
+from . import ATTENTION_BACKEND_NAME, ATTENTION_BACKEND_PATH, MLA_BACKEND_NAME, MLA_BACKEND_PATH, register_backends
 
 logger = logging.getLogger("ascend_ext")
 
@@ -13,10 +13,11 @@ _SUPPORTED_CACHE_DTYPES = (None, "auto", "float16", "bfloat16", "float32")
 
 def unsupported_reason(selected_backend, config) -> str | None:
     """Why our backend must not serve this layer, or None when it can."""
-    if selected_backend is not None and getattr(selected_backend, "name", None) != ATTENTION_BACKEND_NAME:
+    ours = MLA_BACKEND_NAME if config.use_mla else ATTENTION_BACKEND_NAME
+    if selected_backend is not None and getattr(selected_backend, "name", None) != ours:
         return f"the user selected backend {selected_backend.name}"
-    if config.use_mla:
-        return "MLA layers use vLLM's MLA backend until ascend_ext's MLA backend is enabled"
+    if config.use_mla and config.kv_cache_dtype not in (None, "auto"):
+        return f"MLA kv_cache_dtype {config.kv_cache_dtype} is not supported by ascend_ext MLA"
     checks = (
         (config.attn_type != "decoder", f"attention type {config.attn_type}"),
         (config.has_sink, "attention sinks"),
@@ -39,4 +40,4 @@ def attention_backend_path(selected_backend, config) -> str | None:
         logger.info("ascend_ext: deferring attention to vLLM (%s)", reason)
         return None
     register_backends()
-    return ATTENTION_BACKEND_PATH
+    return MLA_BACKEND_PATH if config.use_mla else ATTENTION_BACKEND_PATH

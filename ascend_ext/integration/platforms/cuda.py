@@ -1,14 +1,9 @@
-"""CUDA platform: vLLM's CUDA platform (worker, graphs, NCCL), ascend_ext attention."""
+"""CUDA platform: vLLM's CUDA platform (worker, graphs, NCCL), ascend_ext attention and MLA."""
 
 from vllm.platforms.cuda import CudaPlatform
 
-from ..selection import attention_backend_path
+from .common import AscendExtPlatformMixin
 
 
-class AscendExtCudaPlatform(CudaPlatform):
-    @classmethod
-    def get_attn_backend_cls(cls, selected_backend, attn_selector_config, num_heads=None) -> str:
-        path = attention_backend_path(selected_backend, attn_selector_config)
-        if path is None:
-            return super().get_attn_backend_cls(selected_backend, attn_selector_config, num_heads)
-        return path
+class AscendExtCudaPlatform(AscendExtPlatformMixin, CudaPlatform):
+    pass
