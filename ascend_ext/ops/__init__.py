@@ -10,9 +10,11 @@ from ._validate import trusted_inputs
 from .attention import (TileMask, flash_attn_varlen, merge_attn_states, paged_attention,
                         reshape_and_cache, split_kv_cache)
 from .mla import concat_and_cache_mla, mla_decode
+from .moe import CollectiveTimeoutError, DispatchResult, ep_combine, ep_dispatch, moe_experts, moe_route
 
 __all__ = [
-    "TileMask", "concat_and_cache_mla", "describe", "flash_attn_varlen", "merge_attn_states",
-    "mla_decode", "paged_attention",
+    "CollectiveTimeoutError", "DispatchResult", "TileMask", "concat_and_cache_mla", "describe",
+    "ep_combine", "ep_dispatch", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
+    "moe_route", "paged_attention",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]

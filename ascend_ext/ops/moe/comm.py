@@ -1,0 +1,51 @@
+"""Collectives with a deadline: a peer that died or never called makes the others
+raise :class:`CollectiveTimeoutError` instead of hanging."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+class CollectiveTimeoutError(TimeoutError):
+    """A collective did not complete: a peer rank died, hung, or never called it."""
+
+
+def default_timeout_s() -> float:
+    return float(os.environ.get("ASCEND_EXT_COMM_TIMEOUT_S", "300"))
+
+
+def world_of(group) -> tuple[int, int]:
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialised: call init_process_group or pass a group")
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _wait(work, what: str, group, timeout_s: float) -> None:
+    try:
+        work.wait(timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as exc:   # gloo/NCCL/HCCL report peer loss and deadlines as RuntimeError
+        world, rank = world_of(group)
+        raise CollectiveTimeoutError(
+            f"{what}: the collective on rank {rank} of {world} did not complete within {timeout_s:g} s "
+            f"(a peer rank may have died or not called it): {exc}") from exc
+
+
+def all_to_all(output: torch.Tensor, send: torch.Tensor, group, what: str, timeout_s: float,
+               output_splits: list[int] | None = None, input_splits: list[int] | None = None) -> None:
+    """all_to_all_single along dim 0 (equal splits when the split lists are None)."""
+    work = dist.all_to_all_single(output, send, output_split_sizes=output_splits,
+                                  input_split_sizes=input_splits, group=group, async_op=True)
+    _wait(work, what, group, timeout_s)
+
+
+def all_gather(tensor: torch.Tensor, group, what: str, timeout_s: float) -> torch.Tensor:
+    """[world, *tensor.shape] gathered from every rank."""
+    world, _ = world_of(group)
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    work = dist.all_gather(parts, tensor.contiguous(), group=group, async_op=True)
+    _wait(work, what, group, timeout_s)
+    return torch.stack(parts)
