@@ -68,11 +68,17 @@ def register() -> str | None:
 
 
 def register_general() -> None:
-    """vLLM general plugin: register backend names in every vLLM process."""
+    """vLLM general plugin (every vLLM process): backend names, and the expert-parallel
+    MoE method when one of our platforms is active."""
     if disabled():
         return
     try:
+        from vllm.platforms import current_platform
+
         from .integration import register_backends
         register_backends()
+        if type(current_platform).__module__.startswith("ascend_ext."):
+            from .integration.moe import register_moe_method
+            register_moe_method()
     except Exception:  # never make vLLM fail to start
         logger.exception("ascend_ext: backend registration failed")

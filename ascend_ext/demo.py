@@ -34,10 +34,11 @@ def build_tiny_llama(path: str, *, seed: int = 0, init_range: float = 0.2, hidde
 
 def build_tiny_deepseek_v2(path: str, *, seed: int = 0, init_range: float = 0.25, hidden: int = 128,
                            layers: int = 2, heads: int = 4, vocab: int = 512,
-                           num_experts: int = 8, top_k: int = 2) -> str:
-    """Save a random DeepseekV2ForCausalLM (MLA + MoE, bf16 weights) to ``path``.
+                           num_experts: int = 8, top_k: int = 2, dtype: str = "bfloat16") -> str:
+    """Save a random DeepseekV2ForCausalLM (MLA + MoE) to ``path``.
 
-    kv_lora_rank 512 + rope 64 = the 576-wide latent cache vLLM's CPU MLA requires.
+    kv_lora_rank 512 + rope 64 = the 576-wide latent cache vLLM's CPU MLA requires;
+    bf16 weights by default because vLLM's CPU MoE kernel rejects float32.
     """
     import torch
     from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
@@ -52,8 +53,24 @@ def build_tiny_deepseek_v2(path: str, *, seed: int = 0, init_range: float = 0.25
         first_k_dense_replace=1, moe_layer_freq=1, n_group=1, topk_group=1,
         topk_method="greedy", norm_topk_prob=False, routed_scaling_factor=1.0,
         scoring_func="softmax", tie_word_embeddings=False)
-    model = DeepseekV2ForCausalLM(config).to(torch.bfloat16)
+    model = DeepseekV2ForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(path)
+    return path
+
+
+def build_tiny_mixtral(path: str, *, seed: int = 1, init_range: float = 0.2, hidden: int = 128,
+                       layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 512,
+                       num_experts: int = 8, top_k: int = 2, dtype: str = "float32") -> str:
+    """Save a random MixtralForCausalLM (GQA attention + top-k MoE) to ``path``."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MixtralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+                           num_local_experts=num_experts, num_experts_per_tok=top_k, max_position_embeddings=2048,
+                           initializer_range=init_range, tie_word_embeddings=False)
+    MixtralForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(path)
     return path
 
 

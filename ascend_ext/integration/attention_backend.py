@@ -18,7 +18,7 @@ from vllm.v1.attention.backend import (AttentionBackend, AttentionImpl, Attentio
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from .. import ops
-from . import ATTENTION_BACKEND_NAME
+from . import ATTENTION_BACKEND_NAME, trace
 
 
 class AscendExtAttentionBackend(AttentionBackend):
@@ -125,6 +125,7 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
             raise NotImplementedError("ascend_ext attention does not fuse output quantization")
         if attn_metadata is None:  # profiling run
             return output
+        trace.note("attention")
         n = attn_metadata.num_actual_tokens
         k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
         with ops.trusted_inputs():

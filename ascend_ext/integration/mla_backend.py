@@ -23,7 +23,7 @@ from vllm.v1.attention.backend import AttentionType, MultipleOf
 from vllm.v1.attention.backends.mla.prefill.base import MLAPrefillBackend
 
 from .. import ops
-from . import MLA_BACKEND_NAME
+from . import MLA_BACKEND_NAME, trace
 
 
 class AscendExtMLABackend(MLACommonBackend):
@@ -72,6 +72,7 @@ class AscendExtMLAImpl(MLACommonImpl[MLACommonMetadata]):
 
     def forward_mqa(self, q, kv_c_and_k_pe_cache: torch.Tensor, attn_metadata: MLACommonMetadata,
                     layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        trace.note("mla_decode")
         if isinstance(q, tuple):
             q = torch.cat(q, dim=-1)
         decode = attn_metadata.decode
@@ -111,6 +112,7 @@ class AscendExtMLAPrefillBackend(MLAPrefillBackend):
         return True
 
     def _attend(self, q, k, v, cu_q, cu_k, max_q, max_k, causal, return_lse, out):
+        trace.note("mla_prefill")
         with ops.trusted_inputs():
             return ops.flash_attn_varlen(q, k, v, cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q),
                                          int(max_k), softmax_scale=self.scale, causal=causal,

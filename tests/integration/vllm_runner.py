@@ -15,13 +15,18 @@ needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (pip
 
 
 def run_vllm(spec: dict, *, disable_plugin: bool, extra_env: dict | None = None, timeout: int = 600) -> dict:
+    """Result of ascend_ext.demo.run in a fresh process, plus "trace": the ascend_ext
+    integration paths that ran in any of vLLM's processes (ASCEND_EXT_TRACE)."""
     env = dict(os.environ)
     env.pop("ASCEND_EXT_DISABLE", None)
     if disable_plugin:
         env["ASCEND_EXT_DISABLE"] = "1"
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if spec.get("llm", {}).get("tensor_parallel_size", 1) > 1:
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(str(i) for i in range(spec["llm"]["tensor_parallel_size"])))
     env.update(extra_env or {})
     with tempfile.TemporaryDirectory() as tmp:
+        env["ASCEND_EXT_TRACE"] = os.path.join(tmp, "trace.txt")
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
         with open(spec_path, "w") as f:
             json.dump(spec, f)
@@ -30,7 +35,12 @@ def run_vllm(spec: dict, *, disable_plugin: bool, extra_env: dict | None = None,
         if proc.returncode != 0:
             raise AssertionError(f"vLLM run failed (rc={proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         with open(out_path) as f:
-            return json.load(f)
+            result = json.load(f)
+        from ascend_ext.integration.trace import read
+        events = read(env["ASCEND_EXT_TRACE"])
+        result["trace"] = sorted({event for _, event in events})
+        result["trace_pids"] = {event: sorted({pid for pid, e in events if e == event}) for _, event in events}
+        return result
 
 
 def discover_platform(env_overrides: dict) -> str:

@@ -1,0 +1,109 @@
+"""Expert-parallel MoE for vLLM's unquantized MoE layers (no math: ops calls only).
+
+Registered out-of-tree for vLLM's ``UnquantizedFusedMoEMethod``. When the layer runs
+with expert parallelism (or ``ASCEND_EXT_MOE=always`` on a single rank) (``enable_expert_parallel=True``, EP group = the tensor-parallel
+group, data parallel 1) and uses features we support, each step runs
+
+    moe_route -> ep_dispatch -> moe_experts -> ep_combine
+
+on this rank's share of the tokens (tokens are replicated across the TP group, so
+rank r takes the r-th contiguous slice). The returned output holds this rank's
+slice and zeros elsewhere; vLLM's final tensor-parallel all-reduce then sums the
+slices into the full result on every rank - no expert is computed twice. Any other
+configuration keeps vLLM's own MoE path unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+
+from .. import ops
+from . import trace
+
+logger = logging.getLogger("ascend_ext")
+
+
+class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
+    def __init__(self, moe) -> None:
+        super().__init__(moe)
+        self._ours = False
+
+    # ------------------------------------------------------------ selection
+    def _unsupported(self, layer) -> str | None:
+        par = self.moe.moe_parallel_config
+        # ASCEND_EXT_MOE=always also takes single-rank layers (a group of one), e.g. to
+        # compare one rank with expert parallelism on the same code path
+        forced = os.environ.get("ASCEND_EXT_MOE") == "always" and par.tp_size == 1 and par.dp_size == 1
+        checks = (
+            (not forced and (not par.use_ep or par.ep_size <= 1), "expert parallelism is off"),
+            (par.dp_size != 1, "data parallel > 1"),
+            (self.moe.activation != MoEActivation.SILU, f"activation {self.moe.activation}"),
+            (self.moe.has_bias, "expert biases"),
+            (self.moe.is_lora_enabled, "LoRA"),
+            (layer.custom_routing_function is not None, "a custom routing function"),
+            (layer.apply_router_weight_on_input, "router weights on the input"),
+            (self.moe.moe_parallel_config.enable_eplb, "EPLB"),
+            (layer.global_num_experts != self.moe.num_logical_experts, "redundant experts"),
+        )
+        for failed, what in checks:
+            if failed:
+                return what
+        local, rank = layer.local_num_experts, par.ep_rank if par.use_ep else 0
+        expected = torch.full((layer.global_num_experts,), -1, dtype=torch.int32)
+        expected[rank * local:(rank + 1) * local] = torch.arange(local, dtype=torch.int32)
+        if layer.expert_map is not None and not torch.equal(layer.expert_map.cpu().to(torch.int32), expected):
+            return "a non-linear expert placement"
+        return None
+
+    def process_weights_after_loading(self, layer) -> None:
+        reason = self._unsupported(layer)
+        self._ours = reason is None
+        if self._ours:
+            logger.info("ascend_ext: %s runs expert-parallel route/dispatch/experts/combine", layer.layer_name)
+            return   # keep the [E_local, 2I, H] / [E_local, H, I] weights as loaded
+        logger.info("ascend_ext: %s keeps vLLM's MoE path (%s)", layer.layer_name, reason)
+        super().process_weights_after_loading(layer)
+
+    @property
+    def is_monolithic(self) -> bool:
+        return self._ours or super().is_monolithic
+
+    # -------------------------------------------------------------- forward
+    def apply_monolithic(self, layer, x: torch.Tensor, router_logits: torch.Tensor, input_ids=None):
+        if not self._ours:
+            return super().apply_monolithic(layer, x, router_logits, input_ids)
+        from vllm.distributed import get_ep_group
+
+        trace.note("moe_ep")
+        group = get_ep_group()
+        world, rank = group.world_size, group.rank_in_group
+        tokens = x.shape[0]
+        share = -(-tokens // world)
+        lo, hi = min(tokens, rank * share), min(tokens, (rank + 1) * share)
+        grouped = bool(layer.use_grouped_topk and layer.num_expert_group)
+        with ops.trusted_inputs():
+            weights, ids = ops.moe_route(
+                router_logits[lo:hi], layer.top_k, scoring=layer.scoring_func, renormalize=layer.renormalize,
+                num_expert_group=layer.num_expert_group if grouped else None,
+                topk_group=layer.topk_group if grouped else None,
+                correction_bias=layer.e_score_correction_bias, routed_scaling_factor=layer.routed_scaling_factor)
+            result = ops.ep_dispatch(x[lo:hi], ids, weights, layer.global_num_experts, group.device_group)
+            expert_out = ops.moe_experts(result.recv_x, layer.w13_weight, layer.w2_weight, result.expert_offsets,
+                                         result.tokens_per_expert, scales=result.recv_scales, out_dtype=x.dtype)
+            mine = ops.ep_combine(expert_out, result.handle)
+        out = torch.zeros_like(x)
+        out[lo:hi] = mine
+        return out
+
+
+def register_moe_method() -> None:
+    """Install AscendExtMoEMethod in place of vLLM's unquantized MoE method (idempotent)."""
+    from vllm.model_executor.custom_op import op_registry_oot
+
+    if op_registry_oot.get(UnquantizedFusedMoEMethod.__name__) is not AscendExtMoEMethod:
+        UnquantizedFusedMoEMethod.register_oot(AscendExtMoEMethod)
