@@ -36,10 +36,17 @@ KERNELS = {
     "mla": ("ascend_ext.ops.mla.triton_decode", "mla_decode_kernel",
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
                  EVEN=True, IEEE=False, DOT_F32=False, num_warps=4, num_stages=2)),
+    "experts_gate_up": ("ascend_ext.ops.moe.triton_experts", "gate_up_kernel",
+                        dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, INT8=False, IEEE=False, DOT_F32=False,
+                             num_warps=4, num_stages=3)),
+    "experts_down": ("ascend_ext.ops.moe.triton_experts", "down_kernel",
+                     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, IEEE=False, DOT_F32=False, num_warps=4,
+                          num_stages=3)),
 }
 FLOAT_ARGS = {"scale_log2", "softcap", "sm_scale"}
 UNALIGNED_INTS = {"window_left", "window_right", "HEAD_DIM", "HEAD_DIM_V", "num_splits", "cache_block",
-                  "keys_per_split", "kv_lora_rank", "rope_dim", "num_tokens", "s_q", "rank", "rope"}
+                  "keys_per_split", "kv_lora_rank", "rope_dim", "num_tokens", "s_q", "rank", "rope",
+                  "num_experts", "hidden", "inter"}
 
 
 def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
@@ -53,7 +60,7 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
         if p in cfg:
             signature[p] = "constexpr"
         elif p.isupper() and p not in UNALIGNED_INTS:
-            signature[p] = {"LSE": "*fp32", "CU_Q": "*i32", "CU_K": "*i32", "SEQ_LENS": "*i32",
+            signature[p] = {"LSE": "*fp32", "SCALES": "*fp32", "OFFSETS": "*i32", "COUNTS": "*i32", "CU_Q": "*i32", "CU_K": "*i32", "SEQ_LENS": "*i32",
                             "BLOCK_TABLE": "*i32", "ROW_PTR": "*i32", "RUN_START": "*i32", "RUN_LEN": "*i32",
                             "RUN_POOL": "*i32", "POOL_TILES": "*i8"}.get(p, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
