@@ -9,12 +9,13 @@ from ._dispatch import describe, use_impl
 from ._validate import trusted_inputs
 from .attention import (TileMask, flash_attn_varlen, merge_attn_states, paged_attention,
                         reshape_and_cache, split_kv_cache)
+from .comm import tiled_linear_allreduce
 from .mla import concat_and_cache_mla, mla_decode
 from .moe import CollectiveTimeoutError, DispatchResult, ep_combine, ep_dispatch, moe_experts, moe_route
 
 __all__ = [
     "CollectiveTimeoutError", "DispatchResult", "TileMask", "concat_and_cache_mla", "describe",
     "ep_combine", "ep_dispatch", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
-    "moe_route", "paged_attention",
+    "moe_route", "paged_attention", "tiled_linear_allreduce",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]

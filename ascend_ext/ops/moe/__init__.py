@@ -4,7 +4,7 @@ from ..._devices import ANY_DEVICE
 from .._availability import triton_available
 from .._dispatch import register
 from .api import ep_combine, ep_dispatch, moe_experts
-from .comm import CollectiveTimeoutError
+from .._comm import CollectiveTimeoutError
 from .ep import DispatchResult, EPHandle
 from .routing import moe_route
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import comm
+from .. import _comm as comm
 from .quant import dequantize, quantize_per_token
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

@@ -49,3 +49,12 @@ def all_gather(tensor: torch.Tensor, group, what: str, timeout_s: float) -> torc
     work = dist.all_gather(parts, tensor.contiguous(), group=group, async_op=True)
     _wait(work, what, group, timeout_s)
     return torch.stack(parts)
+
+
+def all_reduce_async(tensor: torch.Tensor, group):
+    """Start a SUM all-reduce in place; returns the work handle for :func:`wait`."""
+    return dist.all_reduce(tensor, group=group, async_op=True)
+
+
+def wait(work, what: str, group, timeout_s: float) -> None:
+    _wait(work, what, group, timeout_s)
