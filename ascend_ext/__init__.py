@@ -68,8 +68,9 @@ def register() -> str | None:
 
 
 def register_general() -> None:
-    """vLLM general plugin (every vLLM process): backend names, and the expert-parallel
-    MoE method when one of our platforms is active."""
+    """vLLM general plugin (every vLLM process): backend names, and - when one of our
+    platforms is active - the expert-parallel MoE method and the tiling-AllReduce
+    row-parallel linear."""
     if disabled():
         return
     try:
@@ -78,7 +79,9 @@ def register_general() -> None:
         from .integration import register_backends
         register_backends()
         if type(current_platform).__module__.startswith("ascend_ext."):
+            from .integration.linear import register_linear
             from .integration.moe import register_moe_method
             register_moe_method()
+            register_linear()
     except Exception:  # never make vLLM fail to start
         logger.exception("ascend_ext: backend registration failed")
