@@ -19,6 +19,7 @@ logger = logging.getLogger("ascend_ext")
 
 CPU_PLATFORM = "ascend_ext.integration.platforms.cpu.AscendExtCpuPlatform"
 CUDA_PLATFORM = "ascend_ext.integration.platforms.cuda.AscendExtCudaPlatform"
+NPU_PLATFORM = "ascend_ext.integration.platforms.npu.AscendExtNPUPlatform"
 
 
 def disabled() -> bool:
@@ -43,22 +44,26 @@ def register() -> str | None:
 
     Cheap and idempotent. None when ``ASCEND_EXT_DISABLE=1``; when vllm-ascend's own
     platform plugin is active (vLLM refuses two out-of-tree platforms, so we defer to
-    it rather than make vLLM fail; exclude it with ``VLLM_PLUGINS`` to use ours); on
-    NPUs until the NPU platform lands; and when the installed vLLM cannot drive the
-    detected hardware.
+    it rather than make vLLM fail; exclude it with ``VLLM_PLUGINS`` to use ours); on an
+    NPU without vllm-ascend installed (our NPU platform builds on its NPUPlatform); and
+    when the installed vLLM cannot drive the detected hardware.
     """
     if disabled():
         return None
+    import importlib.util
+
     from . import hardware
 
     if vllm_ascend_platform_active():
-        logger.warning("ascend_ext: vllm-ascend's platform plugin is active, deferring to it "
-                       "(set VLLM_PLUGINS to exclude it and use ascend_ext's platform)")
+        logger.warning("ascend_ext: vllm-ascend's platform plugin is active, deferring to it (set "
+                       "VLLM_PLUGINS=ascend_ext,ascend_ext_backends,<vllm-ascend general plugins> to use ours)")
         return None
     device = hardware.detect()
     if device == "npu":
-        logger.warning("ascend_ext: no NPU platform in this version; vLLM keeps its own")
-        return None
+        if importlib.util.find_spec("vllm_ascend") is None:
+            logger.warning("ascend_ext: NPU found but vllm-ascend is not installed; the NPU platform needs it")
+            return None
+        return NPU_PLATFORM
     cpu_build = hardware.vllm_is_cpu_build()
     if device == "cuda" and not cpu_build:
         return CUDA_PLATFORM

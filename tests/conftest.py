@@ -38,8 +38,19 @@ def rng(request):
     return g
 
 
+def _has_npu() -> bool:
+    from ascend_ext import hardware
+    return hardware.npu_available()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    skip_npu = pytest.mark.skip(reason="needs an Ascend NPU with torch_npu (none found)")
+    has_npu = None
     for item in items:
-        if "gpu" in item.keywords and not _HAS_CUDA:
+        if item.get_closest_marker("gpu") and not _HAS_CUDA:
             item.add_marker(skip_gpu)
+        if item.get_closest_marker("npu"):
+            has_npu = _has_npu() if has_npu is None else has_npu
+            if not has_npu:
+                item.add_marker(skip_npu)

@@ -19,3 +19,7 @@ __all__ = [
     "moe_route", "paged_attention", "tiled_linear_allreduce",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]
+
+from ..npu import register_npu_impls as _register_npu_impls  # noqa: E402
+
+_register_npu_impls()

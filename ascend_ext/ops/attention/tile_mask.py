@@ -24,7 +24,7 @@ ragged edge themselves); pool tiles hold False there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -62,12 +62,16 @@ class TileMask:
     run_len: torch.Tensor    # int32 [R]
     run_pool: torch.Tensor   # int32 [R], -1 = full
     pool: torch.Tensor       # bool [P, tile_q, tile_k]
+    kind: tuple = ("dense",)
+    """How it was built: ("window", left, right) for causal (right 0) / sliding windows,
+    ("document", offsets) for packed documents, ("dense",) otherwise. Backends with native
+    forms of these patterns (Ascend sparse modes, varlen splits) use it instead of tiles."""
 
     # ----------------------------------------------------------------- builders
     @classmethod
     def causal(cls, seqlen_q: int, seqlen_k: int, *, tile=DEFAULT_TILE) -> TileMask:
         """Bottom-right causal mask: query i sees keys j <= i + Lk - Lq."""
-        return cls._from_row_bounds(seqlen_q, seqlen_k, tile, window=(-1, 0))
+        return replace(cls._from_row_bounds(seqlen_q, seqlen_k, tile, window=(-1, 0)), kind=("window", -1, 0))
 
     @classmethod
     def sliding_window(cls, seqlen_q: int, seqlen_k: int, left: int, right: int, *,
@@ -76,7 +80,7 @@ class TileMask:
         for name, v in (("left", left), ("right", right)):
             if isinstance(v, bool) or not isinstance(v, int) or v < -1:
                 raise ValueError(f"{name} must be -1 or an int >= 0, got {v!r}")
-        return cls._from_row_bounds(seqlen_q, seqlen_k, tile, window=(left, right))
+        return replace(cls._from_row_bounds(seqlen_q, seqlen_k, tile, window=(left, right)), kind=("window", left, right))
 
     @classmethod
     def document(cls, cu_seqlens, *, tile=DEFAULT_TILE) -> TileMask:
@@ -99,7 +103,7 @@ class TileMask:
         lengths = ends - starts
         lo = torch.repeat_interleave(starts, lengths)
         hi = torch.repeat_interleave(ends, lengths)
-        return cls._build(total, total, _check_tile(tile), lo, hi, None)
+        return replace(cls._build(total, total, _check_tile(tile), lo, hi, None), kind=("document", tuple(offsets)))
 
     @classmethod
     def from_dense(cls, mask: torch.Tensor, *, tile=DEFAULT_TILE) -> TileMask:
@@ -216,7 +220,7 @@ class TileMask:
     def to(self, device) -> TileMask:
         return TileMask(self.seqlen_q, self.seqlen_k, self.tile_q, self.tile_k,
                         *(t.to(device) for t in (self.row_ptr, self.run_start, self.run_len,
-                                                  self.run_pool, self.pool)))
+                                                  self.run_pool, self.pool)), kind=self.kind)
 
     def tile_kinds(self) -> torch.Tensor:
         """int8 [num_tiles_q, num_tiles_k]: 0 empty, 1 full, 2 partial (derived, for tests/stats)."""

@@ -1,0 +1,103 @@
+"""Attention adapters: npu_fusion_attention (prefill) and npu_fused_infer_attention_score
+(paged decode / chunked prefill), both in the TND varlen layout.
+
+Mask mapping: causal -> sparse_mode 3 (rightDownCausal, our bottom-right convention);
+any other window (left, right) -> sparse_mode 4 (band, pre_tokens = left, next_tokens =
+right, bottom-right aligned); both take the compressed 2048x2048 mask. No mask -> sparse_mode 0. TileMask: causal and
+window masks map to the same modes; document masks become a varlen split (each
+document its own sequence, exact and cheaper than a mask); any other TileMask falls
+back to sparse_mode 1 with a dense [S, S] mask - O(S^2) memory, the only form the op
+accepts for arbitrary patterns.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import torch_npu
+
+INT_MAX = 2147483647
+
+
+@functools.lru_cache(maxsize=8)
+def compressed_causal_mask(device: str) -> torch.Tensor:
+    """The 2048x2048 upper-triangular mask (True = masked) sparse modes 2-4 expect."""
+    return torch.ones(2048, 2048, dtype=torch.bool).triu(1).to(device)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_copy() -> None:
+    import logging
+    logging.getLogger("ascend_ext").warning(
+        "ascend_ext NPU paged attention: strided K/V cache views are copied per call; allocate separate "
+        "contiguous K and V caches on NPU")
+
+
+def _mask_args(window: tuple[int, int], device) -> dict:
+    left, right = window
+    if (left, right) == (-1, -1):
+        return dict(sparse_mode=0, atten_mask=None)
+    if (left, right) == (-1, 0):
+        return dict(sparse_mode=3, atten_mask=compressed_causal_mask(str(device)))
+    return dict(sparse_mode=4, atten_mask=compressed_causal_mask(str(device)),
+                pre_tokens=left if left >= 0 else INT_MAX, next_tokens=right if right >= 0 else INT_MAX)
+
+
+def _tighter(a: int, b: int) -> int:
+    """The smaller of two window bounds, -1 meaning unbounded."""
+    return b if a < 0 else a if b < 0 else min(a, b)
+
+
+def _lse_from_max_sum(softmax_max, softmax_sum) -> torch.Tensor:
+    """npu_fusion_attention's (max, sum) [T, N, 8] -> natural-log lse [N, T]."""
+    lse = softmax_max[..., 0].float() + torch.log(softmax_sum[..., 0].float())
+    return lse.transpose(0, 1).contiguous()
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                      softmax_scale, window, mask, softcap, out, return_lse):
+    if softcap:
+        raise NotImplementedError("npu_fusion_attention has no logit softcap; use another implementation")
+    cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    if mask is not None:
+        kind = mask.kind
+        if kind[0] == "window":                        # AND of two window rules
+            window = (_tighter(window[0], kind[1]), _tighter(window[1], kind[2]))
+            mask = None
+        elif kind[0] == "document":                    # each document becomes its own sequence
+            offsets = list(kind[1])
+            cu_q = [b * mask.seqlen_q + o for b in range(len(cu_q) - 1) for o in offsets[:-1]] + [cu_q[-1]]
+            cu_k = [b * mask.seqlen_k + o for b in range(len(cu_k) - 1) for o in offsets[:-1]] + [cu_k[-1]]
+            mask = None
+    args = _mask_args(window, q.device) if mask is None else dict(
+        sparse_mode=1, atten_mask=~mask.dense().to(q.device))
+    pre, nxt = args.pop("pre_tokens", INT_MAX), args.pop("next_tokens", INT_MAX)
+    result = torch_npu().npu_fusion_attention(
+        q, k, v, q.shape[1], "TND", scale=softmax_scale, pre_tockens=pre, next_tockens=nxt,
+        actual_seq_qlen=cu_q[1:], actual_seq_kvlen=cu_k[1:], **args)
+    out.copy_(result[0])
+    return _lse_from_max_sum(result[1], result[2]) if return_lse else None
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
+    if softcap:
+        raise NotImplementedError("npu_fused_infer_attention_score has no logit softcap")
+    num_blocks, block_size, hkv, d = k_cache.shape
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        # the op reads contiguous [num_blocks, block_size, Hkv*D] caches (vllm-ascend keeps K and V
+        # apart); views of a combined K|V cache cost a copy of the whole cache per call
+        _warn_copy()
+        k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
+    args = _mask_args(window, q.device)
+    pre, nxt = args.pop("pre_tokens", INT_MAX), args.pop("next_tokens", INT_MAX)
+    result, lse = torch_npu().npu_fused_infer_attention_score(
+        q, k_cache.view(num_blocks, block_size, hkv * d), v_cache.view(num_blocks, block_size, -1),
+        block_table=block_table, block_size=block_size, input_layout="TND",
+        actual_seq_lengths=cu_seqlens_q[1:].tolist(), actual_seq_lengths_kv=seq_lens.tolist(),
+        num_heads=q.shape[1], num_key_value_heads=hkv, scale=softmax_scale, pre_tokens=pre, next_tokens=nxt,
+        softmax_lse_flag=return_lse, **args)
+    out.copy_(result)
+    return lse[..., 0].float().transpose(0, 1).contiguous() if return_lse else None

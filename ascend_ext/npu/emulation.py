@@ -1,0 +1,363 @@
+"""Plain-torch emulation of the torch_npu fused ops that ascend_ext calls (tests only).
+
+No NPU is reachable from this project's machines, so the NPU adapters are exercised
+on CPU against these functions, installed as a fake ``torch_npu`` module by
+:func:`installed`. Each reproduces the *documented* semantics of the real op and
+rejects arguments the documentation forbids, so a wrong argument in an adapter makes
+the tests fail. Sources (Ascend Extension for PyTorch API reference and the CANN
+ops-transformer docs):
+
+* npu_fused_infer_attention_score - hiascend.com "torch_npu.npu_fused_infer_attention_score"
+  (PyTorch 6.0.0 API list, ptaoplist_000837); sparse modes - ops-transformer
+  docs/context/sparse_mode_introduction.md.
+* npu_fusion_attention - hiascend.com "torch_npu.npu_fusion_attention" (ptaoplist_000850).
+* npu_moe_distribute_dispatch / _combine - hiascend.com ptaoplist_002364 and
+  "aclnnMoeDistributeDispatch" (CANN 8.2 aclnn API).
+* npu_mm_all_reduce_base - hiascend.com "torch_npu.npu_mm_all_reduce_base".
+
+Mask convention (all ops): atten_mask True/1 = the position does NOT take part.
+Sparse modes: 0 defaultMask (no mask: everything visible; with a mask, the band
+``i - pre_tokens <= j <= i + next_tokens`` aligned top-left AND the mask); 1 allMask
+(the full mask); 2 leftUpCausal (j <= i); 3 rightDownCausal (j <= i + Skv - Sq);
+4 band, aligned at the bottom-right corner (``p - pre_tokens <= j <= p + next_tokens``,
+p = i + Skv - Sq). Modes 2-4 take the compressed 2048x2048 upper-triangular mask and
+ignore its values beyond that role. What is not verifiable without hardware is listed
+in docs: band alignment of mode 4 and the exact content of dispatch's expand_idx /
+ep_recv_counts (only the paired combine reads them; here they carry the emulation's
+own bookkeeping).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+
+import torch
+import torch.distributed as dist
+
+COMPRESSED_MASK_SIZE = 2048
+_GROUPS: dict[str, object] = {}
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_compressed_mask(atten_mask, sparse_mode: int) -> None:
+    if atten_mask is None:
+        raise RuntimeError(f"sparse_mode={sparse_mode} requires the compressed 2048x2048 atten_mask")
+    if tuple(atten_mask.shape[-2:]) != (COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE):
+        raise RuntimeError(f"sparse_mode={sparse_mode} takes a 2048x2048 compressed mask, got {tuple(atten_mask.shape)}")
+    expected = torch.ones(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE, dtype=torch.bool).triu(1)
+    if not torch.equal(atten_mask.reshape(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE).bool().cpu(), expected):
+        raise RuntimeError("the compressed mask must be the upper triangle (True above the diagonal)")
+
+
+def _allowed(sq: int, sk: int, sparse_mode: int, pre: int, nxt: int, mask) -> torch.Tensor:
+    """bool [Sq, Sk]: True where query i may attend key j (documented sparse-mode rules)."""
+    i = torch.arange(sq)[:, None]
+    j = torch.arange(sk)[None, :]
+    if sparse_mode == 0:
+        if mask is None:
+            return torch.ones(sq, sk, dtype=torch.bool)
+        return (j >= i - pre) & (j <= i + nxt) & ~mask.bool().reshape(sq, sk).cpu()
+    if sparse_mode == 1:
+        return ~mask.bool().reshape(sq, sk).cpu()
+    _check_compressed_mask(mask, sparse_mode)
+    if sparse_mode == 2:
+        return j <= i
+    p = i + (sk - sq)
+    if sparse_mode == 3:
+        return j <= p
+    if sparse_mode == 4:
+        return (j >= p - pre) & (j <= p + nxt)
+    raise RuntimeError(f"sparse_mode {sparse_mode} is not emulated")
+
+
+def _attention(q, k, v, scale, allowed, q_rope=None, k_rope=None):
+    """q [Sq, N, D], k [Sk, Nkv, D], v [Sk, Nkv, Dv] -> out [Sq, N, Dv], lse [Sq, N] (fp32)."""
+    sq, n, _ = q.shape
+    sk, nkv, dv = v.shape
+    group = n // nkv
+    kk = k.float().repeat_interleave(group, dim=1)
+    vv = v.float().repeat_interleave(group, dim=1)
+    s = torch.einsum("qnd,knd->nqk", q.float(), kk)
+    if q_rope is not None:
+        s = s + torch.einsum("qnd,knd->nqk", q_rope.float(), k_rope.float().repeat_interleave(group, dim=1))
+    s = (s * scale).masked_fill(~allowed.to(s.device), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)                                  # [N, Sq]
+    p = torch.where(torch.isfinite(lse)[..., None], torch.exp(s - lse[..., None]), torch.zeros_like(s))
+    out = torch.einsum("nqk,knd->qnd", p, vv)
+    return out, lse.transpose(0, 1)
+
+
+def _split(cumulative, total: int, name: str) -> list[tuple[int, int]]:
+    if cumulative is None:
+        raise RuntimeError(f"input_layout TND requires {name}")
+    ends = [int(x) for x in (cumulative.tolist() if isinstance(cumulative, torch.Tensor) else cumulative)]
+    if any(b < a for a, b in zip([0] + ends, ends)) or (ends and ends[-1] > total):
+        raise RuntimeError(f"{name} must be cumulative (non-decreasing, ending within {total}), got {ends}")
+    return list(zip([0] + ends[:-1], ends))
+
+
+# ---------------------------------------------------------------- attention ops
+def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_mask=None, actual_seq_lengths=None,
+                                    actual_seq_lengths_kv=None, block_table=None, query_rope=None, key_rope=None,
+                                    num_heads=1, scale=1.0, pre_tokens=2147483647, next_tokens=2147483647,
+                                    input_layout="BSH", num_key_value_heads=0, sparse_mode=0, inner_precise=0,
+                                    block_size=0, antiquant_mode=0, softmax_lse_flag=False, **unsupported):
+    """Emulates the op for input_layout TND (varlen; paged through block_table), BSND and BNSD.
+
+    Paged TND: key/value are caches [num_blocks, block_size, Nkv*D], actual_seq_lengths the
+    cumulative query lengths, actual_seq_lengths_kv the per-sequence key lengths. MLA:
+    query_rope [T, N, Dr] and key_rope (cache [num_blocks, block_size, Dr]) add q_rope.k_rope
+    to the scores. Returns (attention_out in the query layout, softmax_lse [T, N, 1] for TND /
+    [B, N, S, 1] otherwise, natural log, or a 1-element placeholder when not requested).
+    """
+    if [k for k, v in unsupported.items() if v is not None]:
+        raise RuntimeError(f"arguments not emulated: {sorted(unsupported)}")
+    nkv = num_key_value_heads or num_heads
+    if num_heads % nkv:
+        raise RuntimeError(f"num_heads ({num_heads}) must be a multiple of num_key_value_heads ({nkv})")
+    if input_layout == "TND":
+        if query.dim() != 3 or query.shape[1] != num_heads:
+            raise RuntimeError(f"TND query must be [T, num_heads={num_heads}, D], got {tuple(query.shape)}")
+        q_segments = _split(actual_seq_lengths, query.shape[0], "actual_seq_lengths")
+        if block_table is not None:
+            if key.dim() != 3 or block_size <= 0 or key.shape[1] != block_size:
+                raise RuntimeError(f"paged key must be [num_blocks, block_size={block_size}, Nkv*D], got {tuple(key.shape)}")
+            kv_lens = [int(x) for x in (actual_seq_lengths_kv.tolist() if isinstance(actual_seq_lengths_kv, torch.Tensor)
+                                        else actual_seq_lengths_kv)]
+            if len(kv_lens) != len(q_segments):
+                raise RuntimeError("actual_seq_lengths_kv needs one (non-cumulative) length per sequence when paged")
+        else:
+            kv_segments = _split(actual_seq_lengths_kv, key.shape[0], "actual_seq_lengths_kv")
+        out = query.new_zeros((query.shape[0], num_heads, value.shape[-1] // nkv if block_table is not None
+                               else value.shape[-1]))
+        lse = torch.full((query.shape[0], num_heads, 1), float("-inf"))
+        for b, (q0, q1) in enumerate(q_segments):
+            if block_table is not None:
+                length = kv_lens[b]
+                blocks = block_table[b, :-(-length // block_size)].long()
+                k = key[blocks].reshape(-1, nkv, key.shape[-1] // nkv)[:length]
+                v = value[blocks].reshape(-1, nkv, value.shape[-1] // nkv)[:length]
+                kr = None if key_rope is None else key_rope[blocks].reshape(-1, 1, key_rope.shape[-1])[:length]
+            else:
+                k0, k1 = kv_segments[b]
+                k, v = key[k0:k1], value[k0:k1]
+                kr = None if key_rope is None else key_rope[k0:k1]
+            allowed = _allowed(q1 - q0, k.shape[0], sparse_mode, pre_tokens, next_tokens, atten_mask)
+            o, l_ = _attention(query[q0:q1], k, v, scale, allowed,
+                               None if query_rope is None else query_rope[q0:q1], kr)
+            out[q0:q1] = o.to(out.dtype)
+            lse[q0:q1, :, 0] = l_
+        return out, (lse if softmax_lse_flag else torch.zeros(1))
+    if input_layout in ("BSND", "BNSD"):
+        to_bsnd = (lambda t: t) if input_layout == "BSND" else (lambda t: t.transpose(1, 2))
+        q, k, v = to_bsnd(query), to_bsnd(key), to_bsnd(value)
+        outs, lses = [], []
+        for b in range(q.shape[0]):
+            allowed = _allowed(q.shape[1], k.shape[1], sparse_mode, pre_tokens, next_tokens, atten_mask)
+            o, l_ = _attention(q[b], k[b], v[b], scale, allowed)
+            outs.append(o.to(query.dtype))
+            lses.append(l_.transpose(0, 1)[..., None])
+        out = torch.stack(outs)
+        return to_bsnd(out), (torch.stack(lses) if softmax_lse_flag else torch.zeros(1))
+    raise RuntimeError(f"input_layout {input_layout!r} is not emulated (TND, BSND, BNSD)")
+
+
+def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None, padding_mask=None, atten_mask=None,
+                         scale=1.0, keep_prob=1.0, pre_tockens=2147483647, next_tockens=2147483647, inner_precise=0,
+                         prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0,
+                         gen_mask_parallel=True, sync=False):
+    """Emulates TND (varlen; cumulative actual_seq_qlen/actual_seq_kvlen), BSND and BNSD.
+
+    Returns the documented 7 outputs: (attention_out, softmax_max, softmax_sum,
+    softmax_out placeholder, seed, offset, numels); softmax_max/sum are [T, N, 8] for TND
+    (8 equal copies). The real op gives the row max of the scaled scores and the sum of
+    exp(s - max); here the pair is (lse, 1), which has the same lse = max + log(sum).
+    """
+    if keep_prob != 1.0 or pse is not None or prefix is not None:
+        raise RuntimeError("dropout, pse and prefix are not emulated")
+    if input_layout == "TND":
+        if actual_seq_qlen is None or actual_seq_kvlen is None:
+            raise RuntimeError("TND requires actual_seq_qlen and actual_seq_kvlen")
+        q_segments = _split(actual_seq_qlen, query.shape[0], "actual_seq_qlen")
+        k_segments = _split(actual_seq_kvlen, key.shape[0], "actual_seq_kvlen")
+        if len(q_segments) != len(k_segments):
+            raise RuntimeError("actual_seq_qlen and actual_seq_kvlen must list the same batch")
+        out = query.new_zeros((query.shape[0], head_num, value.shape[-1]))
+        lse = torch.full((query.shape[0], head_num), float("-inf"))
+        for (q0, q1), (k0, k1) in zip(q_segments, k_segments):
+            allowed = _allowed(q1 - q0, k1 - k0, sparse_mode, pre_tockens, next_tockens, atten_mask)
+            o, l_ = _attention(query[q0:q1], key[k0:k1], value[k0:k1], scale, allowed)
+            out[q0:q1] = o.to(out.dtype)
+            lse[q0:q1] = l_
+        # documented outputs carry max and sum; lse = max + log(sum). Rows that see no key:
+        # max -inf, sum 0 here (the real op's value for such rows is unspecified).
+        softmax_max = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("-inf")))
+        softmax_sum = torch.where(torch.isfinite(lse), torch.ones_like(lse), torch.zeros_like(lse))
+        return (out, softmax_max[..., None].expand(-1, -1, 8).contiguous(),
+                softmax_sum[..., None].expand(-1, -1, 8).contiguous(), torch.zeros(0), 0, 0, 0)
+    raise RuntimeError(f"input_layout {input_layout!r} is not emulated here (TND)")
+
+
+# ------------------------------------------------------------------- comm ops
+def register_group(name: str, group) -> str:
+    """Stand-in for an HCCL communicator name: the emulated ops look the group up by name."""
+    _GROUPS[name] = group
+    return name
+
+
+def _group(name: str):
+    if name not in _GROUPS:
+        raise RuntimeError(f"unknown communication group name {name!r}")
+    return _GROUPS[name]
+
+
+def npu_mm_all_reduce_base(x1, x2, hcom, *, reduce_op="sum", bias=None, antiquant_scale=None, antiquant_offset=None,
+                           x3=None, dequant_scale=None, pertoken_scale=None, comm_quant_scale_1=None,
+                           comm_quant_scale_2=None, antiquant_group_size=0, comm_turn=0):
+    """AllReduce(x1 @ x2 + bias) over the group named hcom; x1 [M, K], x2 [K, N]."""
+    if reduce_op != "sum":
+        raise RuntimeError(f"reduce_op {reduce_op!r} is not supported (only 'sum')")
+    if x1.dim() != 2 or x2.dim() != 2 or x1.shape[1] != x2.shape[0]:
+        raise RuntimeError(f"x1 [M, K] @ x2 [K, N] expected, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    out = (x1.float() @ x2.float())
+    if bias is not None:
+        out = out + bias.float()
+    dist.all_reduce(out, group=_group(hcom))
+    return out.to(x1.dtype)
+
+
+def npu_moe_distribute_dispatch(x, expert_ids, group_ep, ep_world_size, ep_rank_id, moe_expert_num, *, scales=None,
+                                x_active_mask=None, expert_scales=None, group_tp="", tp_world_size=0, tp_rank_id=0,
+                                expert_shard_type=0, shared_expert_num=1, shared_expert_rank_num=0, quant_mode=0,
+                                global_bs=0, expert_token_nums_type=1):
+    """Each (token, expert) pair travels to the expert's rank (EP AllToAllV; no TP domain).
+
+    Returns (expand_x [A, H] grouped by local expert then source rank then token,
+    dynamic_scales [A] (quant_mode 2: amax/127 per row), expand_idx [BS*K],
+    expert_token_nums [local experts] (counts for type 1, cumulative for type 0),
+    ep_recv_counts [ep_world_size * local experts], tp_recv_counts [1], expand_scales [A]).
+    A = BS * ep_world_size * min(local experts, K), rows past the received ones are 0.
+    """
+    if tp_world_size not in (0, 1) or shared_expert_rank_num or x_active_mask is not None or scales is not None:
+        raise RuntimeError("TP domain, shared-expert ranks, x_active_mask and smoothing scales are not emulated")
+    if quant_mode not in (0, 2):
+        raise RuntimeError(f"quant_mode {quant_mode} is not emulated (0 or 2)")
+    group = _group(group_ep)
+    if dist.get_world_size(group) != ep_world_size or dist.get_rank(group) != ep_rank_id:
+        raise RuntimeError("ep_world_size / ep_rank_id do not match the communication group")
+    if moe_expert_num % ep_world_size:
+        raise RuntimeError("moe_expert_num must be divisible by ep_world_size")
+    if (expert_ids < 0).any() or (expert_ids >= moe_expert_num).any():
+        raise RuntimeError("expert_ids must lie in [0, moe_expert_num)")
+    local = moe_expert_num // ep_world_size
+    bs, k = expert_ids.shape
+    hidden = x.shape[1]
+    flat = expert_ids.reshape(-1).long()
+    order = torch.sort(flat, stable=True).indices                   # by expert, then token order
+    dest = flat[order] // local
+    send_counts = torch.bincount(dest, minlength=ep_world_size)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    rows = x[order // k]
+    if quant_mode == 2:
+        amax = rows.float().abs().amax(-1).clamp_min(1e-12)
+        payload = torch.round(rows.float() * (127.0 / amax)[:, None]).clamp(-127, 127).to(torch.int8)
+        row_scales = amax / 127.0
+    else:
+        payload, row_scales = rows, torch.ones(rows.shape[0])
+    meta = torch.stack([flat[order], order, torch.full_like(order, ep_rank_id)], 1)   # expert, slot, source
+    weights = (expert_scales.reshape(-1)[order].float() if expert_scales is not None else torch.ones(len(order)))
+    n_recv = int(recv_counts.sum())
+    split_s, split_r = send_counts.tolist(), recv_counts.tolist()
+    r_payload = payload.new_empty((n_recv, hidden))
+    r_scales, r_weights = torch.empty(n_recv), torch.empty(n_recv)
+    r_meta = meta.new_empty((n_recv, 3))
+    for out, inp in ((r_payload, payload), (r_scales, row_scales.float()), (r_weights, weights), (r_meta, meta)):
+        dist.all_to_all_single(out, inp.contiguous(), output_split_sizes=split_r, input_split_sizes=split_s, group=group)
+    key = (r_meta[:, 0] - ep_rank_id * local) * (ep_world_size + 1) + r_meta[:, 2]   # expert, then source rank
+    arrange = torch.sort(key, stable=True).indices
+    capacity = bs * ep_world_size * min(local, k)
+    expand_x = payload.new_zeros((capacity, hidden))
+    expand_x[:n_recv] = r_payload[arrange]
+    dynamic_scales = torch.zeros(capacity)
+    dynamic_scales[:n_recv] = r_scales[arrange]
+    expand_scales = torch.zeros(capacity)
+    expand_scales[:n_recv] = r_weights[arrange]
+    counts = torch.bincount(r_meta[arrange, 0] - ep_rank_id * local, minlength=local)
+    # expand_idx: for each local (token, slot), the row it occupies at its destination
+    sent_pos = torch.empty(n_recv, dtype=torch.int64)
+    sent_pos[arrange] = torch.arange(n_recv)
+    back = torch.empty(len(order), dtype=torch.int64)
+    dist.all_to_all_single(back, sent_pos, output_split_sizes=split_s, input_split_sizes=split_r, group=group)
+    expand_idx = torch.empty(bs * k, dtype=torch.int32)
+    expand_idx[order] = back.to(torch.int32)
+    ep_recv_counts = torch.zeros(ep_world_size * local, dtype=torch.int32)
+    per = torch.bincount((r_meta[:, 0] - ep_rank_id * local) * ep_world_size + r_meta[:, 2],
+                         minlength=local * ep_world_size)
+    ep_recv_counts[:] = per.to(torch.int32)
+    _DISPATCH_STATE[id(expand_idx)] = (r_meta[arrange, 1], r_meta[arrange, 2], split_s, split_r, order)
+    expert_token_nums = counts if expert_token_nums_type == 1 else torch.cumsum(counts, 0)
+    return (expand_x, dynamic_scales if quant_mode == 2 else torch.zeros(0), expand_idx, expert_token_nums,
+            ep_recv_counts, torch.zeros(1, dtype=torch.int32), expand_scales)
+
+
+_DISPATCH_STATE: dict[int, tuple] = {}
+
+
+def npu_moe_distribute_combine(expand_x, expert_ids, expand_idx, ep_send_counts, expert_scales, group_ep,
+                               ep_world_size, ep_rank_id, moe_expert_num, *, tp_send_counts=None, x_active_mask=None,
+                               activation_scale=None, weight_scale=None, group_list=None, expand_scales=None,
+                               group_tp="", tp_world_size=0, tp_rank_id=0, expert_shard_type=0, shared_expert_num=1,
+                               shared_expert_rank_num=0, global_bs=0, out_dtype=0, comm_quant_mode=0,
+                               group_list_type=0):
+    """Sends each expert output row back to its token and returns
+    x [BS, H] = sum_k expert_scales[t, k] * row(t, k) in the dtype of expand_x."""
+    if tp_world_size not in (0, 1) or shared_expert_rank_num:
+        raise RuntimeError("TP domain and shared-expert ranks are not emulated")
+    state = _DISPATCH_STATE.get(id(expand_idx))
+    if state is None:
+        raise RuntimeError("expand_idx does not come from npu_moe_distribute_dispatch")
+    group = _group(group_ep)
+    slots, sources, split_s, split_r, order = state
+    n_recv = len(slots)
+    bs, k = expert_ids.shape
+    # return rows in the order they arrived (by source rank), then place by slot
+    by_source = torch.sort(sources, stable=True).indices           # the slot ids travel with the rows
+    send_back = expand_x[:n_recv][by_source].contiguous()
+    back = send_back.new_empty((len(order), expand_x.shape[1]))
+    dist.all_to_all_single(back, send_back, output_split_sizes=split_s, input_split_sizes=split_r, group=group)
+    back_slots = torch.empty(len(order), dtype=torch.int64)
+    dist.all_to_all_single(back_slots, slots[by_source].contiguous(), output_split_sizes=split_s,
+                           input_split_sizes=split_r, group=group)
+    out = torch.zeros(bs, expand_x.shape[1])
+    w = expert_scales.reshape(-1).float()
+    out.index_add_(0, back_slots // k, back.float() * w[back_slots][:, None])
+    return out.to(expand_x.dtype)
+
+
+# ------------------------------------------------------------------ installation
+def make_module() -> types.ModuleType:
+    """A stand-in ``torch_npu`` module with the emulated ops."""
+    module = types.ModuleType("torch_npu")
+    module.__ascend_ext_emulation__ = True
+    for name in ("npu_fused_infer_attention_score", "npu_fusion_attention", "npu_mm_all_reduce_base",
+                 "npu_moe_distribute_dispatch", "npu_moe_distribute_combine"):
+        setattr(module, name, globals()[name])
+    module.emulation_group_name = lambda group: register_group(f"emulated-{id(group)}", group)
+    return module
+
+
+@contextlib.contextmanager
+def installed():
+    """Make ``import torch_npu`` return the emulation inside the block."""
+    previous = sys.modules.get("torch_npu")
+    sys.modules["torch_npu"] = make_module()
+    try:
+        yield sys.modules["torch_npu"]
+    finally:
+        if previous is None:
+            sys.modules.pop("torch_npu", None)
+        else:
+            sys.modules["torch_npu"] = previous
