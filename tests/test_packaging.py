@@ -29,3 +29,20 @@ def test_dockerfiles_lint_clean():
     assert len(files) >= 2
     proc = subprocess.run(["hadolint", *files], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="no C++ compiler: the native CPU kernels cannot have been built")
+def test_native_extension_is_built_where_a_compiler_exists():
+    """`make test` installs with --no-build-isolation, so the C++ kernels must be there."""
+    import os
+
+    from ascend_ext.ops import selected_impl
+    from ascend_ext.ops.attention.native import native_available
+
+    if os.environ.get("ASCEND_EXT_NATIVE") == "0":
+        pytest.skip("ASCEND_EXT_NATIVE=0 disabled the native build")
+    assert native_available("cpu") is None, native_available("cpu")
+    if not os.environ.get("ASCEND_EXT_IMPL"):
+        assert selected_impl("paged_attention", "cpu") == "native"
+        assert selected_impl("flash_attn_varlen", "cpu") == "native"

@@ -126,6 +126,8 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         if attn_metadata is None:  # profiling run
             return output
         trace.note("attention")
+        if trace.enabled():
+            trace.note(f"impl paged_attention={ops.selected_impl('paged_attention', query.device.type)}")
         n = attn_metadata.num_actual_tokens
         k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
         with ops.trusted_inputs():

@@ -12,6 +12,10 @@ import os
 _seen: set[str] = set()
 
 
+def enabled() -> bool:
+    return bool(os.environ.get("ASCEND_EXT_TRACE"))
+
+
 def note(event: str) -> None:
     path = os.environ.get("ASCEND_EXT_TRACE")
     if not path or event in _seen:

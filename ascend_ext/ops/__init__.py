@@ -5,7 +5,7 @@ Each op validates its inputs, then runs the implementation chosen by
 ``ASCEND_EXT_IMPL`` or :func:`use_impl`).
 """
 
-from ._dispatch import describe, use_impl
+from ._dispatch import describe, selected_impl, use_impl
 from ._validate import trusted_inputs
 from .attention import (TileMask, flash_attn_varlen, merge_attn_states, paged_attention,
                         reshape_and_cache, split_kv_cache)
@@ -16,7 +16,7 @@ from .moe import CollectiveTimeoutError, DispatchResult, ep_combine, ep_dispatch
 __all__ = [
     "CollectiveTimeoutError", "DispatchResult", "TileMask", "concat_and_cache_mla", "describe",
     "ep_combine", "ep_dispatch", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
-    "moe_route", "paged_attention", "tiled_linear_allreduce",
+    "moe_route", "paged_attention", "selected_impl", "tiled_linear_allreduce",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]
 

@@ -160,6 +160,11 @@ def resolve(op: str, device_type: str) -> Callable:
     return select(op, device_type).load()
 
 
+def selected_impl(op: str, device_type: str) -> str:
+    """Name of the implementation of ``op`` that runs on ``device_type`` right now."""
+    return select(op, device_type).name
+
+
 def describe(device_type: str) -> dict[str, str]:
     """op -> chosen implementation name (or the error) for ``device_type``; used by the CLI."""
     table = {}

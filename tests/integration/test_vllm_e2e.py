@@ -6,6 +6,7 @@ import random
 import pytest
 
 from ascend_ext.demo import build_tiny_llama
+from ascend_ext.ops.attention.native import native_available
 
 from ..conftest import SEED
 from .vllm_runner import needs_vllm, run_vllm
@@ -38,6 +39,8 @@ def test_greedy_tokens_match_vllm_cpu_backend(tiny_llama):
     assert theirs["attention_backends"] == ["CPU_ATTN"]
     assert ours["platform"] == "ascend_ext.integration.platforms.cpu.AscendExtCpuPlatform"
     assert ours["attention_backends"] == ["ASCEND_EXT"]
+    expected_impl = "native" if native_available("cpu") is None else "reference"
+    assert f"impl paged_attention={expected_impl}" in ours["trace"], ours["trace"]
 
     shared = ours["outputs"][5]
     assert shared["prompt_len"] == 112 and shared["num_cached_tokens"] >= 96, "prefix cache was not hit"

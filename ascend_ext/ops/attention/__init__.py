@@ -1,6 +1,7 @@
 """Attention ops: varlen flash attention, paged attention, cache writes, lse merge."""
 
 from .._availability import triton_available
+from .native import native_available
 from .._dispatch import register
 from ..._devices import ANY_DEVICE
 from .api import flash_attn_varlen, merge_attn_states, paged_attention, reshape_and_cache, split_kv_cache
@@ -13,6 +14,9 @@ register("flash_attn_varlen", "triton", "ascend_ext.ops.attention.triton_flash:f
 for _op in ("paged_attention", "merge_attn_states"):
     register(_op, "triton", f"ascend_ext.ops.attention.triton_paged:{_op}",
              devices=("cuda", "npu", "cpu"), available=triton_available)
+for _op in ("flash_attn_varlen", "paged_attention"):
+    register(_op, "native", f"ascend_ext.ops.attention.native:{_op}", devices=("cpu",),
+             available=native_available)
 
 __all__ = ["TileMask", "flash_attn_varlen", "merge_attn_states", "paged_attention",
            "reshape_and_cache", "split_kv_cache"]

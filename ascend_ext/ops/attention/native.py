@@ -1,0 +1,62 @@
+"""The ``native`` CPU implementation: C++ kernels from csrc/ (``torch.ops.ascend_ext``).
+
+The extension ``ascend_ext._native`` is built at install time when torch and a C++
+compiler are present (see setup.py). Its kernels accumulate in float32 and cover
+causal/window/softcap/lse; an explicit :class:`TileMask` goes to the reference
+implementation (the vLLM paths never pass one).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import reference
+
+
+@functools.lru_cache(maxsize=None)
+def _load_error() -> str | None:
+    try:
+        import ascend_ext._native  # noqa: F401 - registers torch.ops.ascend_ext.*
+    except ImportError as error:
+        return (f"the native CPU extension is not built ({error}); reinstall with "
+                "`pip install --no-build-isolation -e .` next to torch and a C++ compiler")
+    return None
+
+
+def native_available(device: str) -> str | None:
+    """Registry check: the extension imports and the tensors live on the CPU."""
+    if device != "cpu":
+        return f"native kernels run on cpu, not {device}"
+    return _load_error()
+
+
+def _last_dim_contiguous(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def _lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor | None:
+    return torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32) if return_lse else None
+
+
+def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                      softmax_scale, window, mask, softcap, out, return_lse):
+    if mask is not None:
+        return reference.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                           softmax_scale=softmax_scale, window=window, mask=mask,
+                                           softcap=softcap, out=out, return_lse=return_lse)
+    lse = _lse_buffer(q, return_lse)
+    torch.ops.ascend_ext.flash_attn_varlen(
+        _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cu_seqlens_q, cu_seqlens_k,
+        softmax_scale, window[0], window[1], softcap, out, lse)
+    return lse
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
+    lse = _lse_buffer(q, return_lse)
+    torch.ops.ascend_ext.paged_attention(
+        _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
+        softmax_scale, window[0], window[1], softcap, out, lse)
+    return lse

@@ -1,0 +1,74 @@
+"""Native C++ CPU kernels: the paths the shared parity matrix does not reach
+(KV splits of long contexts, thread counts, strided queries)."""
+
+import pytest
+import torch
+
+from ascend_ext import ops
+from ascend_ext.ops.attention.native import native_available
+
+from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, randn
+
+pytestmark = pytest.mark.skipif(native_available("cpu") is not None,
+                                reason=str(native_available("cpu")))
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [(-1, -1), (700, 0)])
+def test_paged_long_context_kv_splits(num_threads, dtype, window, threads, rng):
+    """Few work items x long context: the kernel cuts the keys into splits merged by lse."""
+    threads(num_threads)
+    seqs = [(3001, 1), (1537, 2)]            # (keys, new queries): decode and a 2-token chunk
+    hq, hkv, d = 4, 1, 64
+    keys = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    values = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, 16, rng)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), dtype, rng)
+    with ops.use_impl(attention="native"):
+        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 2,
+                                       window_size=window, return_lse=True)
+    refs, lses, q0 = [], [], 0
+    for (n, lq), kk, vv in zip(seqs, keys, values):
+        o, l = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, True, window))
+        refs.append(o)
+        lses.append(l)
+        q0 += lq
+    assert_close(got, torch.cat(refs), dtype)
+    assert_lse_close(lse, torch.cat(lses, dim=1), dtype)
+
+
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_varlen_long_and_strided_query(num_threads, threads, rng):
+    threads(num_threads)
+    lq, lk, hq, hkv, d = 20, 2100, 8, 2, 96   # 4 work items < 2 x 3 threads: KV splits
+    q_full = randn((lq, hq, 2 * d), torch.float32, rng)
+    q = q_full[..., :d]                      # strided query view
+    k = randn((lk, hkv, d), torch.float32, rng)
+    v = randn((lk, hkv, d), torch.float32, rng)
+    with ops.use_impl(attention="native"):
+        got, lse = ops.flash_attn_varlen(q, k, v, cu([lq]), cu([lk]), lq, lk, causal=True,
+                                         return_lse=True)
+    ref, ref_lse = attention_f64(q, k, v, d ** -0.5, allowed(lq, lk, True, (-1, -1)))
+    assert_close(got, ref, torch.float32)
+    assert_lse_close(lse, ref_lse, torch.float32)
+
+
+def test_mask_falls_back_to_reference(rng):
+    q = randn((40, 2, 32), torch.float32, rng)
+    k = randn((40, 2, 32), torch.float32, rng)
+    v = randn((40, 2, 32), torch.float32, rng)
+    dense = torch.rand(40, 40, generator=rng) > 0.4
+    mask = ops.TileMask.from_dense(dense, tile=(16, 16))
+    with ops.use_impl(attention="native"):
+        got = ops.flash_attn_varlen(q, k, v, cu([40]), cu([40]), 40, 40, mask=mask)
+    ref, _ = attention_f64(q, k, v, 32 ** -0.5, allowed(40, 40, False, (-1, -1), dense))
+    assert_close(got, ref, torch.float32)
