@@ -17,18 +17,34 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <utility>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+#include "vec.h"
 
 namespace ascend_ext {
 namespace {
 
-constexpr int64_t KEYS_PER_BLOCK = 32;
+using vec::f16x;
+using vec::kLanes;
+
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+constexpr int64_t MAX_ROWS = 64;   // query rows (tokens x GQA group) per work item
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 struct Window {
   int64_t left;
@@ -44,106 +60,289 @@ inline void row_bounds(int64_t t, int64_t lq, int64_t lk, Window w, int64_t& lo,
   lo = std::min(lo, lk);
 }
 
-// Online-softmax state of a group of query rows.
+// Widen `n` elements to float32 into dst and zero-pad it to `padded`.
+template <typename T>
+inline void widen_row(const T* src, float* dst, int64_t n, int64_t padded) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) vec::store(dst + i, vec::load(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  for (; i < padded; ++i) dst[i] = 0.f;
+}
+
+// How a block of cached rows reaches the arithmetic.
+enum class RowPath {
+  Widened,    // widened to a float32 scratch block once, read by every query row
+  Direct,     // float32 rows whose length is a multiple of the vector width: read in place
+  DotBF16,    // bfloat16 keys read in place by AVX512-BF16 dot products (exact products, fp32 sums)
+};
+
+template <typename T>
+RowPath key_path(int64_t d) {
+  if constexpr (std::is_same_v<T, float>) return d % kLanes == 0 ? RowPath::Direct : RowPath::Widened;
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return d % 32 == 0 ? RowPath::DotBF16 : RowPath::Widened;
+#endif
+  return RowPath::Widened;
+}
+
+template <typename T>
+RowPath value_path(int64_t dv) {
+  if constexpr (std::is_same_v<T, float>) return dv % kLanes == 0 ? RowPath::Direct : RowPath::Widened;
+  return RowPath::Widened;
+}
+
+constexpr int64_t MAX_BLOCK_KEYS = 64;
+
+// Online-softmax state (base 2) of a group of query rows and its scratch buffers.
+// q holds queries pre-scaled so that q.k is in log2 units (unless softcap); q_raw
+// holds them unscaled in the input dtype for the in-place dot-product path.
 struct RowGroup {
-  int64_t rows = 0, dim = 0, dim_v = 0;
-  std::vector<float> q, m, l, acc;
+  int64_t rows = 0, dim = 0, dim_v = 0, dp = 0, dvp = 0, keys = 0;
+  std::vector<float> q, m, l, acc, kf, vf, s;
+  std::vector<uint16_t> q_raw;
   std::vector<int64_t> lo, hi;
-  std::vector<float> kt, vb, s;  // scratch: K^T block, V block, scores
+  const float* k_rows[MAX_BLOCK_KEYS];
+  const float* v_rows[MAX_BLOCK_KEYS];
 
   void reset(int64_t r, int64_t d, int64_t dv) {
     rows = r; dim = d; dim_v = dv;
-    q.assign(r * d, 0.f);
+    dp = round_up(d, kLanes);
+    dvp = round_up(dv, kLanes);
+    keys = std::clamp<int64_t>(4096 / std::max(dp, dvp), 16, MAX_BLOCK_KEYS) / kLanes * kLanes;  // K+V ~32 KiB
+    q.resize(r * dp);
+    q_raw.resize(r * d);
     m.assign(r, NEG_INF);
     l.assign(r, 0.f);
-    acc.assign(r * dv, 0.f);
-    lo.assign(r, 0);
-    hi.assign(r, 0);
-    kt.resize(d * KEYS_PER_BLOCK);
-    vb.resize(KEYS_PER_BLOCK * dv);
-    s.resize(r * KEYS_PER_BLOCK);
+    acc.assign(r * dvp, 0.f);
+    lo.resize(r);
+    hi.resize(r);
+    kf.resize(keys * dp);
+    vf.resize(keys * dvp);
+    s.resize(keys);
   }
 };
 
-// Stream keys [begin, end) through the group. KeyRow(j) / ValueRow(j) give pointers to
-// key j's row (head dim contiguous).
-template <typename T, typename KeyRow, typename ValueRow>
-void attend_range(RowGroup& g, int64_t begin, int64_t end, KeyRow key_row, ValueRow value_row,
-                  float scale, float softcap) {
-  const int64_t d = g.dim, dv = g.dim_v;
-  int64_t min_lo = std::numeric_limits<int64_t>::max(), max_hi = 0;
+// s[j] = q . k[j] for j < n (float32 rows of length dp). Eight keys per pass: each q
+// chunk is loaded once and eight independent FMA chains hide the FMA latency.
+inline void row_scores(const float* q, const float* const* k, int64_t dp, int64_t n, float* s) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const float *k0 = k[j], *k1 = k[j + 1], *k2 = k[j + 2], *k3 = k[j + 3];
+    const float *k4 = k[j + 4], *k5 = k[j + 5], *k6 = k[j + 6], *k7 = k[j + 7];
+    f16x a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{};
+    for (int64_t i = 0; i < dp; i += kLanes) {
+      const f16x qv = vec::load(q + i);
+      a0 += qv * vec::load(k0 + i);
+      a1 += qv * vec::load(k1 + i);
+      a2 += qv * vec::load(k2 + i);
+      a3 += qv * vec::load(k3 + i);
+      a4 += qv * vec::load(k4 + i);
+      a5 += qv * vec::load(k5 + i);
+      a6 += qv * vec::load(k6 + i);
+      a7 += qv * vec::load(k7 + i);
+    }
+    s[j] = vec::hsum(a0);
+    s[j + 1] = vec::hsum(a1);
+    s[j + 2] = vec::hsum(a2);
+    s[j + 3] = vec::hsum(a3);
+    s[j + 4] = vec::hsum(a4);
+    s[j + 5] = vec::hsum(a5);
+    s[j + 6] = vec::hsum(a6);
+    s[j + 7] = vec::hsum(a7);
+  }
+  for (; j < n; ++j) {
+    f16x a{};
+    for (int64_t i = 0; i < dp; i += kLanes) a += vec::load(q + i) * vec::load(k[j] + i);
+    s[j] = vec::hsum(a);
+  }
+}
+
+#if defined(__AVX512BF16__)
+// s[j] = scale * (q . k[j]) over bfloat16 rows of length d (multiple of 32), read in place.
+inline void row_scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
+                            float* s) {
+  auto bf = [](const void* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); };
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < d; i += 32) {
+      const __m512bh qv = bf(q + i);
+      a0 = _mm512_dpbf16_ps(a0, qv, bf(k[j] + i));
+      a1 = _mm512_dpbf16_ps(a1, qv, bf(k[j + 1] + i));
+      a2 = _mm512_dpbf16_ps(a2, qv, bf(k[j + 2] + i));
+      a3 = _mm512_dpbf16_ps(a3, qv, bf(k[j + 3] + i));
+    }
+    s[j] = _mm512_reduce_add_ps(a0) * scale;
+    s[j + 1] = _mm512_reduce_add_ps(a1) * scale;
+    s[j + 2] = _mm512_reduce_add_ps(a2) * scale;
+    s[j + 3] = _mm512_reduce_add_ps(a3) * scale;
+  }
+  for (; j < n; ++j) {
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 32) a = _mm512_dpbf16_ps(a, bf(q + i), bf(k[j] + i));
+    s[j] = _mm512_reduce_add_ps(a) * scale;
+  }
+}
+#endif
+
+// acc[0:W*16] += sum_j p[j] * v[j][0:W*16]: W output vectors stay in registers as
+// independent FMA chains over the keys.
+template <int W>
+inline void accumulate_vectors(float* acc, const float* p, const float* const* v, int64_t offset, int64_t n) {
+  f16x a[W];
+  for (int u = 0; u < W; ++u) a[u] = vec::load(acc + u * kLanes);
+  for (int64_t j = 0; j < n; ++j) {
+    const f16x pj = vec::splat(p[j]);
+    const float* row = v[j] + offset;
+    for (int u = 0; u < W; ++u) a[u] += pj * vec::load(row + u * kLanes);
+  }
+  for (int u = 0; u < W; ++u) vec::store(acc + u * kLanes, a[u]);
+}
+
+// acc[0:dvp] += sum_j p[j] * v[j] (float32 rows of length dvp).
+inline void row_accumulate(float* acc, const float* p, const float* const* v, int64_t dvp, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 * kLanes <= dvp; i += 8 * kLanes) accumulate_vectors<8>(acc + i, p, v, i, n);
+  if (i + 4 * kLanes <= dvp) {
+    accumulate_vectors<4>(acc + i, p, v, i, n);
+    i += 4 * kLanes;
+  }
+  for (; i < dvp; i += kLanes) accumulate_vectors<1>(acc + i, p, v, i, n);
+}
+
+// Online-softmax update of row r with the scores s[0:n) of keys n0.. (masked in place).
+inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float softcap) {
+  float* s = g.s.data();
+  const int64_t lo = g.lo[r], hi = g.hi[r];
+  if (softcap > 0.f)
+    for (int64_t j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap) * LOG2E;
+  if (lo > n0 || hi < n0 + n)
+    for (int64_t j = 0; j < n; ++j)
+      if (n0 + j < lo || n0 + j >= hi) s[j] = NEG_INF;
+  const int64_t padded = round_up(n, kLanes);
+  for (int64_t j = n; j < padded; ++j) s[j] = NEG_INF;
+  f16x mx = vec::splat(NEG_INF);
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const f16x x = vec::load(s + j);
+    mx = x > mx ? x : mx;
+  }
+  const float block_max = vec::hmax(mx);
+  if (block_max == NEG_INF) return;
+  const float m_new = std::max(g.m[r], block_max);
+  const float alpha = g.m[r] == NEG_INF ? 0.f : std::exp2(g.m[r] - m_new);
+  f16x sum{};
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const f16x p = vec::exp2(vec::load(s + j) - m_new);
+    vec::store(s + j, p);
+    sum += p;
+  }
+  float* acc = g.acc.data() + r * g.dvp;
+  if (alpha != 1.f)
+    for (int64_t i = 0; i < g.dvp; i += kLanes) vec::store(acc + i, vec::load(acc + i) * alpha);
+  row_accumulate(acc, s, g.v_rows, g.dvp, n);
+  g.l[r] = g.l[r] * alpha + vec::hsum(sum);
+  g.m[r] = m_new;
+}
+
+// Key/value rows of one KV head of one sequence in a paged cache
+// [num_blocks, block_size, Hkv, D] (any strides).
+template <typename T>
+struct PagedRows {
+  const T* base;          // cache + head * stride_head
+  const int64_t* table;   // the sequence's block-table row
+  int64_t block, stride_block, stride_token;
+
+  // out[j] = row of key first + j, j < n (one division per call, none per row)
+  void fill(int64_t first, int64_t n, const T** out) const {
+    int64_t blk = first / block, off = first - blk * block;
+    const T* row = base + table[blk] * stride_block + off * stride_token;
+    for (int64_t j = 0; j < n; ++j) {
+      out[j] = row;
+      row += stride_token;
+      if (++off == block && j + 1 < n) {
+        off = 0;
+        row = base + table[++blk] * stride_block;
+      }
+    }
+  }
+};
+
+// Key/value rows of one KV head of one sequence in a packed [T, Hkv, D] tensor.
+template <typename T>
+struct PackedRows {
+  const T* base;  // first row of the sequence, head applied
+  int64_t stride;
+
+  void fill(int64_t first, int64_t n, const T** out) const {
+    for (int64_t j = 0; j < n; ++j) out[j] = base + (first + j) * stride;
+  }
+};
+
+// Point g.{k,v}_rows at float32 rows of the block: in place, or widened into scratch.
+template <typename T>
+void stage_rows(const T* const* rows, int64_t n, int64_t dim, int64_t padded, RowPath path, float* scratch,
+                const float** staged) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (path == RowPath::Direct) {
+      staged[j] = reinterpret_cast<const float*>(rows[j]);
+    } else {
+      widen_row(rows[j], scratch + j * padded, dim, padded);
+      staged[j] = scratch + j * padded;
+    }
+  }
+}
+
+// Stream keys [begin, end) through the group, one block of g.keys keys at a time.
+template <typename T, typename Rows>
+void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
+                  float softcap) {
+  int64_t min_lo = end, max_hi = begin;
   for (int64_t r = 0; r < g.rows; ++r) {
     if (g.hi[r] > g.lo[r]) {
       min_lo = std::min(min_lo, g.lo[r]);
       max_hi = std::max(max_hi, g.hi[r]);
     }
   }
-  begin = std::max(begin, min_lo == std::numeric_limits<int64_t>::max() ? end : min_lo);
+  begin = std::max(begin, min_lo);
   end = std::min(end, max_hi);
-  for (int64_t n0 = begin; n0 < end; n0 += KEYS_PER_BLOCK) {
-    const int64_t n = std::min(KEYS_PER_BLOCK, end - n0);
-    for (int64_t j = 0; j < n; ++j) {
-      const T* kr = key_row(n0 + j);
-      const T* vr = value_row(n0 + j);
-      for (int64_t c = 0; c < d; ++c) g.kt[c * KEYS_PER_BLOCK + j] = static_cast<float>(kr[c]);
-      float* vdst = g.vb.data() + j * dv;
-      for (int64_t c = 0; c < dv; ++c) vdst[c] = static_cast<float>(vr[c]);
-    }
+  const RowPath kpath = key_path<T>(g.dim), vpath = value_path<T>(g.dim_v);
+  const T* k_raw[MAX_BLOCK_KEYS];
+  const T* v_raw[MAX_BLOCK_KEYS];
+  for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
+    const int64_t n = std::min(g.keys, end - n0);
+    keys.fill(n0, n, k_raw);
+    values.fill(n0, n, v_raw);
+    if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
+    stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
     for (int64_t r = 0; r < g.rows; ++r) {
-      float* s = g.s.data() + r * KEYS_PER_BLOCK;
-      const int64_t lo = g.lo[r], hi = g.hi[r];
-      if (hi <= n0 || lo >= n0 + n) continue;  // nothing visible in this block
-      std::fill(s, s + KEYS_PER_BLOCK, 0.f);
-      const float* q = g.q.data() + r * d;
-      for (int64_t c = 0; c < d; ++c) {
-        const float qc = q[c];
-        const float* kc = g.kt.data() + c * KEYS_PER_BLOCK;
-#pragma omp simd
-        for (int64_t j = 0; j < KEYS_PER_BLOCK; ++j) s[j] += qc * kc[j];
+      if (g.hi[r] <= n0 || g.lo[r] >= n0 + n) continue;  // nothing visible in this block
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        if (kpath == RowPath::DotBF16) {
+          row_scores_bf16(g.q_raw.data() + r * g.dim, reinterpret_cast<const c10::BFloat16* const*>(k_raw), g.dim,
+                          n, q_scale, g.s.data());
+          row_update(g, r, n0, n, softcap);
+          continue;
+        }
       }
-      float block_max = NEG_INF;
-      for (int64_t j = 0; j < n; ++j) {
-        float x = s[j] * scale;
-        if (softcap > 0.f) x = softcap * std::tanh(x / softcap);
-        const int64_t key = n0 + j;
-        x = (key >= lo && key < hi) ? x : NEG_INF;
-        s[j] = x;
-        block_max = std::max(block_max, x);
-      }
-      if (block_max == NEG_INF) continue;
-      const float m_new = std::max(g.m[r], block_max);
-      const float alpha = g.m[r] == NEG_INF ? 0.f : std::exp(g.m[r] - m_new);
-      float* acc = g.acc.data() + r * dv;
-      if (alpha != 1.f) {
-#pragma omp simd
-        for (int64_t c = 0; c < dv; ++c) acc[c] *= alpha;
-      }
-      float sum = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
-        if (s[j] == NEG_INF) continue;
-        const float p = std::exp(s[j] - m_new);
-        sum += p;
-        const float* v = g.vb.data() + j * dv;
-#pragma omp simd
-        for (int64_t c = 0; c < dv; ++c) acc[c] += p * v[c];
-      }
-      g.l[r] = g.l[r] * alpha + sum;
-      g.m[r] = m_new;
+#endif
+      row_scores(g.q.data() + r * g.dp, g.k_rows, g.dp, n, g.s.data());
+      row_update(g, r, n0, n, softcap);
     }
   }
 }
 
-// Normalised output row and natural-log lse of row r (0 / -inf when it saw nothing).
+// Normalised output row and base-2 lse of row r (0 / -inf when it saw nothing).
 inline float finish_row(const RowGroup& g, int64_t r, float* out_row) {
   const float l = g.l[r];
-  const float* acc = g.acc.data() + r * g.dim_v;
+  const float* acc = g.acc.data() + r * g.dvp;
   if (l <= 0.f) {
     std::fill(out_row, out_row + g.dim_v, 0.f);
     return NEG_INF;
   }
   const float inv = 1.f / l;
   for (int64_t c = 0; c < g.dim_v; ++c) out_row[c] = acc[c] * inv;
-  return g.m[r] + std::log(l);
+  return g.m[r] + std::log2(l);
 }
 
 struct Problem {
@@ -154,68 +353,101 @@ struct Problem {
   Window window;
 };
 
-// Per sequence: (query start, query count, key count); keys reached through key_row/value_row.
-template <typename T, typename KeyRowOf, typename ValueRowOf>
-void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens, const std::vector<int64_t>& q_start,
-         const std::vector<int64_t>& q_len, const std::vector<int64_t>& k_len, KeyRowOf key_row_of,
-         ValueRowOf value_row_of) {
-  const int64_t batch = static_cast<int64_t>(q_len.size());
+struct WorkItem {
+  int64_t b, h, t0, t1, split, cost;
+};
+
+// Work items (sequence, KV head, query tile, KV split), most expensive first. Long
+// contexts are split when there are too few items to keep every thread busy.
+std::vector<WorkItem> plan_work(const Problem& p, const std::vector<int64_t>& q_len, const std::vector<int64_t>& k_len,
+                                int64_t tokens_per_tile, int64_t& splits) {
   const int64_t threads = at::get_num_threads();
-  // query tiles: enough rows per group to amortise the K/V conversion, bounded scratch
-  const int64_t tokens_per_tile = std::max<int64_t>(1, 64 / p.group);
-  // split long contexts when there are fewer work items than threads
-  int64_t items = 0;
-  int64_t max_k = 0;
-  for (int64_t b = 0; b < batch; ++b) {
+  int64_t items = 0, max_k = 0;
+  for (size_t b = 0; b < q_len.size(); ++b) {
     items += p.hkv * ((q_len[b] + tokens_per_tile - 1) / tokens_per_tile);
     max_k = std::max(max_k, k_len[b]);
   }
-  int64_t splits = 1;
-  if (items < 2 * threads && max_k >= 1024) {
-    splits = std::min<int64_t>(std::max<int64_t>(1, (2 * threads + items - 1) / std::max<int64_t>(items, 1)),
-                               max_k / 512);
-  }
-  struct Item { int64_t b, h, t0, t1, split; };
-  std::vector<Item> work;
-  for (int64_t b = 0; b < batch; ++b)
+  splits = 1;
+  if (items > 0 && items < 2 * threads && max_k >= 1024)
+    splits = std::max<int64_t>(1, std::min<int64_t>((2 * threads + items - 1) / items, max_k / 512));
+  std::vector<WorkItem> work;
+  work.reserve(items * splits);
+  for (size_t b = 0; b < q_len.size(); ++b)
     for (int64_t h = 0; h < p.hkv; ++h)
       for (int64_t t0 = 0; t0 < q_len[b]; t0 += tokens_per_tile)
-        for (int64_t sp = 0; sp < splits; ++sp)
-          work.push_back({b, h, t0, std::min(q_len[b], t0 + tokens_per_tile), sp});
-  // partial results of every (item) when split: [items, rows, dv] + lse
+        for (int64_t sp = 0; sp < splits; ++sp) {
+          const int64_t t1 = std::min(q_len[b], t0 + tokens_per_tile);
+          work.push_back({static_cast<int64_t>(b), h, t0, t1, sp, (t1 - t0) * (k_len[b] / splits + 1)});
+        }
+  return work;
+}
+
+// Runs fn(item index) over all items on every intra-op thread, each taking the next
+// item from a shared counter (longest items are listed first), so uneven contexts balance.
+template <typename Fn>
+void for_each_item(int64_t count, Fn fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    for (int64_t worker = first; worker < last; ++worker)
+      for (int64_t i = next++; i < count; i = next++) fn(i);
+  });
+}
+
+// Per sequence: (query start, query count, key count); rows_of(b, h) gives the
+// (keys, values) rows of sequence b, KV head h.
+template <typename T, typename RowsOf>
+void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens, const std::vector<int64_t>& q_start,
+         const std::vector<int64_t>& q_len, const std::vector<int64_t>& k_len, RowsOf rows_of) {
+  const int64_t tokens_per_tile = std::max<int64_t>(1, MAX_ROWS / p.group);
+  int64_t splits = 1;
+  std::vector<WorkItem> work = plan_work(p, q_len, k_len, tokens_per_tile, splits);
+  // keep the splits of one (sequence, head, tile) adjacent for the merge, longest tiles first
+  std::vector<int64_t> order(work.size() / std::max<int64_t>(splits, 1));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return work[a * splits].cost > work[b * splits].cost; });
+  const float q_scale = p.softcap > 0.f ? p.scale : p.scale * LOG2E;
   const int64_t max_rows = tokens_per_tile * p.group;
   std::vector<float> part_out(splits > 1 ? work.size() * max_rows * p.dim_v : 0);
   std::vector<float> part_lse(splits > 1 ? work.size() * max_rows : 0);
 
-  at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t first, int64_t last) {
-    RowGroup g;
-    std::vector<float> row_out(p.dim_v);
-    for (int64_t w = first; w < last; ++w) {
-      const Item& it = work[w];
-      const int64_t rows = (it.t1 - it.t0) * p.group;
-      g.reset(rows, p.dim, p.dim_v);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t t = it.t0 + r / p.group;
-        const int64_t head = it.h * p.group + r % p.group;
-        const T* qr = q + (q_start[it.b] + t) * p.q_stride_t + head * p.q_stride_h;
-        for (int64_t c = 0; c < p.dim; ++c) g.q[r * p.dim + c] = static_cast<float>(qr[c]);
-        row_bounds(t, q_len[it.b], k_len[it.b], p.window, g.lo[r], g.hi[r]);
-      }
-      const int64_t chunk = (k_len[it.b] + splits - 1) / splits;
-      const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
-      const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
-      attend_range<T>(g, k0, k1, key_row_of(it.b, it.h), value_row_of(it.b, it.h), p.scale, p.softcap);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t t = q_start[it.b] + it.t0 + r / p.group;
-        const int64_t head = it.h * p.group + r % p.group;
-        if (splits > 1) {
-          part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v);
-        } else {
-          const float l = finish_row(g, r, row_out.data());
-          T* o = out + t * p.o_stride_t + head * p.o_stride_h;
-          for (int64_t c = 0; c < p.dim_v; ++c) o[c] = static_cast<T>(row_out[c]);
-          if (lse) lse[head * total_tokens + t] = l;
-        }
+  auto store_row = [&](int64_t b, int64_t t, int64_t head, const float* row, float lse2) {
+    const int64_t token = q_start[b] + t;
+    T* o = out + token * p.o_stride_t + head * p.o_stride_h;
+    for (int64_t c = 0; c < p.dim_v; ++c) o[c] = static_cast<T>(row[c]);
+    if (lse) lse[head * total_tokens + token] = lse2 == NEG_INF ? NEG_INF : lse2 * LN2;
+  };
+
+  for_each_item(static_cast<int64_t>(work.size()), [&](int64_t i) {
+    thread_local RowGroup g;
+    thread_local std::vector<float> row_out;
+    const int64_t w = order[i / splits] * splits + i % splits;
+    const WorkItem& it = work[w];
+    const int64_t rows = (it.t1 - it.t0) * p.group;
+    g.reset(rows, p.dim, p.dim_v);
+    row_out.resize(p.dim_v);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = it.t0 + r / p.group;
+      const int64_t head = it.h * p.group + r % p.group;
+      const T* qr = q + (q_start[it.b] + t) * p.q_stride_t + head * p.q_stride_h;
+      float* qd = g.q.data() + r * g.dp;
+      widen_row(qr, qd, p.dim, g.dp);
+      for (int64_t c = 0; c < p.dim; ++c) qd[c] *= q_scale;
+      if constexpr (sizeof(T) == sizeof(uint16_t)) std::memcpy(g.q_raw.data() + r * p.dim, qr, p.dim * sizeof(T));
+      row_bounds(t, q_len[it.b], k_len[it.b], p.window, g.lo[r], g.hi[r]);
+    }
+    const int64_t chunk = (k_len[it.b] + splits - 1) / splits;
+    const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
+    const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
+    const auto [keys, values] = rows_of(it.b, it.h);
+    attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (splits > 1) {
+        part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v);
+      } else {
+        const float lse2 = finish_row(g, r, row_out.data());
+        store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, row_out.data(), lse2);
       }
     }
   });
@@ -224,7 +456,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
   at::parallel_for(0, static_cast<int64_t>(work.size() / splits), 1, [&](int64_t first, int64_t last) {
     std::vector<float> merged(p.dim_v);
     for (int64_t base = first; base < last; ++base) {
-      const Item& it = work[base * splits];
+      const WorkItem& it = work[base * splits];
       const int64_t rows = (it.t1 - it.t0) * p.group;
       for (int64_t r = 0; r < rows; ++r) {
         float m = NEG_INF;
@@ -235,21 +467,30 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
           for (int64_t sp = 0; sp < splits; ++sp) {
             const float ls = part_lse[(base * splits + sp) * max_rows + r];
             if (ls == NEG_INF) continue;
-            const float wgt = std::exp(ls - m);
+            const float wgt = std::exp2(ls - m);
             total += wgt;
             const float* po = part_out.data() + ((base * splits + sp) * max_rows + r) * p.dim_v;
             for (int64_t c = 0; c < p.dim_v; ++c) merged[c] += wgt * po[c];
           }
         }
-        const int64_t t = q_start[it.b] + it.t0 + r / p.group;
-        const int64_t head = it.h * p.group + r % p.group;
-        T* o = out + t * p.o_stride_t + head * p.o_stride_h;
         const float inv = total > 0.f ? 1.f / total : 0.f;
-        for (int64_t c = 0; c < p.dim_v; ++c) o[c] = static_cast<T>(merged[c] * inv);
-        if (lse) lse[head * total_tokens + t] = total > 0.f ? m + std::log(total) : NEG_INF;
+        for (int64_t c = 0; c < p.dim_v; ++c) merged[c] *= inv;
+        store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, merged.data(),
+                  total > 0.f ? m + std::log2(total) : NEG_INF);
       }
     }
   });
+}
+
+// Calls fn(T{}) with T the element type of a float32/bfloat16/float16 tensor.
+template <typename Fn>
+void dispatch_float_type(at::ScalarType type, const char* op, Fn fn) {
+  switch (type) {
+    case at::kFloat: return fn(float{});
+    case at::kBFloat16: return fn(c10::BFloat16{});
+    case at::kHalf: return fn(c10::Half{});
+    default: TORCH_CHECK(false, op, ": unsupported dtype ", type, " (float32, bfloat16 or float16)");
+  }
 }
 
 std::vector<int64_t> to_vec(const at::Tensor& t) {
@@ -297,17 +538,16 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   const int64_t width = table.size(1), block = k_cache.size(1);
   const int64_t ks0 = k_cache.stride(0), ks1 = k_cache.stride(1), ks2 = k_cache.stride(2);
   const int64_t vs0 = v_cache.stride(0), vs1 = v_cache.stride(1), vs2 = v_cache.stride(2);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "ascend_ext_paged_attention", [&] {
+  dispatch_float_type(q.scalar_type(), "ascend_ext::paged_attention", [&](auto tag) {
+    using scalar_t = decltype(tag);
     const scalar_t* kb = k_cache.data_ptr<scalar_t>();
     const scalar_t* vb = v_cache.data_ptr<scalar_t>();
-    auto key_row_of = [&](int64_t b, int64_t h) {
-      return [=](int64_t j) { return kb + tab[b * width + j / block] * ks0 + (j % block) * ks1 + h * ks2; };
-    };
-    auto value_row_of = [&](int64_t b, int64_t h) {
-      return [=](int64_t j) { return vb + tab[b * width + j / block] * vs0 + (j % block) * vs1 + h * vs2; };
+    auto rows_of = [&](int64_t b, int64_t h) {
+      return std::pair{PagedRows<scalar_t>{kb + h * ks2, tab + b * width, block, ks0, ks1},
+                       PagedRows<scalar_t>{vb + h * vs2, tab + b * width, block, vs0, vs1}};
     };
     run<scalar_t>(p, q.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse_ptr(lse), q.size(0), q_start, q_len, lens,
-                  key_row_of, value_row_of);
+                  rows_of);
   });
 }
 
@@ -324,19 +564,16 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     k_len[b] = ck[b + 1] - ck[b];
   }
   const int64_t kst = k.stride(0), ksh = k.stride(1), vst = v.stride(0), vsh = v.stride(1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "ascend_ext_flash_attn_varlen", [&] {
+  dispatch_float_type(q.scalar_type(), "ascend_ext::flash_attn_varlen", [&](auto tag) {
+    using scalar_t = decltype(tag);
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
-    auto key_row_of = [&](int64_t b, int64_t h) {
-      const scalar_t* base = kp + ck[b] * kst + h * ksh;
-      return [=](int64_t j) { return base + j * kst; };
-    };
-    auto value_row_of = [&](int64_t b, int64_t h) {
-      const scalar_t* base = vp + ck[b] * vst + h * vsh;
-      return [=](int64_t j) { return base + j * vst; };
+    auto rows_of = [&](int64_t b, int64_t h) {
+      return std::pair{PackedRows<scalar_t>{kp + ck[b] * kst + h * ksh, kst},
+                       PackedRows<scalar_t>{vp + ck[b] * vst + h * vsh, vst}};
     };
     run<scalar_t>(p, q.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse_ptr(lse), q.size(0), q_start, q_len, k_len,
-                  key_row_of, value_row_of);
+                  rows_of);
   });
 }
 

@@ -1,0 +1,105 @@
+// Portable 16-lane float SIMD helpers for the native CPU kernels.
+//
+// Built on GCC/Clang vector extensions, so one source compiles to AVX-512 (one
+// register), AVX2 (two), SSE or NEON (four) depending on -march. Loads accept
+// float32, bfloat16 and float16 memory and widen to float32.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace ascend_ext {
+namespace vec {
+
+constexpr int kLanes = 16;
+typedef float f16x __attribute__((vector_size(64)));                    // 16 floats
+typedef float f16x_unaligned __attribute__((vector_size(64), aligned(4)));
+typedef int32_t i16x __attribute__((vector_size(64)));
+typedef uint32_t u16x __attribute__((vector_size(64)));
+typedef uint16_t h16x_unaligned __attribute__((vector_size(32), aligned(2)));
+
+inline f16x splat(float x) { return f16x{} + x; }
+
+inline f16x as_float(u16x bits) {
+  f16x out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+inline u16x as_bits(f16x x) {
+  u16x out;
+  std::memcpy(&out, &x, sizeof(out));
+  return out;
+}
+
+// Widening loads of 16 consecutive elements.
+inline f16x load(const float* p) { return *reinterpret_cast<const f16x_unaligned*>(p); }
+
+inline f16x load(const c10::BFloat16* p) {
+  const h16x_unaligned h = *reinterpret_cast<const h16x_unaligned*>(p);
+  return as_float(__builtin_convertvector(h, u16x) << 16);
+}
+
+inline f16x load(const c10::Half* p) {
+  // exact binary16 -> binary32 by bit manipulation (normals, subnormals, inf, nan)
+  const h16x_unaligned h = *reinterpret_cast<const h16x_unaligned*>(p);
+  const u16x w = __builtin_convertvector(h, u16x);
+  const u16x sign = (w & 0x8000u) << 16;
+  const u16x magnitude = w & 0x7fffu;
+  u16x bits = as_bits(as_float(magnitude << 13) * 0x1p112f);
+  bits = magnitude >= 0x7c00u ? (bits | 0x7f800000u) : bits;
+  return as_float(bits | sign);
+}
+
+inline void store(float* p, f16x x) { *reinterpret_cast<f16x_unaligned*>(p) = x; }
+
+typedef float f8x __attribute__((vector_size(32)));
+typedef float f4x __attribute__((vector_size(16)));
+
+// Tree reductions through shuffles (a lane loop serialises 16 dependent adds, and
+// taking the address of an accumulator makes compilers spill it every iteration).
+inline float hsum(f16x x) {
+  const f8x a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f4x b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+inline float hmax(f16x x) {
+  const f8x lo = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+  const f8x hi = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const f8x a = lo > hi ? lo : hi;
+  const f4x c = __builtin_shufflevector(a, a, 0, 1, 2, 3), d = __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  const f4x e = c > d ? c : d;
+  const float f = e[0] > e[2] ? e[0] : e[2], g = e[1] > e[3] ? e[1] : e[3];
+  return f > g ? f : g;
+}
+
+// Hint the cache to fetch `bytes` bytes from p.
+// 2^x for x <= 128; lanes below -126 give exactly 0 (masked scores are -inf).
+// Round-to-nearest range reduction, then a degree-7 Taylor series of e^(r ln 2) on
+// |r| <= 0.5: relative error below 1e-7.
+inline f16x exp2(f16x x) {
+  const f16x round_magic = splat(12582912.f);  // 1.5 * 2^23
+  const f16x clamped = x < -126.f ? splat(-126.f) : x;
+  const f16x t = clamped + round_magic;
+  const f16x n = t - round_magic;
+  const f16x y = (clamped - n) * 0.69314718056f;
+  f16x p = splat(1.f / 5040.f);
+  p = p * y + 1.f / 720.f;
+  p = p * y + 1.f / 120.f;
+  p = p * y + 1.f / 24.f;
+  p = p * y + 1.f / 6.f;
+  p = p * y + 0.5f;
+  p = p * y + 1.f;
+  p = p * y + 1.f;
+  const i16x shift = __builtin_convertvector(n, i16x) << 23;
+  const u16x bits = as_bits(p) + reinterpret_cast<const u16x&>(shift);
+  return x < -126.f ? splat(0.f) : as_float(bits);
+}
+
+}  // namespace vec
+}  // namespace ascend_ext
