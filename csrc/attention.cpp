@@ -122,8 +122,16 @@ struct RowGroup {
   }
 };
 
+// Eight scores s[0..8) = scale * (q . k[0..8]) from eight accumulators.
+inline void store8(float* s, f16x a0, f16x a1, f16x a2, f16x a3, f16x a4, f16x a5, f16x a6, f16x a7,
+                   float scale) {
+  const f16x sums = vec::hsum8(a0, a1, a2, a3, a4, a5, a6, a7) * scale;
+  for (int u = 0; u < 8; ++u) s[u] = sums[u];
+}
+
 // s[j] = q . k[j] for j < n (float32 rows of length dp). Eight keys per pass: each q
-// chunk is loaded once and eight independent FMA chains hide the FMA latency.
+// chunk is loaded once, eight independent FMA chains hide the latency, and one
+// transpose-add tree reduces all eight.
 inline void row_scores(const float* q, const float* const* k, int64_t dp, int64_t n, float* s) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
@@ -141,14 +149,7 @@ inline void row_scores(const float* q, const float* const* k, int64_t dp, int64_
       a6 += qv * vec::load(k6 + i);
       a7 += qv * vec::load(k7 + i);
     }
-    s[j] = vec::hsum(a0);
-    s[j + 1] = vec::hsum(a1);
-    s[j + 2] = vec::hsum(a2);
-    s[j + 3] = vec::hsum(a3);
-    s[j + 4] = vec::hsum(a4);
-    s[j + 5] = vec::hsum(a5);
-    s[j + 6] = vec::hsum(a6);
-    s[j + 7] = vec::hsum(a7);
+    store8(s + j, a0, a1, a2, a3, a4, a5, a6, a7, 1.f);
   }
   for (; j < n; ++j) {
     f16x a{};
@@ -162,25 +163,30 @@ inline void row_scores(const float* q, const float* const* k, int64_t dp, int64_
 inline void row_scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
                             float* s) {
   auto bf = [](const void* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); };
+  auto dot = [](f16x acc, __m512bh a, __m512bh b) {
+    return reinterpret_cast<f16x>(_mm512_dpbf16_ps(reinterpret_cast<__m512>(acc), a, b));
+  };
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; j + 8 <= n; j += 8) {
+    const c10::BFloat16* const* kj = k + j;
+    f16x a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{};
     for (int64_t i = 0; i < d; i += 32) {
       const __m512bh qv = bf(q + i);
-      a0 = _mm512_dpbf16_ps(a0, qv, bf(k[j] + i));
-      a1 = _mm512_dpbf16_ps(a1, qv, bf(k[j + 1] + i));
-      a2 = _mm512_dpbf16_ps(a2, qv, bf(k[j + 2] + i));
-      a3 = _mm512_dpbf16_ps(a3, qv, bf(k[j + 3] + i));
+      a0 = dot(a0, qv, bf(kj[0] + i));
+      a1 = dot(a1, qv, bf(kj[1] + i));
+      a2 = dot(a2, qv, bf(kj[2] + i));
+      a3 = dot(a3, qv, bf(kj[3] + i));
+      a4 = dot(a4, qv, bf(kj[4] + i));
+      a5 = dot(a5, qv, bf(kj[5] + i));
+      a6 = dot(a6, qv, bf(kj[6] + i));
+      a7 = dot(a7, qv, bf(kj[7] + i));
     }
-    s[j] = _mm512_reduce_add_ps(a0) * scale;
-    s[j + 1] = _mm512_reduce_add_ps(a1) * scale;
-    s[j + 2] = _mm512_reduce_add_ps(a2) * scale;
-    s[j + 3] = _mm512_reduce_add_ps(a3) * scale;
+    store8(s + j, a0, a1, a2, a3, a4, a5, a6, a7, scale);
   }
   for (; j < n; ++j) {
-    __m512 a = _mm512_setzero_ps();
-    for (int64_t i = 0; i < d; i += 32) a = _mm512_dpbf16_ps(a, bf(q + i), bf(k[j] + i));
-    s[j] = _mm512_reduce_add_ps(a) * scale;
+    f16x a{};
+    for (int64_t i = 0; i < d; i += 32) a = dot(a, bf(q + i), bf(k[j] + i));
+    s[j] = vec::hsum(a) * scale;
   }
 }
 #endif
@@ -249,7 +255,7 @@ inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float soft
 template <typename T>
 struct PagedRows {
   const T* base;          // cache + head * stride_head
-  const int64_t* table;   // the sequence's block-table row
+  const int32_t* table;   // the sequence's block-table row
   int64_t block, stride_block, stride_token;
 
   // out[j] = row of key first + j, j < n (one division per call, none per row)
@@ -493,7 +499,12 @@ void dispatch_float_type(at::ScalarType type, const char* op, Fn fn) {
   }
 }
 
+// Values of a small int32/int64 index tensor (read in place when int32 contiguous).
 std::vector<int64_t> to_vec(const at::Tensor& t) {
+  if (t.scalar_type() == at::kInt && t.is_contiguous()) {
+    const int32_t* p = t.data_ptr<int32_t>();
+    return std::vector<int64_t>(p, p + t.numel());
+  }
   auto c = t.to(at::kCPU, at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
@@ -533,8 +544,8 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   const auto lens = to_vec(seq_lens);
   std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
   for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
-  const auto table = block_table.to(at::kLong).contiguous();
-  const int64_t* tab = table.data_ptr<int64_t>();
+  const auto table = block_table.to(at::kInt).contiguous();  // no copy for vLLM's int32 table
+  const int32_t* tab = table.data_ptr<int32_t>();
   const int64_t width = table.size(1), block = k_cache.size(1);
   const int64_t ks0 = k_cache.stride(0), ks1 = k_cache.stride(1), ks2 = k_cache.stride(2);
   const int64_t vs0 = v_cache.stride(0), vs1 = v_cache.stride(1), vs2 = v_cache.stride(2);

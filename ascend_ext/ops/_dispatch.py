@@ -21,6 +21,7 @@ implementation whose dependencies are missing never breaks ``import ascend_ext``
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import threading
@@ -92,6 +93,11 @@ def implementations(op: str) -> dict[str, Impl]:
     return dict(_REGISTRY.get(op, {}))
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_overrides_cached(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple(_parse_overrides(text).items())
+
+
 def _parse_overrides(text: str) -> dict[str, str]:
     overrides: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -116,7 +122,7 @@ def _override_for(op: str) -> str | None:
         for key in (op, OP_FAMILIES[op]):
             if key in scope:
                 return scope[key]
-    env = _parse_overrides(os.environ.get("ASCEND_EXT_IMPL", ""))
+    env = dict(_parse_overrides_cached(os.environ.get("ASCEND_EXT_IMPL", "")))
     return env.get(op) or env.get(OP_FAMILIES[op])
 
 
