@@ -17,6 +17,29 @@ def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def bench_cpu_ms(fn, min_reps: int = 5, min_s: float = 0.3, max_reps: int = 200) -> float:
+    """Median wall-clock ms of ``fn`` on the host: one warm-up call, then at least
+    ``min_reps`` calls and ``min_s`` seconds."""
+    import time
+
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2] * 1e3
+
+
+def host_read_gbps(nbytes: int = 1 << 29) -> float:
+    """Measured host memory read bandwidth (GB/s): a sum over ``nbytes`` of float32, all threads."""
+    x = torch.ones(nbytes // 4)
+    ms = bench_cpu_ms(x.sum, min_reps=5, min_s=0.5)
+    return nbytes / ms / 1e6
+
+
 def bench_graph_ms(fn, replays: int = 20) -> float:
     """Median ms of ``fn`` replayed from a CUDA graph: device time without host launch overhead."""
     stream = torch.cuda.Stream()

@@ -74,6 +74,8 @@ enum class RowPath {
   Widened,    // widened to a float32 scratch block once, read by every query row
   Direct,     // float32 rows whose length is a multiple of the vector width: read in place
   DotBF16,    // bfloat16 keys read in place by AVX512-BF16 dot products (exact products, fp32 sums)
+  PairsBF16,  // bfloat16 values interleaved in key pairs for AVX512-BF16 dot products with the
+              // probabilities rounded to bfloat16 (as GPU FlashAttention rounds P before P.V)
 };
 
 template <typename T>
@@ -88,6 +90,9 @@ RowPath key_path(int64_t d) {
 template <typename T>
 RowPath value_path(int64_t dv) {
   if constexpr (std::is_same_v<T, float>) return dv % kLanes == 0 ? RowPath::Direct : RowPath::Widened;
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return dv % 32 == 0 ? RowPath::PairsBF16 : RowPath::Widened;
+#endif
   return RowPath::Widened;
 }
 
@@ -98,9 +103,10 @@ constexpr int64_t MAX_BLOCK_KEYS = 64;
 // holds them unscaled in the input dtype for the in-place dot-product path.
 struct RowGroup {
   int64_t rows = 0, dim = 0, dim_v = 0, dp = 0, dvp = 0, keys = 0;
-  std::vector<float> q, m, l, acc, kf, vf, s;
-  std::vector<uint16_t> q_raw;
+  std::vector<float> q, m, l, acc, kf, vf, s, row_out;
+  std::vector<uint16_t> q_raw, v_pairs, p_bf16, zero_row;
   std::vector<int64_t> lo, hi;
+  RowPath v_path = RowPath::Widened;
   const float* k_rows[MAX_BLOCK_KEYS];
   const float* v_rows[MAX_BLOCK_KEYS];
 
@@ -108,7 +114,7 @@ struct RowGroup {
     rows = r; dim = d; dim_v = dv;
     dp = round_up(d, kLanes);
     dvp = round_up(dv, kLanes);
-    keys = std::clamp<int64_t>(4096 / std::max(dp, dvp), 16, MAX_BLOCK_KEYS) / kLanes * kLanes;  // K+V ~32 KiB
+    keys = std::clamp<int64_t>(4096 / std::max(dp, dvp), 16, MAX_BLOCK_KEYS) / kLanes * kLanes;  // ~32 KiB of V
     q.resize(r * dp);
     q_raw.resize(r * d);
     m.assign(r, NEG_INF);
@@ -119,6 +125,10 @@ struct RowGroup {
     kf.resize(keys * dp);
     vf.resize(keys * dvp);
     s.resize(keys);
+    row_out.resize(dv);
+    v_pairs.resize(keys * dv);
+    p_bf16.resize(keys);
+    zero_row.assign(dv, 0);
   }
 };
 
@@ -216,6 +226,54 @@ inline void row_accumulate(float* acc, const float* p, const float* const* v, in
   for (; i < dvp; i += kLanes) accumulate_vectors<1>(acc + i, p, v, i, n);
 }
 
+#if defined(__AVX512BF16__)
+// out[2c + t] = row_t[c] (t = 0, 1) for c < dv (multiple of 32): two value rows
+// interleaved so one dot-product lane combines the same dim of both keys.
+inline void interleave_pair(const c10::BFloat16* a, const c10::BFloat16* b, uint16_t* out, int64_t dv) {
+  alignas(64) static const uint16_t low[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t high[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo_idx = _mm512_load_si512(low), hi_idx = _mm512_load_si512(high);
+  for (int64_t c = 0; c < dv; c += 32) {
+    const __m512i x = _mm512_loadu_si512(a + c), y = _mm512_loadu_si512(b + c);
+    _mm512_storeu_si512(out + 2 * c, _mm512_permutex2var_epi16(x, lo_idx, y));
+    _mm512_storeu_si512(out + 2 * c + 32, _mm512_permutex2var_epi16(x, hi_idx, y));
+  }
+}
+
+// acc[0:W*16] += sum over key pairs i of p[2i] v[2i] + p[2i+1] v[2i+1] (dims offset..).
+template <int W>
+inline void accumulate_pairs(float* acc, const uint32_t* p, const uint16_t* pairs, int64_t dv, int64_t offset,
+                             int64_t npairs) {
+  __m512 a[W];
+  for (int u = 0; u < W; ++u) a[u] = _mm512_loadu_ps(acc + u * kLanes);
+  for (int64_t i = 0; i < npairs; ++i) {
+    const __m512bh pp = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(p[i])));
+    const uint16_t* row = pairs + i * 2 * dv + 2 * offset;
+    for (int u = 0; u < W; ++u)
+      a[u] = _mm512_dpbf16_ps(a[u], pp, reinterpret_cast<__m512bh>(_mm512_loadu_si512(row + u * 32)));
+  }
+  for (int u = 0; u < W; ++u) _mm512_storeu_ps(acc + u * kLanes, a[u]);
+}
+
+// acc[0:dv] += p . V over interleaved pairs; p[0:padded) float32 is rounded to bfloat16.
+inline void row_accumulate_pairs(RowGroup& g, float* acc, const float* p, int64_t padded, int64_t n) {
+  for (int64_t j = 0; j < padded; j += kLanes)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(g.p_bf16.data() + j),
+                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(p + j))));
+  const uint32_t* pairs_p = reinterpret_cast<const uint32_t*>(g.p_bf16.data());
+  const int64_t npairs = (n + 1) / 2;
+  int64_t i = 0;
+  for (; i + 8 * kLanes <= g.dim_v; i += 8 * kLanes) accumulate_pairs<8>(acc + i, pairs_p, g.v_pairs.data(), g.dim_v, i, npairs);
+  if (i + 4 * kLanes <= g.dim_v) {
+    accumulate_pairs<4>(acc + i, pairs_p, g.v_pairs.data(), g.dim_v, i, npairs);
+    i += 4 * kLanes;
+  }
+  for (; i < g.dim_v; i += 2 * kLanes) accumulate_pairs<2>(acc + i, pairs_p, g.v_pairs.data(), g.dim_v, i, npairs);
+}
+#endif
+
 // Online-softmax update of row r with the scores s[0:n) of keys n0.. (masked in place).
 inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float softcap) {
   float* s = g.s.data();
@@ -235,7 +293,7 @@ inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float soft
   const float block_max = vec::hmax(mx);
   if (block_max == NEG_INF) return;
   const float m_new = std::max(g.m[r], block_max);
-  const float alpha = g.m[r] == NEG_INF ? 0.f : std::exp2(g.m[r] - m_new);
+  const float alpha = g.m[r] == m_new ? 1.f : g.m[r] == NEG_INF ? 0.f : std::exp2(g.m[r] - m_new);
   f16x sum{};
   for (int64_t j = 0; j < padded; j += kLanes) {
     const f16x p = vec::exp2(vec::load(s + j) - m_new);
@@ -245,7 +303,12 @@ inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float soft
   float* acc = g.acc.data() + r * g.dvp;
   if (alpha != 1.f)
     for (int64_t i = 0; i < g.dvp; i += kLanes) vec::store(acc + i, vec::load(acc + i) * alpha);
-  row_accumulate(acc, s, g.v_rows, g.dvp, n);
+#if defined(__AVX512BF16__)
+  if (g.v_path == RowPath::PairsBF16)
+    row_accumulate_pairs(g, acc, s, padded, n);
+  else
+#endif
+    row_accumulate(acc, s, g.v_rows, g.dvp, n);
   g.l[r] = g.l[r] * alpha + vec::hsum(sum);
   g.m[r] = m_new;
 }
@@ -312,6 +375,7 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   begin = std::max(begin, min_lo);
   end = std::min(end, max_hi);
   const RowPath kpath = key_path<T>(g.dim), vpath = value_path<T>(g.dim_v);
+  g.v_path = vpath;
   const T* k_raw[MAX_BLOCK_KEYS];
   const T* v_raw[MAX_BLOCK_KEYS];
   for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
@@ -319,7 +383,16 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     keys.fill(n0, n, k_raw);
     values.fill(n0, n, v_raw);
     if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
-    stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (vpath == RowPath::PairsBF16) {
+        const auto* zero = reinterpret_cast<const c10::BFloat16*>(g.zero_row.data());
+        for (int64_t j = 0; j < n; j += 2)
+          interleave_pair(v_raw[j], j + 1 < n ? v_raw[j + 1] : zero, g.v_pairs.data() + j * g.dim_v, g.dim_v);
+      }
+    }
+#endif
+    if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
     for (int64_t r = 0; r < g.rows; ++r) {
       if (g.hi[r] <= n0 || g.lo[r] >= n0 + n) continue;  // nothing visible in this block
 #if defined(__AVX512BF16__)
@@ -388,15 +461,17 @@ std::vector<WorkItem> plan_work(const Problem& p, const std::vector<int64_t>& q_
   return work;
 }
 
-// Runs fn(item index) over all items on every intra-op thread, each taking the next
-// item from a shared counter (longest items are listed first), so uneven contexts balance.
-template <typename Fn>
+// Runs fn(state, item index) over all items on every intra-op thread, each taking the
+// next item from a shared counter (longest items are listed first) so uneven contexts
+// balance; each thread owns one State (scratch buffers reused across its items).
+template <typename State, typename Fn>
 void for_each_item(int64_t count, Fn fn) {
   std::atomic<int64_t> next{0};
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    State state;
     for (int64_t worker = first; worker < last; ++worker)
-      for (int64_t i = next++; i < count; i = next++) fn(i);
+      for (int64_t i = next++; i < count; i = next++) fn(state, i);
   });
 }
 
@@ -425,14 +500,11 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     if (lse) lse[head * total_tokens + token] = lse2 == NEG_INF ? NEG_INF : lse2 * LN2;
   };
 
-  for_each_item(static_cast<int64_t>(work.size()), [&](int64_t i) {
-    thread_local RowGroup g;
-    thread_local std::vector<float> row_out;
+  for_each_item<RowGroup>(static_cast<int64_t>(work.size()), [&](RowGroup& g, int64_t i) {
     const int64_t w = order[i / splits] * splits + i % splits;
     const WorkItem& it = work[w];
     const int64_t rows = (it.t1 - it.t0) * p.group;
     g.reset(rows, p.dim, p.dim_v);
-    row_out.resize(p.dim_v);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = it.t0 + r / p.group;
       const int64_t head = it.h * p.group + r % p.group;
@@ -452,8 +524,8 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
       if (splits > 1) {
         part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v);
       } else {
-        const float lse2 = finish_row(g, r, row_out.data());
-        store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, row_out.data(), lse2);
+        const float lse2 = finish_row(g, r, g.row_out.data());
+        store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, g.row_out.data(), lse2);
       }
     }
   });

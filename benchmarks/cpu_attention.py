@@ -1,0 +1,235 @@
+"""CPU attention: native C++ kernels vs the torch reference vs vLLM's own CPU kernels.
+
+One run, same process, same inputs: a Llama-3-8B-like layer (32 query heads, 8 KV
+heads, head dim 128, KV block 128) in the paged cache of each implementation (ours
+filled by ``ops.reshape_and_cache``, vLLM's by ``cpu_attn_reshape_and_cache``, its
+packed layout). Cases:
+
+* decode: batch 1-64 x context 512-16k, one new token per sequence;
+* prefill: one prompt of 512-4096 tokens, causal (paged form for all three, and
+  our ``flash_attn_varlen`` too);
+* chunked prefill: 512 new tokens over an 8k context.
+
+Reported: median ms per call of the public op (``ascend_ext.ops.paged_attention``,
+validation off as in the vLLM backend; vLLM's ``cpu_attention_with_kv_cache`` with
+scheduler metadata built once, as its backend does per step), KV bytes read per
+second, the ratio vLLM time / native time (> 1 = native faster), and the largest
+output difference between native and vLLM (both against the same inputs). The host
+read bandwidth measured in the same run is the roofline for decode.
+
+    python benchmarks/cpu_attention.py [--quick] [--dtype bfloat16|float32|float16]
+
+Writes cpu_attention_<dtype>.json and .png to $OUT (or benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import bench_cpu_ms, environment, host_read_gbps, out_dir, print_table, write_json  # noqa: E402
+
+from ascend_ext import ops  # noqa: E402
+
+HQ, HKV, HEAD_DIM, BLOCK = 32, 8, 128, 128
+REFERENCE_MAX_KV_BYTES = 1 << 28   # the reference gathers and computes in fp32: slow past this
+
+
+def _vllm():
+    try:
+        import vllm._custom_ops as vops
+        torch.ops._C.cpu_attention_with_kv_cache  # noqa: B018 - raises when the CPU kernels are absent
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    return vops
+
+
+def _vllm_isa(dtype: torch.dtype) -> str:
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    return _get_attn_isa(dtype, BLOCK, HEAD_DIM)
+
+
+class Case:
+    """One batch of sequences with cached contexts and new queries, in both caches."""
+
+    def __init__(self, contexts: list[int], q_lens: list[int], dtype: torch.dtype, vops, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.contexts, self.q_lens, self.dtype, self.vops = contexts, q_lens, dtype, vops
+        blocks = [-(-c // BLOCK) for c in contexts]
+        num_blocks = sum(blocks) + 1
+        perm = torch.randperm(num_blocks, generator=gen)
+        width = max(blocks)
+        self.table = torch.zeros(len(contexts), width, dtype=torch.int32)
+        cursor, slots = 0, []
+        for b, (ctx, nb) in enumerate(zip(contexts, blocks)):
+            self.table[b, :nb] = perm[cursor:cursor + nb].int()
+            cursor += nb
+            pos = torch.arange(ctx)
+            slots.append(self.table[b, pos // BLOCK].long() * BLOCK + pos % BLOCK)
+        slots = torch.cat(slots)
+        tokens = slots.numel()
+        key = (torch.randn(tokens, HKV, HEAD_DIM, generator=gen)).to(dtype)
+        value = torch.randn(tokens, HKV, HEAD_DIM, generator=gen).to(dtype)
+        self.k_cache = torch.zeros(num_blocks, BLOCK, HKV, HEAD_DIM, dtype=dtype)
+        self.v_cache = torch.zeros_like(self.k_cache)
+        ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int())
+        self.seq_lens = torch.tensor(contexts, dtype=torch.int32)
+        self.cu_q = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
+        self.q = torch.randn(sum(q_lens), HQ, HEAD_DIM, generator=gen).to(dtype)
+        self.out = torch.empty_like(self.q)
+        self.kv_bytes = sum(contexts) * HKV * HEAD_DIM * 2 * self.k_cache.element_size()
+        if vops is not None:
+            self.isa = _vllm_isa(dtype)
+            combined = torch.zeros(num_blocks, HKV, 2 * BLOCK, HEAD_DIM, dtype=dtype)
+            self.vk, self.vv = combined.chunk(2, dim=2)
+            vops.cpu_attn_reshape_and_cache(key, value, self.vk, self.vv, slots, self.isa)
+            self.meta = vops.cpu_attn_get_scheduler_metadata(
+                num_reqs=len(contexts), num_heads=HQ, num_kv_heads=HKV, head_dim=HEAD_DIM, seq_lens=self.seq_lens,
+                dtype=dtype, query_start_loc=self.cu_q, causal=True, sliding_window_size=-1, isa=self.isa,
+                enable_kv_split=True)
+            self.vout = torch.empty_like(self.q)
+        del key, value
+
+    def ours(self, impl: str):
+        def run():
+            with ops.use_impl(attention=impl), ops.trusted_inputs():
+                ops.paged_attention(self.q, self.k_cache, self.v_cache, self.table, self.seq_lens, self.cu_q,
+                                    max(self.q_lens), out=self.out)
+        return run
+
+    def theirs(self):
+        def run():
+            self.vops.cpu_attention_with_kv_cache(
+                query=self.q, key_cache=self.vk, value_cache=self.vv, output=self.vout, query_start_loc=self.cu_q,
+                seq_lens=self.seq_lens, scale=HEAD_DIM ** -0.5, causal=True, alibi_slopes=None, sliding_window=-1,
+                block_table=self.table, softcap=0.0, scheduler_metadata=self.meta, s_aux=None)
+        return run
+
+    def varlen_native(self):
+        """Prefill of one prompt as flash_attn_varlen over the same K/V (contiguous)."""
+        k = self.k_cache[self.table[0, :-(-self.contexts[0] // BLOCK)].long()].flatten(0, 1)[:self.contexts[0]]
+        v = self.v_cache[self.table[0, :-(-self.contexts[0] // BLOCK)].long()].flatten(0, 1)[:self.contexts[0]]
+        cu_k = torch.tensor([0, self.contexts[0]], dtype=torch.int32)
+
+        def run():
+            with ops.use_impl(attention="native"), ops.trusted_inputs():
+                ops.flash_attn_varlen(self.q, k, v, self.cu_q, cu_k, self.q_lens[0], self.contexts[0], causal=True,
+                                      out=self.out)
+        return run
+
+
+def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls) -> dict:
+    case = Case(contexts, q_lens, dtype, vops)
+    row = {"kind": kind, "batch": len(contexts), "context": contexts[0], "new_tokens": q_lens[0]}
+    causal_pairs = sum(lq * (ctx - lq) + lq * (lq + 1) // 2 for ctx, lq in zip(contexts, q_lens))
+    flops = 4 * HQ * HEAD_DIM * causal_pairs
+    for impl in impls:
+        if impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES:
+            continue
+        row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl))
+    ours_out = None
+    if "native" in impls:
+        case.ours("native")()
+        ours_out = case.out.float().clone()
+    if vops is not None:
+        row["vllm_ms"] = bench_cpu_ms(case.theirs())
+        if ours_out is not None:
+            row["max_diff_vs_vllm"] = float((case.vout.float() - ours_out).abs().max())
+    if kind == "prefill" and "native" in impls:
+        row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native())
+    for key in [k for k in row if k.endswith("_ms")]:
+        name = key[:-3]
+        row[f"{name}_GBps"] = case.kv_bytes / row[key] / 1e6
+        row[f"{name}_GFLOPs"] = flops / row[key] / 1e6
+    if "native_ms" in row and "vllm_ms" in row:
+        row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
+    return row
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    decode = [r for r in result["rows"] if r["kind"] == "decode" and "vllm_over_native" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for batch in sorted({r["batch"] for r in decode}):
+        rows = [r for r in decode if r["batch"] == batch]
+        axes[0].plot([r["context"] for r in rows], [r["vllm_over_native"] for r in rows], "o-", label=f"batch {batch}")
+        axes[1].plot([r["context"] for r in rows], [r["native_GBps"] for r in rows], "o-", label=f"native b{batch}")
+        axes[1].plot([r["context"] for r in rows], [r["vllm_GBps"] for r in rows], "x--", label=f"vLLM b{batch}")
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].set(xscale="log", xlabel="context", ylabel="vLLM time / native time", title="decode speedup vs vLLM CPU")
+    axes[1].axhline(result["host_read_GBps"], color="r", lw=0.8, label="host read roofline")
+    axes[1].set(xscale="log", xlabel="context", ylabel="KV GB/s", title="decode KV read rate")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"CPU attention, {result['dtype']}, {result['threads']} threads, {result['environment']['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    vops = _vllm()
+    impls = [name for name in ("native", "reference") if ops.selected_impl("paged_attention", "cpu") == "native"
+             or name == "reference"]
+    if vops is None:
+        print("vLLM's CPU attention kernels are not installed: comparing native and reference only")
+
+    batches = [1, 16] if args.quick else [1, 4, 16, 64]
+    contexts = [512, 4096] if args.quick else [512, 2048, 8192, 16384]
+    prompts = [512, 2048] if args.quick else [512, 2048, 4096]
+    rows = []
+    for batch in batches:
+        for ctx in contexts:
+            rows.append(measure("decode", [ctx] * batch, [1] * batch, dtype, vops, impls))
+            print(f"decode b{batch} ctx{ctx}: " + ", ".join(f"{k}={rows[-1][k]:.3g}" for k in rows[-1]
+                                                             if k.endswith("_ms")), flush=True)
+    for prompt in prompts:
+        rows.append(measure("prefill", [prompt], [prompt], dtype, vops, impls))
+    rows.append(measure("chunked", [8192], [512], dtype, vops, impls))
+
+    result = {"environment": environment(), "dtype": args.dtype, "threads": torch.get_num_threads(),
+              "cpu": _cpu_name(), "host_read_GBps": host_read_gbps(),
+              "vllm_isa": _vllm_isa(dtype) if vops is not None else None,
+              "shape": {"Hq": HQ, "Hkv": HKV, "head_dim": HEAD_DIM, "block": BLOCK}, "rows": rows}
+    print_table(f"decode, {args.dtype}, {result['threads']} threads, host read roofline "
+                f"{result['host_read_GBps']:.0f} GB/s",
+                [r for r in rows if r["kind"] == "decode"],
+                ["batch", "context", "native_ms", "vllm_ms", "reference_ms", "native_GBps", "vllm_GBps",
+                 "vllm_over_native", "max_diff_vs_vllm"])
+    print_table("prefill / chunked prefill", [r for r in rows if r["kind"] != "decode"],
+                ["kind", "context", "new_tokens", "native_ms", "native_varlen_ms", "vllm_ms", "reference_ms",
+                 "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "max_diff_vs_vllm"])
+    name = f"cpu_attention_{args.dtype}"
+    print("\nwrote", write_json(f"{name}.json", result))
+    plot(result, os.path.join(out_dir(), f"{name}.png"))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
