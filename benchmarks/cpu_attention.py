@@ -3,7 +3,7 @@
 One run, same process, same inputs: a Llama-3-8B-like layer (32 query heads, 8 KV
 heads, head dim 128, KV block 128) in the paged cache of each implementation (ours
 filled by ``ops.reshape_and_cache``, vLLM's by ``cpu_attn_reshape_and_cache``, its
-packed layout). Cases:
+packed layout). Both caches use head-major block interiors (vLLM's CPU layout). Cases:
 
 * decode: batch 1-64 x context 512-16k, one new token per sequence;
 * prefill: one prompt of 512-4096 tokens, causal (paged form for all three, and
@@ -77,8 +77,9 @@ class Case:
         tokens = slots.numel()
         key = (torch.randn(tokens, HKV, HEAD_DIM, generator=gen)).to(dtype)
         value = torch.randn(tokens, HKV, HEAD_DIM, generator=gen).to(dtype)
-        self.k_cache = torch.zeros(num_blocks, BLOCK, HKV, HEAD_DIM, dtype=dtype)
-        self.v_cache = torch.zeros_like(self.k_cache)
+        # head-major block interiors, as the vLLM CPU platform lays out the cache for both backends
+        self.k_cache = torch.zeros(num_blocks, HKV, BLOCK, HEAD_DIM, dtype=dtype).transpose(1, 2)
+        self.v_cache = torch.zeros(num_blocks, HKV, BLOCK, HEAD_DIM, dtype=dtype).transpose(1, 2)
         ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int())
         self.seq_lens = torch.tensor(contexts, dtype=torch.int32)
         self.cu_q = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)

@@ -7,14 +7,15 @@ Each op validates its inputs, then runs the implementation chosen by
 
 from ._dispatch import describe, selected_impl, use_impl
 from ._validate import trusted_inputs
-from .attention import (TileMask, flash_attn_varlen, merge_attn_states, paged_attention,
-                        reshape_and_cache, split_kv_cache)
+from .attention import (PagedKV, TileMask, cooperative_attention, flash_attn_varlen, merge_attn_states,
+                        offload_prefix, paged_attention, plan_kv_placement, reshape_and_cache, split_kv_cache)
 from .comm import tiled_linear_allreduce
 from .mla import concat_and_cache_mla, mla_decode
 from .moe import CollectiveTimeoutError, DispatchResult, ep_combine, ep_dispatch, moe_experts, moe_route
 
 __all__ = [
-    "CollectiveTimeoutError", "DispatchResult", "TileMask", "concat_and_cache_mla", "describe",
+    "CollectiveTimeoutError", "DispatchResult", "PagedKV", "TileMask", "concat_and_cache_mla",
+    "cooperative_attention", "describe", "offload_prefix", "plan_kv_placement",
     "ep_combine", "ep_dispatch", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
     "moe_route", "paged_attention", "selected_impl", "tiled_linear_allreduce",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",

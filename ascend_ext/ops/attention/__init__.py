@@ -5,6 +5,7 @@ from .native import native_available
 from .._dispatch import register
 from ..._devices import ANY_DEVICE
 from .api import flash_attn_varlen, merge_attn_states, paged_attention, reshape_and_cache, split_kv_cache
+from .cooperative import PagedKV, cooperative_attention, offload_prefix, plan_kv_placement
 from .tile_mask import TileMask
 
 for _op in ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "merge_attn_states"):
@@ -18,5 +19,5 @@ for _op in ("flash_attn_varlen", "paged_attention"):
     register(_op, "native", f"ascend_ext.ops.attention.native:{_op}", devices=("cpu",),
              available=native_available)
 
-__all__ = ["TileMask", "flash_attn_varlen", "merge_attn_states", "paged_attention",
-           "reshape_and_cache", "split_kv_cache"]
+__all__ = ["PagedKV", "TileMask", "cooperative_attention", "flash_attn_varlen", "merge_attn_states",
+           "offload_prefix", "paged_attention", "plan_kv_placement", "reshape_and_cache", "split_kv_cache"]
