@@ -27,10 +27,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512BF16__)
-#include <immintrin.h>
-#endif
-
+#include "attention_rows.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -58,15 +55,6 @@ inline void row_bounds(int64_t t, int64_t lq, int64_t lk, Window w, int64_t& lo,
   hi = w.right >= 0 ? std::min<int64_t>(pos + w.right + 1, lk) : lk;
   hi = std::max(hi, lo);
   lo = std::min(lo, lk);
-}
-
-// Widen `n` elements to float32 into dst and zero-pad it to `padded`.
-template <typename T>
-inline void widen_row(const T* src, float* dst, int64_t n, int64_t padded) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) vec::store(dst + i, vec::load(src + i));
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-  for (; i < padded; ++i) dst[i] = 0.f;
 }
 
 // How a block of cached rows reaches the arithmetic.
@@ -97,6 +85,7 @@ RowPath value_path(int64_t dv) {
 }
 
 constexpr int64_t MAX_BLOCK_KEYS = 64;
+constexpr int64_t QUAD = 4;  // rows handled together by the four-row kernels
 
 // Online-softmax state (base 2) of a group of query rows and its scratch buffers.
 // q holds queries pre-scaled so that q.k is in log2 units (unless softcap); q_raw
@@ -106,7 +95,6 @@ struct RowGroup {
   std::vector<float> q, m, l, acc, kf, vf, s, row_out;
   std::vector<uint16_t> q_raw, v_pairs, p_bf16, zero_row;
   std::vector<int64_t> lo, hi;
-  RowPath v_path = RowPath::Widened;
   const float* k_rows[MAX_BLOCK_KEYS];
   const float* v_rows[MAX_BLOCK_KEYS];
 
@@ -114,7 +102,7 @@ struct RowGroup {
     rows = r; dim = d; dim_v = dv;
     dp = round_up(d, kLanes);
     dvp = round_up(dv, kLanes);
-    keys = std::clamp<int64_t>(4096 / std::max(dp, dvp), 16, MAX_BLOCK_KEYS) / kLanes * kLanes;  // ~32 KiB of V
+    keys = std::clamp<int64_t>(4096 / std::max(dp, dvp), 16, MAX_BLOCK_KEYS) / kLanes * kLanes;  // ~16 KiB of V
     q.resize(r * dp);
     q_raw.resize(r * d);
     m.assign(r, NEG_INF);
@@ -124,166 +112,27 @@ struct RowGroup {
     hi.resize(r);
     kf.resize(keys * dp);
     vf.resize(keys * dvp);
-    s.resize(keys);
+    s.resize(QUAD * keys);
     row_out.resize(dv);
     v_pairs.resize(keys * dv);
-    p_bf16.resize(keys);
+    p_bf16.resize(QUAD * keys);
     zero_row.assign(dv, 0);
   }
+
+  bool sees(int64_t r, int64_t n0, int64_t n) const { return hi[r] > n0 && lo[r] < n0 + n; }
 };
 
-// Eight scores s[0..8) = scale * (q . k[0..8]) from eight accumulators.
-inline void store8(float* s, f16x a0, f16x a1, f16x a2, f16x a3, f16x a4, f16x a5, f16x a6, f16x a7,
-                   float scale) {
-  const f16x sums = vec::hsum8(a0, a1, a2, a3, a4, a5, a6, a7) * scale;
-  for (int u = 0; u < 8; ++u) s[u] = sums[u];
-}
-
-// s[j] = q . k[j] for j < n (float32 rows of length dp). Eight keys per pass: each q
-// chunk is loaded once, eight independent FMA chains hide the latency, and one
-// transpose-add tree reduces all eight.
-inline void row_scores(const float* q, const float* const* k, int64_t dp, int64_t n, float* s) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const float *k0 = k[j], *k1 = k[j + 1], *k2 = k[j + 2], *k3 = k[j + 3];
-    const float *k4 = k[j + 4], *k5 = k[j + 5], *k6 = k[j + 6], *k7 = k[j + 7];
-    f16x a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{};
-    for (int64_t i = 0; i < dp; i += kLanes) {
-      const f16x qv = vec::load(q + i);
-      a0 += qv * vec::load(k0 + i);
-      a1 += qv * vec::load(k1 + i);
-      a2 += qv * vec::load(k2 + i);
-      a3 += qv * vec::load(k3 + i);
-      a4 += qv * vec::load(k4 + i);
-      a5 += qv * vec::load(k5 + i);
-      a6 += qv * vec::load(k6 + i);
-      a7 += qv * vec::load(k7 + i);
-    }
-    store8(s + j, a0, a1, a2, a3, a4, a5, a6, a7, 1.f);
-  }
-  for (; j < n; ++j) {
-    f16x a{};
-    for (int64_t i = 0; i < dp; i += kLanes) a += vec::load(q + i) * vec::load(k[j] + i);
-    s[j] = vec::hsum(a);
-  }
-}
-
-#if defined(__AVX512BF16__)
-// s[j] = scale * (q . k[j]) over bfloat16 rows of length d (multiple of 32), read in place.
-inline void row_scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
-                            float* s) {
-  auto bf = [](const void* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); };
-  auto dot = [](f16x acc, __m512bh a, __m512bh b) {
-    return reinterpret_cast<f16x>(_mm512_dpbf16_ps(reinterpret_cast<__m512>(acc), a, b));
-  };
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const c10::BFloat16* const* kj = k + j;
-    f16x a0{}, a1{}, a2{}, a3{}, a4{}, a5{}, a6{}, a7{};
-    for (int64_t i = 0; i < d; i += 32) {
-      const __m512bh qv = bf(q + i);
-      a0 = dot(a0, qv, bf(kj[0] + i));
-      a1 = dot(a1, qv, bf(kj[1] + i));
-      a2 = dot(a2, qv, bf(kj[2] + i));
-      a3 = dot(a3, qv, bf(kj[3] + i));
-      a4 = dot(a4, qv, bf(kj[4] + i));
-      a5 = dot(a5, qv, bf(kj[5] + i));
-      a6 = dot(a6, qv, bf(kj[6] + i));
-      a7 = dot(a7, qv, bf(kj[7] + i));
-    }
-    store8(s + j, a0, a1, a2, a3, a4, a5, a6, a7, scale);
-  }
-  for (; j < n; ++j) {
-    f16x a{};
-    for (int64_t i = 0; i < d; i += 32) a = dot(a, bf(q + i), bf(k[j] + i));
-    s[j] = vec::hsum(a) * scale;
-  }
-}
-#endif
-
-// acc[0:W*16] += sum_j p[j] * v[j][0:W*16]: W output vectors stay in registers as
-// independent FMA chains over the keys.
-template <int W>
-inline void accumulate_vectors(float* acc, const float* p, const float* const* v, int64_t offset, int64_t n) {
-  f16x a[W];
-  for (int u = 0; u < W; ++u) a[u] = vec::load(acc + u * kLanes);
-  for (int64_t j = 0; j < n; ++j) {
-    const f16x pj = vec::splat(p[j]);
-    const float* row = v[j] + offset;
-    for (int u = 0; u < W; ++u) a[u] += pj * vec::load(row + u * kLanes);
-  }
-  for (int u = 0; u < W; ++u) vec::store(acc + u * kLanes, a[u]);
-}
-
-// acc[0:dvp] += sum_j p[j] * v[j] (float32 rows of length dvp).
-inline void row_accumulate(float* acc, const float* p, const float* const* v, int64_t dvp, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 * kLanes <= dvp; i += 8 * kLanes) accumulate_vectors<8>(acc + i, p, v, i, n);
-  if (i + 4 * kLanes <= dvp) {
-    accumulate_vectors<4>(acc + i, p, v, i, n);
-    i += 4 * kLanes;
-  }
-  for (; i < dvp; i += kLanes) accumulate_vectors<1>(acc + i, p, v, i, n);
-}
-
-#if defined(__AVX512BF16__)
-// out[2c + t] = row_t[c] (t = 0, 1) for c < dv (multiple of 32): two value rows
-// interleaved so one dot-product lane combines the same dim of both keys.
-inline void interleave_pair(const c10::BFloat16* a, const c10::BFloat16* b, uint16_t* out, int64_t dv) {
-  alignas(64) static const uint16_t low[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static const uint16_t high[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                                24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i lo_idx = _mm512_load_si512(low), hi_idx = _mm512_load_si512(high);
-  for (int64_t c = 0; c < dv; c += 32) {
-    const __m512i x = _mm512_loadu_si512(a + c), y = _mm512_loadu_si512(b + c);
-    _mm512_storeu_si512(out + 2 * c, _mm512_permutex2var_epi16(x, lo_idx, y));
-    _mm512_storeu_si512(out + 2 * c + 32, _mm512_permutex2var_epi16(x, hi_idx, y));
-  }
-}
-
-// acc[0:W*16] += sum over key pairs i of p[2i] v[2i] + p[2i+1] v[2i+1] (dims offset..).
-template <int W>
-inline void accumulate_pairs(float* acc, const uint32_t* p, const uint16_t* pairs, int64_t dv, int64_t offset,
-                             int64_t npairs) {
-  __m512 a[W];
-  for (int u = 0; u < W; ++u) a[u] = _mm512_loadu_ps(acc + u * kLanes);
-  for (int64_t i = 0; i < npairs; ++i) {
-    const __m512bh pp = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(p[i])));
-    const uint16_t* row = pairs + i * 2 * dv + 2 * offset;
-    for (int u = 0; u < W; ++u)
-      a[u] = _mm512_dpbf16_ps(a[u], pp, reinterpret_cast<__m512bh>(_mm512_loadu_si512(row + u * 32)));
-  }
-  for (int u = 0; u < W; ++u) _mm512_storeu_ps(acc + u * kLanes, a[u]);
-}
-
-// acc[0:dv] += p . V over interleaved pairs; p[0:padded) float32 is rounded to bfloat16.
-inline void row_accumulate_pairs(RowGroup& g, float* acc, const float* p, int64_t padded, int64_t n) {
-  for (int64_t j = 0; j < padded; j += kLanes)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(g.p_bf16.data() + j),
-                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(p + j))));
-  const uint32_t* pairs_p = reinterpret_cast<const uint32_t*>(g.p_bf16.data());
-  const int64_t npairs = (n + 1) / 2;
-  int64_t i = 0;
-  for (; i + 8 * kLanes <= g.dim_v; i += 8 * kLanes) accumulate_pairs<8>(acc + i, pairs_p, g.v_pairs.data(), g.dim_v, i, npairs);
-  if (i + 4 * kLanes <= g.dim_v) {
-    accumulate_pairs<4>(acc + i, pairs_p, g.v_pairs.data(), g.dim_v, i, npairs);
-    i += 4 * kLanes;
-  }
-  for (; i < g.dim_v; i += 2 * kLanes) accumulate_pairs<2>(acc + i, pairs_p, g.v_pairs.data(), g.dim_v, i, npairs);
-}
-#endif
-
-// Online-softmax update of row r with the scores s[0:n) of keys n0.. (masked in place).
-inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float softcap) {
-  float* s = g.s.data();
+// Online-softmax step of row r over its scores s[0:n) for keys n0.. (masked in place):
+// s becomes the probabilities p[0:padded) (0 where masked or past n), m/l update and
+// the accumulator is rescaled. Returns false (p all 0) when no key is visible.
+inline bool softmax_row(RowGroup& g, int64_t r, float* s, int64_t n0, int64_t n, float softcap) {
   const int64_t lo = g.lo[r], hi = g.hi[r];
+  const int64_t padded = round_up(n, kLanes);
   if (softcap > 0.f)
     for (int64_t j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] / softcap) * LOG2E;
   if (lo > n0 || hi < n0 + n)
     for (int64_t j = 0; j < n; ++j)
       if (n0 + j < lo || n0 + j >= hi) s[j] = NEG_INF;
-  const int64_t padded = round_up(n, kLanes);
   for (int64_t j = n; j < padded; ++j) s[j] = NEG_INF;
   f16x mx = vec::splat(NEG_INF);
   for (int64_t j = 0; j < padded; j += kLanes) {
@@ -291,7 +140,10 @@ inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float soft
     mx = x > mx ? x : mx;
   }
   const float block_max = vec::hmax(mx);
-  if (block_max == NEG_INF) return;
+  if (block_max == NEG_INF) {
+    std::fill(s, s + padded, 0.f);
+    return false;
+  }
   const float m_new = std::max(g.m[r], block_max);
   const float alpha = g.m[r] == m_new ? 1.f : g.m[r] == NEG_INF ? 0.f : std::exp2(g.m[r] - m_new);
   f16x sum{};
@@ -300,17 +152,13 @@ inline void row_update(RowGroup& g, int64_t r, int64_t n0, int64_t n, float soft
     vec::store(s + j, p);
     sum += p;
   }
-  float* acc = g.acc.data() + r * g.dvp;
-  if (alpha != 1.f)
+  if (alpha != 1.f) {
+    float* acc = g.acc.data() + r * g.dvp;
     for (int64_t i = 0; i < g.dvp; i += kLanes) vec::store(acc + i, vec::load(acc + i) * alpha);
-#if defined(__AVX512BF16__)
-  if (g.v_path == RowPath::PairsBF16)
-    row_accumulate_pairs(g, acc, s, padded, n);
-  else
-#endif
-    row_accumulate(acc, s, g.v_rows, g.dvp, n);
+  }
   g.l[r] = g.l[r] * alpha + vec::hsum(sum);
   g.m[r] = m_new;
+  return true;
 }
 
 // Key/value rows of one KV head of one sequence in a paged cache
@@ -347,7 +195,7 @@ struct PackedRows {
   }
 };
 
-// Point g.{k,v}_rows at float32 rows of the block: in place, or widened into scratch.
+// Point staged[j] at float32 rows of the block: in place, or widened into scratch.
 template <typename T>
 void stage_rows(const T* const* rows, int64_t n, int64_t dim, int64_t padded, RowPath path, float* scratch,
                 const float** staged) {
@@ -355,9 +203,76 @@ void stage_rows(const T* const* rows, int64_t n, int64_t dim, int64_t padded, Ro
     if (path == RowPath::Direct) {
       staged[j] = reinterpret_cast<const float*>(rows[j]);
     } else {
-      widen_row(rows[j], scratch + j * padded, dim, padded);
+      rows::widen(rows[j], scratch + j * padded, dim, padded);
       staged[j] = scratch + j * padded;
     }
+  }
+}
+
+// One block of n keys (n0..) for rows [r0, r0 + count): scores, softmax, p.V. With
+// count == QUAD the four-row kernels load each key and value once for all four rows.
+template <typename T>
+void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n, const T* const* k_raw,
+                  RowPath kpath, RowPath vpath, float q_scale, float softcap) {
+  float* s[QUAD];
+  for (int64_t u = 0; u < count; ++u) s[u] = g.s.data() + u * g.keys;
+  const bool bf16_keys = kpath == RowPath::DotBF16, bf16_values = vpath == RowPath::PairsBF16;
+  const float kscale = bf16_keys ? q_scale : 1.f;  // float rows hold pre-scaled queries
+#if defined(__AVX512F__)
+  if (count == QUAD) {
+    const float* qf[QUAD];
+    const uint16_t* qb[QUAD];
+    for (int u = 0; u < QUAD; ++u) {
+      qf[u] = g.q.data() + (r0 + u) * g.dp;
+      qb[u] = g.q_raw.data() + (r0 + u) * g.dim;
+    }
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (bf16_keys) rows::scores4_bf16(qb, k_raw, g.dim, n, kscale, s[0], g.keys);
+    }
+#endif
+    if (!bf16_keys) rows::scores4(qf, g.k_rows, g.dp, n, kscale, s[0], g.keys);
+    bool any = false;
+    for (int u = 0; u < QUAD; ++u) any |= softmax_row(g, r0 + u, s[u], n0, n, softcap);
+    if (!any) return;
+    float* acc[QUAD];
+    for (int u = 0; u < QUAD; ++u) acc[u] = g.acc.data() + (r0 + u) * g.dvp;
+#if defined(__AVX512BF16__)
+    if (bf16_values) {
+      const uint16_t* pb[QUAD];
+      for (int u = 0; u < QUAD; ++u) {
+        rows::round_to_bf16(s[u], g.p_bf16.data() + u * g.keys, round_up(n, kLanes));
+        pb[u] = g.p_bf16.data() + u * g.keys;
+      }
+      rows::accumulate_pairs<QUAD>(acc, pb, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+      return;
+    }
+#endif
+    const float* ps[QUAD] = {s[0], s[1], s[2], s[3]};
+    rows::accumulate4(acc, ps, g.v_rows, g.dvp, n);
+    return;
+  }
+#endif
+  for (int64_t u = 0; u < count; ++u) {
+    const int64_t r = r0 + u;
+    if (!g.sees(r, n0, n)) continue;
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+      if (bf16_keys) rows::scores_bf16(g.q_raw.data() + r * g.dim, k_raw, g.dim, n, kscale, s[u]);
+    }
+#endif
+    if (!bf16_keys) rows::scores(g.q.data() + r * g.dp, g.k_rows, g.dp, n, kscale, s[u]);
+    if (!softmax_row(g, r, s[u], n0, n, softcap)) continue;
+    float* acc = g.acc.data() + r * g.dvp;
+#if defined(__AVX512BF16__)
+    if (bf16_values) {
+      rows::round_to_bf16(s[u], g.p_bf16.data(), round_up(n, kLanes));
+      const uint16_t* pb = g.p_bf16.data();
+      rows::accumulate_pairs<1>(&acc, &pb, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+      continue;
+    }
+#endif
+    rows::accumulate(acc, s[u], g.v_rows, g.dvp, n);
   }
 }
 
@@ -375,7 +290,6 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   begin = std::max(begin, min_lo);
   end = std::min(end, max_hi);
   const RowPath kpath = key_path<T>(g.dim), vpath = value_path<T>(g.dim_v);
-  g.v_path = vpath;
   const T* k_raw[MAX_BLOCK_KEYS];
   const T* v_raw[MAX_BLOCK_KEYS];
   for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
@@ -383,30 +297,22 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     keys.fill(n0, n, k_raw);
     values.fill(n0, n, v_raw);
     if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
+    if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
       if (vpath == RowPath::PairsBF16) {
         const auto* zero = reinterpret_cast<const c10::BFloat16*>(g.zero_row.data());
         for (int64_t j = 0; j < n; j += 2)
-          interleave_pair(v_raw[j], j + 1 < n ? v_raw[j + 1] : zero, g.v_pairs.data() + j * g.dim_v, g.dim_v);
+          rows::interleave_pair(v_raw[j], j + 1 < n ? v_raw[j + 1] : zero, g.v_pairs.data() + j * g.dim_v,
+                                g.dim_v);
       }
     }
 #endif
-    if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
-    for (int64_t r = 0; r < g.rows; ++r) {
-      if (g.hi[r] <= n0 || g.lo[r] >= n0 + n) continue;  // nothing visible in this block
-#if defined(__AVX512BF16__)
-      if constexpr (std::is_same_v<T, c10::BFloat16>) {
-        if (kpath == RowPath::DotBF16) {
-          row_scores_bf16(g.q_raw.data() + r * g.dim, reinterpret_cast<const c10::BFloat16* const*>(k_raw), g.dim,
-                          n, q_scale, g.s.data());
-          row_update(g, r, n0, n, softcap);
-          continue;
-        }
-      }
-#endif
-      row_scores(g.q.data() + r * g.dp, g.k_rows, g.dp, n, g.s.data());
-      row_update(g, r, n0, n, softcap);
+    for (int64_t r0 = 0; r0 < g.rows; r0 += QUAD) {
+      const int64_t count = std::min(QUAD, g.rows - r0);
+      bool any = false;
+      for (int64_t r = r0; r < r0 + count; ++r) any |= g.sees(r, n0, n);
+      if (any) attend_block<T>(g, r0, count, n0, n, k_raw, kpath, vpath, q_scale, softcap);
     }
   }
 }
@@ -510,7 +416,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
       const int64_t head = it.h * p.group + r % p.group;
       const T* qr = q + (q_start[it.b] + t) * p.q_stride_t + head * p.q_stride_h;
       float* qd = g.q.data() + r * g.dp;
-      widen_row(qr, qd, p.dim, g.dp);
+      rows::widen(qr, qd, p.dim, g.dp);
       for (int64_t c = 0; c < p.dim; ++c) qd[c] *= q_scale;
       if constexpr (sizeof(T) == sizeof(uint16_t)) std::memcpy(g.q_raw.data() + r * p.dim, qr, p.dim * sizeof(T));
       row_bounds(t, q_len[it.b], k_len[it.b], p.window, g.lo[r], g.hi[r]);

@@ -118,6 +118,14 @@ inline f16x hsum8(f16x a0, f16x a1, f16x a2, f16x a3, f16x a4, f16x a5, f16x a6,
   return sum_pairs(e, e);
 }
 
+// Horizontal sums of sixteen vectors at once: lane i = hsum(v[i]).
+inline f16x hsum16(const f16x (&v)[16]) {
+  f16x quarters[4];
+  for (int k = 0; k < 4; ++k)
+    quarters[k] = sum_quarters(sum_halves(v[4 * k], v[4 * k + 1]), sum_halves(v[4 * k + 2], v[4 * k + 3]));
+  return sum_pairs(sum_eighths(quarters[0], quarters[1]), sum_eighths(quarters[2], quarters[3]));
+}
+
 // 2^x for x <= 128; lanes below -126 give exactly 0 (masked scores are -inf).
 // Round-to-nearest range reduction, then a degree-7 Taylor series of e^(r ln 2) on
 // |r| <= 0.5: relative error below 1e-7.

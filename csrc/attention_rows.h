@@ -1,0 +1,240 @@
+// Row-level SIMD kernels of the native attention: q.k scores and p.V accumulation for
+// one query row, or for four rows at once (AVX-512: a block of keys is loaded once for
+// four rows and sixteen independent FMA chains hide the latency).
+//
+// Key and value rows arrive as arrays of row pointers (paged caches are not
+// contiguous). float32 rows have a length that is a multiple of 16 (zero-padded when
+// widened). bfloat16 paths (AVX512-BF16) read keys in place and values as pairs of
+// keys interleaved per dim, with probabilities rounded to bfloat16 for p.V as GPU
+// FlashAttention rounds P before its P.V matmul.
+#pragma once
+
+#include <cstdint>
+
+#include "vec.h"
+
+namespace ascend_ext {
+namespace rows {
+
+using vec::f16x;
+using vec::kLanes;
+
+// Widen n elements to float32 into dst and zero-pad it to `padded`.
+template <typename T>
+inline void widen(const T* src, float* dst, int64_t n, int64_t padded) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) vec::store(dst + i, vec::load(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  for (; i < padded; ++i) dst[i] = 0.f;
+}
+
+// ------------------------------------------------------------------ scores, one row
+// s[j] = scale * (q . k[j]) for j < n over float32 rows of length dp. Eight keys per
+// pass: each q chunk is loaded once and one transpose-add tree reduces all eight.
+inline void scores(const float* q, const float* const* k, int64_t dp, int64_t n, float scale, float* s) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    f16x a[8] = {};
+    for (int64_t i = 0; i < dp; i += kLanes) {
+      const f16x qv = vec::load(q + i);
+      for (int u = 0; u < 8; ++u) a[u] += qv * vec::load(k[j + u] + i);
+    }
+    const f16x sums = vec::hsum8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]) * scale;
+    for (int u = 0; u < 8; ++u) s[j + u] = sums[u];
+  }
+  for (; j < n; ++j) {
+    f16x a{};
+    for (int64_t i = 0; i < dp; i += kLanes) a += vec::load(q + i) * vec::load(k[j] + i);
+    s[j] = vec::hsum(a) * scale;
+  }
+}
+
+// ------------------------------------------------------------------ p.V, one row
+// acc[0:W*16] += sum_j p[j] * v[j][offset:offset + W*16], W vectors kept in registers.
+template <int W>
+inline void accumulate_chunk(float* acc, const float* p, const float* const* v, int64_t offset, int64_t n) {
+  f16x a[W];
+  for (int u = 0; u < W; ++u) a[u] = vec::load(acc + u * kLanes);
+  for (int64_t j = 0; j < n; ++j) {
+    const f16x pj = vec::splat(p[j]);
+    const float* row = v[j] + offset;
+    for (int u = 0; u < W; ++u) a[u] += pj * vec::load(row + u * kLanes);
+  }
+  for (int u = 0; u < W; ++u) vec::store(acc + u * kLanes, a[u]);
+}
+
+// acc[0:dvp] += sum_j p[j] * v[j] over float32 rows of length dvp.
+inline void accumulate(float* acc, const float* p, const float* const* v, int64_t dvp, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 * kLanes <= dvp; i += 8 * kLanes) accumulate_chunk<8>(acc + i, p, v, i, n);
+  if (i + 4 * kLanes <= dvp) {
+    accumulate_chunk<4>(acc + i, p, v, i, n);
+    i += 4 * kLanes;
+  }
+  for (; i < dvp; i += kLanes) accumulate_chunk<1>(acc + i, p, v, i, n);
+}
+
+#if defined(__AVX512F__)
+// ------------------------------------------------------------------ four rows
+// s[r * s_stride + j] = scale * (q[r] . k[j]), r < 4, j < n (float32 rows of length dp).
+inline void scores4(const float* const* q, const float* const* k, int64_t dp, int64_t n, float scale, float* s,
+                    int64_t s_stride) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    f16x a[16] = {};  // a[4 r + u]: row r, key j + u
+    for (int64_t i = 0; i < dp; i += kLanes) {
+      const f16x k0 = vec::load(k[j] + i), k1 = vec::load(k[j + 1] + i);
+      const f16x k2 = vec::load(k[j + 2] + i), k3 = vec::load(k[j + 3] + i);
+      for (int r = 0; r < 4; ++r) {
+        const f16x qv = vec::load(q[r] + i);
+        a[4 * r] += qv * k0;
+        a[4 * r + 1] += qv * k1;
+        a[4 * r + 2] += qv * k2;
+        a[4 * r + 3] += qv * k3;
+      }
+    }
+    const f16x sums = vec::hsum16(a) * scale;
+    for (int r = 0; r < 4; ++r)
+      for (int u = 0; u < 4; ++u) s[r * s_stride + j + u] = sums[4 * r + u];
+  }
+  if (j < n)
+    for (int r = 0; r < 4; ++r) scores(q[r], k + j, dp, n - j, scale, s + r * s_stride + j);
+}
+
+// acc[r][0:W*16] += sum_j p[r][j] * v[j][offset:], r < 4: each value chunk is loaded once.
+template <int W>
+inline void accumulate4_chunk(float* const* acc, const float* const* p, const float* const* v, int64_t offset,
+                              int64_t n) {
+  f16x a[4][W];
+  for (int r = 0; r < 4; ++r)
+    for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + offset + u * kLanes);
+  for (int64_t j = 0; j < n; ++j) {
+    f16x vv[W];
+    for (int u = 0; u < W; ++u) vv[u] = vec::load(v[j] + offset + u * kLanes);
+    for (int r = 0; r < 4; ++r) {
+      const f16x pj = vec::splat(p[r][j]);
+      for (int u = 0; u < W; ++u) a[r][u] += pj * vv[u];
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int u = 0; u < W; ++u) vec::store(acc[r] + offset + u * kLanes, a[r][u]);
+}
+
+inline void accumulate4(float* const* acc, const float* const* p, const float* const* v, int64_t dvp, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 * kLanes <= dvp; i += 4 * kLanes) accumulate4_chunk<4>(acc, p, v, i, n);
+  for (; i < dvp; i += kLanes) accumulate4_chunk<1>(acc, p, v, i, n);
+}
+#endif  // __AVX512F__
+
+#if defined(__AVX512BF16__)
+// ------------------------------------------------------------------ bfloat16 (AVX512-BF16)
+inline __m512bh load_bf16x32(const void* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); }
+
+inline f16x dot_bf16(f16x acc, __m512bh a, __m512bh b) {
+  return reinterpret_cast<f16x>(_mm512_dpbf16_ps(reinterpret_cast<__m512>(acc), a, b));
+}
+
+// s[j] = scale * (q . k[j]) over bfloat16 rows of length d (multiple of 32), read in place.
+inline void scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
+                        float* s) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    f16x a[8] = {};
+    for (int64_t i = 0; i < d; i += 32) {
+      const __m512bh qv = load_bf16x32(q + i);
+      for (int u = 0; u < 8; ++u) a[u] = dot_bf16(a[u], qv, load_bf16x32(k[j + u] + i));
+    }
+    const f16x sums = vec::hsum8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]) * scale;
+    for (int u = 0; u < 8; ++u) s[j + u] = sums[u];
+  }
+  for (; j < n; ++j) {
+    f16x a{};
+    for (int64_t i = 0; i < d; i += 32) a = dot_bf16(a, load_bf16x32(q + i), load_bf16x32(k[j] + i));
+    s[j] = vec::hsum(a) * scale;
+  }
+}
+
+// Four rows at once: s[r * s_stride + j] = scale * (q[r] . k[j]).
+inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
+                         float* s, int64_t s_stride) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    f16x a[16] = {};
+    for (int64_t i = 0; i < d; i += 32) {
+      const __m512bh k0 = load_bf16x32(k[j] + i), k1 = load_bf16x32(k[j + 1] + i);
+      const __m512bh k2 = load_bf16x32(k[j + 2] + i), k3 = load_bf16x32(k[j + 3] + i);
+      for (int r = 0; r < 4; ++r) {
+        const __m512bh qv = load_bf16x32(q[r] + i);
+        a[4 * r] = dot_bf16(a[4 * r], qv, k0);
+        a[4 * r + 1] = dot_bf16(a[4 * r + 1], qv, k1);
+        a[4 * r + 2] = dot_bf16(a[4 * r + 2], qv, k2);
+        a[4 * r + 3] = dot_bf16(a[4 * r + 3], qv, k3);
+      }
+    }
+    const f16x sums = vec::hsum16(a) * scale;
+    for (int r = 0; r < 4; ++r)
+      for (int u = 0; u < 4; ++u) s[r * s_stride + j + u] = sums[4 * r + u];
+  }
+  if (j < n)
+    for (int r = 0; r < 4; ++r) scores_bf16(q[r], k + j, d, n - j, scale, s + r * s_stride + j);
+}
+
+// out[2c + t] = row_t[c] (t = 0, 1) for c < dv (multiple of 32): two value rows
+// interleaved so one dot-product lane combines the same dim of both keys.
+inline void interleave_pair(const c10::BFloat16* a, const c10::BFloat16* b, uint16_t* out, int64_t dv) {
+  alignas(64) static const uint16_t low[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t high[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo_idx = _mm512_load_si512(low), hi_idx = _mm512_load_si512(high);
+  for (int64_t c = 0; c < dv; c += 32) {
+    const __m512i x = _mm512_loadu_si512(a + c), y = _mm512_loadu_si512(b + c);
+    _mm512_storeu_si512(out + 2 * c, _mm512_permutex2var_epi16(x, lo_idx, y));
+    _mm512_storeu_si512(out + 2 * c + 32, _mm512_permutex2var_epi16(x, hi_idx, y));
+  }
+}
+
+// out[0:padded) = bfloat16(p[0:padded)), round to nearest even; padded % 16 == 0.
+inline void round_to_bf16(const float* p, uint16_t* out, int64_t padded) {
+  for (int64_t j = 0; j < padded; j += kLanes)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j),
+                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(p + j))));
+}
+
+// acc[r][offset:offset + W*16] += sum over key pairs i of p[r][2i] v[2i] + p[r][2i+1] v[2i+1]
+// for R rows; p[r] holds bfloat16 probabilities read as (2i, 2i+1) pairs.
+template <int R, int W>
+inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* p, const uint16_t* pairs, int64_t dv,
+                                   int64_t offset, int64_t npairs) {
+  f16x a[R][W];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + offset + u * kLanes);
+  for (int64_t i = 0; i < npairs; ++i) {
+    const uint16_t* row = pairs + i * 2 * dv + 2 * offset;
+    __m512bh vv[W];
+    for (int u = 0; u < W; ++u) vv[u] = load_bf16x32(row + u * 32);
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, p[r] + 2 * i, sizeof(pair));
+      const __m512bh pp = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
+      for (int u = 0; u < W; ++u) a[r][u] = dot_bf16(a[r][u], pp, vv[u]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < W; ++u) vec::store(acc[r] + offset + u * kLanes, a[r][u]);
+}
+
+// acc[r][0:dv] += p[r] . V for R = 1 or 4 rows over interleaved value pairs (dv % 32 == 0).
+template <int R>
+inline void accumulate_pairs(float* const* acc, const uint16_t* const* p, const uint16_t* pairs, int64_t dv,
+                             int64_t npairs) {
+  constexpr int W = R == 1 ? 8 : 4;
+  int64_t i = 0;
+  for (; i + W * kLanes <= dv; i += W * kLanes) accumulate_pairs_chunk<R, W>(acc, p, pairs, dv, i, npairs);
+  for (; i < dv; i += 2 * kLanes) accumulate_pairs_chunk<R, 2>(acc, p, pairs, dv, i, npairs);
+}
+#endif  // __AVX512BF16__
+
+}  // namespace rows
+}  // namespace ascend_ext
