@@ -1,18 +1,23 @@
 // Native CPU attention kernels of ascend_ext, registered as torch.ops.ascend_ext.*.
 //
-// One core serves both ops: a group of query rows (the G query heads of one KV head
-// times a tile of query tokens) streams key blocks of KEYS_PER_BLOCK keys through an
-// online softmax in float32. Per block, the keys are converted to float and
-// transposed into a [D][KEYS_PER_BLOCK] buffer, so the score loop is an FMA stream
-// over contiguous memory (broadcast q[r][d], add over keys) that the compiler
-// vectorises; p.V accumulates rows of V the same way. K/V are read once per group
-// (GQA heads share them). Work items (sequence, KV head, query tile, KV split) run in
-// parallel through at::parallel_for; KV splits of long decode contexts are merged
-// exactly through their log-sum-exp.
+// One core serves both ops. A work item is a group of query rows (the G query heads of
+// one KV head times a tile of query tokens, at most 64 rows) over one range of keys.
+// Keys stream through in blocks of ~32: row pointers are resolved once per block
+// (paged caches are not contiguous), then for every four rows the q.k scores, an
+// online-softmax step in float32 (base 2, polynomial exp2) and the p.V accumulation
+// run on 16-lane vectors (attention_rows.h), loading each key and value once for the
+// four rows. bfloat16 caches use AVX512-BF16 dot products where the CPU has them
+// (keys in place; values interleaved in key pairs with p rounded to bfloat16, as GPU
+// FlashAttention does), float32 caches are read in place, everything else is widened
+// to float32 once per block. Work items (sequence, KV head, query tile, KV split) are
+// taken longest first from a shared counter by every intra-op thread; KV splits of long
+// contexts (when items are fewer than twice the threads) are merged exactly through
+// their log-sum-exp.
 //
 // Conventions match ascend_ext.ops: bottom-right causal/window alignment, window
 // bounds -1 = unbounded, rows that see no key give 0 and lse -inf, caches
-// [num_blocks, block_size, Hkv, D] with any strides and a contiguous head dim.
+// [num_blocks, block_size, Hkv, D] with any strides and a contiguous head dim, queries
+// and outputs [T, H, D] with a contiguous head dim, lse float32 [Hq, T].
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -487,9 +492,29 @@ std::vector<int64_t> to_vec(const at::Tensor& t) {
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 
+// Structural checks of the raw op (the Python layer validates values and gives the
+// friendlier messages; these keep direct torch.ops calls from reading out of bounds).
+void check_tensors(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t kv_dims,
+                   const at::Tensor& out, const std::optional<at::Tensor>& lse) {
+  for (const at::Tensor* t : {&q, &k, &v, &out}) {
+    TORCH_CHECK(t->device().is_cpu(), "ascend_ext native attention: tensors must be on the CPU");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "q, caches and out must share one dtype, got ",
+                t->scalar_type(), " and ", q.scalar_type());
+    TORCH_CHECK(t->stride(-1) == 1, "q, k, v and out need a contiguous last (head) dim");
+  }
+  TORCH_CHECK(q.dim() == 3 && out.dim() == 3, "q and out must be [T, H, D]");
+  TORCH_CHECK(k.dim() == kv_dims && v.dim() == kv_dims, "k and v must have ", kv_dims, " dims");
+  const int64_t hkv = k.size(kv_dims - 2);
+  TORCH_CHECK(hkv > 0 && q.size(1) % hkv == 0, "query heads ", q.size(1), " must be a multiple of KV heads ", hkv);
+  TORCH_CHECK(k.size(-1) == q.size(2), "k head dim ", k.size(-1), " != q head dim ", q.size(2));
+  TORCH_CHECK(out.size(0) == q.size(0) && out.size(1) == q.size(1) && out.size(2) == v.size(-1),
+              "out must be [T, Hq, Dv]");
+  if (lse.has_value())
+    TORCH_CHECK(lse->dim() == 2 && lse->size(0) == q.size(1) && lse->size(1) == q.size(0), "lse must be [Hq, T]");
+}
+
 Problem make_problem(const at::Tensor& q, int64_t hkv, int64_t dim_v, const at::Tensor& out, double scale,
                      int64_t left, int64_t right, double softcap) {
-  TORCH_CHECK(q.stride(2) == 1 && out.stride(2) == 1, "q and out need a contiguous head dim");
   Problem p;
   p.hq = q.size(1);
   p.hkv = hkv;
@@ -516,7 +541,10 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                      const at::Tensor& block_table, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
                      double scale, int64_t window_left, int64_t window_right, double softcap, at::Tensor& out,
                      const std::optional<at::Tensor>& lse) {
-  TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1, "caches need a contiguous head dim");
+  check_tensors(q, k_cache, v_cache, 4, out, lse);
+  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == seq_lens.numel() &&
+                  cu_seqlens_q.numel() == seq_lens.numel() + 1,
+              "block_table [B, W], seq_lens [B] and cu_seqlens_q [B + 1] disagree on B");
   const Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
   const auto cu = to_vec(cu_seqlens_q);
   const auto lens = to_vec(seq_lens);
@@ -543,7 +571,9 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
 void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
                        const at::Tensor& cu_seqlens_k, double scale, int64_t window_left, int64_t window_right,
                        double softcap, at::Tensor& out, const std::optional<at::Tensor>& lse) {
-  TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1, "k and v need a contiguous head dim");
+  check_tensors(q, k, v, 3, out, lse);
+  TORCH_CHECK(cu_seqlens_q.numel() == cu_seqlens_k.numel() && cu_seqlens_q.numel() >= 1,
+              "cu_seqlens_q and cu_seqlens_k must both be [B + 1]");
   const Problem p = make_problem(q, k.size(1), v.size(2), out, scale, window_left, window_right, softcap);
   const auto cq = to_vec(cu_seqlens_q);
   const auto ck = to_vec(cu_seqlens_k);
