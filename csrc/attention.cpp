@@ -7,8 +7,8 @@
 // online-softmax step in float32 (base 2, polynomial exp2) and the p.V accumulation
 // run on 16-lane vectors (attention_rows.h), loading each key and value once for the
 // four rows. bfloat16 caches use AVX512-BF16 dot products where the CPU has them
-// (keys in place; values interleaved in key pairs with p rounded to bfloat16, as GPU
-// FlashAttention does), float32 caches are read in place, everything else is widened
+// (keys in place; values interleaved in key pairs, p split into bfloat16 hi + lo so
+// p.V keeps float32 accuracy), float32 caches are read in place, everything else is widened
 // to float32 once per block. Work items (sequence, KV head, query tile, KV split) are
 // taken longest first from a shared counter by every intra-op thread; KV splits of long
 // contexts (when items are fewer than twice the threads) are merged exactly through
@@ -68,7 +68,7 @@ enum class RowPath {
   Direct,     // float32 rows whose length is a multiple of the vector width: read in place
   DotBF16,    // bfloat16 keys read in place by AVX512-BF16 dot products (exact products, fp32 sums)
   PairsBF16,  // bfloat16 values interleaved in key pairs for AVX512-BF16 dot products with the
-              // probabilities rounded to bfloat16 (as GPU FlashAttention rounds P before P.V)
+              // probabilities split into bfloat16 hi + lo (float32-level accuracy)
 };
 
 template <typename T>
@@ -98,7 +98,7 @@ constexpr int64_t QUAD = 4;  // rows handled together by the four-row kernels
 struct RowGroup {
   int64_t rows = 0, dim = 0, dim_v = 0, dp = 0, dvp = 0, keys = 0;
   std::vector<float> q, m, l, acc, kf, vf, s, row_out;
-  std::vector<uint16_t> q_raw, v_pairs, p_bf16, zero_row;
+  std::vector<uint16_t> q_raw, v_pairs, p_hi, p_lo, zero_row;
   std::vector<int64_t> lo, hi;
   const float* k_rows[MAX_BLOCK_KEYS];
   const float* v_rows[MAX_BLOCK_KEYS];
@@ -120,7 +120,8 @@ struct RowGroup {
     s.resize(QUAD * keys);
     row_out.resize(dv);
     v_pairs.resize(keys * dv);
-    p_bf16.resize(QUAD * keys);
+    p_hi.resize(QUAD * keys);
+    p_lo.resize(QUAD * keys);
     zero_row.assign(dv, 0);
   }
 
@@ -244,12 +245,13 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
     for (int u = 0; u < QUAD; ++u) acc[u] = g.acc.data() + (r0 + u) * g.dvp;
 #if defined(__AVX512BF16__)
     if (bf16_values) {
-      const uint16_t* pb[QUAD];
+      const uint16_t *hi[QUAD], *lo[QUAD];
       for (int u = 0; u < QUAD; ++u) {
-        rows::round_to_bf16(s[u], g.p_bf16.data() + u * g.keys, round_up(n, kLanes));
-        pb[u] = g.p_bf16.data() + u * g.keys;
+        hi[u] = g.p_hi.data() + u * g.keys;
+        lo[u] = g.p_lo.data() + u * g.keys;
+        rows::split_bf16(s[u], g.p_hi.data() + u * g.keys, g.p_lo.data() + u * g.keys, round_up(n, kLanes));
       }
-      rows::accumulate_pairs<QUAD>(acc, pb, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+      rows::accumulate_pairs<QUAD>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
       return;
     }
 #endif
@@ -271,9 +273,9 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
     float* acc = g.acc.data() + r * g.dvp;
 #if defined(__AVX512BF16__)
     if (bf16_values) {
-      rows::round_to_bf16(s[u], g.p_bf16.data(), round_up(n, kLanes));
-      const uint16_t* pb = g.p_bf16.data();
-      rows::accumulate_pairs<1>(&acc, &pb, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+      rows::split_bf16(s[u], g.p_hi.data(), g.p_lo.data(), round_up(n, kLanes));
+      const uint16_t *hi = g.p_hi.data(), *lo = g.p_lo.data();
+      rows::accumulate_pairs<1>(&acc, &hi, &lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
       continue;
     }
 #endif

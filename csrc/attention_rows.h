@@ -5,8 +5,9 @@
 // Key and value rows arrive as arrays of row pointers (paged caches are not
 // contiguous). float32 rows have a length that is a multiple of 16 (zero-padded when
 // widened). bfloat16 paths (AVX512-BF16) read keys in place and values as pairs of
-// keys interleaved per dim, with probabilities rounded to bfloat16 for p.V as GPU
-// FlashAttention rounds P before its P.V matmul.
+// keys interleaved per dim; probabilities enter p.V as a bfloat16 hi + lo pair, so the
+// product keeps float32 accuracy (rounding P to one bfloat16, as GPU FlashAttention
+// does, measurably moved a tiny DeepSeek's generations away from vLLM's CPU backend).
 #pragma once
 
 #include <cstdint>
@@ -195,30 +196,39 @@ inline void interleave_pair(const c10::BFloat16* a, const c10::BFloat16* b, uint
   }
 }
 
-// out[0:padded) = bfloat16(p[0:padded)), round to nearest even; padded % 16 == 0.
-inline void round_to_bf16(const float* p, uint16_t* out, int64_t padded) {
-  for (int64_t j = 0; j < padded; j += kLanes)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j),
-                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(p + j))));
+// Split float32 p[0:padded) (padded % 16 == 0) into bfloat16 hi + lo with
+// hi = bf16(p), lo = bf16(p - hi): hi + lo carries 16 significant bits, so p.V through
+// two bf16 dot products keeps float32-level accuracy (|rel err| <~ 2^-16).
+inline void split_bf16(const float* p, uint16_t* hi, uint16_t* lo, int64_t padded) {
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    const __m512 x = _mm512_loadu_ps(p + j);
+    const __m256bh h = _mm512_cvtneps_pbh(x);
+    const __m512 rest = _mm512_sub_ps(x, _mm512_cvtpbh_ps(h));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + j), reinterpret_cast<__m256i>(h));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + j), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(rest)));
+  }
 }
 
 // acc[r][offset:offset + W*16] += sum over key pairs i of p[r][2i] v[2i] + p[r][2i+1] v[2i+1]
-// for R rows; p[r] holds bfloat16 probabilities read as (2i, 2i+1) pairs.
+// for R rows, with p[r] = hi[r] + lo[r] (bfloat16 arrays read as (2i, 2i+1) pairs).
 template <int R, int W>
-inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* p, const uint16_t* pairs, int64_t dv,
-                                   int64_t offset, int64_t npairs) {
+inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* hi, const uint16_t* const* lo,
+                                   const uint16_t* pairs, int64_t dv, int64_t offset, int64_t npairs) {
   f16x a[R][W];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + offset + u * kLanes);
+  auto broadcast_pair = [](const uint16_t* p, int64_t i) {
+    uint32_t pair;
+    std::memcpy(&pair, p + 2 * i, sizeof(pair));
+    return reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
+  };
   for (int64_t i = 0; i < npairs; ++i) {
     const uint16_t* row = pairs + i * 2 * dv + 2 * offset;
     __m512bh vv[W];
     for (int u = 0; u < W; ++u) vv[u] = load_bf16x32(row + u * 32);
     for (int r = 0; r < R; ++r) {
-      uint32_t pair;
-      std::memcpy(&pair, p[r] + 2 * i, sizeof(pair));
-      const __m512bh pp = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
-      for (int u = 0; u < W; ++u) a[r][u] = dot_bf16(a[r][u], pp, vv[u]);
+      const __m512bh ph = broadcast_pair(hi[r], i), pl = broadcast_pair(lo[r], i);
+      for (int u = 0; u < W; ++u) a[r][u] = dot_bf16(dot_bf16(a[r][u], ph, vv[u]), pl, vv[u]);
     }
   }
   for (int r = 0; r < R; ++r)
@@ -227,12 +237,12 @@ inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* p, 
 
 // acc[r][0:dv] += p[r] . V for R = 1 or 4 rows over interleaved value pairs (dv % 32 == 0).
 template <int R>
-inline void accumulate_pairs(float* const* acc, const uint16_t* const* p, const uint16_t* pairs, int64_t dv,
-                             int64_t npairs) {
+inline void accumulate_pairs(float* const* acc, const uint16_t* const* hi, const uint16_t* const* lo,
+                             const uint16_t* pairs, int64_t dv, int64_t npairs) {
   constexpr int W = R == 1 ? 8 : 4;
   int64_t i = 0;
-  for (; i + W * kLanes <= dv; i += W * kLanes) accumulate_pairs_chunk<R, W>(acc, p, pairs, dv, i, npairs);
-  for (; i < dv; i += 2 * kLanes) accumulate_pairs_chunk<R, 2>(acc, p, pairs, dv, i, npairs);
+  for (; i + W * kLanes <= dv; i += W * kLanes) accumulate_pairs_chunk<R, W>(acc, hi, lo, pairs, dv, i, npairs);
+  for (; i < dv; i += 2 * kLanes) accumulate_pairs_chunk<R, 2>(acc, hi, lo, pairs, dv, i, npairs);
 }
 #endif  // __AVX512BF16__
 

@@ -66,6 +66,12 @@ def cooperative_attention(q, device_kv: PagedKV, host_kv: PagedKV, cu_seqlens_q,
     softcap = _softcap(softcap)
     out = check.output("out", out, (q.shape[0], q.shape[1], device_kv.v_cache.shape[3]), q)
     on_host = q.device.type == "cpu"
+    if not bool(host_kv.seq_lens.any()):   # nothing offloaded (host tensors: no device sync)
+        lse = resolve("paged_attention", q.device.type)(
+            q, device_kv.k_cache, device_kv.v_cache, device_kv.block_table, device_kv.seq_lens, cu_seqlens_q,
+            max_seqlen_q, softmax_scale=scale, window=(-1, 0) if causal else (-1, -1), softcap=softcap, out=out,
+            return_lse=return_lse)
+        return (out, lse) if return_lse else out
 
     # queries to the host first, so the copy is queued ahead of the accelerator kernels
     if on_host:
