@@ -57,7 +57,7 @@ def _native_extension():
     extension = CppExtension(
         "ascend_ext._native",
         NATIVE_SOURCES,
-        extra_compile_args=["-O3", "-fopenmp", *_arch_flags()],
+        extra_compile_args=["-O3", "-fopenmp", "-Wno-psabi", *_arch_flags()],
         extra_link_args=["-fopenmp"],
     )
     return [extension], {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}

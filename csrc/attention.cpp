@@ -222,7 +222,7 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
                   RowPath kpath, RowPath vpath, float q_scale, float softcap) {
   float* s[QUAD];
   for (int64_t u = 0; u < count; ++u) s[u] = g.s.data() + u * g.keys;
-  const bool bf16_keys = kpath == RowPath::DotBF16, bf16_values = vpath == RowPath::PairsBF16;
+  [[maybe_unused]] const bool bf16_keys = kpath == RowPath::DotBF16, bf16_values = vpath == RowPath::PairsBF16;
   const float kscale = bf16_keys ? q_scale : 1.f;  // float rows hold pre-scaled queries
 #if defined(__AVX512F__)
   if (count == QUAD) {
@@ -601,7 +601,15 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 }  // namespace
 }  // namespace ascend_ext
 
-TORCH_LIBRARY(ascend_ext, m) {
+// The op namespace is torch.ops.ascend_ext; tests build a second variant (portable
+// flags) under another namespace to check the generic vector path in the same process.
+#ifndef ASCEND_EXT_OPS_NAMESPACE
+#define ASCEND_EXT_OPS_NAMESPACE ascend_ext
+#endif
+#define ASCEND_EXT_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define ASCEND_EXT_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
+
+ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
         "Tensor(b!)? lse) -> ()");
@@ -609,7 +617,7 @@ TORCH_LIBRARY(ascend_ext, m) {
         "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(ascend_ext, CPU, m) {
+ASCEND_EXT_LIBRARY_IMPL(ASCEND_EXT_OPS_NAMESPACE, CPU, m) {
   m.impl("paged_attention", &ascend_ext::paged_attention);
   m.impl("flash_attn_varlen", &ascend_ext::flash_attn_varlen);
 }

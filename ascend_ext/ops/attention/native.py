@@ -32,6 +32,13 @@ def native_available(device: str) -> str | None:
     return _load_error()
 
 
+OPS_NAMESPACE = "ascend_ext"   # torch.ops namespace of the kernels (tests swap in a variant build)
+
+
+def _ops():
+    return getattr(torch.ops, OPS_NAMESPACE)
+
+
 def _last_dim_contiguous(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
@@ -47,7 +54,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                                            softmax_scale=softmax_scale, window=window, mask=mask,
                                            softcap=softcap, out=out, return_lse=return_lse)
     lse = _lse_buffer(q, return_lse)
-    torch.ops.ascend_ext.flash_attn_varlen(
+    _ops().flash_attn_varlen(
         _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cu_seqlens_q, cu_seqlens_k,
         softmax_scale, window[0], window[1], softcap, out, lse)
     return lse
@@ -56,7 +63,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
     lse = _lse_buffer(q, return_lse)
-    torch.ops.ascend_ext.paged_attention(
+    _ops().paged_attention(
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
         softmax_scale, window[0], window[1], softcap, out, lse)
     return lse

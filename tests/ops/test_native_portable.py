@@ -1,0 +1,72 @@
+"""The native kernels built with portable flags (no AVX/AVX-512: the generic vector code
+that runs on ARM hosts such as Kunpeng and on older x86) pass the same parity checks.
+
+The installed extension is built with -march=native; this test compiles the same
+sources a second time with the portable baseline under another torch.ops namespace,
+points the `native` implementation at it and reruns a slice of the parity matrix.
+"""
+
+import platform
+import shutil
+
+import pytest
+import torch
+
+from ascend_ext.ops.attention import native
+
+from . import test_attention_parity as parity
+from . import test_cooperative as cooperative
+from . import test_native_attention as native_tests
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+NAMESPACE = "ascend_ext_portable"
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler to build the portable variant")
+
+
+@pytest.fixture(scope="module")
+def portable_ops(tmp_path_factory):
+    from torch.utils.cpp_extension import load
+
+    arch = "-march=armv8-a" if platform.machine() in ("aarch64", "arm64") else "-march=x86-64-v2"
+    load(name=NAMESPACE, sources=[str(ROOT / "csrc" / "attention.cpp")],
+         extra_cflags=["-O2", "-fopenmp", "-Wno-psabi", arch, f"-DASCEND_EXT_OPS_NAMESPACE={NAMESPACE}"],
+         extra_ldflags=["-fopenmp"], build_directory=str(tmp_path_factory.mktemp("portable_build")),
+         is_python_module=False, verbose=False)
+    return NAMESPACE
+
+
+@pytest.fixture
+def use_portable(portable_ops, monkeypatch):
+    if native.native_available("cpu") is not None:
+        pytest.skip(str(native.native_available("cpu")))
+    monkeypatch.setattr(native, "OPS_NAMESPACE", portable_ops)
+
+
+def _every(cases, step):
+    """Every step-th case of a parity matrix, each as one tuple argument."""
+    return [pytest.param(c.values, id=c.id) for c in cases[::step]]
+
+
+@pytest.mark.parametrize("case", _every(parity._varlen_cases(), 5))
+def test_portable_flash_attn_varlen(use_portable, case, rng):
+    parity.test_flash_attn_varlen("native", *case, rng)
+
+
+@pytest.mark.parametrize("case", _every(parity._paged_cases(), 3))
+def test_portable_paged_attention(use_portable, case, rng):
+    parity.test_paged_attention("native", *case, rng)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_portable_kv_splits_and_cooperative(use_portable, dtype, threads, rng):
+    native_tests.test_paged_long_context_kv_splits(2, dtype, (-1, -1), threads, rng)
+    cooperative.test_cooperative_equals_full_attention("native", "uneven", True, dtype, rng)
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
