@@ -72,3 +72,23 @@ def test_mask_falls_back_to_reference(rng):
         got = ops.flash_attn_varlen(q, k, v, cu([40]), cu([40]), 40, 40, mask=mask)
     ref, _ = attention_f64(q, k, v, 32 ** -0.5, allowed(40, 40, False, (-1, -1), dense))
     assert_close(got, ref, torch.float32)
+
+
+def test_raw_op_rejects_inconsistent_tensors():
+    """Direct torch.ops calls (bypassing the Python validation) fail cleanly, never read
+    out of bounds."""
+    q = torch.randn(2, 4, 64)
+    cache = torch.randn(3, 16, 2, 32)            # head dim 32 != 64
+    table = torch.zeros(1, 1, dtype=torch.int32)
+    lens = torch.tensor([3], dtype=torch.int32)
+    cu_q = torch.tensor([0, 2], dtype=torch.int32)
+    out = torch.empty(2, 4, 64)
+    with pytest.raises(RuntimeError, match="head dim"):
+        torch.ops.ascend_ext.paged_attention(q, cache, cache, table, lens, cu_q, 0.1, -1, 0, 0.0, out, None)
+    good = torch.randn(3, 16, 2, 64)
+    with pytest.raises(RuntimeError, match="disagree on B"):
+        torch.ops.ascend_ext.paged_attention(q, good, good, table, lens, torch.tensor([0, 1, 2], dtype=torch.int32),
+                                             0.1, -1, 0, 0.0, out, None)
+    with pytest.raises(RuntimeError, match="share one dtype"):
+        torch.ops.ascend_ext.paged_attention(q, good.half(), good.half(), table, lens, cu_q, 0.1, -1, 0, 0.0, out,
+                                             None)
