@@ -25,6 +25,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
+#include <string>
+#include <unistd.h>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -90,6 +93,7 @@ RowPath value_path(int64_t dv) {
 }
 
 constexpr int64_t MAX_BLOCK_KEYS = 64;
+constexpr int64_t PREFETCH_BLOCKS = 2;  // software prefetch distance, in key blocks
 constexpr int64_t QUAD = 4;  // rows handled together by the four-row kernels
 
 // Online-softmax state (base 2) of a group of query rows and its scratch buffers.
@@ -286,7 +290,7 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
 // Stream keys [begin, end) through the group, one block of g.keys keys at a time.
 template <typename T, typename Rows>
 void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
-                  float softcap) {
+                  float softcap, bool prefetch) {
   int64_t min_lo = end, max_hi = begin;
   for (int64_t r = 0; r < g.rows; ++r) {
     if (g.hi[r] > g.lo[r]) {
@@ -303,6 +307,16 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     const int64_t n = std::min(g.keys, end - n0);
     keys.fill(n0, n, k_raw);
     values.fill(n0, n, v_raw);
+    if (prefetch && n0 + PREFETCH_BLOCKS * g.keys < end) {
+      // working sets past the last-level cache: hint the block two ahead (page-crossing
+      // streams defeat the hardware prefetchers; +17-24% measured, -15% when cached)
+      const T* ahead[MAX_BLOCK_KEYS];
+      const int64_t first = n0 + PREFETCH_BLOCKS * g.keys, count = std::min(g.keys, end - first);
+      keys.fill(first, count, ahead);
+      for (int64_t j = 0; j < count; ++j) vec::prefetch_stream(ahead[j], g.dim * sizeof(T));
+      values.fill(first, count, ahead);
+      for (int64_t j = 0; j < count; ++j) vec::prefetch_stream(ahead[j], g.dim_v * sizeof(T));
+    }
     if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
     if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
 #if defined(__AVX512BF16__)
@@ -343,6 +357,7 @@ struct Problem {
   int64_t q_stride_t, q_stride_h, o_stride_t, o_stride_h;
   float scale, softcap;
   Window window;
+  bool prefetch;  // the call's K/V outgrow the last-level cache
 };
 
 struct WorkItem {
@@ -432,7 +447,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
     const auto [keys, values] = rows_of(it.b, it.h);
-    attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap);
+    attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     for (int64_t r = 0; r < rows; ++r) {
       if (splits > 1) {
         part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v);
@@ -471,6 +486,40 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
       }
     }
   });
+}
+
+// Bytes of the last-level cache: Linux sysfs (sysconf's figure is wrong in some VMs),
+// else sysconf, else 32 MiB.
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t best_level = 0, best_bytes = 0;
+    for (int index = 0; index < 8; ++index) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+      std::ifstream level_file(dir + "level"), size_file(dir + "size");
+      int64_t level = 0, size = 0;
+      char unit = 0;
+      if (!(level_file >> level) || !(size_file >> size)) continue;
+      size_file >> unit;
+      size *= unit == 'K' ? 1024 : unit == 'M' ? 1024 * 1024 : 1;
+      if (level >= best_level) best_level = level, best_bytes = size;
+    }
+    if (best_bytes > 0) return best_bytes;
+    long l3 = -1;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return l3 > 0 ? static_cast<int64_t>(l3) : int64_t{32} << 20;
+  }();
+  return bytes;
+}
+
+// Software prefetch pays only when the keys and values read by this call do not fit
+// in the last-level cache.
+bool kv_outgrows_cache(const std::vector<int64_t>& k_len, int64_t hkv, int64_t dim, int64_t dim_v,
+                       int64_t element_bytes) {
+  int64_t keys = 0;
+  for (int64_t n : k_len) keys += n;
+  return keys * hkv * (dim + dim_v) * element_bytes > last_level_cache_bytes();
 }
 
 // Calls fn(T{}) with T the element type of a float32/bfloat16/float16 tensor.
@@ -530,6 +579,7 @@ Problem make_problem(const at::Tensor& q, int64_t hkv, int64_t dim_v, const at::
   p.scale = static_cast<float>(scale);
   p.softcap = static_cast<float>(softcap);
   p.window = {left, right};
+  p.prefetch = false;
   return p;
 }
 
@@ -547,9 +597,10 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == seq_lens.numel() &&
                   cu_seqlens_q.numel() == seq_lens.numel() + 1,
               "block_table [B, W], seq_lens [B] and cu_seqlens_q [B + 1] disagree on B");
-  const Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
+  Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
   const auto cu = to_vec(cu_seqlens_q);
   const auto lens = to_vec(seq_lens);
+  p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
   std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
   for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
   const auto table = block_table.to(at::kInt).contiguous();  // no copy for vLLM's int32 table
@@ -576,7 +627,7 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check_tensors(q, k, v, 3, out, lse);
   TORCH_CHECK(cu_seqlens_q.numel() == cu_seqlens_k.numel() && cu_seqlens_q.numel() >= 1,
               "cu_seqlens_q and cu_seqlens_k must both be [B + 1]");
-  const Problem p = make_problem(q, k.size(1), v.size(2), out, scale, window_left, window_right, softcap);
+  Problem p = make_problem(q, k.size(1), v.size(2), out, scale, window_left, window_right, softcap);
   const auto cq = to_vec(cu_seqlens_q);
   const auto ck = to_vec(cu_seqlens_k);
   std::vector<int64_t> q_start(cq.begin(), cq.end() - 1), q_len(cq.size() - 1), k_len(ck.size() - 1);
@@ -584,6 +635,7 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     q_len[b] = cq[b + 1] - cq[b];
     k_len[b] = ck[b + 1] - ck[b];
   }
+  p.prefetch = kv_outgrows_cache(k_len, p.hkv, p.dim, p.dim_v, q.element_size());
   const int64_t kst = k.stride(0), ksh = k.stride(1), vst = v.stride(0), vsh = v.stride(1);
   dispatch_float_type(q.scalar_type(), "ascend_ext::flash_attn_varlen", [&](auto tag) {
     using scalar_t = decltype(tag);

@@ -126,6 +126,12 @@ inline f16x hsum16(const f16x (&v)[16]) {
   return sum_pairs(sum_eighths(quarters[0], quarters[1]), sum_eighths(quarters[2], quarters[3]));
 }
 
+// Non-temporal prefetch of `bytes` bytes from p (one hint per 64-byte line).
+inline void prefetch_stream(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
+}
+
 // 2^x for x <= 128; lanes below -126 give exactly 0 (masked scores are -inf).
 // Round-to-nearest range reduction, then a degree-7 Taylor series of e^(r ln 2) on
 // |r| <= 0.5: relative error below 1e-7.

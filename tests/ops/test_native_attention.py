@@ -92,3 +92,25 @@ def test_raw_op_rejects_inconsistent_tensors():
     with pytest.raises(RuntimeError, match="share one dtype"):
         torch.ops.ascend_ext.paged_attention(q, good.half(), good.half(), table, lens, cu_q, 0.1, -1, 0, 0.0, out,
                                              None)
+
+
+def test_paged_context_larger_than_the_cache_hierarchy(rng):
+    """~51 MiB of bf16 K/V: past a typical last-level cache, where the kernel adds
+    software prefetch of the blocks two ahead (a hint: results must not change)."""
+    seqs = [(100_003, 1), (300, 3)]
+    hq, hkv, d = 2, 1, 128
+    keys = [randn((n, hkv, d), torch.bfloat16, rng) for n, _ in seqs]
+    values = [randn((n, hkv, d), torch.bfloat16, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, 64, rng)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), torch.bfloat16, rng)
+    with ops.use_impl(attention="native"):
+        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 3, return_lse=True)
+    refs, lses, q0 = [], [], 0
+    for (n, lq), kk, vv in zip(seqs, keys, values):
+        o, l = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, True, (-1, -1)))
+        refs.append(o)
+        lses.append(l)
+        q0 += lq
+    assert_close(got, torch.cat(refs), torch.bfloat16)
+    assert_lse_close(lse, torch.cat(lses, dim=1), torch.bfloat16)
