@@ -21,8 +21,17 @@ from . import test_native_attention as native_tests
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 NAMESPACE = "ascend_ext_portable"
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler to build the portable variant")
+def _cannot_build() -> str | None:
+    from torch.utils.cpp_extension import is_ninja_available
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no C++ compiler to build the portable variant"
+    if not is_ninja_available():
+        return "ninja is missing (torch.utils.cpp_extension.load needs it)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_cannot_build() is not None, reason=str(_cannot_build()))
 
 
 @pytest.fixture(scope="module")
