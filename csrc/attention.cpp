@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "attention_rows.h"
+#include "ops_namespace.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -652,14 +653,6 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 
 }  // namespace
 }  // namespace ascend_ext
-
-// The op namespace is torch.ops.ascend_ext; tests build a second variant (portable
-// flags) under another namespace to check the generic vector path in the same process.
-#ifndef ASCEND_EXT_OPS_NAMESPACE
-#define ASCEND_EXT_OPS_NAMESPACE ascend_ext
-#endif
-#define ASCEND_EXT_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
-#define ASCEND_EXT_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
 
 ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "

@@ -39,7 +39,7 @@ def portable_ops(tmp_path_factory):
     from torch.utils.cpp_extension import load
 
     arch = "-march=armv8-a" if platform.machine() in ("aarch64", "arm64") else "-march=x86-64-v2"
-    load(name=NAMESPACE, sources=[str(ROOT / "csrc" / "attention.cpp")],
+    load(name=NAMESPACE, sources=[str(ROOT / "csrc" / "attention.cpp"), str(ROOT / "csrc" / "cache.cpp")],
          extra_cflags=["-O2", "-fopenmp", "-Wno-psabi", arch, f"-DASCEND_EXT_OPS_NAMESPACE={NAMESPACE}"],
          extra_ldflags=["-fopenmp"], build_directory=str(tmp_path_factory.mktemp("portable_build")),
          is_python_module=False, verbose=False)

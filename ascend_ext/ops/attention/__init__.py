@@ -15,7 +15,7 @@ register("flash_attn_varlen", "triton", "ascend_ext.ops.attention.triton_flash:f
 for _op in ("paged_attention", "merge_attn_states"):
     register(_op, "triton", f"ascend_ext.ops.attention.triton_paged:{_op}",
              devices=("cuda", "npu", "cpu"), available=triton_available)
-for _op in ("flash_attn_varlen", "paged_attention"):
+for _op in ("flash_attn_varlen", "paged_attention", "reshape_and_cache"):
     register(_op, "native", f"ascend_ext.ops.attention.native:{_op}", devices=("cpu",),
              available=native_available)
 

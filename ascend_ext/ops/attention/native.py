@@ -67,3 +67,9 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
         softmax_scale, window[0], window[1], softcap, out, lse)
     return lse
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+    if key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.stride(-1) != 1 or value.stride(-1) != 1:
+        return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+    _ops().reshape_and_cache(key, value, k_cache, v_cache, slot_mapping.contiguous())
