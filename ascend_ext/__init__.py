@@ -15,10 +15,12 @@ import os
 
 __version__ = "0.1.0"
 
+from . import backends  # noqa: E402,F401 - registers every device backend's implementations
+
 logger = logging.getLogger("ascend_ext")
 
-CPU_PLATFORM = "ascend_ext.integration.platforms.cpu.AscendExtCpuPlatform"
-CUDA_PLATFORM = "ascend_ext.integration.platforms.cuda.AscendExtCudaPlatform"
+CPU_PLATFORM = "ascend_ext.backends.cpu.platform.AscendExtCpuPlatform"
+CUDA_PLATFORM = "ascend_ext.backends.cuda.platform.AscendExtCudaPlatform"
 NPU_PLATFORM = "ascend_ext.integration.platforms.npu.AscendExtNPUPlatform"
 
 

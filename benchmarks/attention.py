@@ -29,7 +29,9 @@ from common import bench_graph_ms, bench_ms, device_ceilings, environment, print
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
-from ascend_ext.ops.attention import triton_flash, triton_paged  # noqa: E402
+from ascend_ext.backends.cuda import configs as cuda_configs  # noqa: E402
+from ascend_ext.kernels.triton import flash_attention as triton_flash  # noqa: E402
+from ascend_ext.kernels.triton import paged_attention as triton_paged  # noqa: E402
 
 DEV = "cuda"
 TOKENS = 32768          # B * S per prefill shape
@@ -244,7 +246,8 @@ def ablation(quick: bool) -> list[dict]:
                     def run():
                         return triton_flash.flash_attn_varlen(q, k, v, cu, cu, s, s, softmax_scale=d ** -0.5,
                                                               window=(-1, 0) if causal else (-1, -1), mask=None,
-                                                              softcap=0.0, out=out, return_lse=False, config=cfg)
+                                                              softcap=0.0, out=out, return_lse=False, config=cfg,
+                                                              configs=cuda_configs)
                     try:
                         run()
                         torch.cuda.synchronize()
@@ -280,7 +283,7 @@ def paged_sweep() -> list[dict]:
             def run():
                 return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
                                                     window=(-1, 0), softcap=0.0, out=out, return_lse=False,
-                                                    max_seqlen_k=ctx, config=cfg)
+                                                    max_seqlen_k=ctx, config=cfg, configs=cuda_configs)
             t = bench_graph_ms(run)
             rows.append({"B": b, "ctx": ctx, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}", "us": t * 1e3,
                          "GBps": 2 * b * ctx * hkv * d * 2 / t / 1e6})

@@ -25,21 +25,21 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 KERNELS = {
-    "flash": ("ascend_ext.ops.attention.triton_flash", "flash_varlen_fwd_kernel",
+    "flash": ("ascend_ext.kernels.triton.flash_attention", "flash_varlen_fwd_kernel",
               dict(GROUP=1, BLOCK_D=128, BLOCK_DV=128, SUB_M=128, NUM_SUB=1, BLOCK_N=128, HAS_LEFT=False,
                    HAS_RIGHT=True, HAS_MASK=False, HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False,
                    DOT_F32=False, WARP_SPEC=False, num_warps=8, num_stages=3)),
-    "paged": ("ascend_ext.ops.attention.triton_paged", "paged_attn_kernel",
+    "paged": ("ascend_ext.kernels.triton.paged_attention", "paged_attn_kernel",
               dict(GROUP=4, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
                    HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False,
                    num_warps=4, num_stages=2)),
-    "mla": ("ascend_ext.ops.mla.triton_decode", "mla_decode_kernel",
+    "mla": ("ascend_ext.kernels.triton.mla_decode", "mla_decode_kernel",
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
                  EVEN=True, IEEE=False, DOT_F32=False, num_warps=4, num_stages=2)),
-    "experts_gate_up": ("ascend_ext.ops.moe.triton_experts", "gate_up_kernel",
+    "experts_gate_up": ("ascend_ext.kernels.triton.moe_experts", "gate_up_kernel",
                         dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, INT8=False, IEEE=False, DOT_F32=False,
                              num_warps=4, num_stages=3)),
-    "experts_down": ("ascend_ext.ops.moe.triton_experts", "down_kernel",
+    "experts_down": ("ascend_ext.kernels.triton.moe_experts", "down_kernel",
                      dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, IEEE=False, DOT_F32=False, num_warps=4,
                           num_stages=3)),
 }

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
-from ascend_ext.ops.mla import triton_decode  # noqa: E402
+from ascend_ext.kernels.triton import mla_decode as triton_decode  # noqa: E402
 
 DEV = "cuda"
 RANK, ROPE, BLOCK = 512, 64, 64

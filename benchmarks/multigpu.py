@@ -104,7 +104,7 @@ def tp_part(rank: int, world: int, device, quick: bool) -> list[dict]:
         def sequential():
             matmul()
             dist.all_reduce(full)
-        tile = choose_tile_tokens(tokens, hidden)
+        tile = choose_tile_tokens(tokens)
         sequential()
         reference = full.float().clone()
         pipelined = ops.tiled_linear_allreduce(x, w, tile_tokens=tile)

@@ -41,7 +41,7 @@ def worker(rank: int, world: int, payload) -> list[dict]:
         def sequential():
             matmul()
             allreduce()
-        tile = choose_tile_tokens(tokens, hidden)
+        tile = choose_tile_tokens(tokens)
         t_mm, t_ar = _median(matmul, payload["reps"]), _median(allreduce, payload["reps"])
         t_seq = _median(sequential, payload["reps"])
         t_pipe = _median(lambda: ops.tiled_linear_allreduce(x, w, tile_tokens=tile), payload["reps"])

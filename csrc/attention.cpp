@@ -1,4 +1,4 @@
-// Native CPU attention kernels of ascend_ext, registered as torch.ops.ascend_ext.*.
+// Native CPU attention kernels of ascend_ext, registered as torch.ops.ascend_ext_native.*.
 //
 // One core serves both ops. A work item is a group of query rows (the G query heads of
 // one KV head times a tile of query tokens, at most 64 rows) over one range of keys.

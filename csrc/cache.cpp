@@ -1,4 +1,4 @@
-// Native KV-cache write of ascend_ext: torch.ops.ascend_ext.reshape_and_cache.
+// Native KV-cache write of ascend_ext: torch.ops.ascend_ext_native.reshape_and_cache.
 //
 // Token t (t < len(slot_mapping)) is copied into block slot // block_size, offset
 // slot % block_size of both caches; slot < 0 is skipped (padding). Same dtype on both

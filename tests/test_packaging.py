@@ -45,7 +45,7 @@ def test_native_extension_is_built_where_a_compiler_exists():
     import os
 
     from ascend_ext.ops import selected_impl
-    from ascend_ext.ops.attention.native import native_available
+    from ascend_ext.backends.cpu.native import native_available
 
     if os.environ.get("ASCEND_EXT_NATIVE") == "0":
         pytest.skip("ASCEND_EXT_NATIVE=0 disabled the native build")

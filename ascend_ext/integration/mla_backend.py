@@ -86,8 +86,8 @@ class AscendExtMLAImpl(MLACommonImpl[MLACommonMetadata]):
                 kv_lora_rank=self.kv_lora_rank, softmax_scale=self.scale, causal=bool(attn_metadata.causal),
                 return_lse=self.need_to_return_lse_for_decode)
         out, lse = result if self.need_to_return_lse_for_decode else (result, None)
-        if lse is not None:   # ops: [B, H, s_q] -> vLLM: [tokens, H]
-            lse = lse.permute(0, 2, 1).reshape(tokens, heads)
+        if lse is not None:   # ops: [H, tokens] -> vLLM: [tokens, H]
+            lse = lse.t().contiguous()
         return out.view(tokens, heads, self.kv_lora_rank), lse
 
     def do_kv_cache_update(self, kv_c_normed: torch.Tensor, k_pe: torch.Tensor, kv_cache: torch.Tensor,

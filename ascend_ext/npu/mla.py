@@ -32,4 +32,4 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     out.copy_(result.view(batch, s_q, heads, kv_lora_rank))
     if not return_lse:
         return None
-    return lse[..., 0].float().view(batch, s_q, heads).transpose(1, 2).contiguous()
+    return lse[..., 0].float().view(batch * s_q, heads).t().contiguous()   # -> [Hq, B * s_q]

@@ -58,3 +58,51 @@ def all_reduce_async(tensor: torch.Tensor, group):
 
 def wait(work, what: str, group, timeout_s: float) -> None:
     _wait(work, what, group, timeout_s)
+
+
+def dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+# ------------------------------------------------------------------ groups by name
+# Custom ops take strings, not ProcessGroup objects: a group travels as its c10d name.
+_SMALL_ALL_REDUCE: dict[str, object] = {}
+_OBSERVERS: list = []
+
+
+def group_name(group) -> str:
+    """The c10d name of ``group`` ("" for the default world or no distributed at all)."""
+    if group is None:
+        return ""
+    return group.group_name
+
+
+def group_by_name(name: str):
+    """The ProcessGroup called ``name``; None for "" (the default group)."""
+    if not name:
+        return None
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    return _resolve_process_group(name)
+
+
+def register_group(name: str, small_all_reduce) -> None:
+    """Give the group ``name`` a one-shot all-reduce ``fn(tensor) -> tensor`` for batches too
+    small to pipeline (the vLLM integration registers vLLM's communicator here)."""
+    _SMALL_ALL_REDUCE[name] = small_all_reduce
+
+
+def small_all_reduce(name: str):
+    return _SMALL_ALL_REDUCE.get(name)
+
+
+def add_observer(fn) -> None:
+    """``fn(event)`` is called when a communication-overlapped op runs its pipelined path
+    (the vLLM integration's trace uses it; the op layer knows nothing of vLLM)."""
+    if fn not in _OBSERVERS:
+        _OBSERVERS.append(fn)
+
+
+def notify(event: str) -> None:
+    for fn in _OBSERVERS:
+        fn(event)

@@ -1,47 +1,34 @@
-"""Implementation registry: picks one implementation per op and device.
+"""Implementation registry: every op binds one implementation per device type, once.
 
-Every public op has several implementations ("reference", "triton", "native",
-"npu"). Each registers itself here with the device types it serves and a check of
-whether it can run (its package is installed, its extension is built). At call
-time :func:`resolve` returns the first available implementation in the device's
-preference order, unless an override names one:
+Each public op has several implementations ("reference", "native", "triton", "npu").
+Backends (``ascend_ext/backends/<device>/``) register theirs with :func:`register`,
+declaring the device types they serve, a check of whether they can run (package
+installed, extension built) and what they support (:class:`~ascend_ext.ops._contract.Supports`).
 
-* ``ASCEND_EXT_IMPL="attention=reference,mla=triton"``: per op family
-  (``attention``, ``mla``, ``moe``, ``comm``) or per op (``paged_attention=native``);
-  an op entry wins over its family's.
-* :func:`use_impl` does the same programmatically (tests, benchmarks).
+The first call of an op on a device type *binds* it: :func:`select` walks the device's
+preference order (or the override) once, loads the implementation and caches it; later
+calls are a dict lookup (:func:`bound`). Overrides rebind:
+
+* ``ASCEND_EXT_IMPL="attention=reference,mla=triton"``: per op family (``attention``,
+  ``mla``, ``moe``, ``comm``) or per op (``paged_attention=native``); an op entry wins
+  over its family's. Read when an op binds; call :func:`rebind` after changing it.
+* :func:`use_impl` does the same programmatically (tests, benchmarks) for a block.
 
 An override that names an implementation which cannot run on the device raises
-``RuntimeError`` instead of silently falling back.
-
-Implementations are registered by dotted path and imported on first use, so an
-implementation whose dependencies are missing never breaks ``import ascend_ext``.
+``RuntimeError`` instead of silently falling back. Implementations are registered by
+dotted path (or a loader) and imported when bound, so one whose dependencies are
+missing never breaks ``import ascend_ext``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-# op name -> family name used by ASCEND_EXT_IMPL
-OP_FAMILIES: dict[str, str] = {
-    "flash_attn_varlen": "attention",
-    "paged_attention": "attention",
-    "reshape_and_cache": "attention",
-    "merge_attn_states": "attention",
-    "mla_decode": "mla",
-    "concat_and_cache_mla": "mla",
-    "moe_route": "moe",
-    "moe_experts": "moe",
-    "ep_dispatch": "moe",
-    "ep_combine": "moe",
-    "tiled_linear_allreduce": "comm",
-}
+from ._contract import OP_FAMILIES, Supports
 
 # device type -> implementation names, most preferred first
 PREFERENCE: dict[str, tuple[str, ...]] = {
@@ -56,17 +43,23 @@ DEFAULT_PREFERENCE = ("reference",)
 class Impl:
     op: str
     name: str
-    target: str  # "package.module:function"
+    target: str | Callable[[], Callable]
+    """"package.module:function", or a loader returning the function (e.g. a kernel
+    bound to its backend's tile configs)."""
     devices: frozenset[str]
     available: Callable[[str], str | None] = field(default=lambda device: None)
     """Returns None when the implementation can run on the device type, else the reason."""
-    _fn: Callable | None = None
+    supports: Supports = field(default_factory=Supports)
+    fn: Callable | None = None
 
     def load(self) -> Callable:
-        if self._fn is None:
-            module, _, attr = self.target.partition(":")
-            self._fn = getattr(importlib.import_module(module), attr)
-        return self._fn
+        if self.fn is None:
+            if callable(self.target):
+                self.fn = self.target()
+            else:
+                module, _, attr = self.target.partition(":")
+                self.fn = getattr(importlib.import_module(module), attr)
+        return self.fn
 
     def unavailable_reason(self, device: str) -> str | None:
         if device not in self.devices:
@@ -74,28 +67,45 @@ class Impl:
         return self.available(device)
 
 
-_REGISTRY: dict[str, dict[str, Impl]] = {}
-_local = threading.local()
+_REGISTRY: dict[str, list[Impl]] = {}
+_BOUND: dict[tuple[str, str], Impl] = {}
+_scopes: list[dict[str, str]] = []
+SELECT_CALLS = 0
+"""How often :func:`select` walked the registry (tests assert it does not grow per call)."""
 
 
-def register(op: str, name: str, target: str, *, devices: tuple[str, ...],
-             available: Callable[[str], str | None] | None = None) -> None:
-    """Register ``target`` ("module:function") as implementation ``name`` of ``op``."""
+def register(op: str, name: str, target: str | Callable[[], Callable], *, devices: tuple[str, ...],
+             available: Callable[[str], str | None] | None = None, supports: Supports | None = None) -> None:
+    """Register ``target`` as implementation ``name`` of ``op`` on ``devices``.
+
+    The same name may be registered again for other devices (e.g. the Triton kernels
+    bound to each backend's tile configs); a registration for a device replaces an
+    earlier one of that name and device."""
     if op not in OP_FAMILIES:
         raise ValueError(f"unknown op {op!r}; known ops: {sorted(OP_FAMILIES)}")
     impl = Impl(op, name, target, frozenset(devices))
     if available is not None:
         impl.available = available
-    _REGISTRY.setdefault(op, {})[name] = impl
+    if supports is not None:
+        impl.supports = supports
+    entries = _REGISTRY.setdefault(op, [])
+    entries[:] = [e for e in entries if not (e.name == name and e.devices <= impl.devices)]
+    entries.append(impl)
+    rebind()
 
 
-def implementations(op: str) -> dict[str, Impl]:
-    return dict(_REGISTRY.get(op, {}))
+def implementations(op: str, device: str | None = None) -> dict[str, Impl]:
+    """name -> Impl of ``op`` (for ``device``, or the last registered of each name)."""
+    table: dict[str, Impl] = {}
+    for impl in _REGISTRY.get(op, []):
+        if device is None or device in impl.devices:
+            table[impl.name] = impl
+    return table
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_overrides_cached(text: str) -> tuple[tuple[str, str], ...]:
-    return tuple(_parse_overrides(text).items())
+def rebind() -> None:
+    """Forget every binding (the next call of each op selects again)."""
+    _BOUND.clear()
 
 
 def _parse_overrides(text: str) -> dict[str, str]:
@@ -118,38 +128,43 @@ def _parse_overrides(text: str) -> dict[str, str]:
 
 
 def _override_for(op: str) -> str | None:
-    for scope in reversed(getattr(_local, "stack", [])):
+    for scope in reversed(_scopes):
         for key in (op, OP_FAMILIES[op]):
             if key in scope:
                 return scope[key]
-    env = dict(_parse_overrides_cached(os.environ.get("ASCEND_EXT_IMPL", "")))
+    env = _parse_overrides(os.environ.get("ASCEND_EXT_IMPL", ""))
     return env.get(op) or env.get(OP_FAMILIES[op])
 
 
 @contextlib.contextmanager
 def use_impl(**overrides: str) -> Iterator[None]:
-    """Force implementations inside the block, e.g. ``use_impl(attention="triton")``."""
+    """Force implementations inside the block, e.g. ``use_impl(attention="triton")``.
+
+    Process-wide (not per thread): the bindings are rebuilt on entry and exit."""
     scope = _parse_overrides(",".join(f"{k}={v}" for k, v in overrides.items()))
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(scope)
+    _scopes.append(scope)
+    rebind()
     try:
         yield
     finally:
-        stack.pop()
+        _scopes.remove(scope)
+        rebind()
 
 
 def select(op: str, device_type: str) -> Impl:
-    """The implementation of ``op`` that runs for tensors on ``device_type``."""
-    impls = _REGISTRY.get(op, {})
+    """Walk overrides and preferences: the implementation of ``op`` for ``device_type``."""
+    global SELECT_CALLS
+    SELECT_CALLS += 1
+    impls = implementations(op, device_type)
     forced = _override_for(op)
     if forced is not None:
         impl = impls.get(forced)
         if impl is None:
+            known = sorted(implementations(op))
             raise RuntimeError(
-                f"ASCEND_EXT_IMPL/use_impl asks for implementation {forced!r} of {op}, "
-                f"which does not exist; registered: {sorted(impls)}"
+                f"ASCEND_EXT_IMPL/use_impl asks for implementation {forced!r} of {op}, which "
+                f"{'does not run on ' + device_type if forced in known else 'does not exist'}; "
+                f"registered: {known}"
             )
         reason = impl.unavailable_reason(device_type)
         if reason is not None:
@@ -162,13 +177,19 @@ def select(op: str, device_type: str) -> Impl:
     raise RuntimeError(f"no implementation of {op} can run on device type {device_type!r}")
 
 
-def resolve(op: str, device_type: str) -> Callable:
-    return select(op, device_type).load()
+def bound(op: str, device_type: str) -> Impl:
+    """The implementation bound to (op, device type), selecting and loading it on first use."""
+    impl = _BOUND.get((op, device_type))
+    if impl is None:
+        impl = select(op, device_type)
+        impl.load()
+        _BOUND[(op, device_type)] = impl
+    return impl
 
 
 def selected_impl(op: str, device_type: str) -> str:
     """Name of the implementation of ``op`` that runs on ``device_type`` right now."""
-    return select(op, device_type).name
+    return bound(op, device_type).name
 
 
 def describe(device_type: str) -> dict[str, str]:

@@ -48,11 +48,11 @@ def test_group_of_one_and_no_distributed():
 
 
 def test_tile_rule():
-    assert choose_tile_tokens(1, 4096) == 1 and choose_tile_tokens(511, 4096) == 511
-    assert choose_tile_tokens(600, 4096) == 320           # two tiles of >= 256 rows
-    assert choose_tile_tokens(1024, 4096) == 256          # four tiles
-    assert choose_tile_tokens(8192, 4096) == 2048         # at most four tiles
-    assert choose_tile_tokens(1000, 4096) % 64 == 0
+    assert choose_tile_tokens(1) == 1 and choose_tile_tokens(511) == 511
+    assert choose_tile_tokens(600) == 320           # two tiles of >= 256 rows
+    assert choose_tile_tokens(1024) == 256          # four tiles
+    assert choose_tile_tokens(8192) == 2048         # at most four tiles
+    assert choose_tile_tokens(1000) % 64 == 0
 
 
 def test_bad_input():

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from ascend_ext.demo import build_tiny_llama
-from ascend_ext.ops.attention.native import native_available
+from ascend_ext.backends.cpu.native import native_available
 
 from ..conftest import SEED
 from .vllm_runner import needs_vllm, run_vllm
@@ -37,7 +37,7 @@ def test_greedy_tokens_match_vllm_cpu_backend(tiny_llama):
 
     assert theirs["platform"] == "vllm.platforms.cpu.CpuPlatform"
     assert theirs["attention_backends"] == ["CPU_ATTN"]
-    assert ours["platform"] == "ascend_ext.integration.platforms.cpu.AscendExtCpuPlatform"
+    assert ours["platform"] == "ascend_ext.backends.cpu.platform.AscendExtCpuPlatform"
     assert ours["attention_backends"] == ["ASCEND_EXT"]
     expected_impl = "native" if native_available("cpu") is None else "reference"
     assert f"impl paged_attention={expected_impl}" in ours["trace"], ours["trace"]

@@ -9,10 +9,12 @@ from ascend_ext.ops import _dispatch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def runnable(op: str) -> list[str]:
+def runnable(op: str, **needs: bool) -> list[str]:
+    """Implementations of ``op`` that run on DEVICE (and support each feature in ``needs``,
+    e.g. ``mask=True``)."""
     names = []
-    for name, impl in sorted(_dispatch.implementations(op).items()):
-        if impl.unavailable_reason(DEVICE) is None:
+    for name, impl in sorted(_dispatch.implementations(op, DEVICE).items()):
+        if impl.unavailable_reason(DEVICE) is None and all(getattr(impl.supports, k) for k in needs):
             names.append(name)
     return names
 

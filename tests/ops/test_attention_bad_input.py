@@ -87,6 +87,20 @@ def test_paged_attention_bad_input(call, exc, message):
     assert message in str(info.value)
 
 
+VALUE_RULES = {"table range", "table negative", "table too narrow", "q longer than seq", "seq_lens negative",
+               "max_seqlen_k"}
+
+
+@pytest.mark.parametrize("call,exc,message", [pytest.param(*c[1:], id=c[0]) for c in PAGED_BAD
+                                              if c[0] not in VALUE_RULES])
+def test_paged_attention_bad_input_trusted(call, exc, message):
+    """The one-expression fast path (trusted inputs, the decode hot path) rejects the same
+    metadata and the detailed checks give the same message."""
+    with ops.trusted_inputs(), pytest.raises(exc) as info:
+        call()
+    assert message in str(info.value)
+
+
 def test_reshape_and_cache_bad_input():
     k_cache = torch.zeros(4, 16, 2, 64)
     key = torch.randn(5, 2, 64)

@@ -195,7 +195,10 @@ def test_merge_attn_states(impl, dtype, rng):
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 7])
 def test_triton_paged_split_kv_matches(num_splits, rng):
     """Forced split-KV counts (incl. splits past the end of short sequences) merge exactly."""
-    from ascend_ext.ops.attention import triton_paged
+    import importlib
+
+    configs = importlib.import_module(f"ascend_ext.backends.{DEVICE}.configs")
+    from ascend_ext.kernels.triton import paged_attention as triton_paged
 
     seqs = [(300, 1), (17, 1), (130, 5), (0, 0)]
     hq, hkv, d, dtype = 8, 2, 64, torch.bfloat16
@@ -207,7 +210,7 @@ def test_triton_paged_split_kv_matches(num_splits, rng):
     out = torch.full((sum(q_lens), hq, d), float("nan"), dtype=dtype, device=DEVICE)
     lse = triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), 5,
                                        softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0, out=out,
-                                       return_lse=True, num_splits=num_splits)
+                                       return_lse=True, num_splits=num_splits, configs=configs)
     refs, ref_lses, q0 = [], [], 0
     for (length, lq), kk, vv in zip(seqs, keys, values):
         o, l = attention_f64(q[q0:q0 + lq].cpu(), kk, vv, d ** -0.5, allowed(lq, length, True, (-1, -1)))

@@ -9,7 +9,7 @@ from ascend_ext.ops import _dispatch
 
 def test_reference_is_always_available():
     for device in ("cpu", "cuda", "npu"):
-        assert _dispatch.implementations("paged_attention")["reference"].unavailable_reason(device) is None
+        assert _dispatch.implementations("paged_attention", device)["reference"].unavailable_reason(device) is None
 
 
 def test_env_override_by_family_and_op(monkeypatch):
@@ -41,7 +41,9 @@ def test_use_impl_scopes_nest(monkeypatch):
                 _dispatch.select("merge_attn_states", "cpu")
         assert _dispatch.select("merge_attn_states", "cpu").name != "_test_only"   # unavailable never chosen
     finally:
-        del _dispatch._REGISTRY["merge_attn_states"]["_test_only"]
+        _dispatch._REGISTRY["merge_attn_states"][:] = [
+            i for i in _dispatch._REGISTRY["merge_attn_states"] if i.name != "_test_only"]
+        _dispatch.rebind()
 
 
 def test_describe_lists_every_registered_op():

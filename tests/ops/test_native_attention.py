@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ascend_ext import ops
-from ascend_ext.ops.attention.native import native_available
+from ascend_ext.backends.cpu.native import native_available
 
 from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, randn
 
@@ -62,16 +62,14 @@ def test_varlen_long_and_strided_query(num_threads, threads, rng):
     assert_lse_close(lse, ref_lse, torch.float32)
 
 
-def test_mask_falls_back_to_reference(rng):
+def test_mask_is_refused_by_name(rng):
+    """The native kernels declare no TileMask support: a masked request raises (no silent
+    fallback), naming the implementations that can serve it."""
     q = randn((40, 2, 32), torch.float32, rng)
-    k = randn((40, 2, 32), torch.float32, rng)
-    v = randn((40, 2, 32), torch.float32, rng)
     dense = torch.rand(40, 40, generator=rng) > 0.4
     mask = ops.TileMask.from_dense(dense, tile=(16, 16))
-    with ops.use_impl(attention="native"):
-        got = ops.flash_attn_varlen(q, k, v, cu([40]), cu([40]), 40, 40, mask=mask)
-    ref, _ = attention_f64(q, k, v, 32 ** -0.5, allowed(40, 40, False, (-1, -1), dense))
-    assert_close(got, ref, torch.float32)
+    with ops.use_impl(attention="native"), pytest.raises(NotImplementedError, match="TileMask.*'reference'"):
+        ops.flash_attn_varlen(q, q, q, cu([40]), cu([40]), 40, 40, mask=mask)
 
 
 def test_raw_op_rejects_inconsistent_tensors():
@@ -84,13 +82,13 @@ def test_raw_op_rejects_inconsistent_tensors():
     cu_q = torch.tensor([0, 2], dtype=torch.int32)
     out = torch.empty(2, 4, 64)
     with pytest.raises(RuntimeError, match="head dim"):
-        torch.ops.ascend_ext.paged_attention(q, cache, cache, table, lens, cu_q, 0.1, -1, 0, 0.0, out, None)
+        torch.ops.ascend_ext_native.paged_attention(q, cache, cache, table, lens, cu_q, 0.1, -1, 0, 0.0, out, None)
     good = torch.randn(3, 16, 2, 64)
     with pytest.raises(RuntimeError, match="disagree on B"):
-        torch.ops.ascend_ext.paged_attention(q, good, good, table, lens, torch.tensor([0, 1, 2], dtype=torch.int32),
+        torch.ops.ascend_ext_native.paged_attention(q, good, good, table, lens, torch.tensor([0, 1, 2], dtype=torch.int32),
                                              0.1, -1, 0, 0.0, out, None)
     with pytest.raises(RuntimeError, match="share one dtype"):
-        torch.ops.ascend_ext.paged_attention(q, good.half(), good.half(), table, lens, cu_q, 0.1, -1, 0, 0.0, out,
+        torch.ops.ascend_ext_native.paged_attention(q, good.half(), good.half(), table, lens, cu_q, 0.1, -1, 0, 0.0, out,
                                              None)
 
 

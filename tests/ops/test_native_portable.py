@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from ascend_ext.ops.attention import native
+from ascend_ext.backends.cpu import native
 
 from . import test_attention_parity as parity
 from . import test_cooperative as cooperative

@@ -99,7 +99,7 @@ MASKS = {
 }
 
 
-@pytest.mark.parametrize("impl", runnable("flash_attn_varlen"))
+@pytest.mark.parametrize("impl", runnable("flash_attn_varlen", mask=True))
 @pytest.mark.parametrize("kind", ["documents", "random", "window+documents"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_flash_attn_with_tile_mask(impl, kind, dtype, rng):

@@ -5,7 +5,7 @@ release this package targets (0.32 API); not verified on hardware (no NPU here).
 
 from vllm_ascend.platform import NPUPlatform
 
-from .common import AscendExtPlatformMixin
+from ..platform_mixin import AscendExtPlatformMixin
 
 
 class AscendExtNPUPlatform(AscendExtPlatformMixin, NPUPlatform):

@@ -1,11 +1,14 @@
-"""Public attention ops: validate, normalise, dispatch to the selected implementation."""
+"""Public attention ops: validate, normalise, call the implementation bound to the device
+(eager) or the ``torch.ops.ascend_ext`` custom op (under torch.compile)."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _validate as check
-from .._dispatch import resolve
+from .._contract import require
+from .._dispatch import bound
+from .._library import compiling, mask_to_args
 from .tile_mask import TileMask
 
 
@@ -54,10 +57,17 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         _check_mask(mask, q, cu_seqlens_q, cu_seqlens_k)
         mask = mask if mask.device == q.device else mask.to(q.device)
     out = check.output("out", out, (q.shape[0], q.shape[1], v.shape[2]), q)
-    impl = resolve("flash_attn_varlen", q.device.type)
-    lse = impl(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-               softmax_scale=scale, window=window, mask=mask, softcap=softcap,
-               out=out, return_lse=return_lse)
+    if compiling():
+        lse = _lse_buffer(q, return_lse)
+        torch.ops.ascend_ext.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                               scale, window[0], window[1], softcap, out, lse, **mask_to_args(mask))
+    else:
+        impl = bound("flash_attn_varlen", q.device.type)
+        require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, mask=mask is not None,
+                window=window)
+        lse = impl.fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                      softmax_scale=scale, window=window, mask=mask, softcap=softcap,
+                      out=out, return_lse=return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -81,6 +91,53 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     Returns:
         out [Tq, Hq, Dv], plus lse float32 [Hq, Tq] when ``return_lse``.
     """
+    fast = not check.value_checks_enabled() and _paged_structure_ok(
+        q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, max_seqlen_k, out)
+    if not fast:
+        _check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, max_seqlen_k)
+    scale = check.softmax_scale(softmax_scale, q.shape[2])
+    window = check.window(window_size, causal)
+    softcap = _softcap(softcap)
+    if out is None or not fast:
+        out = check.output("out", out, (q.shape[0], q.shape[1], v_cache.shape[3]), q)
+    if compiling():
+        lse = _lse_buffer(q, return_lse)
+        torch.ops.ascend_ext.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+                                             -1 if max_seqlen_k is None else max_seqlen_k, scale, window[0],
+                                             window[1], softcap, out, lse)
+    else:
+        impl = bound("paged_attention", q.device.type)
+        require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, window=window)
+        lse = impl.fn(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
+                      softmax_scale=scale, window=window, softcap=softcap, out=out,
+                      return_lse=return_lse, max_seqlen_k=max_seqlen_k)
+    return (out, lse) if return_lse else out
+
+
+def _paged_structure_ok(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
+                        out) -> bool:
+    """Every shape/dtype/device rule of :func:`paged_attention` in one expression (the hot
+    decode path); on False, :func:`_check_paged` finds the rule and raises its message."""
+    try:
+        dev, qs, ks, vs = q.device, q.shape, k_cache.shape, v_cache.shape
+        return (q.dim() == 3 and len(ks) == 4 and len(vs) == 4 and block_table.dim() == 2 and seq_lens.dim() == 1
+                and cu_seqlens_q.dim() == 1 and q.dtype in check.FLOAT_DTYPES and k_cache.dtype == q.dtype
+                and v_cache.dtype == q.dtype and block_table.dtype == torch.int32 and seq_lens.dtype == torch.int32
+                and cu_seqlens_q.dtype == torch.int32 and k_cache.device == dev and v_cache.device == dev
+                and block_table.device == dev and seq_lens.device == dev and cu_seqlens_q.device == dev
+                and ks[3] == qs[2] and vs[0] == ks[0] and vs[1] == ks[1] and vs[2] == ks[2]
+                and k_cache.stride(3) == 1 and v_cache.stride(3) == 1 and ks[2] > 0 and qs[1] % ks[2] == 0
+                and seq_lens.shape[0] == block_table.shape[0] == cu_seqlens_q.shape[0] - 1
+                and type(max_seqlen_q) is int and max_seqlen_q >= 0
+                and (max_seqlen_k is None or type(max_seqlen_k) is int and max_seqlen_k >= 0)
+                and (out is None or out.shape == (qs[0], qs[1], vs[3]) and out.dtype == q.dtype and out.device == dev))
+    except (AttributeError, TypeError, IndexError):
+        return False
+
+
+def _check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, max_seqlen_k) -> None:
+    """The checks of :func:`paged_attention`, each with its message (value checks included
+    outside :func:`trusted_inputs`)."""
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
@@ -100,15 +157,6 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     if check.value_checks_enabled():
         check.paged_values(block_table, seq_lens, k_cache.shape[0], k_cache.shape[1],
                            q_lens=cu_seqlens_q[1:] - cu_seqlens_q[:-1], max_seqlen_k=max_seqlen_k)
-    scale = check.softmax_scale(softmax_scale, q.shape[2])
-    window = check.window(window_size, causal)
-    softcap = _softcap(softcap)
-    out = check.output("out", out, (q.shape[0], q.shape[1], v_cache.shape[3]), q)
-    impl = resolve("paged_attention", q.device.type)
-    lse = impl(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
-               softmax_scale=scale, window=window, softcap=softcap, out=out,
-               return_lse=return_lse, max_seqlen_k=max_seqlen_k)
-    return (out, lse) if return_lse else out
 
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
@@ -130,7 +178,10 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     check.dim_equals("value", value, 1, key.shape[1], "the KV head count of key")
     check.dim_equals("value", value, 2, v_cache.shape[3], "the head dim of v_cache")
     check.slots(slot_mapping, key.shape[0], k_cache.shape[0] * k_cache.shape[1])
-    resolve("reshape_and_cache", key.device.type)(key, value, k_cache, v_cache, slot_mapping)
+    if compiling():
+        torch.ops.ascend_ext.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+    else:
+        bound("reshape_and_cache", key.device.type).fn(key, value, k_cache, v_cache, slot_mapping)
 
 
 def merge_attn_states(out_a, lse_a, out_b, lse_b):
@@ -152,7 +203,9 @@ def merge_attn_states(out_a, lse_a, out_b, lse_b):
     for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         if tuple(lse.shape) != expected:
             raise ValueError(f"{name} must have shape [H, T] = {list(expected)}, got {tuple(lse.shape)}")
-    return resolve("merge_attn_states", out_a.device.type)(out_a, lse_a, out_b, lse_b)
+    if compiling():
+        return torch.ops.ascend_ext.merge_attn_states(out_a, lse_a, out_b, lse_b)
+    return bound("merge_attn_states", out_a.device.type).fn(out_a, lse_a, out_b, lse_b)
 
 
 def split_kv_cache(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +219,10 @@ def split_kv_cache(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor
 
 
 # ----------------------------------------------------------------------- helpers
+def _lse_buffer(q, return_lse: bool):
+    return torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device) if return_lse else None
+
+
 def _softcap(value) -> float:
     if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"softcap must be a float >= 0 (0 = off), got {value!r}")

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _validate as check
-from .._dispatch import resolve
+from .._dispatch import bound
 from .api import merge_attn_states
 
 
@@ -67,7 +67,7 @@ def cooperative_attention(q, device_kv: PagedKV, host_kv: PagedKV, cu_seqlens_q,
     out = check.output("out", out, (q.shape[0], q.shape[1], device_kv.v_cache.shape[3]), q)
     on_host = q.device.type == "cpu"
     if not bool(host_kv.seq_lens.any()):   # nothing offloaded (host tensors: no device sync)
-        lse = resolve("paged_attention", q.device.type)(
+        lse = bound("paged_attention", q.device.type).fn(
             q, device_kv.k_cache, device_kv.v_cache, device_kv.block_table, device_kv.seq_lens, cu_seqlens_q,
             max_seqlen_q, softmax_scale=scale, window=(-1, 0) if causal else (-1, -1), softcap=softcap, out=out,
             return_lse=return_lse)
@@ -85,7 +85,7 @@ def cooperative_attention(q, device_kv: PagedKV, host_kv: PagedKV, cu_seqlens_q,
 
     # accelerator part: queued, runs while the host works
     device_out = torch.empty_like(out)
-    device_lse = resolve("paged_attention", q.device.type)(
+    device_lse = bound("paged_attention", q.device.type).fn(
         q, device_kv.k_cache, device_kv.v_cache, device_kv.block_table, device_kv.seq_lens, cu_seqlens_q,
         max_seqlen_q, softmax_scale=scale, window=(-1, 0) if causal else (-1, -1), softcap=softcap,
         out=device_out, return_lse=True)
@@ -94,7 +94,7 @@ def cooperative_attention(q, device_kv: PagedKV, host_kv: PagedKV, cu_seqlens_q,
     if not on_host:
         copied.synchronize()
     host_out = torch.empty((q.shape[0], q.shape[1], out.shape[2]), dtype=q.dtype, pin_memory=not on_host)
-    host_lse = resolve("paged_attention", "cpu")(
+    host_lse = bound("paged_attention", "cpu").fn(
         q_host, host_kv.k_cache, host_kv.v_cache, host_kv.block_table, host_kv.seq_lens, cu_host, max_seqlen_q,
         softmax_scale=scale, window=(-1, -1), softcap=softcap, out=host_out, return_lse=True)
 

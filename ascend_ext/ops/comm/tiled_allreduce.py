@@ -18,10 +18,12 @@ import torch
 
 from .. import _comm as comm
 from .. import _validate as check
+from .._dispatch import bound
+from .._library import compiling
 
 
-def choose_tile_tokens(tokens: int, hidden_out: int) -> int:
-    """Rows per tile for ``tokens`` rows of ``hidden_out`` outputs (see module docstring)."""
+def choose_tile_tokens(tokens: int) -> int:
+    """Rows per tile for ``tokens`` rows (see module docstring)."""
     if tokens < 512:
         return max(tokens, 1)
     tiles = min(4, max(2, tokens // 256))
@@ -30,7 +32,7 @@ def choose_tile_tokens(tokens: int, hidden_out: int) -> int:
 
 
 def tiled_reference(x, weight, bias, group, *, tile_tokens, timeout_s):
-    world = comm.world_of(group)[0] if group is not None or _dist_ready() else 1
+    world = comm.world_of(group)[0] if group is not None or comm.dist_ready() else 1
     out = torch.empty((x.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     pending = []
     for start in range(0, x.shape[0], tile_tokens):
@@ -45,27 +47,46 @@ def tiled_reference(x, weight, bias, group, *, tile_tokens, timeout_s):
     return out
 
 
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+def run_tiled(x, weight, bias, group_name: str, tile_tokens: int, min_tokens: int, timeout_s: float):
+    """Body of ``torch.ops.ascend_ext.tiled_linear_allreduce`` (validated, tensor-only args).
+
+    Below ``min_tokens`` rows (decode) the product is reduced in one piece by the group's
+    registered small-batch all-reduce (:func:`ascend_ext.ops._comm.register_group`; vLLM's
+    own communicator under the vLLM integration) when there is one; otherwise the rows are
+    cut into tiles (``tile_tokens`` <= 0: :func:`choose_tile_tokens`) whose all-reduces
+    overlap the next tile's matmul.
+    """
+    group = comm.group_by_name(group_name)
+    small = comm.small_all_reduce(group_name) if x.shape[0] < min_tokens else None
+    if small is not None:
+        out = small(torch.matmul(x, weight.t()))
+        return out + bias if bias is not None else out
+    if tile_tokens <= 0:
+        tile_tokens = choose_tile_tokens(x.shape[0])
+    comm.notify("tiled_linear_allreduce")
+    return bound("tiled_linear_allreduce", x.device.type).fn(x, weight, bias, group, tile_tokens=tile_tokens,
+                                                             timeout_s=timeout_s)
 
 
-def tiled_linear_allreduce(x, weight, bias=None, group=None, *, tile_tokens=None, timeout_s=None):
+def tiled_linear_allreduce(x, weight, bias=None, group=None, *, tile_tokens=None, timeout_s=None, min_tokens=0):
     """All-reduced row-parallel linear, computed and reduced tile by tile.
 
     Args:
         x: [T, K_local] float16/bfloat16/float32, this rank's input shard.
         weight: [N, K_local], same dtype/device as x.
         bias: optional [N], added once after the reduction.
-        group: torch.distributed group (default: the world when initialised; a single
-            process without distributed, or a group of one, just computes).
+        group: torch.distributed group, or its ``group_name`` (default: the world when
+            initialised; a single process without distributed, or a group of one, just computes).
         tile_tokens: rows per tile (> 0); default chosen by :func:`choose_tile_tokens`.
         timeout_s: deadline per all-reduce (default ASCEND_EXT_COMM_TIMEOUT_S or 300 s).
+        min_tokens: below this many rows the product is reduced in one piece, by the
+            group's registered small-batch all-reduce if any (decode keeps the serving
+            stack's fastest collective); the decision is made inside the op, so compiled
+            graphs hold no shape branch.
 
     Returns:
         [T, N] = sum over ranks of x_r @ weight_r^T (+ bias), dtype of x.
     """
-    from .._dispatch import resolve
-
     check.tensor("x", x, ndim=2, dtypes=check.FLOAT_DTYPES)
     check.tensor("weight", weight, ndim=2)
     check.same_dtype("x", x, weight=weight, bias=bias)
@@ -76,16 +97,18 @@ def tiled_linear_allreduce(x, weight, bias=None, group=None, *, tile_tokens=None
     if bias is not None:
         check.tensor("bias", bias, ndim=1)
         check.dim_equals("bias", bias, 0, weight.shape[0], "the output width weight.shape[0]")
-    if tile_tokens is None:
-        tile_tokens = choose_tile_tokens(x.shape[0], weight.shape[0])
-    else:
+    if tile_tokens is not None:
         check.positive_int("tile_tokens", tile_tokens)
+    check.positive_int("min_tokens", min_tokens, allow_zero=True)
     if timeout_s is None:
         timeout_s = comm.default_timeout_s()
     elif not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    return resolve("tiled_linear_allreduce", x.device.type)(x, weight, bias, group, tile_tokens=tile_tokens,
-                                                             timeout_s=timeout_s)
+    group_name = group if isinstance(group, str) else comm.group_name(group)
+    if compiling():
+        return torch.ops.ascend_ext.tiled_linear_allreduce(x, weight, bias, group_name, tile_tokens or 0,
+                                                           min_tokens, float(timeout_s))
+    return run_tiled(x, weight, bias, group_name, tile_tokens or 0, min_tokens, float(timeout_s))
 
 
 def _query_tiles(cu_q: list[int], cu_k: list[int], tile_tokens: int, causal: bool):
@@ -131,10 +154,10 @@ def attention_o_proj_allreduce(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q
     if o_weight.shape[1] != width:
         raise ValueError(f"o_weight.shape[1] ({o_weight.shape[1]}) must equal Hq * Dv = {width}")
     if tile_tokens is None:
-        tile_tokens = choose_tile_tokens(q.shape[0], o_weight.shape[0])
+        tile_tokens = choose_tile_tokens(q.shape[0])
     check.positive_int("tile_tokens", tile_tokens)
     timeout_s = comm.default_timeout_s() if timeout_s is None else timeout_s
-    world = comm.world_of(group)[0] if group is not None or _dist_ready() else 1
+    world = comm.world_of(group)[0] if group is not None or comm.dist_ready() else 1
     out = torch.empty((q.shape[0], o_weight.shape[0]), dtype=q.dtype, device=q.device)
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     pending = []

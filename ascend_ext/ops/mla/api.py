@@ -1,11 +1,14 @@
-"""Public MLA ops (absorbed form, one latent KV head): validate, dispatch."""
+"""Public MLA ops (absorbed form, one latent KV head): validate, then call the bound
+implementation (eager) or the ``torch.ops.ascend_ext`` custom op (torch.compile)."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import _validate as check
-from .._dispatch import resolve
+from .._contract import require
+from .._dispatch import bound
+from .._library import compiling
 
 
 def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal=True,
@@ -26,7 +29,8 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
         out: optional preallocated [B, s_q, Hq, kv_lora_rank] output.
 
     Returns:
-        out [B, s_q, Hq, kv_lora_rank] (dtype of q), plus lse float32 [B, Hq, s_q].
+        out [B, s_q, Hq, kv_lora_rank] (dtype of q), plus lse float32 [Hq, B * s_q] (the
+        [heads, tokens] layout of every op; token b * s_q + i is query i of sequence b).
     """
     check.tensor("q", q, ndim=4, dtypes=check.FLOAT_DTYPES)
     check.tensor("kv_cache", kv_cache, ndim=3)
@@ -54,9 +58,15 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     if check.value_checks_enabled():
         check.paged_values(block_table, seq_lens, kv_cache.shape[0], kv_cache.shape[1])
     out = check.output("out", out, (batch, s_q, q.shape[2], kv_lora_rank), q)
-    impl = resolve("mla_decode", q.device.type)
-    lse = impl(q, kv_cache, block_table, seq_lens, kv_lora_rank=kv_lora_rank, softmax_scale=scale,
-               causal=causal, out=out, return_lse=return_lse)
+    if compiling():
+        lse = (torch.empty((q.shape[2], batch * s_q), dtype=torch.float32, device=q.device)
+               if return_lse else None)
+        torch.ops.ascend_ext.mla_decode(q, kv_cache, block_table, seq_lens, kv_lora_rank, scale, causal, out, lse)
+    else:
+        impl = bound("mla_decode", q.device.type)
+        require(impl, q.device.type, dtype=q.dtype, head_dim=width, s_q=s_q)
+        lse = impl.fn(q, kv_cache, block_table, seq_lens, kv_lora_rank=kv_lora_rank, softmax_scale=scale,
+                      causal=causal, out=out, return_lse=return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -76,4 +86,7 @@ def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping) -> None:
         raise ValueError(f"kv_c width ({kv_c.shape[1]}) + k_pe width ({k_pe.shape[1]}) must equal the cache "
                          f"width ({kv_cache.shape[2]})")
     check.slots(slot_mapping, kv_c.shape[0], kv_cache.shape[0] * kv_cache.shape[1])
-    resolve("concat_and_cache_mla", kv_cache.device.type)(kv_c, k_pe, kv_cache, slot_mapping)
+    if compiling():
+        torch.ops.ascend_ext.concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping)
+    else:
+        bound("concat_and_cache_mla", kv_cache.device.type).fn(kv_c, k_pe, kv_cache, slot_mapping)

@@ -15,7 +15,7 @@ from ..attention.reference import attend, gather_paged
 
 def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse):
     batch, s_q, hq, _ = q.shape
-    lse = q.new_full((batch, hq, s_q), float("-inf"), dtype=torch.float32) if return_lse else None
+    lse = q.new_full((hq, batch * s_q), float("-inf"), dtype=torch.float32) if return_lse else None
     window = (-1, 0) if causal else (-1, -1)
     for b, length in enumerate(seq_lens.tolist()):
         latent = gather_paged(kv_cache, block_table[b], length).unsqueeze(1)   # [L, 1, C + R]
@@ -23,7 +23,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
                       visible_mask(s_q, length, window, q.device))
         out[b] = o.to(out.dtype)
         if lse is not None:
-            lse[b] = l
+            lse[:, b * s_q:(b + 1) * s_q] = l
     return lse
 
 

@@ -1,7 +1,6 @@
 """Mixture-of-experts ops: routing, expert-parallel dispatch/combine, local experts."""
 
 from ..._devices import ANY_DEVICE
-from .._availability import triton_available
 from .._dispatch import register
 from .api import ep_combine, ep_dispatch, moe_experts
 from .._comm import CollectiveTimeoutError
@@ -12,8 +11,6 @@ register("moe_route", "reference", "ascend_ext.ops.moe.routing:route_reference",
 register("ep_dispatch", "reference", "ascend_ext.ops.moe.ep:dispatch", devices=ANY_DEVICE)
 register("ep_combine", "reference", "ascend_ext.ops.moe.ep:combine", devices=ANY_DEVICE)
 register("moe_experts", "reference", "ascend_ext.ops.moe.experts:experts_reference", devices=ANY_DEVICE)
-register("moe_experts", "triton", "ascend_ext.ops.moe.triton_experts:moe_experts", devices=("cuda", "npu", "cpu"),
-         available=triton_available)
 
 __all__ = ["CollectiveTimeoutError", "DispatchResult", "EPHandle", "ep_combine", "ep_dispatch",
            "moe_experts", "moe_route"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .. import _validate as check
-from .._dispatch import resolve
+from .._dispatch import bound
+from .._library import compiling
 from .ep import DispatchResult, EPHandle
 
 
@@ -44,8 +45,7 @@ def ep_dispatch(x, topk_ids, topk_weights, num_experts, group=None, *, quant=Non
         check.positive_int("max_tokens_per_rank", max_tokens_per_rank)
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    impl = resolve("ep_dispatch", x.device.type)
-    return impl(x, topk_ids, topk_weights, num_experts, group, quant=quant,
+    return bound("ep_dispatch", x.device.type).fn(x, topk_ids, topk_weights, num_experts, group, quant=quant,
                 max_tokens_per_rank=max_tokens_per_rank, timeout_s=timeout_s,
                 check_values=check.value_checks_enabled())
 
@@ -65,7 +65,7 @@ def ep_combine(expert_out, handle: EPHandle) -> torch.Tensor:
     if tuple(expert_out.shape) != expected:
         raise ValueError(f"expert_out must have shape [N, H] = {list(expected)} (the dispatched rows), "
                          f"got {tuple(expert_out.shape)}")
-    return resolve("ep_combine", expert_out.device.type)(expert_out, handle)
+    return bound("ep_combine", expert_out.device.type).fn(expert_out, handle)
 
 
 def moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, *, scales=None, out_dtype=None):
@@ -99,5 +99,8 @@ def moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, *, scales=None, o
         if bool((ends > x.shape[0]).any()) or bool((tokens_per_expert < 0).any()):
             raise ValueError(f"expert groups exceed the rows of x ({x.shape[0]}): offsets "
                              f"{expert_offsets.tolist()}, counts {tokens_per_expert.tolist()}")
-    return resolve("moe_experts", x.device.type)(x, w13, w2, expert_offsets, tokens_per_expert, scales=scales,
-                                                 out_dtype=out_dtype or w2.dtype)
+    out_dtype = out_dtype or w2.dtype
+    if compiling():
+        return torch.ops.ascend_ext.moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, scales, out_dtype)
+    return bound("moe_experts", x.device.type).fn(x, w13, w2, expert_offsets, tokens_per_expert, scales=scales,
+                                                  out_dtype=out_dtype)

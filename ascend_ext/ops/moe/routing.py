@@ -58,7 +58,8 @@ def moe_route(router_logits, top_k, *, scoring="softmax", renormalize=True, num_
         (topk_weights float32 [T, top_k], topk_ids int32 [T, top_k]), experts in
         descending selection score, ties broken towards the lower index.
     """
-    from .._dispatch import resolve
+    from .._dispatch import bound
+    from .._library import compiling
 
     check.tensor("router_logits", router_logits, ndim=2, dtypes=check.FLOAT_DTYPES)
     experts = router_logits.shape[1]
@@ -88,6 +89,10 @@ def moe_route(router_logits, top_k, *, scoring="softmax", renormalize=True, num_
         check.same_device("router_logits", router_logits, correction_bias=correction_bias)
     if isinstance(routed_scaling_factor, torch.Tensor) or not isinstance(routed_scaling_factor, (int, float)):
         raise TypeError(f"routed_scaling_factor must be a float, got {type(routed_scaling_factor).__name__}")
-    return resolve("moe_route", router_logits.device.type)(
+    if compiling():
+        return torch.ops.ascend_ext.moe_route(
+            router_logits, top_k, scoring, renormalize, -1 if num_expert_group is None else num_expert_group,
+            -1 if topk_group is None else topk_group, correction_bias, float(routed_scaling_factor))
+    return bound("moe_route", router_logits.device.type).fn(
         router_logits, top_k, scoring=scoring, renormalize=renormalize, num_expert_group=num_expert_group,
         topk_group=topk_group, correction_bias=correction_bias, routed_scaling_factor=float(routed_scaling_factor))

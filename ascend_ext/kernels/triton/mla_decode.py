@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.triton_common import (LOG2E, block_segments, dot, dot_flags, load_rows, next_pow2,
+from .common import (LOG2E, block_segments, dot, dot_flags, load_rows, next_pow2,
                                        row_bounds, softmax_update, store_rows)
-from ..attention.triton_paged import choose_splits, combine_splits
+from .paged_attention import choose_splits, combine_splits
 
 
 @triton.jit
@@ -119,7 +119,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     tokens = batch * s_q
     lse = torch.empty((hq, tokens), dtype=torch.float32, device=q.device) if return_lse else None
     if batch == 0:
-        return lse.view(hq, batch, s_q).permute(1, 0, 2) if return_lse else None
+        return lse
     cfg = dict(config or mla_config(q.device, hq, s_q, q.dtype))
     q2 = q.reshape(tokens, hq, width)
     out2 = out.view(tokens, hq, rank)
@@ -145,4 +145,4 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
         **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if num_splits > 1:
         combine_splits(dest_o, dest_lse, out2, lse)
-    return lse.view(hq, batch, s_q).permute(1, 0, 2) if return_lse else None
+    return lse

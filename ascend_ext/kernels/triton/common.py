@@ -15,7 +15,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 def interpreting() -> bool:
@@ -27,6 +26,11 @@ def dot_flags(dtype: torch.dtype) -> dict:
     upcast of bf16 operands under the interpreter (whose bf16 dot is wrong in triton 3.9)."""
     return {"IEEE": dtype == torch.float32,
             "DOT_F32": dtype == torch.bfloat16 and interpreting()}
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    """The head-dim class (64 / 128 / 256) that config tables are keyed by."""
+    return 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,7 +2,7 @@
 
 from vllm.platforms.cpu import CpuPlatform
 
-from .common import AscendExtPlatformMixin
+from ...integration.platform_mixin import AscendExtPlatformMixin
 
 
 class AscendExtCpuPlatform(AscendExtPlatformMixin, CpuPlatform):

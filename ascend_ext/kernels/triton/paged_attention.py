@@ -20,9 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, row_bounds,
+from .common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, row_bounds,
                             run_visible, store_rows)
-from .triton_configs import paged_config
 
 
 @triton.jit
@@ -137,8 +136,11 @@ def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None,
-                    config=None, num_splits=None):
-    """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args)."""
+                    configs=None, config=None, num_splits=None):
+    """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args).
+
+    ``configs``: the backend's tile-config module (``paged_config``); ``config`` / ``num_splits``
+    override it (tests, benchmarks)."""
     tq, hq, d = q.shape
     hkv, dv = k_cache.shape[2], v_cache.shape[3]
     group = hq // hkv
@@ -146,7 +148,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else None
     if tq == 0 or batch == 0:
         return lse
-    cfg = dict(config or paged_config(q.device, d, q.dtype))
+    cfg = dict(config or configs.paged_config(q.device, d, q.dtype))
     if config is None:   # grow the row tile for chunked prefill (many rows per sequence)
         cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
     if max_seqlen_k is None:

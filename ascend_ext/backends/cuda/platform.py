@@ -2,7 +2,7 @@
 
 from vllm.platforms.cuda import CudaPlatform
 
-from .common import AscendExtPlatformMixin
+from ...integration.platform_mixin import AscendExtPlatformMixin
 
 
 class AscendExtCudaPlatform(AscendExtPlatformMixin, CudaPlatform):

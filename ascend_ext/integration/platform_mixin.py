@@ -2,8 +2,8 @@
 
 from vllm.utils.import_utils import resolve_obj_by_qualname
 
-from .. import MLA_PREFILL_BACKEND_PATH
-from ..selection import attention_backend_path
+from . import MLA_PREFILL_BACKEND_PATH
+from .selection import attention_backend_path
 
 
 class AscendExtPlatformMixin:

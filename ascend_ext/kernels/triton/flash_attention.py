@@ -27,9 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_common import (LOG2E, block_segments, dot_flags, launch, load_rows, next_pow2, row_bounds,
+from .common import (LOG2E, block_segments, dot_flags, launch, load_rows, next_pow2, row_bounds,
                             run_run, run_visible, store_rows)
-from .triton_configs import flash_config
 
 
 @triton.jit
@@ -120,11 +119,11 @@ def flash_varlen_fwd_kernel(
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                      softmax_scale, window, mask, softcap, out, return_lse, config=None):
+                      softmax_scale, window, mask, softcap, out, return_lse, configs=None, config=None):
     """Triton implementation behind :func:`ascend_ext.ops.flash_attn_varlen` (validated args).
 
-    ``config`` (dict with SUB_M, NUM_SUB, BLOCK_N, num_warps, num_stages) overrides the
-    per-device table; benchmarks use it for the tiling ablation.
+    ``configs``: the backend's tile-config module (``flash_config``); ``config`` (dict with
+    SUB_M, NUM_SUB, BLOCK_N, num_warps, num_stages) overrides it (benchmarks: tiling ablation).
     """
     tq, hq, d = q.shape
     dv = v.shape[2]
@@ -132,7 +131,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty(1, dtype=torch.float32)
     if tq == 0 or batch == 0:
         return lse if return_lse else None
-    cfg = dict(config or flash_config(q.device, d, q.dtype, causal=window[1] == 0))
+    cfg = dict(config or configs.flash_config(q.device, d, q.dtype))
     if mask is not None:   # the tiling-mask fixes the first-level tile shape
         if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
             cfg["NUM_SUB"] = 1

@@ -1,9 +1,9 @@
-"""The ``native`` CPU implementation: C++ kernels from csrc/ (``torch.ops.ascend_ext``).
+"""The ``native`` CPU implementation: C++ kernels from csrc/ (``torch.ops.ascend_ext_native``).
 
 The extension ``ascend_ext._native`` is built at install time when torch and a C++
 compiler are present (see setup.py). Its kernels accumulate in float32 and cover
-causal/window/softcap/lse; an explicit :class:`TileMask` goes to the reference
-implementation (the vLLM paths never pass one).
+causal/window/softcap/lse; they take no :class:`TileMask` (declared in
+``backends/cpu/__init__.py``: a masked request raises, naming the implementations that can).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import functools
 
 import torch
 
-from . import reference
+from ...ops.attention import reference
 
 
 @functools.lru_cache(maxsize=None)
 def _load_error() -> str | None:
     try:
-        import ascend_ext._native  # noqa: F401 - registers torch.ops.ascend_ext.*
+        import ascend_ext._native  # noqa: F401 - registers torch.ops.ascend_ext_native.*
     except ImportError as error:
         return (f"the native CPU extension is not built ({error}); reinstall with "
                 "`pip install --no-build-isolation -e .` next to torch and a C++ compiler")
@@ -32,7 +32,7 @@ def native_available(device: str) -> str | None:
     return _load_error()
 
 
-OPS_NAMESPACE = "ascend_ext"   # torch.ops namespace of the kernels (tests swap in a variant build)
+OPS_NAMESPACE = "ascend_ext_native"   # torch.ops namespace of the kernels (tests swap in a variant build)
 
 
 def _ops():
@@ -49,10 +49,6 @@ def _lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor | None:
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                       softmax_scale, window, mask, softcap, out, return_lse):
-    if mask is not None:
-        return reference.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                           softmax_scale=softmax_scale, window=window, mask=mask,
-                                           softcap=softcap, out=out, return_lse=return_lse)
     lse = _lse_buffer(q, return_lse)
     _ops().flash_attn_varlen(
         _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cu_seqlens_q, cu_seqlens_k,

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.triton_common import dot, dot_flags
+from .common import dot, dot_flags
 
 
 @triton.jit

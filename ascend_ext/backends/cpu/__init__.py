@@ -1,0 +1,24 @@
+"""CPU backend: native C++ kernels (csrc/, built at install), Triton kernels under the
+interpreter (tests: TRITON_INTERPRET=1), and the vLLM platform (``platform.py``)."""
+
+from __future__ import annotations
+
+from ...ops._contract import Supports
+from ...ops._dispatch import register
+from .._triton import register_triton
+
+NATIVE_OPS = ("flash_attn_varlen", "paged_attention", "reshape_and_cache")
+NATIVE_SUPPORTS = Supports(mask=False, note="the native kernels apply causal/window rules, not TileMask tiles")
+
+
+def _native_available(device: str) -> str | None:
+    from .native import native_available
+
+    return native_available(device)
+
+
+def register_impls() -> None:
+    for op in NATIVE_OPS:
+        register(op, "native", f"ascend_ext.backends.cpu.native:{op}", devices=("cpu",),
+                 available=_native_available, supports=NATIVE_SUPPORTS)
+    register_triton("cpu", "ascend_ext.backends.cpu.configs")

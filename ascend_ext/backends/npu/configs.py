@@ -1,0 +1,32 @@
+"""Tile configurations of the Triton kernels on Ascend NPUs (triton-ascend).
+
+Candidates for the Ascend 910B, unmeasured (no NPU here). A 910B AI core pairs one
+Cube unit (16×16×16 fp16 fractal MMA, L0A/L0B 64 KiB, L0C 128 KiB) with two Vector
+units (UB 192 KiB each). FastAttention's split: a large Cube tile (128 query rows × 512
+keys for D=128 keeps the fp32 scores 256 KiB in L0C+L1 across two passes) and the
+Vector units each taking half the rows (SUB_M = 64), so both vector cores run the
+softmax of one Cube tile in parallel: SUB_M 64, NUM_SUB 2, BLOCK_N 256-512.
+triton-ascend maps one program to one AI core (grid ≈ 20-24 cores × a small multiple)
+and ignores ``num_warps`` / ``num_stages``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...kernels.triton.common import head_dim_bucket
+
+ASCEND_910B_CANDIDATES = {
+    64: dict(SUB_M=64, NUM_SUB=2, BLOCK_N=512, num_warps=1, num_stages=1),
+    128: dict(SUB_M=64, NUM_SUB=2, BLOCK_N=256, num_warps=1, num_stages=1),
+    256: dict(SUB_M=32, NUM_SUB=2, BLOCK_N=128, num_warps=1, num_stages=1),
+}
+PAGED_910B_CANDIDATE = dict(BLOCK_M=16, BLOCK_N=128, num_warps=1, num_stages=1)
+
+
+def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
+    return dict(ASCEND_910B_CANDIDATES[head_dim_bucket(head_dim)])
+
+
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
+    return dict(PAGED_910B_CANDIDATE)

@@ -1,0 +1,1 @@
+"""Kernel sources shared by several backends (device-neutral; no tile choices here)."""
