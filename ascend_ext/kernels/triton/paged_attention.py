@@ -160,9 +160,9 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     if num_splits > 1:
         dest_o = torch.empty((num_splits, tq, hq, dv), dtype=torch.float32, device=q.device)
         dest_lse = torch.empty((num_splits, hq, tq), dtype=torch.float32, device=q.device)
-    else:   # write straight into the result; without lse the lse pointer is never used
+    else:   # write straight into the result; without lse the lse pointer is never used (out stands in)
         dest_o = out.unsqueeze(0)
-        dest_lse = (lse if lse is not None else q.new_empty((1, 1), dtype=torch.float32)).unsqueeze(0)
+        dest_lse = (lse if lse is not None else out[0]).unsqueeze(0)
     left, right = window
     paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
