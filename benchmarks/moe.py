@@ -4,10 +4,11 @@ CPU part (default): 2 and 4 gloo processes on this machine; per configuration th
 median dispatch and combine latency over the ranks' slowest, and GB/s of payload
 this rank sends (hidden vectors, plus scales for INT8), bf16 vs INT8.
 
-GPU part (--gpu, one CUDA device): routing (moe_route), the dispatch layout + permute
-and the weighted un-permute of ep_dispatch / ep_combine on a group of one, and the
-Triton grouped expert MLP, against a naive torch implementation (topk; sort +
-index_select; index_add), in GB/s / TFLOP/s.
+GPU part (--gpu, one CUDA device, group of one): the fused ep_dispatch (layout +
+pack; bf16, INT8, fixed capacity) and ep_combine (weighted gather) against the bare
+anchors stable sort + index_select and index_add; the fixed-capacity pair replayed
+from a CUDA graph; and the multi-rank protocol (pack, one payload all_to_all, expand;
+dynamic vs fixed capacity) forced onto the group of one. --quick: two shapes.
 
     python benchmarks/moe.py [--quick]
     python benchmarks/moe.py --gpu
@@ -58,64 +59,93 @@ def cpu(quick: bool) -> list[dict]:
     return table
 
 
-def gpu() -> list[dict]:
+GPU_GRID = [(t, h, e) for t in (512, 4096, 16384) for h, e in ((2048, 64), (4096, 128), (7168, 256))]
+
+
+def gpu(quick: bool) -> list[dict]:
+    """Group of one on one GPU: the fused EP path (ops, triton impl) vs bare torch anchors."""
     import torch.distributed as dist
 
-    from common import bench_ms
+    from common import bench_graph_ms, bench_ms
 
     from ascend_ext import ops
+    from ascend_ext.kernels.triton import expert_parallel
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29571")
     dist.init_process_group("nccl", rank=0, world_size=1)
+    world = dist.group.WORLD
     rows = []
-    for tokens, hidden, experts in ((4096, 7168, 256), (4096, 2048, 64), (16384, 4096, 128), (512, 7168, 256)):
-        x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
-        logits = torch.randn(tokens, experts, device="cuda")
-        with ops.trusted_inputs():
-            t_route = bench_ms(lambda: ops.moe_route(logits, TOP_K))
-            t_naive_route = bench_ms(lambda: torch.softmax(logits, -1).topk(TOP_K))
+    grid = GPU_GRID[:2] if quick else GPU_GRID
+    for tokens, hidden, experts in grid:
+        g = torch.Generator(device="cuda").manual_seed(tokens + hidden)
+        x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=g)
+        logits = torch.randn(tokens, experts, device="cuda", generator=g)
+        row = {"tokens": tokens, "hidden": hidden, "experts": experts}
+        with ops.trusted_inputs(), ops.use_impl(ep_dispatch="triton", ep_combine="triton"):
             weights, ids = ops.moe_route(logits, TOP_K)
-            t_dispatch = bench_ms(lambda: ops.ep_dispatch(x, ids, weights, experts))
-            res = ops.ep_dispatch(x, ids, weights, experts)
-            y = res.recv_x
-            t_combine = bench_ms(lambda: ops.ep_combine(y, res.handle))
+            row["route_us"] = bench_ms(lambda: ops.moe_route(logits, TOP_K)) * 1e3
+            row["naive_route_us"] = bench_ms(lambda: torch.softmax(logits, -1).topk(TOP_K)) * 1e3
 
+            # anchors: bare stable sort + gather, and the index_add weighted un-permute
             def naive_permute():
                 order = torch.sort(ids.flatten().long(), stable=True).indices
                 return x.index_select(0, order // TOP_K), order
-            t_naive_perm = bench_ms(naive_permute)
             permuted, order = naive_permute()
 
             def naive_unpermute():
                 out = torch.zeros(tokens, hidden, device="cuda", dtype=torch.float32)
                 out.index_add_(0, order // TOP_K, permuted.float() * weights.flatten()[order, None])
                 return out.to(torch.bfloat16)
-            t_naive_unperm = bench_ms(naive_unpermute)
-        moved = tokens * TOP_K * hidden * 2 * 2    # read + write of every (token, expert) row
-        rows.append({"tokens": tokens, "hidden": hidden, "experts": experts,
-                     "route_us": t_route * 1e3, "naive_route_us": t_naive_route * 1e3,
-                     "dispatch_us": t_dispatch * 1e3, "dispatch_GBps": moved / t_dispatch / 1e6,
-                     "naive_permute_us": t_naive_perm * 1e3, "naive_permute_GBps": moved / t_naive_perm / 1e6,
-                     "combine_us": t_combine * 1e3, "combine_GBps": moved / t_combine / 1e6,
-                     "naive_unpermute_us": t_naive_unperm * 1e3})
-        inter = 2048 if hidden >= 4096 else 1024
-        local = experts
-        w13 = torch.randn(local, 2 * inter, hidden, device="cuda", dtype=torch.bfloat16) * hidden ** -0.5
-        w2 = torch.randn(local, hidden, inter, device="cuda", dtype=torch.bfloat16) * inter ** -0.5
-        with ops.trusted_inputs(), ops.use_impl(moe="triton"):
-            t_exp = bench_ms(lambda: ops.moe_experts(res.recv_x, w13, w2, res.expert_offsets, res.tokens_per_expert))
-            got = ops.moe_experts(res.recv_x, w13, w2, res.expert_offsets, res.tokens_per_expert)
-        with ops.use_impl(moe="reference"):
-            ref = ops.moe_experts(res.recv_x[:2048], w13, w2, res.expert_offsets.clamp(max=2048),
-                                  (res.expert_offsets[1:].clamp(max=2048) - res.expert_offsets[:-1].clamp(max=2048)))
-        flops = 2 * res.recv_x.shape[0] * hidden * inter * 3
-        rows[-1].update({"experts_us": t_exp * 1e3, "experts_TF": flops / t_exp / 1e9,
-                         "experts_max_rel_err": float((got[:2048].float() - ref.float()).norm() / ref.float().norm())})
-        del w13, w2
+            row["naive_permute_us"] = bench_ms(naive_permute) * 1e3
+            row["naive_unpermute_us"] = bench_ms(naive_unpermute) * 1e3
+
+            def dispatch(**kw):
+                return ops.ep_dispatch(x, ids, weights, experts, world, **kw)
+            for name, kw in (("dispatch", {}), ("dispatch_int8", {"quant": "int8"}),
+                             ("dispatch_fixed", {"max_tokens_per_rank": tokens})):
+                row[name + "_us"] = bench_ms(lambda: dispatch(**kw)) * 1e3
+            res = dispatch()
+            y = res.recv_x
+            row["combine_us"] = bench_ms(lambda: ops.ep_combine(y, res.handle)) * 1e3
+            # correctness in the same run: identity experts give sum_j w_j * x per token
+            want = (weights.sum(1, keepdim=True) * x.float())
+            got = ops.ep_combine(res.recv_x, res.handle).float()
+            row["identity_rel_err"] = float((got - want).norm() / want.norm())
+            row["layout_us"] = bench_ms(lambda: expert_parallel.layout(ids, experts)) * 1e3
+            row["fixed_graph_us"] = bench_graph_ms(
+                lambda: ops.ep_combine(y, dispatch(max_tokens_per_rank=tokens).handle), replays=5) * 1e3
+            # the multi-rank protocol (pack, one payload all_to_all, expand) on a group of one
+            expert_parallel.FORCE_COLLECTIVES = True
+            try:
+                for name, kw in (("coll_dynamic", {}), ("coll_fixed", {"max_tokens_per_rank": tokens})):
+                    r2 = dispatch(**kw)
+                    y2 = r2.recv_x
+                    row[name + "_dispatch_us"] = bench_ms(lambda: dispatch(**kw)) * 1e3
+                    row[name + "_combine_us"] = bench_ms(lambda: ops.ep_combine(y2, r2.handle)) * 1e3
+                    got2 = ops.ep_combine(y2, r2.handle).float()
+                    row[name + "_rel_err"] = float((got2 - want).norm() / want.norm())
+            finally:
+                expert_parallel.FORCE_COLLECTIVES = False
+        base = row["naive_permute_us"] + row["naive_unpermute_us"]
+        row["ratio_vs_naive"] = (row["dispatch_us"] + row["combine_us"]) / base
+        row["dispatch_ratio_vs_sort_gather"] = row["dispatch_us"] / row["naive_permute_us"]
+        moved = tokens * TOP_K * hidden * 2 + tokens * hidden * 2      # bf16: k row writes + one read
+        row["dispatch_GBps"] = moved / (row["dispatch_us"] * 1e3)
+        row["combine_GBps"] = moved / (row["combine_us"] * 1e3)
+        rows.append(row)
+        print(row, flush=True)
+        del x, permuted, res, y
         torch.cuda.empty_cache()
     dist.destroy_process_group()
     return rows
+
+
+GPU_COLUMNS = ["tokens", "hidden", "experts", "naive_permute_us", "naive_unpermute_us", "layout_us", "dispatch_us",
+               "dispatch_int8_us", "dispatch_fixed_us", "combine_us", "ratio_vs_naive",
+               "dispatch_ratio_vs_sort_gather", "dispatch_GBps", "combine_GBps", "fixed_graph_us",
+               "coll_dynamic_dispatch_us", "coll_dynamic_combine_us", "coll_fixed_dispatch_us",
+               "coll_fixed_combine_us", "identity_rel_err", "coll_fixed_rel_err", "route_us", "naive_route_us"]
 
 
 def main() -> int:
@@ -125,12 +155,13 @@ def main() -> int:
     args = parser.parse_args()
     result = {"env": environment()}
     if args.gpu:
-        result["gpu"] = gpu()
-        print_table("MoE on one GPU (bf16, top-8)", result["gpu"],
-                    ["tokens", "hidden", "experts", "route_us", "naive_route_us", "dispatch_us", "dispatch_GBps",
-                     "naive_permute_us", "naive_permute_GBps", "combine_us", "combine_GBps", "naive_unpermute_us",
-                     "experts_us", "experts_TF", "experts_max_rel_err"])
+        result["gpu"] = gpu(args.quick)
         path = write_json("moe_gpu.json", result)
+        print_table("EP dispatch/combine on one GPU, group of one (bf16, top-8)", result["gpu"], GPU_COLUMNS)
+        try:
+            _plot_gpu(result["gpu"], path.replace(".json", ".png"))
+        except ImportError as exc:   # the table and JSON are the result; the plot is a convenience
+            print(f"no plot: {exc}")
     else:
         result["cpu_cores"] = os.cpu_count()
         result["cpu"] = cpu(args.quick)
@@ -141,6 +172,25 @@ def main() -> int:
         _plot_cpu(result["cpu"], path.replace(".json", ".png"))
     print(f"\nwrote {path}")
     return 0
+
+
+def _plot_gpu(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for hidden, experts in sorted({(r["hidden"], r["experts"]) for r in rows}):
+        pts = [r for r in rows if r["hidden"] == hidden and r["experts"] == experts]
+        ax.plot([r["tokens"] for r in pts], [r["ratio_vs_naive"] for r in pts], marker="o",
+                label=f"H {hidden}, E {experts}")
+    ax.axhline(1.2, color="grey", linestyle="--", label="goal 1.2x")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens (top-8)")
+    ax.set_ylabel("(dispatch + combine) / (sort+gather + index_add)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def _plot_cpu(rows: list[dict], path: str) -> None:

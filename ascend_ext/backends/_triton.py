@@ -17,6 +17,8 @@ KERNELS = {   # op -> (kernel module, function, takes a configs module)
     "merge_attn_states": ("paged_attention", "merge_attn_states", False),
     "mla_decode": ("mla_decode", "mla_decode", False),
     "moe_experts": ("moe_experts", "moe_experts", False),
+    "ep_dispatch": ("expert_parallel", "ep_dispatch", False),
+    "ep_combine": ("expert_parallel", "ep_combine", False),
 }
 SUPPORTS = {
     "flash_attn_varlen": Supports(note="head dims up to 256"),

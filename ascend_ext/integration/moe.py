@@ -11,6 +11,11 @@ rank r takes the r-th contiguous slice). The returned output holds this rank's
 slice and zeros elsewhere; vLLM's final tensor-parallel all-reduce then sums the
 slices into the full result on every rank - no expert is computed twice. Any other
 configuration keeps vLLM's own MoE path unchanged.
+
+Decode-sized steps (at most vLLM's largest CUDA-graph capture size, and any step being
+captured) dispatch in the graph-safe fixed-capacity mode with capacity = this rank's
+token share, which can never overflow: no host synchronisation, static shapes.
+Larger (prefill) steps use the dynamic mode (one size exchange).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
     def __init__(self, moe) -> None:
         super().__init__(moe)
         self._ours = False
+        self._graph_tokens = _largest_graph_batch()
 
     # ------------------------------------------------------------ selection
     def _unsupported(self, layer) -> str | None:
@@ -92,13 +98,24 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
                 num_expert_group=layer.num_expert_group if grouped else None,
                 topk_group=layer.topk_group if grouped else None,
                 correction_bias=layer.e_score_correction_bias, routed_scaling_factor=layer.routed_scaling_factor)
-            result = ops.ep_dispatch(x[lo:hi], ids, weights, layer.global_num_experts, group.device_group)
+            graph_safe = tokens <= self._graph_tokens or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+            result = ops.ep_dispatch(x[lo:hi], ids, weights, layer.global_num_experts, group.device_group,
+                                     max_tokens_per_rank=max(share, 1) if graph_safe else None)
             expert_out = ops.moe_experts(result.recv_x, layer.w13_weight, layer.w2_weight, result.expert_offsets,
                                          result.tokens_per_expert, scales=result.recv_scales, out_dtype=x.dtype)
             mine = ops.ep_combine(expert_out, result.handle)
         out = torch.zeros_like(x)
         out[lo:hi] = mine
         return out
+
+
+def _largest_graph_batch() -> int:
+    """vLLM's largest CUDA-graph capture size (decode batches up to it may be captured)."""
+    from vllm.config import get_current_vllm_config_or_none
+
+    config = get_current_vllm_config_or_none()
+    size = getattr(getattr(config, "compilation_config", None), "max_cudagraph_capture_size", None)
+    return int(size) if size else 512
 
 
 def register_moe_method() -> None:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..ops.moe.ep import DispatchResult, EPHandle
+from ..ops.moe.ep import DispatchResult, ReferenceHandle
 from . import hccl_group_name, torch_npu
 
 
 @dataclass
-class NPUHandle(EPHandle):
+class NPUHandle(ReferenceHandle):
     expert_ids: torch.Tensor | None = None
     expand_idx: torch.Tensor | None = None
     ep_recv_counts: torch.Tensor | None = None

@@ -36,7 +36,11 @@ def _wait(work, what: str, group, timeout_s: float) -> None:
 
 def all_to_all(output: torch.Tensor, send: torch.Tensor, group, what: str, timeout_s: float,
                output_splits: list[int] | None = None, input_splits: list[int] | None = None) -> None:
-    """all_to_all_single along dim 0 (equal splits when the split lists are None)."""
+    """all_to_all_single along dim 0 (equal splits when the split lists are None).
+    A group of one copies locally (no collective)."""
+    if dist.get_world_size(group) == 1:
+        output.copy_(send)
+        return
     work = dist.all_to_all_single(output, send, output_split_sizes=output_splits,
                                   input_split_sizes=input_splits, group=group, async_op=True)
     _wait(work, what, group, timeout_s)
@@ -45,6 +49,8 @@ def all_to_all(output: torch.Tensor, send: torch.Tensor, group, what: str, timeo
 def all_gather(tensor: torch.Tensor, group, what: str, timeout_s: float) -> torch.Tensor:
     """[world, *tensor.shape] gathered from every rank."""
     world, _ = world_of(group)
+    if world == 1:
+        return tensor[None].clone()
     parts = [torch.empty_like(tensor) for _ in range(world)]
     work = dist.all_gather(parts, tensor.contiguous(), group=group, async_op=True)
     _wait(work, what, group, timeout_s)

@@ -5,6 +5,7 @@ Inputs are generated from (seed, rank) so the parent can rebuild every rank's da
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -41,16 +42,20 @@ def expert_weights(case: dict):
 
 def run_case(rank: int, world: int, case: dict) -> dict:
     x, ids, weights = rank_inputs(case, rank)
-    res = ops.ep_dispatch(x, ids, weights, case["experts"], quant=case.get("quant"),
-                          max_tokens_per_rank=case.get("capacity"), timeout_s=case.get("timeout_s", 60))
-    local = case["experts"] // world
-    if case["mode"] == "layer":
-        w13, w2 = expert_weights(case)
-        y = ops.moe_experts(res.recv_x, w13[rank * local:(rank + 1) * local], w2[rank * local:(rank + 1) * local],
-                            res.expert_offsets, res.tokens_per_expert, scales=res.recv_scales, out_dtype=x.dtype)
-    else:   # identity experts
-        y = res.dequantized()
-    out = ops.ep_combine(y, res.handle)
+    impl = case.get("impl", "reference")
+    trusted = ops.trusted_inputs() if case.get("trusted") else contextlib.nullcontext()
+    with ops.use_impl(ep_dispatch=impl, ep_combine=impl), trusted:
+        res = ops.ep_dispatch(x, ids, weights, case["experts"], quant=case.get("quant"),
+                              max_tokens_per_rank=case.get("capacity"), timeout_s=case.get("timeout_s", 60))
+        local = case["experts"] // world
+        if case["mode"] == "layer":
+            w13, w2 = expert_weights(case)
+            y = ops.moe_experts(res.recv_x, w13[rank * local:(rank + 1) * local],
+                                w2[rank * local:(rank + 1) * local], res.expert_offsets, res.tokens_per_expert,
+                                scales=res.recv_scales, out_dtype=x.dtype)
+        else:   # identity experts
+            y = res.dequantized()
+        out = ops.ep_combine(y, res.handle)
     return {"out": out, "tokens_per_expert": res.tokens_per_expert.clone(), "num_dropped": int(res.num_dropped)}
 
 
@@ -108,7 +113,8 @@ def bad_ids_on_rank1(rank: int, world: int, payload) -> str:
     if rank == 1:
         ids[2, 1] = 99                                   # out of range
     try:
-        ops.ep_dispatch(x, ids, torch.ones(4, 2), 8, timeout_s=20)
+        with ops.use_impl(ep_dispatch=payload or "reference"):
+            ops.ep_dispatch(x, ids, torch.ones(4, 2), 8, timeout_s=20)
     except ValueError as exc:
         return str(exc)
     return "no error"
@@ -118,7 +124,8 @@ def mismatched_hidden(rank: int, world: int, payload) -> str:
     x = torch.randn(3, 16 if rank == 0 else 32)
     ids = torch.zeros(3, 1, dtype=torch.int32)
     try:
-        ops.ep_dispatch(x, ids, torch.ones(3, 1), 4, timeout_s=20)
+        with ops.use_impl(ep_dispatch=payload or "reference"):
+            ops.ep_dispatch(x, ids, torch.ones(3, 1), 4, timeout_s=20)
     except ValueError as exc:
         return str(exc)
     return "no error"
@@ -126,7 +133,9 @@ def mismatched_hidden(rank: int, world: int, payload) -> str:
 
 def indivisible_experts(rank: int, world: int, payload) -> str:
     try:
-        ops.ep_dispatch(torch.randn(2, 8), torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 1), 3, timeout_s=20)
+        with ops.use_impl(ep_dispatch=payload or "reference"):
+            ops.ep_dispatch(torch.randn(2, 8), torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 1), 3,
+                            timeout_s=20)
     except ValueError as exc:
         return str(exc)
     return "no error"

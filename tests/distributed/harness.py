@@ -13,6 +13,7 @@ import datetime
 import importlib
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import tempfile
 import traceback
@@ -29,7 +30,9 @@ def _child(module: str, name: str, rank: int, world: int, store: str, payload, r
                                 timeout=datetime.timedelta(seconds=60))
         target = getattr(importlib.import_module(module), name)
         value = target(rank, world, payload)
-        results.put((rank, "ok", value))
+        # by value: a tensor shared by file descriptor dies with this process, which may
+        # exit before the parent has unpickled it
+        results.put((rank, "ok", pickle.dumps(value)))
         if not getattr(target, "no_barrier", False):   # failure scenarios leave peers behind
             dist.barrier()
             dist.destroy_process_group()
@@ -54,7 +57,7 @@ def run_ranks(target, world: int, payload=None, timeout_s: float = 120.0) -> dic
         while len(out) < world and time.monotonic() - start < deadline:
             try:
                 rank, status, value = results.get(timeout=0.5)
-                out[rank] = (status, value)
+                out[rank] = (status, pickle.loads(value) if status == "ok" else value)
             except queue.Empty:
                 if all(not p.is_alive() for p in procs) and results.empty():
                     break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validate as check
-from .._dispatch import bound
+from .._dispatch import bound, implementations
 from .._library import compiling
 from .ep import DispatchResult, EPHandle
 
@@ -22,13 +22,20 @@ def ep_dispatch(x, topk_ids, topk_weights, num_experts, group=None, *, quant=Non
         group: torch.distributed process group (default: the world).
         quant: None or "int8" (per-token dynamic INT8 on the wire, scales alongside).
         max_tokens_per_rank: fixed-capacity mode (static shapes, no host sync): at most
-            this many tokens go to each peer; the rest are dropped and counted.
+            this many tokens go to each peer; the rest are dropped and counted. With the
+            triton implementation and :func:`~ascend_ext.ops.trusted_inputs` (or while a
+            CUDA graph is captured) this mode exchanges nothing but the payload and can
+            be captured in a CUDA graph.
         timeout_s: deadline of each collective (default ASCEND_EXT_COMM_TIMEOUT_S or 300 s).
+
+    A group of one (or no process group at all, with the triton implementation) runs
+    locally without collectives.
 
     Returns:
         :class:`DispatchResult` with ``recv_x`` [N, H] grouped by local expert (int8 with
         ``recv_scales`` [N] when quantised), ``tokens_per_expert`` [E/R], ``expert_offsets``
-        [E/R + 1], ``num_dropped`` and the ``handle`` for :func:`ep_combine`.
+        [E/R + 1], ``num_dropped`` and the ``handle`` for :func:`ep_combine`. N may exceed
+        the dispatched rows: rows outside every expert group are padding.
     """
     check.tensor("x", x, ndim=2, dtypes=check.FLOAT_DTYPES)
     check.tensor("topk_ids", topk_ids, ndim=2, dtypes=(torch.int32, torch.int64))
@@ -61,10 +68,12 @@ def ep_combine(expert_out, handle: EPHandle) -> torch.Tensor:
     if not isinstance(handle, EPHandle):
         raise TypeError(f"handle must be the EPHandle returned by ep_dispatch, got {type(handle).__name__}")
     check.tensor("expert_out", expert_out, ndim=2, dtypes=check.FLOAT_DTYPES)
-    expected = (handle.rows.shape[0], handle.hidden)
+    expected = (handle.grouped_rows(), handle.hidden)
     if tuple(expert_out.shape) != expected:
         raise ValueError(f"expert_out must have shape [N, H] = {list(expected)} (the dispatched rows), "
                          f"got {tuple(expert_out.shape)}")
+    if handle.impl is not None:   # the implementation that dispatched must combine
+        return implementations("ep_combine", expert_out.device.type)[handle.impl].load()(expert_out, handle)
     return bound("ep_combine", expert_out.device.type).fn(expert_out, handle)
 
 

@@ -28,6 +28,7 @@ Every collective waits at most ``timeout_s`` and raises :class:`CollectiveTimeou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -38,9 +39,24 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _HEADER_FIELDS = ("input check", "hidden size", "top_k", "num_experts", "dtype", "quant", "max_tokens_per_rank")
 
 
-@dataclass
 class EPHandle:
-    """What :func:`ep_combine` needs to send results back (opaque to callers)."""
+    """What :func:`ep_combine` needs to send results back (opaque to callers); one
+    subclass per implementation. ``impl`` names the ep_combine implementation that
+    must consume it (None: the one selected for the device)."""
+
+    impl: ClassVar[str | None] = None
+    hidden: int
+    dtype: torch.dtype
+    capacity: int | None
+
+    def grouped_rows(self) -> int:
+        """Rows of the ``expert_out`` that ep_combine expects (the dispatched rows)."""
+        raise NotImplementedError
+
+
+@dataclass
+class ReferenceHandle(EPHandle):
+    """Handle of the reference implementation (below)."""
 
     group: object
     world: int
@@ -56,6 +72,9 @@ class EPHandle:
     recv_splits: list[int] | None = None
     slots: torch.Tensor | None = None         # capacity: [T, R] send row per (token, rank), dummy = R*C
     capacity: int | None = None
+
+    def grouped_rows(self) -> int:
+        return self.rows.shape[0]
 
 
 @dataclass
@@ -174,7 +193,7 @@ def _dispatch_dynamic(x, ids, topk_weights, to_rank, local, world, rank, quant, 
     tokens_per_expert = torch.bincount(expert, minlength=local)
     offsets = torch.zeros(local + 1, dtype=torch.int64, device=x.device)
     offsets[1:] = torch.cumsum(tokens_per_expert, 0)
-    handle = EPHandle(group, world, tokens, hidden, x.dtype, timeout_s, rows, weights, num_recv,
+    handle = ReferenceHandle(group, world, tokens, hidden, x.dtype, timeout_s, rows, weights, num_recv,
                       send_tokens=send_tokens, send_splits=send_splits, recv_splits=recv_splits)
     return DispatchResult(recv_x[rows], None if scales is None else scales[rows], tokens_per_expert, offsets,
                           torch.zeros((), dtype=torch.int64, device=x.device), handle)
@@ -229,13 +248,13 @@ def _dispatch_capacity(x, ids, topk_weights, to_rank, local, world, rank, quant,
     row_of[total] = rows_out
     tokens_per_expert = one_hot.sum(0)
     offsets = torch.arange(local + 1, device=x.device, dtype=torch.int64) * rows_out
-    handle = EPHandle(group, world, tokens, hidden, x.dtype, timeout_s, row_of[:total], weight_of[:total],
+    handle = ReferenceHandle(group, world, tokens, hidden, x.dtype, timeout_s, row_of[:total], weight_of[:total],
                       rows_out, slots=slots, capacity=capacity)
     return DispatchResult(recv_grouped[:total], None if scale_of is None else scale_of[:total], tokens_per_expert,
                           offsets, num_dropped, handle)
 
 
-def combine(expert_out: torch.Tensor, handle: EPHandle) -> torch.Tensor:
+def combine(expert_out: torch.Tensor, handle: ReferenceHandle) -> torch.Tensor:
     """Reference implementation of :func:`ascend_ext.ops.ep_combine` (validated args)."""
     h = handle
     # receiver: weighted sum of each received row's local expert outputs (float32);
