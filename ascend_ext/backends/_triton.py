@@ -15,7 +15,7 @@ KERNELS = {   # op -> (kernel module, function, takes a configs module)
     "flash_attn_varlen": ("flash_attention", "flash_attn_varlen", True),
     "paged_attention": ("paged_attention", "paged_attention", True),
     "merge_attn_states": ("paged_attention", "merge_attn_states", False),
-    "mla_decode": ("mla_decode", "mla_decode", False),
+    "mla_decode": ("mla_decode", "mla_decode", True),
     "moe_experts": ("moe_experts", "moe_experts", False),
     "ep_dispatch": ("expert_parallel", "ep_dispatch", False),
     "ep_combine": ("expert_parallel", "ep_combine", False),

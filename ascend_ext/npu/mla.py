@@ -14,7 +14,13 @@ from . import torch_npu
 from .attention import compressed_causal_mask
 
 
-def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse):
+def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse,
+               kv_scale=None):
+    if kv_scale is not None:
+        raise NotImplementedError(
+            "the 'npu' implementation of mla_decode does not support FP8 (float8_e4m3fn) latent caches "
+            "(kv_scale given): npu_fused_infer_attention_score takes the cache in the query dtype; use the "
+            "'triton' implementation (ASCEND_EXT_IMPL=mla_decode=triton) or a float16/bfloat16 cache")
     batch, s_q, heads, width = q.shape
     num_blocks, block_size, _ = kv_cache.shape
     tokens = batch * s_q

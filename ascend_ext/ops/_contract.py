@@ -62,8 +62,13 @@ def _merge_attn_states(out_a, lse_a, out_b, lse_b):
     """-> (out [T, H, D], lse [H, T])."""
 
 
-def _mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse):
-    """-> lse [Hq, B * s_q] or None; writes out [B, s_q, Hq, kv_lora_rank]."""
+def _mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse,
+                kv_scale):
+    """-> lse [Hq, B * s_q] or None; writes out [B, s_q, Hq, kv_lora_rank].
+
+    kv_scale: None, or the per-tensor dequantisation scale (float > 0) of a float8_e4m3fn
+    cache (q float16/bfloat16); an implementation without FP8 caches raises
+    NotImplementedError when it is not None."""
 
 
 def _concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):
@@ -143,7 +148,7 @@ SCHEMAS: dict[str, str] = {
         "merge_attn_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
     "mla_decode":
         "mla_decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seq_lens, int kv_lora_rank, "
-        "float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!)? lse) -> ()",
+        "float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!)? lse, float? kv_scale=None) -> ()",
     "concat_and_cache_mla":
         "concat_and_cache_mla(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()",
     "moe_route":

@@ -108,10 +108,10 @@ def _merge_attn_states_fake(out_a, lse_a, out_b, lse_b):
 
 
 # ------------------------------------------------------------------------ MLA
-def _mla_decode(q, kv_cache, block_table, seq_lens, kv_lora_rank, softmax_scale, causal, out, lse):
+def _mla_decode(q, kv_cache, block_table, seq_lens, kv_lora_rank, softmax_scale, causal, out, lse, kv_scale=None):
     result = bound("mla_decode", q.device.type).fn(
         q, kv_cache, block_table, seq_lens, kv_lora_rank=kv_lora_rank, softmax_scale=softmax_scale,
-        causal=causal, out=out, return_lse=lse is not None)
+        causal=causal, out=out, return_lse=lse is not None, kv_scale=kv_scale)
     _copy_lse(lse, result)
 
 

@@ -1,6 +1,8 @@
 """MLA decode: absorbed form equals the explicit per-head computation; every
 implementation matches float64; cache writes; bad input."""
 
+import functools
+import importlib
 import itertools
 
 import pytest
@@ -30,6 +32,11 @@ def _latent_cache(lengths, width, block_size, dtype, rng, extra_blocks=2):
     return rows, cache, table, torch.tensor(lengths, dtype=torch.int32)
 
 
+def _configs(device=DEVICE):
+    """The tile-config module the backend of ``device`` binds to the Triton kernels."""
+    return importlib.import_module(f"ascend_ext.backends.{device}.configs")
+
+
 def _reference(q, rows, rank, scale, causal):
     outs, lses = [], []
     for b, latent in enumerate(rows):
@@ -48,6 +55,12 @@ for n, (hq, s_q, block_size, dtype) in enumerate(itertools.product(
     lengths = [[0, 1, 17, 100], [5, 64, 65], [130, 3]][n % 3]
     if hq == 128 and dtype == torch.float32:
         continue   # covered by the other dtypes; keeps the interpreter run short
+    CASES.append(pytest.param(hq, s_q, block_size, dtype, lengths,
+                              id=f"h{hq}-sq{s_q}-bs{block_size}-{str(dtype)[6:]}-n{max(lengths)}"))
+# s_q 3-4 (MTP / speculative): 16 heads x 4 rows = 64 packed rows, the compute path on GPUs
+for hq, s_q, block_size, dtype, lengths in ((16, 4, 64, torch.bfloat16, [0, 4, 150]),
+                                            (16, 3, 16, torch.float16, [3, 81]),
+                                            (4, 4, 16, torch.bfloat16, [5, 64, 0, 33])):
     CASES.append(pytest.param(hq, s_q, block_size, dtype, lengths,
                               id=f"h{hq}-sq{s_q}-bs{block_size}-{str(dtype)[6:]}-n{max(lengths)}"))
 
@@ -93,10 +106,88 @@ def test_mla_triton_split_kv(num_splits, rng):
     q = randn((3, s_q, hq, rank + rope), torch.bfloat16, rng, DEVICE)
     out = torch.empty((3, s_q, hq, rank), dtype=torch.bfloat16, device=DEVICE)
     lse = triton_decode.mla_decode(q, cache.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
-                                   softmax_scale=0.07, causal=True, out=out, return_lse=True, num_splits=num_splits)
+                                   softmax_scale=0.07, causal=True, out=out, return_lse=True, num_splits=num_splits,
+                                   configs=_configs())
     ref, ref_lse = _reference(q, rows, rank, 0.07, True)
     assert_close(out, ref, torch.bfloat16)
     assert_lse_close(lse, ref_lse, torch.bfloat16)
+
+
+@pytest.mark.parametrize("impl", runnable("mla_decode"))
+@pytest.mark.parametrize("hq,s_q,block_size,lengths", [(16, 1, 64, [0, 1, 130, 64]), (8, 4, 16, [4, 77, 0]),
+                                                       (128, 2, 16, [3, 40])])
+def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, rng):
+    """e4m3 latent cache with a per-tensor scale equals float64 attention over the dequantised rows."""
+    rank, rope, kv_scale = 512, 64, 0.03
+    rows, cache, table, lens = _latent_cache(lengths, rank + rope, block_size, torch.float32, rng)
+    if DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9:
+        fp8 = (cache / kv_scale).to(torch.float8_e4m3fn)          # NaN slots stay NaN
+    else:
+        pytest.skip("float8 e4m3 needs compute capability >= 8.9")
+    flat_rows = []
+    for b, n in enumerate(lengths):   # the rows the kernel sees: dequantised e4m3 values
+        blocks = table[b, :-(-n // block_size)].long()
+        flat_rows.append((fp8[blocks].float() * kv_scale).flatten(0, 1)[:n])
+    q = randn((len(lengths), s_q, hq, rank + rope), torch.bfloat16, rng, DEVICE)
+    out = torch.full((len(lengths), s_q, hq, rank), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    with ops.use_impl(mla=impl):
+        _, lse = ops.mla_decode(q, fp8.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
+                                softmax_scale=0.06, return_lse=True, out=out, kv_scale=kv_scale)
+    ref, ref_lse = _reference(q, flat_rows, rank, 0.06, causal=True)
+    assert_close(out, ref, torch.bfloat16)
+    assert_lse_close(lse, ref_lse, torch.bfloat16)
+
+
+@pytest.mark.skipif("triton" not in runnable("mla_decode"), reason="Triton cannot run here")
+@pytest.mark.parametrize("config", [dict(BLOCK_M=32, BLOCK_N=32, MASK_N=16), dict(BLOCK_M=16, BLOCK_N=64, MASK_N=32)])
+def test_mla_triton_tiles(config, rng):
+    """Other tiles than the device default (the GPU paths' shapes, row tiles spanning positions)."""
+    from ascend_ext.kernels.triton import mla_decode as triton_decode
+
+    rank, rope, hq, s_q = 512, 64, 8, 3
+    rows, cache, table, lens = _latent_cache([0, 130, 7, 64], rank + rope, 64, torch.bfloat16, rng)
+    q = randn((4, s_q, hq, rank + rope), torch.bfloat16, rng, DEVICE)
+    out = torch.full((4, s_q, hq, rank), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    lse = triton_decode.mla_decode(q, cache.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
+                                   softmax_scale=0.07, causal=True, out=out, return_lse=True, config=config,
+                                   num_splits=2, configs=_configs())
+    ref, ref_lse = _reference(q, rows, rank, 0.07, True)
+    assert_close(out, ref, torch.bfloat16)
+    assert_lse_close(lse, ref_lse, torch.bfloat16)
+
+
+def test_mla_plan_paths_and_splits():
+    """Path from the packed row count; splits from the device's units (shapes only, graph-safe)."""
+    from ascend_ext.backends.cuda.configs import mla_device_model
+    from ascend_ext.kernels.triton.mla_plan import choose_path, choose_splits
+
+    h100 = mla_device_model("sm90", 132)
+
+    assert choose_path(128, 1, torch.bfloat16) == "compute"
+    assert choose_path(16, 4, torch.bfloat16) == "compute"
+    assert choose_path(16, 2, torch.bfloat16) == "memory"
+    assert choose_path(128, 1, torch.float32) == "memory"
+    common = dict(path="memory", block_m=16, block_n=64, width=576, rank=512, kv_bytes=2)
+    # one long sequence on 132 units: many splits; a full device of programs: none
+    assert choose_splits(h100, programs=1, max_len=32768, out_rows=16, **common) >= 32
+    assert choose_splits(h100, programs=256, max_len=4096, out_rows=4096, **common) == 1
+    # each split keeps >= 2 key tiles
+    assert choose_splits(h100, programs=1, max_len=256, out_rows=16, **common) <= 2
+
+
+@pytest.mark.parametrize("device", ["cpu", "npu"])
+def test_mla_plan_of_each_backend(device):
+    """The configs a backend binds plan both paths; no TMA off Hopper; overrides win."""
+    shape = dict(batch=4, s_q=1, max_len=4096, rank=512, rope=64, cache_block=64, kv_dtype=torch.bfloat16)
+    plan_of = functools.partial(_configs(device).mla_plan, torch.device("cpu"))   # no npu device type here
+    compute = plan_of(heads=128, q_dtype=torch.bfloat16, **shape)
+    memory = plan_of(heads=16, q_dtype=torch.bfloat16, **shape)
+    assert (compute["path"], memory["path"]) == ("compute", "memory")
+    assert not compute["TMA"] and not memory["TMA"]
+    assert compute["row_tiles"] * compute["BLOCK_M"] >= 128 and compute["num_splits"] >= 1
+    assert memory["EVEN"] and memory["MASK_N"] <= memory["BLOCK_N"]
+    forced = plan_of(heads=16, q_dtype=torch.bfloat16, config=dict(BLOCK_N=32), num_splits=3, **shape)
+    assert (forced["BLOCK_N"], forced["num_splits"]) == (32, 3)
 
 
 def test_absorbed_equals_explicit_mla(rng):
@@ -175,8 +266,13 @@ def _mla_args(**over):
     (_mla_args(block_table=torch.tensor([[0, 7], [2, -1]], dtype=torch.int32)), ValueError, "block_table[0, 1] = 7"),
     (_mla_args(q=torch.randn(2, 0, 4, 576)), ValueError, "at least one query"),
     (_mla_args(seq_lens=torch.tensor([20], dtype=torch.int32)), ValueError, "seq_lens.shape[0]"),
+    (_mla_args(kv_cache=torch.randn(5, 16, 576).to(torch.float8_e4m3fn), q=torch.randn(2, 1, 4, 576).half()),
+     ValueError, "an FP8 kv_cache needs kv_scale"),
+    (_mla_args(kv_cache=torch.randn(5, 16, 576).to(torch.float8_e4m3fn)), TypeError,
+     "an FP8 kv_cache needs q in float16/bfloat16"),
+    (_mla_args(kv_scale=0.5), ValueError, "kv_scale applies to float8_e4m3fn caches only"),
 ], ids=["rank>width", "q width", "q rank", "dtype", "scale", "rank0", "table narrow", "table range", "s_q 0",
-        "batch"])
+        "batch", "fp8 no scale", "fp8 fp32 q", "scale no fp8"])
 def test_mla_bad_input(call, exc, message):
     with pytest.raises(exc) as info:
         call()

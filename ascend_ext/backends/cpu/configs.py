@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.triton.mla_plan import DeviceModel, build_plan
+
 _FLASH = dict(SUB_M=16, NUM_SUB=2, BLOCK_N=32, num_warps=4, num_stages=1)
 _PAGED = dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+_MLA = {"compute": dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
+        "memory": dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)}
+# a small "device" so test-sized sequences still take the split path
+_MLA_MODEL = DeviceModel(units=8, bandwidth=1.0e10, mma_rate={"compute": 1e11, "memory": 1e11})
 
 
 def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
@@ -15,3 +21,7 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dic
 
 def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
     return dict(_PAGED)
+
+
+def mla_plan(device: torch.device, **shape) -> dict:
+    return build_plan(_MLA, _MLA_MODEL, tma=False, **shape)

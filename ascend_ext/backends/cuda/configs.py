@@ -6,6 +6,12 @@ rows is the softmax/rescale tile. Hopper (sm90) entries are the fastest of the H
 sweep of 2026-11-23 (benchmarks/NOTES.md); other GPUs get conservative tiles.
 
 Paged (decode / chunked prefill): ``BLOCK_M`` packed (token, head) rows × ``BLOCK_N`` keys.
+
+MLA decode (:func:`mla_plan`, paths and cost model in ``kernels/triton/mla_plan.py``):
+Hopper tiles measured on H100 (benchmarks/mla.py, benchmarks/NOTES.md). The memory
+path runs 8 warps (4 spilled: with 16-row ``mma.sync`` tiles every warp holds all 576
+query columns) and 3 stages of TMA boxes; on H100 one 32-row tile ran at 49-61% of
+copy bandwidth in run 1, hence 16-row tiles.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import functools
 
 import torch
 
-from ...kernels.triton.common import head_dim_bucket
+from ...kernels.triton.common import head_dim_bucket, interpreting
+from ...kernels.triton.mla_plan import DeviceModel, build_plan
 
 _SM90 = {
     64: dict(SUB_M=128, NUM_SUB=1, BLOCK_N=64, num_warps=8, num_stages=3),
@@ -28,6 +35,15 @@ _GENERIC = {
 }
 _PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
 _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
+
+
+_MLA_SM90 = {"compute": dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
+             "memory": dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3)}
+_MLA_GENERIC = {"compute": dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
+                "memory": dict(BLOCK_M=16, BLOCK_N=32, num_warps=8, num_stages=3)}
+# Rough rates for the split cost model: copy bandwidth (B/s), MMA rate per path (flop/s).
+MLA_RATES = {"sm90": (3.0e12, {"compute": 450e12, "memory": 200e12}),
+             "generic": (1.5e12, {"compute": 150e12, "memory": 100e12})}
 
 
 @functools.lru_cache(maxsize=64)
@@ -49,3 +65,22 @@ def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dic
     if head_dim > 128 or dtype == torch.float32:
         cfg.update(BLOCK_N=32, num_stages=2)
     return cfg
+
+
+@functools.lru_cache(maxsize=64)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def mla_device_model(kind: str, units: int) -> DeviceModel:
+    """The split cost model of an NVIDIA GPU ('sm90' or 'generic') with ``units`` SMs."""
+    bandwidth, rates = MLA_RATES[kind]
+    return DeviceModel(units=units, bandwidth=bandwidth, mma_rate=rates)
+
+
+def mla_plan(device: torch.device, **shape) -> dict:
+    """Launch plan of the Triton MLA decode (see :func:`ascend_ext.kernels.triton.mla_plan.build_plan`)."""
+    hopper = _capability(device)[0] == 9 and not interpreting()
+    kind = "sm90" if hopper else "generic"
+    return build_plan(_MLA_SM90 if hopper else _MLA_GENERIC, mla_device_model(kind, _sm_count(device)),
+                      tma=hopper, **shape)

@@ -1,15 +1,32 @@
 """MLA decode (absorbed form) in Triton: paged latent cache, split-KV, lse combine.
 
 Each program owns ``BLOCK_M`` packed query rows (row r = query position ``r // Hq``,
-head ``r % Hq``) of one sequence and streams the latent cache in ``BLOCK_N``-token
-blocks. A block is loaded once as its latent part ``[BLOCK_N, kv_lora_rank]`` and
-rope part ``[BLOCK_N, rope_dim]``; the latent tile serves twice, as K (scores =
-q_nope·c_kvᵀ + q_pe·k_peᵀ) and as V (out += p·c_kv), so each cache byte is read
-once per row tile. Row tiles of one sequence are adjacent in the grid so that
-when Hq needs several tiles, the repeated latent reads hit L2.
+head ``r % Hq``, so s_q x Hq rows fill one MMA tile: 64 rows reach Hopper's
+warpgroup MMA) of one sequence and one KV split, and streams the latent cache in
+``BLOCK_N``-token tiles. A tile is loaded once, as two latent halves
+``[BLOCK_N, C/2]`` and the rope part ``[BLOCK_N, R]``; the halves serve twice, as K
+(scores = q_c0·c0ᵀ + q_c1·c1ᵀ + q_r·k_peᵀ) and as V (out_0 += p·c0, out_1 += p·c1),
+so each cache byte is read once per row tile and the 512-wide output is held as two
+256-wide accumulators (each spread over the program's warps).
 
-Split-KV and its merge reuse the paged-attention machinery
-(:func:`choose_splits`, :func:`combine_splits`).
+Two load paths of the same source, chosen by constexpr:
+* ``TMA``: tensor descriptors (Hopper's bulk tensor copy) over the cache viewed as
+  ``[num_blocks * block_size, C + R]``; a tile never crosses a cache block
+  (``block_size % BLOCK_N == 0``), so it is one rectangular box. Keys past the
+  sequence are zeroed in the (masked) boundary tile only.
+* pointer loads (any block size, the interpreter, non-Hopper GPUs, Ascend).
+
+The key range of a program is cut into a masked head, a mask-free body and a masked
+tail (:func:`block_segments`); the masked parts step by ``MASK_N`` (16) keys with
+pointer loads, so their tiles stay small: with the body's 64-key tiles they pushed
+the compute path over 255 registers (spills), the body alone fits in 231.
+
+FP8 (e4m3) caches carry one per-tensor scale: it is folded into the softmax scale and
+into the final output, and tiles are widened to the query dtype before the MMAs.
+
+Split-KV count and tiles come from the backend's ``configs.mla_plan`` (per-device
+tables, with the paths and the split cost model of :mod:`.mla_plan`); the merge
+reuses the paged-attention combine (:func:`combine_splits`).
 """
 
 from __future__ import annotations
@@ -18,48 +35,101 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot, dot_flags, load_rows, next_pow2,
-                                       row_bounds, softmax_update, store_rows)
-from .paged_attention import choose_splits, combine_splits
+from .common import LOG2E, block_segments, dot, dot_flags, launch, load_rows, row_bounds, store_rows
+from .paged_attention import combine_splits
 
 
 @triton.jit
-def _mla_blocks(acc, m_i, l_i, q_c, q_r, n_from, n_to, k_len, CACHE, TABLE, cache_block,
-                stride_b, stride_t, lo, hi, offs_n, offs_c, offs_r, rank, rope, scale_log2,
-                MASKED: tl.constexpr, EVEN: tl.constexpr, BLOCK_N: tl.constexpr,
-                IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    for n in tl.range(n_from, n_to, BLOCK_N):
-        cols = n + offs_n
+def _table_entry(ptr):
+    """One block-table entry through an opaque non-coherent load: the software pipeliner
+    sees no load feeding the TMA coordinates and keeps ``num_stages`` boxes in flight
+    (a visible ``tl.load`` there cut it to one buffer). CUDA-only (the TMA path)."""
+    return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _latent_tile(CACHE, C_DESC, R_DESC, TABLE, n, k_len, cache_block, stride_b, stride_t, offs_n,
+                 offs_c0, offs_c1, offs_r, rank, rope,
+                 MASKED: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, HALF_C: tl.constexpr):
+    """Keys n .. n+BLOCK_N-1 of one sequence: latent halves c0, c1 [N, HALF_C] and rope [N, R].
+
+    Pointer loads read keys >= k_len as 0 where MASKED; TMA boxes read them as they are
+    (possibly NaN-poisoned slots) and the caller zeroes them."""
+    cols = n + offs_n
+    in_n = cols < k_len
+    if TMA:
+        blk = _table_entry(TABLE + n // cache_block)
+        row = blk * cache_block + n % cache_block
+        c0 = C_DESC.load([row, 0])
+        c1 = C_DESC.load([row, HALF_C])
+        k_pe = R_DESC.load([row, rank])
+    else:
         if MASKED:
-            blk = tl.load(TABLE + cols // cache_block, mask=cols < k_len, other=0).to(tl.int64)
+            blk = tl.load(TABLE + cols // cache_block, mask=in_n, other=0).to(tl.int64)
         else:
             blk = tl.load(TABLE + cols // cache_block).to(tl.int64)
         row_ptr = CACHE + blk * stride_b + (cols % cache_block) * stride_t
-        in_n = cols < k_len
         if EVEN:
-            c_kv = tl.load(row_ptr[:, None] + offs_c[None, :], mask=in_n[:, None], other=0.0)
+            c0 = tl.load(row_ptr[:, None] + offs_c0[None, :], mask=in_n[:, None], other=0.0)
+            c1 = tl.load(row_ptr[:, None] + offs_c1[None, :], mask=in_n[:, None], other=0.0)
             k_pe = tl.load(row_ptr[:, None] + rank + offs_r[None, :], mask=in_n[:, None], other=0.0)
         else:
-            c_kv = tl.load(row_ptr[:, None] + offs_c[None, :], mask=in_n[:, None] & (offs_c[None, :] < rank),
-                           other=0.0)
+            c0 = tl.load(row_ptr[:, None] + offs_c0[None, :], mask=in_n[:, None] & (offs_c0[None, :] < rank),
+                         other=0.0)
+            c1 = tl.load(row_ptr[:, None] + offs_c1[None, :], mask=in_n[:, None] & (offs_c1[None, :] < rank),
+                         other=0.0)
             k_pe = tl.load(row_ptr[:, None] + rank + offs_r[None, :],
                            mask=in_n[:, None] & (offs_r[None, :] < rope), other=0.0)
-        s = dot(q_c, tl.trans(c_kv), tl.zeros((q_c.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
-        s = dot(q_r, tl.trans(k_pe), s, IEEE, DOT_F32)
-        if MASKED:
-            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf"))
-        acc, m_i, l_i = softmax_update(acc, m_i, l_i, s, scale_log2, c_kv, MASKED, IEEE, DOT_F32)
-    return acc, m_i, l_i
+    return c0, c1, k_pe
 
 
 @triton.jit
-def mla_decode_kernel(Q, CACHE, BLOCK_TABLE, SEQ_LENS, O, LSE,
+def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACHE, C_DESC, R_DESC, TABLE,
+                cache_block, stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
+                MASKED: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, HALF_C: tl.constexpr,
+                WARP_SPEC: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Online softmax over key tiles [n_from, n_to); acc0/acc1 [M, HALF_C] fp32 hold the two output halves."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
+        c0, c1, k_pe = _latent_tile(CACHE, C_DESC, R_DESC, TABLE, n, k_len, cache_block, stride_b, stride_t,
+                                    offs_n, offs_c0, offs_c1, offs_r, rank, rope, MASKED, EVEN, TMA, HALF_C)
+        c0 = c0.to(q_c0.dtype)        # FP8 caches: widen to the MMA dtype (no-op otherwise)
+        c1 = c1.to(q_c0.dtype)
+        k_pe = k_pe.to(q_c0.dtype)
+        s = dot(q_c0, tl.trans(c0), tl.zeros((q_c0.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
+        s = dot(q_c1, tl.trans(c1), s, IEEE, DOT_F32)
+        s = dot(q_r, tl.trans(k_pe), s, IEEE, DOT_F32)
+        if MASKED:
+            cols = n + offs_n
+            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * scale_log2)
+        if MASKED:
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_safe = m_new
+        p = tl.math.exp2(s * scale_log2 - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(c0.dtype)
+        acc0 = dot(p, c0, acc0 * alpha[:, None], IEEE, DOT_F32)
+        acc1 = dot(p, c1, acc1 * alpha[:, None], IEEE, DOT_F32)
+        m_i = m_new
+    return acc0, acc1, m_i, l_i
+
+
+@triton.jit
+def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       stride_qt, stride_qh, stride_b, stride_t, stride_bt, stride_ot, stride_oh, stride_lse_h,
                       stride_o_split, stride_lse_split,
-                      scale_log2, cache_block, keys_per_split, num_splits, s_q, rank, rope,
+                      scale_log2, kv_scale, cache_block, keys_per_split, num_splits, s_q, rank, rope,
                       HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
-                      WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+                      WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
+                      WARP_SPEC: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Grid (row tiles, batch x splits). O/LSE are the final output (one split) or the
+    fp32 per-split partials [S, T, H, C] / [S, H, T] that :func:`combine_splits` merges."""
+    HALF_C: tl.constexpr = BLOCK_C // 2
     tile = tl.program_id(0)
     seq = tl.program_id(1) // num_splits
     split = tl.program_id(1) % num_splits
@@ -69,10 +139,11 @@ def mla_decode_kernel(Q, CACHE, BLOCK_TABLE, SEQ_LENS, O, LSE,
     heads = rows % HEADS
     valid = pos < s_q
     tokens = seq * s_q + pos                  # row of the flattened [B * s_q] query axis
-    offs_c = tl.arange(0, BLOCK_C)
+    offs_c0 = tl.arange(0, HALF_C)
+    offs_c1 = HALF_C + tl.arange(0, HALF_C)
     offs_r = tl.arange(0, BLOCK_R)
-    offs_n = tl.arange(0, BLOCK_N)
-    q_c = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c, rank, EVEN)
+    q_c0 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c0, rank, EVEN)
+    q_c1 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c1, rank, EVEN)
     q_r = load_rows(Q + rank, tokens, heads, valid, stride_qt, stride_qh, offs_r, rope, EVEN)
 
     lo, hi = row_bounds(pos, s_q, k_len, 0, 0, False, CAUSAL)
@@ -82,67 +153,90 @@ def mla_decode_kernel(Q, CACHE, BLOCK_TABLE, SEQ_LENS, O, LSE,
     n_begin = split * keys_per_split
     start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin,
                                                       tl.minimum(n_begin + keys_per_split, k_len), BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    acc0 = tl.zeros((BLOCK_M, HALF_C), tl.float32)
+    acc1 = tl.zeros((BLOCK_M, HALF_C), tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     table = BLOCK_TABLE + seq * stride_bt
-    acc, m_i, l_i = _mla_blocks(acc, m_i, l_i, q_c, q_r, start, full_start, k_len, CACHE, table, cache_block,
-                                stride_b, stride_t, lo, hi, offs_n, offs_c, offs_r, rank, rope, scale_log2,
-                                True, EVEN, BLOCK_N, IEEE, DOT_F32)
-    acc, m_i, l_i = _mla_blocks(acc, m_i, l_i, q_c, q_r, full_start, full_end, k_len, CACHE, table, cache_block,
-                                stride_b, stride_t, lo, hi, offs_n, offs_c, offs_r, rank, rope, scale_log2,
-                                False, EVEN, BLOCK_N, IEEE, DOT_F32)
-    acc, m_i, l_i = _mla_blocks(acc, m_i, l_i, q_c, q_r, full_end, end, k_len, CACHE, table, cache_block,
-                                stride_b, stride_t, lo, hi, offs_n, offs_c, offs_r, rank, rope, scale_log2,
-                                True, EVEN, BLOCK_N, IEEE, DOT_F32)
-    store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i, tokens, heads, valid,
-               stride_ot, stride_oh, stride_lse_h, offs_c, rank, WRITE_LSE, EVEN)
+    # masked head, mask-free body, masked tail; the masked parts (< 2 tiles) step by MASK_N keys
+    # with pointer loads (keys past the sequence read as 0, never a NaN-poisoned slot) and keep
+    # their tiles small, so they add no register pressure to the body's big tiles.
+    for part in tl.static_range(3):
+        if part == 0:
+            n_from = start
+            n_to = full_start
+        elif part == 1:
+            n_from = full_start
+            n_to = full_end
+        else:
+            n_from = full_end
+            n_to = end
+        acc0, acc1, m_i, l_i = _mla_blocks(
+            acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACHE, C_DESC, R_DESC, table, cache_block,
+            stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
+            part != 1, EVEN, TMA and part == 1, HALF_C, WARP_SPEC and part == 1,
+            BLOCK_N if part == 1 else MASK_N, IEEE, DOT_F32)
+    o_split = O + split * stride_o_split
+    lse_split = LSE + split * stride_lse_split
+    store_rows(o_split, lse_split, acc0 * kv_scale, m_i, l_i, tokens, heads, valid,
+               stride_ot, stride_oh, stride_lse_h, offs_c0, rank, WRITE_LSE, EVEN)
+    store_rows(o_split, lse_split, acc1 * kv_scale, m_i, l_i, tokens, heads, valid,
+               stride_ot, stride_oh, stride_lse_h, offs_c1, rank, False, EVEN)
 
 
-def mla_config(device: torch.device, heads: int, s_q: int, dtype: torch.dtype) -> dict:
-    """Fastest tiles of the H100 sweep of 2026-11-23 (benchmarks/NOTES.md)."""
-    if device.type == "cpu":           # interpreter: small tiles, several blocks per test
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    rows = heads * s_q
-    if dtype == torch.float32:
-        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
-    if rows <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2)
+def _descriptors(kv_cache, plan):
+    """Tensor descriptors over the cache as [rows, C + R] for the TMA path (else the cache twice)."""
+    if not plan["TMA"]:
+        return kv_cache, kv_cache
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    flat = kv_cache.view(-1, kv_cache.shape[2])
+    half = plan["BLOCK_C"] // 2
+    return (TensorDescriptor.from_tensor(flat, [plan["BLOCK_N"], half]),
+            TensorDescriptor.from_tensor(flat, [plan["BLOCK_N"], plan["BLOCK_R"]]))
 
 
 def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse,
-               config=None, num_splits=None):
-    """Triton implementation behind :func:`ascend_ext.ops.mla_decode` (validated args)."""
+               kv_scale=None, configs=None, config=None, num_splits=None):
+    """Triton implementation behind :func:`ascend_ext.ops.mla_decode` (validated args).
+
+    ``configs``: the backend's tile-config module (``mla_plan``); ``config`` overrides the
+    planned tiles (keys BLOCK_M, BLOCK_N, num_warps, num_stages, TMA, MASK_N, WARP_SPEC);
+    ``num_splits`` overrides the split-KV count. Returns lse [Hq, B * s_q] or None."""
     batch, s_q, hq, width = q.shape
     rank, rope = kv_lora_rank, width - kv_lora_rank
     tokens = batch * s_q
     lse = torch.empty((hq, tokens), dtype=torch.float32, device=q.device) if return_lse else None
     if batch == 0:
         return lse
-    cfg = dict(config or mla_config(q.device, hq, s_q, q.dtype))
+    max_len = kv_cache.shape[1] * block_table.shape[1]
+    plan = configs.mla_plan(q.device, batch=batch, heads=hq, s_q=s_q, max_len=max_len, rank=rank, rope=rope,
+                    cache_block=kv_cache.shape[1], q_dtype=q.dtype, kv_dtype=kv_cache.dtype,
+                    config=config, num_splits=num_splits)
     q2 = q.reshape(tokens, hq, width)
     out2 = out.view(tokens, hq, rank)
-    row_tiles = triton.cdiv(s_q * hq, cfg["BLOCK_M"])
-    max_len = kv_cache.shape[1] * block_table.shape[1]
-    if num_splits is None:
-        num_splits = choose_splits(q.device, batch * row_tiles, max_len, cfg["BLOCK_N"])
-    keys_per_split = triton.cdiv(triton.cdiv(max(max_len, 1), num_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
-    if num_splits > 1:
-        dest_o = torch.empty((num_splits, tokens, hq, rank), dtype=torch.float32, device=q.device)
-        dest_lse = torch.empty((num_splits, hq, tokens), dtype=torch.float32, device=q.device)
+    splits = plan["num_splits"]
+    keys_per_split = triton.cdiv(triton.cdiv(max(max_len, 1), splits), plan["BLOCK_N"]) * plan["BLOCK_N"]
+    if splits > 1:
+        dest_o = torch.empty((splits, tokens, hq, rank), dtype=torch.float32, device=q.device)
+        dest_lse = torch.empty((splits, hq, tokens), dtype=torch.float32, device=q.device)
     else:
         dest_o = out2.unsqueeze(0)
         dest_lse = (lse if lse is not None else q.new_empty((1, 1), dtype=torch.float32)).unsqueeze(0)
-    even = next_pow2(rank) == rank and next_pow2(rope) == rope
-    mla_decode_kernel[(row_tiles, batch * num_splits)](
-        q2, kv_cache, block_table, seq_lens, dest_o, dest_lse,
+    c_desc, r_desc = _descriptors(kv_cache, plan)
+    scale = 1.0 if kv_scale is None else float(kv_scale)
+    launch(mla_decode_kernel, (plan["row_tiles"], batch * splits),   # retries fewer stages if smem overflows
+        q2, kv_cache, c_desc, r_desc, block_table, seq_lens, dest_o, dest_lse,
         q2.stride(0), q2.stride(1), kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
-        softmax_scale * LOG2E, kv_cache.shape[1], keys_per_split, num_splits, s_q, rank, rope,
-        HEADS=hq, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_C=next_pow2(rank),
-        BLOCK_R=next_pow2(rope), CAUSAL=causal, WRITE_LSE=num_splits > 1 or lse is not None, EVEN=even,
-        **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if num_splits > 1:
+        softmax_scale * scale * LOG2E, scale, kv_cache.shape[1], keys_per_split, splits, s_q, rank, rope,
+        HEADS=hq, BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_C=plan["BLOCK_C"],
+        BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
+        TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"],
+        **dot_flags(q.dtype), num_warps=plan["num_warps"], num_stages=plan["num_stages"])
+    if splits > 1:
         combine_splits(dest_o, dest_lse, out2, lse)
     return lse
+
+
+__all__ = ["mla_decode", "mla_decode_kernel"]

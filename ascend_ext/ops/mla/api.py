@@ -12,7 +12,7 @@ from .._library import compiling
 
 
 def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal=True,
-               return_lse=False, out=None):
+               return_lse=False, out=None, kv_scale=None):
     """Multi-head latent attention decode over a paged latent cache (absorbed form).
 
     Args:
@@ -20,13 +20,15 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
             positions of each sequence (s_q > 1: multi-token / speculative decode), with
             W_UK already absorbed into the no-rope part.
         kv_cache: [num_blocks, block_size, kv_lora_rank + rope_dim], dtype of q: per token
-            the compressed latent c_kv followed by the rope key k_pe.
+            the compressed latent c_kv followed by the rope key k_pe. Or float8_e4m3fn
+            (q float16/bfloat16) with ``kv_scale``: the stored value times kv_scale is the latent.
         block_table: int32 [B, max_blocks]; seq_lens: int32 [B], keys per sequence
             including the s_q new ones (0 = empty sequence: output 0, lse -inf).
         kv_lora_rank: width of the latent part; V is cache[..., :kv_lora_rank].
         softmax_scale: > 0, usually 1/sqrt(qk_nope_head_dim + qk_rope_head_dim).
         causal: query i of a sequence with L keys sees keys j <= i + L - s_q.
         out: optional preallocated [B, s_q, Hq, kv_lora_rank] output.
+        kv_scale: per-tensor dequantisation scale (float > 0) of an FP8 cache; None otherwise.
 
     Returns:
         out [B, s_q, Hq, kv_lora_rank] (dtype of q), plus lse float32 [Hq, B * s_q] (the
@@ -34,7 +36,17 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     """
     check.tensor("q", q, ndim=4, dtypes=check.FLOAT_DTYPES)
     check.tensor("kv_cache", kv_cache, ndim=3)
-    check.same_dtype("q", q, kv_cache=kv_cache)
+    if kv_cache.dtype == torch.float8_e4m3fn:
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(f"an FP8 kv_cache needs q in float16/bfloat16, got {q.dtype}")
+        if isinstance(kv_scale, bool) or not isinstance(kv_scale, (int, float)) or not kv_scale > 0:
+            raise ValueError(f"an FP8 kv_cache needs kv_scale, a float > 0 (per-tensor scale), got {kv_scale!r}")
+        kv_scale = float(kv_scale)
+    else:
+        check.same_dtype("q", q, kv_cache=kv_cache)
+        if kv_scale is not None:
+            raise ValueError("kv_scale applies to float8_e4m3fn caches only; got a "
+                             f"{kv_cache.dtype} cache with kv_scale={kv_scale!r}")
     check.tensor("block_table", block_table, ndim=2, dtypes=(torch.int32,))
     check.tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,))
     check.same_device("q", q, kv_cache=kv_cache, block_table=block_table, seq_lens=seq_lens)
@@ -61,12 +73,13 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     if compiling():
         lse = (torch.empty((q.shape[2], batch * s_q), dtype=torch.float32, device=q.device)
                if return_lse else None)
-        torch.ops.ascend_ext.mla_decode(q, kv_cache, block_table, seq_lens, kv_lora_rank, scale, causal, out, lse)
+        torch.ops.ascend_ext.mla_decode(q, kv_cache, block_table, seq_lens, kv_lora_rank, scale, causal, out, lse,
+                                        kv_scale)
     else:
         impl = bound("mla_decode", q.device.type)
         require(impl, q.device.type, dtype=q.dtype, head_dim=width, s_q=s_q)
         lse = impl.fn(q, kv_cache, block_table, seq_lens, kv_lora_rank=kv_lora_rank, softmax_scale=scale,
-                      causal=causal, out=out, return_lse=return_lse)
+                      causal=causal, out=out, return_lse=return_lse, kv_scale=kv_scale)
     return (out, lse) if return_lse else out
 
 

@@ -13,12 +13,15 @@ from ..attention.mask_rules import visible_mask
 from ..attention.reference import attend, gather_paged
 
 
-def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse):
+def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse,
+               kv_scale=None):
     batch, s_q, hq, _ = q.shape
     lse = q.new_full((hq, batch * s_q), float("-inf"), dtype=torch.float32) if return_lse else None
     window = (-1, 0) if causal else (-1, -1)
     for b, length in enumerate(seq_lens.tolist()):
         latent = gather_paged(kv_cache, block_table[b], length).unsqueeze(1)   # [L, 1, C + R]
+        if kv_scale is not None:   # FP8 cache: dequantise
+            latent = latent.float() * kv_scale
         o, l = attend(q[b], latent, latent[..., :kv_lora_rank], softmax_scale,
                       visible_mask(s_q, length, window, q.device))
         out[b] = o.to(out.dtype)
