@@ -35,7 +35,8 @@ KERNELS = {
                    num_warps=4, num_stages=2)),
     "mla": ("ascend_ext.kernels.triton.mla_decode", "mla_decode_kernel",
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
-                 EVEN=True, IEEE=False, DOT_F32=False, num_warps=4, num_stages=2)),
+                 EVEN=True, TMA=True, MASK_N=16, WARP_SPEC=False, IEEE=False, DOT_F32=False,
+                 num_warps=4, num_stages=3)),
     "experts_gate_up": ("ascend_ext.kernels.triton.moe_experts", "gate_up_kernel",
                         dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, INT8=False, IEEE=False, DOT_F32=False,
                              num_warps=4, num_stages=3)),
@@ -43,7 +44,7 @@ KERNELS = {
                      dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, IEEE=False, DOT_F32=False, num_warps=4,
                           num_stages=3)),
 }
-FLOAT_ARGS = {"scale_log2", "softcap", "sm_scale"}
+FLOAT_ARGS = {"scale_log2", "softcap", "sm_scale", "kv_scale"}
 UNALIGNED_INTS = {"window_left", "window_right", "HEAD_DIM", "HEAD_DIM_V", "num_splits", "cache_block",
                   "keys_per_split", "kv_lora_rank", "rope_dim", "num_tokens", "s_q", "rank", "rope",
                   "num_experts", "hidden", "inter"}
@@ -54,15 +55,19 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
     kernel = getattr(__import__(module, fromlist=[attr]), attr)
     cfg = dict(defaults, **overrides)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    kv = cfg.pop("KV", dtype)   # MLA: cache dtype (e.g. fp8e4nv) of CACHE and the descriptors
     params = list(inspect.signature(kernel.fn).parameters)
     signature, attrs = {}, {}
     for i, p in enumerate(params):
         if p in cfg:
             signature[p] = "constexpr"
+        elif p.endswith("_DESC"):   # MLA latent tiles: [BLOCK_N, C/2] and [BLOCK_N, R] boxes
+            box = cfg["BLOCK_C"] // 2 if p == "C_DESC" else cfg["BLOCK_R"]
+            signature[p] = f"tensordesc<{kv}[{cfg['BLOCK_N']}, {box}]>" if cfg.get("TMA") else f"*{kv}"
         elif p.isupper() and p not in UNALIGNED_INTS:
             signature[p] = {"LSE": "*fp32", "SCALES": "*fp32", "OFFSETS": "*i32", "COUNTS": "*i32", "CU_Q": "*i32", "CU_K": "*i32", "SEQ_LENS": "*i32",
                             "BLOCK_TABLE": "*i32", "ROW_PTR": "*i32", "RUN_START": "*i32", "RUN_LEN": "*i32",
-                            "RUN_POOL": "*i32", "POOL_TILES": "*i8"}.get(p, f"*{dtype}")
+                            "RUN_POOL": "*i32", "POOL_TILES": "*i8", "CACHE": f"*{kv}"}.get(p, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif p in FLOAT_ARGS:
             signature[p] = "fp32"

@@ -3,8 +3,10 @@
 Batch 1-128 x context 1k-32k, Hq 16 and 128, s_q 1 and 2: achieved bandwidth (latent
 bytes read / time) against the measured copy bandwidth and TFLOP/s against the
 measured bf16 matmul rate, side by side with a naive torch implementation
-(gather + matmuls) in the same run. Times are CUDA-graph replays (device time);
-the eager column adds host launch overhead.
+(gather + matmuls) and, when the run carries it, the previous kernel (legacy) in the
+same run; FP8 (e4m3, per-tensor scale) rows at batch 32/128. Times are CUDA-graph
+replays (device time); the eager column adds host launch overhead. The sweep part
+times tile/stage/TMA/warp-specialisation/split variants on representative shapes.
 
     python benchmarks/mla.py [--quick] [--parts sweep,decode]
 
@@ -25,7 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
+from ascend_ext.backends.cuda import configs as cuda_configs  # noqa: E402
 from ascend_ext.kernels.triton import mla_decode as triton_decode  # noqa: E402
+
+mla_plan = cuda_configs.mla_plan
 
 DEV = "cuda"
 RANK, ROPE, BLOCK = 512, 64, 64
@@ -55,8 +60,30 @@ def _naive(cache, table, lens, q):
     return run
 
 
-def decode(ceil: dict, quick: bool) -> list[dict]:
+def _legacy():
+    """The previous kernel (16-row mma.sync / 64-row tiles, pointer loads), when the run carries
+    it as ascend_ext/kernels/triton/_legacy_decode.py (a copy of the old mla_decode.py, not in git)."""
+    try:
+        from ascend_ext.kernels.triton import _legacy_decode
+        return _legacy_decode.mla_decode
+    except ImportError:
+        return None
+
+
+def _time(fn, eager: bool) -> tuple[float, float | None]:
+    fn()
+    return bench_graph_ms(fn), (bench_ms(fn) if eager else None)
+
+
+def _line(row: dict) -> None:
+    keys = ("Hq", "s_q", "B", "ctx", "kv", "plan", "us", "pct_copy_bw", "pct_matmul", "speedup_vs_legacy")
+    print(" ".join(f"{k}={row[k]:.3g}" if isinstance(row.get(k), float) else f"{k}={row.get(k)}" for k in keys),
+          flush=True)
+
+
+def decode(ceil: dict, quick: bool, fp8: bool = True, sink=None) -> list[dict]:
     rows = []
+    legacy = _legacy()
     batches = [1, 8, 32, 128] if quick else [1, 8, 32, 64, 128]
     contexts = [1024, 4096, 16384] if quick else [1024, 4096, 16384, 32768]
     for hq in (16, 128):
@@ -64,58 +91,104 @@ def decode(ceil: dict, quick: bool) -> list[dict]:
             for b in batches:
                 for ctx in contexts:
                     latent_bytes = b * ctx * (RANK + ROPE) * 2
-                    if latent_bytes > 8e9:
+                    if latent_bytes > 8e9 or (quick and ctx == 1024 and b not in (1, 32)):
                         continue
                     cache, table, lens, q = _setup(b, ctx, hq, s_q)
                     out = torch.empty(b, s_q, hq, RANK, device=DEV, dtype=torch.bfloat16)
-                    with ops.use_impl(mla="triton"), ops.trusted_inputs():
-                        def run():
+                    plan = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE,
+                                    cache_block=BLOCK, q_dtype=q.dtype, kv_dtype=cache.dtype)
+                    def run():
+                        with ops.use_impl(mla="triton"), ops.trusted_inputs():
                             return ops.mla_decode(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
                                                   out=out)
-                        run()
-                        t = bench_graph_ms(run)
-                        t_eager = bench_ms(run)
+                    try:
+                        t, t_eager = _time(run, eager=b in (1, 32))
+                    except Exception as exc:   # keep the run going: record and move on
+                        rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "kv": "bf16",
+                                     "us": f"failed: {type(exc).__name__}: {str(exc)[:200]}"})
+                        print(rows[-1], flush=True)
+                        continue
                     flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
-                    row = {"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "us": t * 1e3, "eager_us": t_eager * 1e3,
+                    row = {"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "kv": "bf16",
+                           "plan": f"{plan['path']} M{plan['BLOCK_M']} N{plan['BLOCK_N']} w{plan['num_warps']} "
+                                   f"s{plan['num_stages']} tma{int(plan['TMA'])} x{plan['num_splits']}",
+                           "us": t * 1e3, "eager_us": t_eager * 1e3 if t_eager else None,
                            "GBps": latent_bytes / t / 1e6, "pct_copy_bw": 100 * latent_bytes / t / 1e6 / ceil["copy_GBps"],
                            "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]}
+                    if legacy is not None:
+                        out_old = torch.empty_like(out)
+                        t_old, _ = _time(lambda: legacy(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
+                                                        causal=True, out=out_old, return_lse=False), eager=False)
+                        row["legacy_us"] = t_old * 1e3
+                        row["speedup_vs_legacy"] = t_old / t
+                        row["max_diff_vs_legacy"] = (out_old.float() - out.float()).abs().max().item()
                     if latent_bytes <= 1.2e9 and b * hq * s_q * ctx <= 64 * 128 * 2 * 4096:
                         naive = _naive(cache, table, lens, q)
                         ref = naive()
                         row["max_err_vs_naive"] = (ref.float() - out.float()).abs().max().item()
                         row["naive_us"] = bench_ms(naive) * 1e3
                         row["speedup_vs_naive"] = row["naive_us"] / row["us"]
+                    if fp8 and b in (32, 128) and ctx in (4096, 16384):
+                        rows.append(row)
+                        _line(row)
+                        row = dict(row, kv="fp8")
+                        for k in ("legacy_us", "speedup_vs_legacy", "max_diff_vs_legacy", "naive_us",
+                                  "speedup_vs_naive", "eager_us"):
+                            row.pop(k, None)
+                        scale = float(cache.abs().amax()) / 448
+                        cache8 = (cache / scale).to(torch.float8_e4m3fn)
+                        out8 = torch.empty_like(out)
+                        with ops.use_impl(mla="triton"), ops.trusted_inputs():
+                            t8, _ = _time(lambda: ops.mla_decode(q, cache8, table, lens, kv_lora_rank=RANK,
+                                                                 softmax_scale=SCALE, out=out8, kv_scale=scale),
+                                          eager=False)
+                        bytes8 = latent_bytes // 2
+                        row.update(us=t8 * 1e3, GBps=bytes8 / t8 / 1e6,
+                                   pct_copy_bw=100 * bytes8 / t8 / 1e6 / ceil["copy_GBps"], TF=flops / t8 / 1e9,
+                                   pct_matmul=100 * flops / t8 / 1e9 / ceil["matmul_bf16_TFLOPs"],
+                                   max_diff_fp8_vs_bf16=(out8.float() - out.float()).abs().max().item())
+                        del cache8
                     rows.append(row)
+                    _line(row)
+                    if sink is not None:
+                        sink(rows)
                     del cache, q
                     torch.cuda.empty_cache()
     return rows
 
 
-SWEEP = [(16, 32, 4, 3), (16, 32, 8, 3), (16, 64, 4, 2), (16, 16, 4, 3),
-         (32, 32, 8, 3), (64, 32, 8, 2), (64, 16, 8, 3), (64, 32, 8, 3)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, extra) per path; the planned default is row 0
+SWEEP = {"memory": [(16, 64, 8, 3, {}), (16, 32, 4, 4, {}), (32, 32, 8, 4, {}), (64, 64, 8, 2, {}),
+                    (16, 64, 8, 3, {"TMA": False})],
+         "compute": [(64, 64, 8, 2, {}), (64, 32, 8, 3, {}), (64, 64, 8, 2, {"TMA": False})]}
 
 
 def sweep(ceil: dict) -> list[dict]:
     rows = []
-    for hq, s_q, b, ctx in ((16, 1, 64, 4096), (16, 1, 1, 32768), (128, 2, 32, 4096), (128, 1, 64, 4096)):
+    for hq, s_q, b, ctx in ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096)):
         cache, table, lens, q = _setup(b, ctx, hq, s_q)
         out = torch.empty(b, s_q, hq, RANK, device=DEV, dtype=torch.bfloat16)
-        for block_m, block_n, warps, stages in SWEEP:
-            if block_m < hq * s_q and block_m == 16 and hq > 16:
-                continue
-            cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        path = "compute" if hq * s_q >= 64 else "memory"
+        auto = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE, cache_block=BLOCK,
+                        q_dtype=q.dtype, kv_dtype=cache.dtype)["num_splits"]
+        variants = [(c, None) for c in SWEEP[path]] + [(SWEEP[path][0], n) for n in
+                                                       sorted({max(1, auto // 2), auto * 2}) if n != auto]
+        for (block_m, block_n, warps, stages, extra), splits in variants:
+            cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **extra)
+            label = f"M{block_m} N{block_n} w{warps} s{stages} {extra or ''} x{splits or 'auto'}"
 
             def run():
                 return triton_decode.mla_decode(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
-                                                causal=True, out=out, return_lse=False, config=cfg)
+                                                causal=True, out=out, return_lse=False, configs=cuda_configs,
+                                                config=cfg, num_splits=splits)
             try:
-                t = bench_graph_ms(run)
+                t, _ = _time(run, eager=False)
                 flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
-                rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}",
-                             "us": t * 1e3, "GBps": b * ctx * (RANK + ROPE) * 2 / t / 1e6, "TF": flops / t / 1e9})
+                rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "cfg": label, "us": t * 1e3,
+                             "GBps": b * ctx * (RANK + ROPE) * 2 / t / 1e6, "TF": flops / t / 1e9})
             except Exception as exc:
-                rows.append({"Hq": hq, "s_q": s_q, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}",
-                             "us": f"failed: {type(exc).__name__}"})
+                rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "cfg": label,
+                             "us": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
         del cache
         torch.cuda.empty_cache()
     return rows
@@ -128,7 +201,8 @@ def plot(result: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, (hq, s_q, key, label) in zip(axes, ((16, 1, "GBps", "GB/s of latent read"), (128, 2, "TF", "TFLOP/s"))):
-        pts = [r for r in result.get("decode", []) if r["Hq"] == hq and r["s_q"] == s_q]
+        pts = [r for r in result.get("decode", []) if r["Hq"] == hq and r["s_q"] == s_q and r.get("kv") == "bf16"
+               and isinstance(r.get("us"), float)]
         for b in sorted({r["B"] for r in pts}):
             sel = [r for r in pts if r["B"] == b]
             ax.plot([r["ctx"] for r in sel], [r[key] for r in sel], marker="o", label=f"batch {b}")
@@ -153,13 +227,17 @@ def main() -> int:
     print(result["env"], result["ceilings"])
     if "sweep" in parts:
         result["sweep"] = sweep(result["ceilings"])
+        write_json("mla.json", result)
         print_table("MLA tile sweep (graph replay)", result["sweep"], ["Hq", "s_q", "B", "ctx", "cfg", "us", "GBps", "TF"])
         sys.stdout.flush()
     if "decode" in parts:
-        result["decode"] = decode(result["ceilings"], args.quick)
-        print_table(f"MLA decode bf16, latent 512+64, block {BLOCK} (us = CUDA-graph replay)", result["decode"],
-                    ["Hq", "s_q", "B", "ctx", "us", "eager_us", "GBps", "pct_copy_bw", "TF", "pct_matmul",
-                     "naive_us", "speedup_vs_naive", "max_err_vs_naive"])
+        result["decode"] = decode(result["ceilings"], args.quick,
+                                  sink=lambda rows: write_json("mla.json", dict(result, decode=rows)))
+        print_table(f"MLA decode, latent 512+64, block {BLOCK} (us = CUDA-graph replay; legacy = previous kernel)",
+                    result["decode"],
+                    ["Hq", "s_q", "B", "ctx", "kv", "plan", "us", "eager_us", "GBps", "pct_copy_bw", "TF", "pct_matmul",
+                     "legacy_us", "speedup_vs_legacy", "naive_us", "speedup_vs_naive", "max_err_vs_naive",
+                     "max_diff_vs_legacy", "max_diff_fp8_vs_bf16"])
     path = write_json("mla.json", result)
     plot(result, path.replace(".json", ".png"))
     print(f"\nwrote {path} and mla.png")
