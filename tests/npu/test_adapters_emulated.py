@@ -98,6 +98,18 @@ def test_mla_adapter(s_q, rng):
     torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-5)
 
 
+def test_mla_adapter_rejects_fp8_cache(rng):
+    """npu_fused_infer_attention_score takes the latent cache in the query dtype: an FP8
+    cache is refused with a clear NotImplementedError, never silently misread."""
+    rank, rope = 64, 16
+    cache = randn((3, 16, rank + rope), torch.float32, rng).to(torch.float8_e4m3fn)
+    q = randn((1, 1, 4, rank + rope), torch.bfloat16, rng)
+    with pytest.raises(NotImplementedError, match="'npu' implementation of mla_decode does not support FP8"):
+        npu_mla.mla_decode(q, cache, torch.tensor([[0]], dtype=torch.int32), torch.tensor([5], dtype=torch.int32),
+                           kv_lora_rank=rank, softmax_scale=0.1, causal=True, out=torch.empty(1, 1, 4, rank),
+                           return_lse=False, kv_scale=0.5)
+
+
 def test_wrong_arguments_make_the_emulation_disagree(rng):
     """The emulation enforces the documented rules, so adapter mistakes show up."""
     q = randn((6, 2, 16), torch.float32, rng)

@@ -95,6 +95,13 @@ def test_opcheck_mla_moe_comm(rng):
     lens = torch.tensor([9, 3], dtype=torch.int32)
     q = randn((2, 2, 4, 40), torch.float32, rng)
     _opcheck("mla_decode", (q, cache, table, lens, 32, 0.3, True, torch.empty(2, 2, 4, 32), torch.empty(4, 4)))
+    # FP8 latent cache with its per-tensor scale (no schema check: torch's mutation check
+    # compares inputs with allclose, which has no CPU float8 kernel)
+    fp8 = cache.clamp(-400, 400).to(torch.float8_e4m3fn)
+    torch.library.opcheck(torch.ops.ascend_ext.mla_decode.default,
+                          (q.to(torch.bfloat16), fp8, table, lens, 32, 0.3, True,
+                           torch.empty(2, 2, 4, 32, dtype=torch.bfloat16), torch.empty(4, 4), 0.05),
+                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))
     _opcheck("concat_and_cache_mla", (randn((3, 32), torch.float32, rng), randn((3, 8), torch.float32, rng),
                                       cache.clone(), torch.tensor([1, 30, -1])))
     logits = randn((5, 8), torch.float32, rng)
