@@ -220,9 +220,9 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     if splits > 1:
         dest_o = torch.empty((splits, tokens, hq, rank), dtype=torch.float32, device=q.device)
         dest_lse = torch.empty((splits, hq, tokens), dtype=torch.float32, device=q.device)
-    else:
+    else:   # write straight into the result; without lse the lse pointer is never used (out stands in)
         dest_o = out2.unsqueeze(0)
-        dest_lse = (lse if lse is not None else q.new_empty((1, 1), dtype=torch.float32)).unsqueeze(0)
+        dest_lse = (lse if lse is not None else out2[0]).unsqueeze(0)
     c_desc, r_desc = _descriptors(kv_cache, plan)
     scale = 1.0 if kv_scale is None else float(kv_scale)
     launch(mla_decode_kernel, (plan["row_tiles"], batch * splits),   # retries fewer stages if smem overflows
