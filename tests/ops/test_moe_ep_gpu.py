@@ -35,7 +35,9 @@ def test_fused_matches_reference_identity_experts(tokens, hidden, experts, quant
         if impl == "reference":
             import torch.distributed as dist
             if not dist.is_initialized():
-                dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29617", rank=0, world_size=1)
+                import tempfile   # a file rendezvous: no port to collide on under pytest-xdist
+                store = tempfile.mkstemp(prefix="ascend_ext_pg_")[1]
+                dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
         with ops.use_impl(ep_dispatch=impl, ep_combine=impl):
             res = ops.ep_dispatch(x, ids, weights, experts, quant=quant, max_tokens_per_rank=capacity)
             outs[impl] = (ops.ep_combine(res.dequantized(), res.handle).float(), res.tokens_per_expert.cpu(),
