@@ -148,33 +148,15 @@ def finish_rows(acc, m_i, l_i):
 
 
 @triton.jit
-def contiguous_kv(K, V, stride_kt, stride_vt):
-    """KV source of keys stored back to back: key j at K + j*stride_kt, V + j*stride_vt.
+def load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+            offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+            PAGED: tl.constexpr, EVEN_D: tl.constexpr, BOUND_N: tl.constexpr):
+    """K^T [D, N] and V [N, Dv] of keys n .. n+N-1.
 
-    A KV source is the tuple (K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
-    stride_vt) read by :func:`load_kv`; TABLE / block strides are unused here."""
-    return K, V, K, 1, 0, stride_kt, 0, stride_vt
-
-
-@triton.jit
-def paged_kv(K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt):
-    """KV source of a paged cache: key j lives in block TABLE[j // cache_block], slot j % cache_block."""
-    return K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt
-
-
-@triton.jit
-def tile_layout(offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V):
-    """Index vectors and true head dims of a (query sub-tile, key block) step."""
-    return offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V
-
-
-@triton.jit
-def load_kv(kv, n, k_len, layout, PAGED: tl.constexpr, EVEN_D: tl.constexpr, BOUND_N: tl.constexpr):
-    """K^T [D, N] and V [N, Dv] of keys n .. n+N-1 from the KV source ``kv``.
-
-    BOUND_N masks keys >= k_len (and never reads the block table past the sequence)."""
-    K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt = kv
-    offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V = layout
+    Contiguous source: key j at K + j*stride_kt. Paged source: key j lives in cache block
+    TABLE[j // cache_block] at slot j % cache_block. BOUND_N masks keys >= k_len (and
+    never reads the block table past the sequence).
+    """
     cols = n + offs_n
     in_n = cols < k_len
     if PAGED:
@@ -208,25 +190,21 @@ def load_kv(kv, n, k_len, layout, PAGED: tl.constexpr, EVEN_D: tl.constexpr, BOU
 
 
 @triton.jit
-def run_blocks(state0, state1, sub0, sub1, n_from, n_to, k_len, kv, layout, scale_log2, softcap,
+def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
+               K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+               lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                MASKED: tl.constexpr, PAGED: tl.constexpr, NUM_SUB: tl.constexpr,
                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr = False):
     """Stream key blocks [n_from, n_to) through one or two query sub-tiles.
 
-    ``state`` = (acc [M, Dv], running max [M], running sum [M]) and ``sub`` = (q [M, D],
-    lo [M], hi [M]) per sub-tile. Each K/V tile is loaded once and used by every sub-tile
-    (the two-level tiling). MASKED applies the row intervals [lo, hi) (which also bound
-    keys to k_len). WARP_SPEC asks Triton to warp-specialise the loop (Hopper+, mask-free
-    loops only).
+    Each K/V tile is loaded once and used by every sub-tile (the two-level tiling).
+    MASKED applies the row intervals [lo, hi) (which also bound keys to k_len).
+    WARP_SPEC asks Triton to warp-specialise the loop (Hopper+, mask-free loops only).
     """
-    acc0, m0, l0 = state0
-    acc1, m1, l1 = state1
-    q0, lo0, hi0 = sub0
-    q1, lo1, hi1 = sub1
-    offs_n = layout[0]
     for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
-        k_t, v = load_kv(kv, n, k_len, layout, PAGED, EVEN_D, MASKED)
+        k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
+                         stride_vt, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, PAGED, EVEN_D, MASKED)
         cols = n + offs_n
         vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
         acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
@@ -235,12 +213,13 @@ def run_blocks(state0, state1, sub0, sub1, n_from, n_to, k_len, kv, layout, scal
             vis1 = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
             acc1, m1, l1 = softmax_step(acc1, m1, l1, q1, k_t, v, vis1, scale_log2, softcap,
                                         MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
-    return (acc0, m0, l0), (acc1, m1, l1)
+    return acc0, m0, l0, acc1, m1, l1
 
 
 @triton.jit
-def run_run(state0, state1, sub0, sub1, first, last, free_from, free_to, k_len, kv, layout, scale_log2, softcap,
-            pool_ptr, has_pool, pool_rows0, pool_rows1,
+def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to, k_len,
+            K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+            scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
             NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
             HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, STAGES: tl.constexpr):
     """One tiling-mask run: key blocks [first, last) of one class, in a single loop.
@@ -248,15 +227,10 @@ def run_run(state0, state1, sub0, sub1, first, last, free_from, free_to, k_len, 
     Blocks in [free_from, free_to) skip masking; the others apply the row rules, and a
     partial run (has_pool) also its pool tile. STAGES sets the loop's own software
     pipelining depth (partial runs are short: 1 keeps them out of shared memory).
-    ``kv`` is a contiguous KV source; state / sub as in :func:`run_blocks`.
     """
-    acc0, m0, l0 = state0
-    acc1, m1, l1 = state1
-    q0, lo0, hi0 = sub0
-    q1, lo1, hi1 = sub1
-    offs_n = layout[0]
     for n in tl.range(first, last, BLOCK_N, num_stages=STAGES):
-        k_t, v = load_kv(kv, n, k_len, layout, False, EVEN_D, True)
+        k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
+                         HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
         cols = n + offs_n
         need_mask = (n < free_from) | (n >= free_to) | has_pool
         s, scale = scores(q0, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
@@ -274,18 +248,18 @@ def run_run(state0, state1, sub0, sub1, first, last, free_from, free_to, k_len, 
                     vis = vis & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
                 s = tl.where(vis, s, float("-inf"))
             acc1, m1, l1 = softmax_update(acc1, m1, l1, s, scale, v, True, IEEE, DOT_F32)
-    return (acc0, m0, l0), (acc1, m1, l1)
+    return acc0, m0, l0, acc1, m1, l1
 
 
 @triton.jit
-def run_visible(state0, state1, sub0, sub1, first, last, full_start, full_end, k_len, kv, layout,
-                scale_log2, softcap,
+def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+                lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                 PAGED: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
                 HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                 WARP_SPEC: tl.constexpr = False):
     """Key blocks [first, last) under the row rules only: the blocks inside
-    [full_start, full_end) take the mask-free path, the rest are masked.
-    state / sub / kv / layout as in :func:`run_blocks`; returns (state0, state1)."""
+    [full_start, full_end) take the mask-free path, the rest are masked."""
     free_from = tl.minimum(tl.maximum(full_start, first), last)
     free_to = tl.maximum(tl.minimum(full_end, last), free_from)
     for part in tl.static_range(3):
@@ -298,10 +272,12 @@ def run_visible(state0, state1, sub0, sub1, first, last, full_start, full_end, k
         else:
             n_from = free_to
             n_to = last
-        state0, state1 = run_blocks(state0, state1, sub0, sub1, n_from, n_to, k_len, kv, layout,
-                                    scale_log2, softcap, part != 1, PAGED, NUM_SUB, BLOCK_N, EVEN_D,
-                                    HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC and part == 1)
-    return state0, state1
+        acc0, m0, l0, acc1, m1, l1 = run_blocks(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
+            K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+            lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+            part != 1, PAGED, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC and part == 1)
+    return acc0, m0, l0, acc1, m1, l1
 
 
 @triton.jit

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, contiguous_kv, dot_flags, launch, load_rows, next_pow2, row_bounds,
-                     run_run, run_visible, store_rows, tile_layout)
+from .common import (LOG2E, block_segments, dot_flags, launch, load_rows, next_pow2, row_bounds,
+                            run_run, run_visible, store_rows)
 
 
 @triton.jit
@@ -67,17 +67,17 @@ def flash_varlen_fwd_kernel(
     q1 = q0
     if NUM_SUB == 2:
         q1 = load_rows(Q, q_start + rows1, heads, rows1 < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
-    kv = contiguous_kv(K + k_start * stride_kt + kv_head * stride_kh, V + k_start * stride_vt + kv_head * stride_vh,
-                       stride_kt, stride_vt)
-    layout = tile_layout(offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V)
+    K = K + k_start * stride_kt + kv_head * stride_kh
+    V = V + k_start * stride_vt + kv_head * stride_vh
 
-    state0 = (tl.zeros((SUB_M, BLOCK_DV), tl.float32), tl.full((SUB_M,), float("-inf"), tl.float32),
-              tl.zeros((SUB_M,), tl.float32))
-    state1 = state0
+    acc0 = tl.zeros((SUB_M, BLOCK_DV), tl.float32)
+    m0 = tl.full((SUB_M,), float("-inf"), tl.float32)
+    l0 = tl.zeros((SUB_M,), tl.float32)
+    acc1 = acc0
+    m1 = m0
+    l1 = l0
     lo0, hi0 = row_bounds(rows0, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo1, hi1 = row_bounds(rows1, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    sub0 = (q0, lo0, hi0)
-    sub1 = (q1, lo1, hi1)
     t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
     lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
@@ -92,25 +92,28 @@ def flash_varlen_fwd_kernel(
             last = tl.maximum(tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
             pool_id = tl.load(RUN_POOL + r)
             if pool_id >= 0:   # partial tiles: element mask from the pool (few; unpipelined loop)
-                state0, state1 = run_run(
-                    state0, state1, sub0, sub1, first, last, last, last, k_len, kv, layout, scale_log2, softcap,
-                    POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), pool_id >= 0,
+                acc0, m0, l0, acc1, m1, l1 = run_run(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, last, last, k_len,
+                    K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+                    scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), pool_id >= 0,
                     rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
                     NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1)
             else:              # full tiles: the causal/window fast path
-                state0, state1 = run_visible(
-                    state0, state1, sub0, sub1, first, last, full_start, full_end, k_len, kv, layout,
-                    scale_log2, softcap, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
+                acc0, m0, l0, acc1, m1, l1 = run_visible(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                    K, V, K, 1, 0, stride_kt, 0, stride_vt,
+                    lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                    False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
     else:
-        state0, state1 = run_visible(
-            state0, state1, sub0, sub1, start, end, full_start, full_end, k_len, kv, layout,
-            scale_log2, softcap, False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
+        acc0, m0, l0, acc1, m1, l1 = run_visible(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
+            K, V, K, 1, 0, stride_kt, 0, stride_vt,
+            lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+            False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
 
-    acc0, m0, l0 = state0
     store_rows(O, LSE, acc0, m0, l0, q_start + rows0, heads, rows0 < q_len,
                stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
     if NUM_SUB == 2:
-        acc1, m1, l1 = state1
         store_rows(O, LSE, acc1, m1, l1, q_start + rows1, heads, rows1 < q_len,
                    stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
 

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, paged_kv, row_bounds, run_visible,
-                     store_rows, tile_layout)
+from .common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, row_bounds,
+                            run_visible, store_rows)
 
 
 @triton.jit
@@ -63,15 +63,15 @@ def paged_attn_kernel(
     n_end = tl.minimum(n_begin + keys_per_split, k_len)
     start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin, n_end, BLOCK_N)
 
-    state = (tl.zeros((BLOCK_M, BLOCK_DV), tl.float32), tl.full((BLOCK_M,), float("-inf"), tl.float32),
-             tl.zeros((BLOCK_M,), tl.float32))
-    sub = (q, lo, hi)
-    kv = paged_kv(K_CACHE + kv_head * stride_kh, V_CACHE + kv_head * stride_vh, BLOCK_TABLE + seq * stride_bt,
-                  cache_block, stride_kb, stride_kt, stride_vb, stride_vt)
-    layout = tile_layout(offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V)
-    state, _ = run_visible(state, state, sub, sub, start, end, full_start, full_end, k_len, kv, layout,
-                           scale_log2, softcap, True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-    acc, m_i, l_i = state
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc, m_i, l_i, _, _, _ = run_visible(
+        acc, m_i, l_i, acc, m_i, l_i, q, q, start, end, full_start, full_end, k_len,
+        K_CACHE + kv_head * stride_kh, V_CACHE + kv_head * stride_vh, BLOCK_TABLE + seq * stride_bt,
+        cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+        lo, hi, lo, hi, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+        True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
                HEAD_DIM_V, WRITE_LSE, EVEN_D)
