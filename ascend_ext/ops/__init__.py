@@ -13,12 +13,12 @@ from .attention import (PagedKV, TileMask, cooperative_attention, flash_attn_var
                         offload_prefix, paged_attention, plan_kv_placement, reshape_and_cache, split_kv_cache)
 from .comm import tiled_linear_allreduce
 from .mla import concat_and_cache_mla, mla_decode
-from .moe import CollectiveTimeoutError, DispatchResult, ep_combine, ep_dispatch, moe_experts, moe_route
+from .moe import CollectiveTimeoutError, DispatchResult, ep_combine, ep_dispatch, ep_moe, moe_experts, moe_route
 
 __all__ = [
     "CollectiveTimeoutError", "DispatchResult", "PagedKV", "TileMask", "concat_and_cache_mla",
     "cooperative_attention", "describe", "offload_prefix", "plan_kv_placement",
-    "ep_combine", "ep_dispatch", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
+    "ep_combine", "ep_dispatch", "ep_moe", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
     "moe_route", "paged_attention", "rebind", "selected_impl", "tiled_linear_allreduce",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]

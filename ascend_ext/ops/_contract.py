@@ -160,8 +160,14 @@ SCHEMAS: dict[str, str] = {
     "tiled_linear_allreduce":
         "tiled_linear_allreduce(Tensor x, Tensor weight, Tensor? bias, str group_name, int tile_tokens, "
         "int min_tokens, float timeout_s) -> Tensor",
+    "ep_moe":
+        "ep_moe(Tensor x, Tensor router_logits, Tensor w13, Tensor w2, Tensor? correction_bias, int top_k, "
+        "str scoring, bool renormalize, int num_expert_group, int topk_group, float routed_scaling_factor, "
+        "str group_name, SymInt capacity, int max_graph_capacity, float timeout_s) -> Tensor",
 }
-"""ep_dispatch / ep_combine have no tensor-only form in the dynamic mode (data-dependent
+"""ep_moe is the composite route -> dispatch -> experts -> combine step (no implementation
+table of its own: it calls the bound implementations of its parts).
+ep_dispatch / ep_combine have no tensor-only form in the dynamic mode (data-dependent
 output sizes and a routing handle), so they stay Python ops."""
 
 

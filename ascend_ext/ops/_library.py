@@ -154,6 +154,16 @@ def _tiled_linear_allreduce_fake(x, weight, bias, group_name, tile_tokens, min_t
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
+def _ep_moe(*args):
+    from .moe.layer import run_ep_moe
+
+    return run_ep_moe(*args)
+
+
+def _ep_moe_fake(x, *args):
+    return torch.empty_like(x)
+
+
 _define("flash_attn_varlen", _flash_attn_varlen, _none)
 _define("paged_attention", _paged_attention, _none)
 _define("reshape_and_cache", _reshape_and_cache, _none)
@@ -163,3 +173,4 @@ _define("concat_and_cache_mla", _concat_and_cache_mla, _none)
 _define("moe_route", _moe_route, _moe_route_fake)
 _define("moe_experts", _moe_experts, _moe_experts_fake)
 _define("tiled_linear_allreduce", _tiled_linear_allreduce, _tiled_linear_allreduce_fake)
+_define("ep_moe", _ep_moe, _ep_moe_fake)

@@ -228,3 +228,33 @@ def test_product_never_imports_the_tests():
     for path in sorted(PACKAGE.rglob("*.py")):
         hits = [m for m in _imports(path) if m == "tests" or m.startswith("tests.")]
         assert not hits, f"{path.relative_to(PACKAGE)} imports {hits}"
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_ep_moe_composite_op_matches_the_parts_and_compiles(group_of_one, rng):
+    """ep_moe (group of one) = route -> dispatch -> experts -> combine, eager, through the
+    custom op, and inside a fullgraph-compiled function."""
+    x = randn((7, 16), torch.float32, rng)
+    logits = randn((7, 8), torch.float32, rng)
+    w13, w2 = randn((8, 24, 16), torch.float32, rng) * 0.2, randn((8, 16, 12), torch.float32, rng) * 0.2
+    weights, ids = ops.moe_route(logits, 2)
+    res = ops.ep_dispatch(x, ids, weights, 8)
+    want = ops.ep_combine(ops.moe_experts(res.recv_x, w13, w2, res.expert_offsets, res.tokens_per_expert,
+                                          out_dtype=x.dtype), res.handle)
+    for capacity in (None, 7):
+        got = ops.ep_moe(x, logits, w13, w2, 2, capacity=capacity, max_graph_capacity=8)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    _opcheck("ep_moe", (x, logits, w13, w2, None, 2, "softmax", True, -1, -1, 1.0, "", 7, 8, 30.0))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: ops.ep_moe(a, b, w13, w2, 2, capacity=a.shape[0], max_graph_capacity=8),
+                             fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, logits), want, atol=1e-5, rtol=1e-5)

@@ -5,6 +5,7 @@ from .._dispatch import register
 from .api import ep_combine, ep_dispatch, moe_experts
 from .._comm import CollectiveTimeoutError
 from .ep import DispatchResult, EPHandle
+from .layer import ep_moe
 from .routing import moe_route
 
 register("moe_route", "reference", "ascend_ext.ops.moe.routing:route_reference", devices=ANY_DEVICE)
@@ -12,5 +13,5 @@ register("ep_dispatch", "reference", "ascend_ext.ops.moe.ep:dispatch", devices=A
 register("ep_combine", "reference", "ascend_ext.ops.moe.ep:combine", devices=ANY_DEVICE)
 register("moe_experts", "reference", "ascend_ext.ops.moe.experts:experts_reference", devices=ANY_DEVICE)
 
-__all__ = ["CollectiveTimeoutError", "DispatchResult", "EPHandle", "ep_combine", "ep_dispatch",
+__all__ = ["CollectiveTimeoutError", "DispatchResult", "EPHandle", "ep_combine", "ep_dispatch", "ep_moe",
            "moe_experts", "moe_route"]
