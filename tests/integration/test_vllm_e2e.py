@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from ascend_ext.demo import build_tiny_llama
 from ascend_ext.backends.cpu.native import native_available
+from .models import build_tiny_llama
 
 from ..conftest import SEED
 from .vllm_runner import needs_vllm, run_vllm

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from ascend_ext.demo import build_tiny_mixtral
+from .models import build_tiny_mixtral
 
 from ..conftest import SEED
 from .compare import check_logprobs_close

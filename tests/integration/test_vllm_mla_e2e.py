@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ascend_ext.demo import build_tiny_deepseek_v2
+from .models import build_tiny_deepseek_v2
 
 from ..conftest import SEED
 from .compare import check_logprobs_close

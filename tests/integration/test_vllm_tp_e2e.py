@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ascend_ext.demo import build_tiny_llama
+from .models import build_tiny_llama
 
 from ..conftest import SEED
 from .compare import check_logprobs_close
