@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-# Training text of the demo tokenizer (byte-level BPE: any text encodes, any id decodes).
+# Training text of the demo tokenizer (BPE over printable ASCII: every id decodes to readable text).
 CORPUS = """\
 The plugin runs attention, latent attention and mixture-of-experts layers of large language
 models on Ascend NPUs, NVIDIA GPUs and plain CPUs. vLLM schedules the requests, keeps the
@@ -41,16 +41,19 @@ SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")   # ids 0, 1, 2: Llama's default unk/b
 
 
 def build_tokenizer(path: str, vocab_size: int = 512) -> str:
-    """Train a byte-level BPE tokenizer of exactly ``vocab_size`` ids on :data:`CORPUS`
-    and save it (with a chat template) as a Hugging Face tokenizer in ``path``."""
+    """Train a BPE tokenizer of exactly ``vocab_size`` ids on :data:`CORPUS` and save it (with
+    a chat template) as a Hugging Face tokenizer in ``path``. Its alphabet is printable ASCII
+    (other characters encode as ``<unk>``), so random-weight models still print readable text."""
+    import string
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=[c for c in string.printable if not c.isspace()])
     tok.train_from_iterator([CORPUS], trainer)
     short = vocab_size - tok.get_vocab_size()
     if short > 0:   # too few merges in the corpus: fill the id space so that every id decodes
@@ -81,10 +84,23 @@ def build_tiny_llama(path: str, *, seed: int = 0, init_range: float = 0.2, hidde
                          vocab_size=vocab, max_position_embeddings=max_positions,
                          initializer_range=init_range, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2, torch_dtype=dtype)
-    LlamaForCausalLM(config).to(getattr(torch, dtype)).save_pretrained(path)
+    _quiet_save(LlamaForCausalLM(config).to(getattr(torch, dtype)), path)
     if tokenizer:
         build_tokenizer(path, vocab)
     return path
+
+
+def _quiet_save(model, path: str) -> None:
+    """save_pretrained without its progress bar (it would clutter the demo's output)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def generate(spec: dict) -> dict:
@@ -94,6 +110,7 @@ def generate(spec: dict) -> dict:
     Returns the platform, attention backends, texts, and engine-start / generate timings
     (the second of two identical generate calls is timed; the first warms up).
     """
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # engine in this process: inspectable
     from vllm import LLM, SamplingParams
     from vllm.platforms import current_platform
 
@@ -112,7 +129,7 @@ def generate(spec: dict) -> dict:
     layers = config.compilation_config.static_forward_context
     backends = sorted({layer.attn_backend.get_name() for layer in layers.values() if hasattr(layer, "attn_backend")})
     return {"platform": f"{type(current_platform).__module__}.{type(current_platform).__name__}",
-            "attention_backends": backends, "compilation_mode": str(config.compilation_config.mode),
+            "attention_backends": backends, "compilation_mode": config.compilation_config.mode.name,
             "texts": [o.outputs[0].text for o in outs], "engine_start_s": start_s, "generate_s": gen_s,
             "new_tokens": new_tokens, "tokens_per_s": new_tokens / gen_s if gen_s > 0 else 0.0}
 

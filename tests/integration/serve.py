@@ -41,8 +41,8 @@ def _healthy(url: str) -> bool:
 @contextlib.contextmanager
 def served(model_dir: str, *, disable_plugin: bool, args: list[str] = (), extra_env: dict | None = None,
            start_timeout: float = 420, stop_timeout: float = 30) -> Iterator[dict]:
-    """Yield {"base_url", "log", "trace"} of a running server; on exit SIGINT its process group,
-    wait ``stop_timeout`` s, then SIGKILL it. Raises with the log tail if it fails to start."""
+    """Yield {"base_url", "log", "trace"} of a running server; on exit SIGINT it, wait
+    ``stop_timeout`` s, then SIGKILL its process group. Raises with the log tail if it fails to start."""
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="ascend_ext_serve_")
     env = engine_env(disable_plugin=disable_plugin, extra_env={
@@ -71,20 +71,26 @@ def served(model_dir: str, *, disable_plugin: bool, args: list[str] = (), extra_
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> bool:
-    """SIGINT the server's process group (uvicorn shuts the engine down), SIGKILL what is left
-    after ``timeout`` s. True when the server had exited by itself and left no process behind."""
+    """SIGINT the API server (it shuts its engine processes down), SIGKILL the whole process group
+    if anything is left after ``timeout`` s. True when the server exited by itself and left no
+    process behind. (SIGINT to the whole group would kill the engine under the server's feet.)"""
     clean = True
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             clean = False
-    try:   # engine-core children of the group, if any remain
-        os.killpg(proc.pid, signal.SIGKILL)
-        clean = False
-    except ProcessLookupError:
-        pass
+    deadline = time.monotonic() + timeout
+    while True:   # the engine-core children of the group exit after the server
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            clean = False
+            break
+        time.sleep(0.2)
     proc.wait(timeout=timeout)
     return clean
