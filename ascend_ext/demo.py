@@ -84,13 +84,13 @@ def build_tiny_llama(path: str, *, seed: int = 0, init_range: float = 0.2, hidde
                          vocab_size=vocab, max_position_embeddings=max_positions,
                          initializer_range=init_range, tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2, torch_dtype=dtype)
-    _quiet_save(LlamaForCausalLM(config).to(getattr(torch, dtype)), path)
+    save_pretrained_quietly(LlamaForCausalLM(config).to(getattr(torch, dtype)), path)
     if tokenizer:
         build_tokenizer(path, vocab)
     return path
 
 
-def _quiet_save(model, path: str) -> None:
+def save_pretrained_quietly(model, path: str) -> None:
     """save_pretrained without its progress bar (it would clutter the demo's output)."""
     from transformers.utils import logging as hf_logging
 
@@ -150,7 +150,10 @@ def generate_in_subprocess(spec: dict, *, disable_plugin: bool, timeout: float =
         if proc.returncode != 0:
             raise RuntimeError(f"vLLM run failed (exit code {proc.returncode}):\n{proc.stderr[-6000:]}")
         with open(out_path) as f:
-            return json.load(f)
+            result = json.load(f)
+        result["warnings"] = [line for line in proc.stderr.splitlines()
+                              if "WARNING" in line or "Traceback" in line or "Error" in line]
+        return result
 
 
 DEMO_PROMPTS = ["The plugin runs attention", "A tokenizer turns text into", "When the server starts it",

@@ -7,7 +7,7 @@ The Llama factory is the demo's own (:func:`ascend_ext.demo.build_tiny_llama`).
 
 from __future__ import annotations
 
-from ascend_ext.demo import _quiet_save, build_tiny_llama, build_tokenizer
+from ascend_ext.demo import save_pretrained_quietly, build_tiny_llama, build_tokenizer
 
 __all__ = ["build_tiny_llama", "build_tiny_deepseek_v2", "build_tiny_mixtral"]
 
@@ -34,7 +34,7 @@ def build_tiny_deepseek_v2(path: str, *, seed: int = 0, init_range: float = 0.25
         topk_method="greedy", norm_topk_prob=False, routed_scaling_factor=1.0,
         scoring_func="softmax", tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
         torch_dtype=dtype)
-    _quiet_save(DeepseekV2ForCausalLM(config).to(getattr(torch, dtype)), path)
+    save_pretrained_quietly(DeepseekV2ForCausalLM(config).to(getattr(torch, dtype)), path)
     build_tokenizer(path, vocab)
     return path
 
@@ -52,6 +52,6 @@ def build_tiny_mixtral(path: str, *, seed: int = 1, init_range: float = 0.2, hid
                            num_local_experts=num_experts, num_experts_per_tok=top_k, max_position_embeddings=2048,
                            initializer_range=init_range, tie_word_embeddings=False, bos_token_id=1,
                            eos_token_id=2, torch_dtype=dtype)
-    _quiet_save(MixtralForCausalLM(config).to(getattr(torch, dtype)), path)
+    save_pretrained_quietly(MixtralForCausalLM(config).to(getattr(torch, dtype)), path)
     build_tokenizer(path, vocab)
     return path

@@ -115,10 +115,11 @@ def test_paged_attention_decode_graph_replays_match_eager(batch, hq, hkv, d, q_p
             ops.paged_attention(buf.q, k_cache, v_cache, buf.table, buf.seq_lens, buf.cu_q, q_per_req,
                                 out=dest, max_seqlen_k=max_keys)
 
-    buf.refill(torch.randint(1, 20, (batch,), generator=rng).tolist(), q_per_req)
+    buf.refill([max(q_per_req, n) for n in torch.randint(1, 20, (batch,), generator=rng).tolist()], q_per_req)
     with ops.trusted_inputs():
         graph = _capture(step)
     for lengths in _rounds(batch, rng, max_keys):
+        lengths = [max(n, q_per_req) if n else 0 for n in lengths]   # a sequence holds its new tokens
         q_lens = buf.refill(lengths, q_per_req)
         out.fill_(float("nan"))
         graph.replay()
