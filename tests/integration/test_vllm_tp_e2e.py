@@ -2,8 +2,7 @@
 (vLLM's default compilation mode) computes its attention output projections with
 ascend_ext.ops.tiled_linear_allreduce (threshold lowered so that prefill tiles) and
 generates the same greedy tokens, with the same logprobs, as vLLM alone with tensor
-parallel 1. Until #12 (custom op) the tiled path runs only in eager mode: the default-mode
-trace check is an expected failure."""
+parallel 1. The tiled op is a torch.ops.ascend_ext custom op, so the compiled graph keeps it."""
 
 import random
 
@@ -27,30 +26,17 @@ def runs(tmp_path_factory):
     tp2 = run_vllm(dict(base, llm=dict(llm, tensor_parallel_size=2)), disable_plugin=False,
                    extra_env={"ASCEND_EXT_TILED_AR_MIN_TOKENS": "16"})
     tp1 = run_vllm(dict(base, llm=llm), disable_plugin=True)
-    return base, tp2, tp1
+    return tp2, tp1
 
 
 def test_tp2_default_mode_matches_tp1(runs):
-    _, tp2, tp1 = runs
+    tp2, tp1 = runs
     assert tp2["compilation_mode"] != "NONE"
     assert "attention" in tp2["trace"]
     assert check_logprobs_close(tp2["outputs"], tp1["outputs"], chosen_atol=1e-4) == 0
     assert [o["token_ids"] for o in tp2["outputs"]] == [o["token_ids"] for o in tp1["outputs"]]
 
 
-@pytest.mark.xfail(strict=False, reason="needs #12 custom op: integration/linear.py keeps vLLM's path "
-                                        "while torch.compile traces, so compiled engines never tile")
 def test_tp2_default_mode_runs_tiled_allreduce_on_both_ranks(runs):
-    _, tp2, _ = runs
+    tp2, _ = runs
     assert len(tp2["trace_pids"].get("tiled_allreduce", [])) == 2, tp2["trace_pids"]
-
-
-def test_tp2_eager_tiles_on_both_ranks_and_matches_tp1(runs):
-    """Eager mode (until #12's custom op lets compiled engines tile): the tiled path runs."""
-    base, _, tp1 = runs
-    eager = run_vllm(dict(base, llm={"dtype": "float32", "block_size": 32, "tensor_parallel_size": 2,
-                                     "enforce_eager": True}),
-                     disable_plugin=False, extra_env={"ASCEND_EXT_TILED_AR_MIN_TOKENS": "16"})
-    assert len(eager["trace_pids"].get("tiled_allreduce", [])) == 2, eager["trace_pids"]
-    assert check_logprobs_close(eager["outputs"], tp1["outputs"], chosen_atol=1e-4) == 0
-    assert [o["token_ids"] for o in eager["outputs"]] == [o["token_ids"] for o in tp1["outputs"]]
