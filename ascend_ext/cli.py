@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-import tempfile
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -30,21 +28,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ascend_ext import demo
 
-    rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory(prefix="ascend_ext_demo_") as model_dir:
-        print(f"building a tiny random-weight Llama in {model_dir} ...")
-        demo.build_tiny_llama(model_dir, seed=args.seed)
-        prompts = [[rng.randrange(1, 512) for _ in range(args.prompt_len)] for _ in range(args.batch)]
-        spec = {"model": model_dir, "prompts": prompts, "max_tokens": args.max_tokens,
-                "llm": {"dtype": args.dtype, "block_size": 32}}
-        result = demo.run(spec)
-    print(f"platform:           {result['platform']}")
-    print(f"attention backend:  {', '.join(result['attention_backends'])}")
-    print(f"engine start:       {result['engine_start_s']:.1f} s")
-    print(f"generated:          {result['new_tokens']} tokens for {args.batch} prompts of "
-          f"{args.prompt_len} tokens in {result['generate_s']:.2f} s")
-    print(f"throughput:         {result['tokens_per_s']:.1f} tokens/s")
-    print(f"first completion:   {result['outputs'][0]['token_ids'][:16]}")
+    demo.run_demo(batch=args.batch, max_tokens=args.max_tokens, dtype=args.dtype, seed=args.seed,
+                  compare=not args.no_compare, enforce_eager=args.enforce_eager)
     return 0
 
 
@@ -54,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="hardware, versions and the implementation each op resolves to")
     demo = sub.add_parser("demo", help="generate with a tiny local model through vLLM and this plugin")
     demo.add_argument("--batch", type=int, default=8)
-    demo.add_argument("--prompt-len", type=int, default=64)
     demo.add_argument("--max-tokens", type=int, default=64)
     demo.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-compare", action="store_true", help="skip the run with vLLM's own backends")
+    demo.add_argument("--enforce-eager", action="store_true", help="vLLM eager mode (default: vLLM's compiled mode)")
     args = parser.parse_args(argv)
     return {"info": cmd_info, "demo": cmd_demo}[args.command](args)
 

@@ -5,6 +5,15 @@ into the paged cache, then ``paged_attention`` attends each request's new querie
 over its whole cached context (prefill, chunked prefill, prefix-cache hits and
 decode alike). The KV cache is vLLM's combined tensor; :func:`split_kv_cache`
 gives the op-layout views without copying.
+
+CUDA graphs: the builder declares ``UNIFORM_BATCH`` (full graphs for batches whose
+requests all have the same query length: decode, speculative verification; mixed
+batches run piecewise, attention eagerly). Its metadata references persistent
+buffers only (vLLM's runner tensors, or the builder's own int32 copies), and the
+forward path launches kernels without reading device values on the host. A
+captured graph keeps the host scalars it was captured with, so capture metadata
+sets ``max_seq_len=None``: "bounded by the block table's capacity", which every
+later replay satisfies however long its sequences have grown.
 """
 
 from __future__ import annotations
@@ -13,8 +22,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from vllm.v1.attention.backend import (AttentionBackend, AttentionImpl, AttentionMetadataBuilder,
-                                       AttentionType, CommonAttentionMetadata, MultipleOf)
+from vllm.v1.attention.backend import (AttentionBackend, AttentionCGSupport, AttentionImpl,
+                                       AttentionMetadataBuilder, AttentionType, CommonAttentionMetadata,
+                                       MultipleOf)
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from .. import ops
@@ -66,7 +76,7 @@ class AscendExtAttentionBackend(AttentionBackend):
 class AscendExtAttentionMetadata:
     num_actual_tokens: int
     max_query_len: int
-    max_seq_len: int
+    max_seq_len: int | None          # None: bounded by block_table capacity (CUDA-graph capture)
     query_start_loc: torch.Tensor   # int32 [B+1]
     seq_lens: torch.Tensor          # int32 [B]
     block_table: torch.Tensor       # int32 [B, max_blocks]
@@ -75,8 +85,15 @@ class AscendExtAttentionMetadata:
 
 
 class AscendExtMetadataBuilder(AttentionMetadataBuilder[AscendExtAttentionMetadata]):
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        max_reqs = vllm_config.scheduler_config.max_num_seqs
+        # int32 copies for runners that hand in other index dtypes (vLLM's are int32:
+        # then its persistent tensors are used directly)
+        self._query_start_loc = torch.zeros(max_reqs + 1, dtype=torch.int32, device=device)
+        self._seq_lens = torch.zeros(max_reqs, dtype=torch.int32, device=device)
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AscendExtAttentionMetadata:
@@ -87,12 +104,30 @@ class AscendExtMetadataBuilder(AttentionMetadataBuilder[AscendExtAttentionMetada
             num_actual_tokens=m.num_actual_tokens,
             max_query_len=m.max_query_len,
             max_seq_len=m.max_seq_len,
-            query_start_loc=m.query_start_loc.to(torch.int32),
-            seq_lens=m.seq_lens.to(torch.int32),
-            block_table=m.block_table_tensor.to(torch.int32),
+            query_start_loc=_int32(m.query_start_loc, self._query_start_loc),
+            seq_lens=_int32(m.seq_lens, self._seq_lens),
+            block_table=_int32(m.block_table_tensor, None),
             slot_mapping=m.slot_mapping,
             causal=bool(m.causal),
         )
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata
+                                    ) -> AscendExtAttentionMetadata:
+        metadata = self.build(0, common_attn_metadata)
+        metadata.max_seq_len = None   # replays see longer sequences than the capture did
+        return metadata
+
+
+def _int32(src: torch.Tensor, persistent: torch.Tensor | None) -> torch.Tensor:
+    """``src`` itself when int32 (a persistent runner buffer), else its values copied into
+    the front of ``persistent`` (so captured graphs keep reading the same memory)."""
+    if src.dtype == torch.int32:
+        return src
+    if persistent is None or src.dim() != 1 or src.shape[0] > persistent.shape[0]:
+        raise TypeError(f"ascend_ext attention expects int32 metadata, got {src.dtype} {tuple(src.shape)}")
+    view = persistent[:src.shape[0]]
+    view.copy_(src, non_blocking=True)
+    return view
 
 
 class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
@@ -136,10 +171,13 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
             trace.note(f"impl paged_attention={ops.selected_impl('paged_attention', query.device.type)}")
         n = attn_metadata.num_actual_tokens
         k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+        max_seq_len = attn_metadata.max_seq_len
+        if max_seq_len is None:   # CUDA-graph capture: the most keys any replay can have
+            max_seq_len = attn_metadata.block_table.shape[1] * k_cache.shape[1]
         with ops.trusted_inputs():
             ops.paged_attention(
                 query[:n], k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens,
                 attn_metadata.query_start_loc, attn_metadata.max_query_len,
                 softmax_scale=self.scale, causal=attn_metadata.causal, window_size=self.window_size,
-                softcap=self.softcap, out=output[:n], max_seqlen_k=attn_metadata.max_seq_len)
+                softcap=self.softcap, out=output[:n], max_seqlen_k=max_seq_len)
         return output

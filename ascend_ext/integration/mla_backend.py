@@ -19,7 +19,7 @@ import torch
 from vllm.model_executor.layers.attention.mla_attention import (MLACommonBackend, MLACommonImpl,
                                                                 MLACommonMetadata, MLACommonMetadataBuilder,
                                                                 QueryLenSupport)
-from vllm.v1.attention.backend import AttentionType, MultipleOf
+from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, MultipleOf
 from vllm.v1.attention.backends.mla.prefill.base import MLAPrefillBackend
 
 from .. import ops
@@ -54,6 +54,10 @@ class AscendExtMLABackend(MLACommonBackend):
 class AscendExtMLAMetadataBuilder(MLACommonMetadataBuilder[MLACommonMetadata]):
     # mla_decode takes s_q > 1 query tokens per request (speculative / multi-token decode)
     query_len_support: ClassVar[QueryLenSupport] = QueryLenSupport.UNIFORM
+    # Full CUDA graphs for uniform decode batches: the decode metadata are views of vLLM's
+    # persistent int32 buffers, and mla_decode sizes its key range from the block table's
+    # capacity (a shape), never from device values, so a replay with longer sequences is exact.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_BATCH
 
 
 class AscendExtMLAImpl(MLACommonImpl[MLACommonMetadata]):

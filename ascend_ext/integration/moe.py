@@ -38,6 +38,7 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
         super().__init__(moe)
         self._ours = False
         self._graph_tokens = _largest_graph_batch()
+        self._monolithic: bool | None = None
 
     # ------------------------------------------------------------ selection
     def _unsupported(self, layer) -> str | None:
@@ -71,13 +72,20 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
         self._ours = reason is None
         if self._ours:
             logger.info("ascend_ext: %s runs expert-parallel route/dispatch/experts/combine", layer.layer_name)
+            self._monolithic = True
             return   # keep the [E_local, 2I, H] / [E_local, H, I] weights as loaded
         logger.info("ascend_ext: %s keeps vLLM's MoE path (%s)", layer.layer_name, reason)
         super().process_weights_after_loading(layer)
+        self._monolithic = UnquantizedFusedMoEMethod.is_monolithic.fget(self)
 
     @property
     def is_monolithic(self) -> bool:
-        return self._ours or super().is_monolithic
+        # A plain attribute once the weights are loaded: torch.compile (vLLM's default mode)
+        # traces the MoE runner, and Dynamo evaluated `self._ours or super().is_monolithic`
+        # inconsistently (True where the runner branches, False in forward_monolithic's assert).
+        if self._monolithic is not None:
+            return self._monolithic
+        return self._ours or UnquantizedFusedMoEMethod.is_monolithic.fget(self)
 
     # -------------------------------------------------------------- forward
     def apply_monolithic(self, layer, x: torch.Tensor, router_logits: torch.Tensor, input_ids=None):

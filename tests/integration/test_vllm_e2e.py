@@ -1,22 +1,19 @@
 """A real vLLM engine on CPU with this plugin generates exactly what vLLM's own
-CPU attention backend generates (float32 model, so rounding cannot excuse a difference)."""
+CPU attention backend generates (float32 model, so rounding cannot excuse a difference),
+in vLLM's default compilation mode and, once, in eager mode."""
 
 import random
 
 import pytest
 
-from ascend_ext.demo import build_tiny_llama
 from ascend_ext.backends.cpu.native import native_available
 
 from ..conftest import SEED
+from .models import build_tiny_llama
 from .vllm_runner import needs_vllm, run_vllm
 
 pytestmark = [pytest.mark.e2e, needs_vllm]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    return build_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")), seed=0)
+OUR_PLATFORM = "ascend_ext.backends.cpu.platform.AscendExtCpuPlatform"
 
 
 def _prompts():
@@ -28,17 +25,32 @@ def _prompts():
     return [first, second]
 
 
-def test_greedy_tokens_match_vllm_cpu_backend(tiny_llama):
-    spec = {"model": tiny_llama, "prompts": _prompts(), "max_tokens": 24,
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    model = build_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama")), seed=0)
+    return {"model": model, "prompts": _prompts(), "max_tokens": 24,
             "llm": {"dtype": "float32", "block_size": 32, "enable_prefix_caching": True,
                     "max_num_batched_tokens": 32, "max_num_seqs": 8}}   # 32 < prompt: chunked prefill
-    theirs = run_vllm(spec, disable_plugin=True)
-    ours = run_vllm(spec, disable_plugin=False)
 
-    assert theirs["platform"] == "vllm.platforms.cpu.CpuPlatform"
-    assert theirs["attention_backends"] == ["CPU_ATTN"]
-    assert ours["platform"] == "ascend_ext.backends.cpu.platform.AscendExtCpuPlatform"
+
+@pytest.fixture(scope="module")
+def theirs(spec):
+    """vLLM's own CPU backend in its default mode: the reference for both of our modes."""
+    result = run_vllm(spec, disable_plugin=True)
+    assert result["platform"] == "vllm.platforms.cpu.CpuPlatform"
+    assert result["attention_backends"] == ["CPU_ATTN"]
+    return result
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["default_mode", "eager"])
+def test_greedy_tokens_match_vllm_cpu_backend(spec, theirs, enforce_eager):
+    ours = run_vllm(dict(spec, llm=dict(spec["llm"], enforce_eager=enforce_eager)), disable_plugin=False)
+
+    assert ours["platform"] == OUR_PLATFORM
     assert ours["attention_backends"] == ["ASCEND_EXT"]
+    assert ours["compilation_mode"] == ("NONE" if enforce_eager else theirs["compilation_mode"])
+    if not enforce_eager:
+        assert ours["compilation_mode"] != "NONE", "vLLM's default mode should compile the model"
     expected_impl = "native" if native_available("cpu") is None else "reference"
     assert f"impl paged_attention={expected_impl}" in ours["trace"], ours["trace"]
 

@@ -1,11 +1,11 @@
 """A tiny DeepSeek-V2 (MLA + MoE, bf16, random weights) through vLLM on CPU: our MLA
-backend generates what vLLM's own CPU MLA backend generates."""
+backend generates what vLLM's own CPU MLA backend generates (vLLM's default compilation mode)."""
 
 import random
 
 import pytest
 
-from ascend_ext.demo import build_tiny_deepseek_v2
+from .models import build_tiny_deepseek_v2
 
 from ..conftest import SEED
 from .compare import check_logprobs_close
@@ -28,6 +28,8 @@ def test_mla_greedy_tokens_match_vllm_cpu_mla(tiny_deepseek):
     theirs = run_vllm(spec, disable_plugin=True)
     ours = run_vllm(spec, disable_plugin=False)
     assert ours["attention_backends"] == ["ASCEND_EXT_MLA"]
+    assert ours["compilation_mode"] == theirs["compilation_mode"] != "NONE", "vLLM's default mode compiles"
+    assert {"mla_decode", "mla_prefill"} <= set(ours["trace"]), ours["trace"]
     assert theirs["attention_backends"] != ["ASCEND_EXT_MLA"]
     for out in ours["outputs"]:
         assert len(set(out["token_ids"])) > 3, "degenerate model output proves nothing"
