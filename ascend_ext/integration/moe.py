@@ -28,6 +28,7 @@ from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
 
 from .. import ops
+from ..ops import _comm
 from . import trace
 
 logger = logging.getLogger("ascend_ext")
@@ -72,6 +73,13 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
         self._ours = reason is None
         if self._ours:
             logger.info("ascend_ext: %s runs expert-parallel route/dispatch/experts/combine", layer.layer_name)
+            from vllm.distributed import get_ep_group
+
+            group = get_ep_group()
+            self._world, self._rank = group.world_size, group.rank_in_group
+            self._group_name = _comm.group_name(group.device_group)
+            self._timeout_s = _comm.default_timeout_s()
+            _comm.add_observer(_trace_ep)
             self._monolithic = True
             return   # keep the [E_local, 2I, H] / [E_local, H, I] weights as loaded
         logger.info("ascend_ext: %s keeps vLLM's MoE path (%s)", layer.layer_name, reason)
@@ -91,27 +99,19 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
     def apply_monolithic(self, layer, x: torch.Tensor, router_logits: torch.Tensor, input_ids=None):
         if not self._ours:
             return super().apply_monolithic(layer, x, router_logits, input_ids)
-        from vllm.distributed import get_ep_group
-
-        trace.note("moe_ep")
-        group = get_ep_group()
-        world, rank = group.world_size, group.rank_in_group
+        # one custom op (torch.ops.ascend_ext.ep_moe under torch.compile): the exchange's
+        # data-dependent sizes and collectives stay out of the traced graph
         tokens = x.shape[0]
-        share = -(-tokens // world)
-        lo, hi = min(tokens, rank * share), min(tokens, (rank + 1) * share)
+        share = -(-tokens // self._world)
+        lo, hi = min(tokens, self._rank * share), min(tokens, (self._rank + 1) * share)
         grouped = bool(layer.use_grouped_topk and layer.num_expert_group)
-        with ops.trusted_inputs():
-            weights, ids = ops.moe_route(
-                router_logits[lo:hi], layer.top_k, scoring=layer.scoring_func, renormalize=layer.renormalize,
-                num_expert_group=layer.num_expert_group if grouped else None,
-                topk_group=layer.topk_group if grouped else None,
-                correction_bias=layer.e_score_correction_bias, routed_scaling_factor=layer.routed_scaling_factor)
-            graph_safe = tokens <= self._graph_tokens or (x.is_cuda and torch.cuda.is_current_stream_capturing())
-            result = ops.ep_dispatch(x[lo:hi], ids, weights, layer.global_num_experts, group.device_group,
-                                     max_tokens_per_rank=max(share, 1) if graph_safe else None)
-            expert_out = ops.moe_experts(result.recv_x, layer.w13_weight, layer.w2_weight, result.expert_offsets,
-                                         result.tokens_per_expert, scales=result.recv_scales, out_dtype=x.dtype)
-            mine = ops.ep_combine(expert_out, result.handle)
+        mine = ops.ep_moe(
+            x[lo:hi], router_logits[lo:hi], layer.w13_weight, layer.w2_weight, layer.top_k, self._group_name,
+            scoring=layer.scoring_func, renormalize=layer.renormalize,
+            num_expert_group=layer.num_expert_group if grouped else None,
+            topk_group=layer.topk_group if grouped else None, correction_bias=layer.e_score_correction_bias,
+            routed_scaling_factor=layer.routed_scaling_factor, capacity=share,
+            max_graph_capacity=-(-self._graph_tokens // self._world), timeout_s=self._timeout_s)
         out = torch.zeros_like(x)
         out[lo:hi] = mine
         return out
@@ -132,3 +132,8 @@ def register_moe_method() -> None:
 
     if op_registry_oot.get(UnquantizedFusedMoEMethod.__name__) is not AscendExtMoEMethod:
         UnquantizedFusedMoEMethod.register_oot(AscendExtMoEMethod)
+
+
+def _trace_ep(event: str) -> None:
+    if event == "ep_moe":
+        trace.note("moe_ep")

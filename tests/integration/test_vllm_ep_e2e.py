@@ -54,8 +54,6 @@ def test_expert_parallel_tp2_eager_matches_one_rank(base, one_rank):
     _check(ep, one_rank)
 
 
-@pytest.mark.xfail(strict=False, reason="needs #12 custom ops for ep_dispatch/ep_combine: Dynamo traces the MoE layer "
-                                        "(first stop: the trace file write in apply_monolithic; then Python collectives)")
 def test_expert_parallel_tp2_default_mode_matches_one_rank(base, one_rank):
     ep = run_vllm(dict(base, llm=dict(LLM, tensor_parallel_size=2, enable_expert_parallel=True)),
                   disable_plugin=False)

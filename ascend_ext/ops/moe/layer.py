@@ -25,6 +25,7 @@ def run_ep_moe(x, router_logits, w13, w2, correction_bias, top_k: int, scoring: 
     Fixed-capacity dispatch (no host sync, graph-capturable) when ``capacity`` >= 0 and
     either ``capacity <= max_graph_capacity`` or a CUDA graph is being captured; dynamic otherwise."""
     group = comm.group_by_name(group_name)
+    comm.notify("ep_moe")
     with check.trusted_inputs():
         weights, ids = moe_route(router_logits, top_k, scoring=scoring, renormalize=renormalize,
                                  num_expert_group=None if num_expert_group < 0 else num_expert_group,
