@@ -44,7 +44,10 @@ def test_fused_matches_reference_identity_experts(tokens, hidden, experts, quant
                           int(res.num_dropped))
     got, want = outs["triton"], outs["reference"]
     assert torch.equal(got[1], want[1]) and got[2] == want[2]
-    torch.testing.assert_close(got[0], want[0], atol=3e-2, rtol=2e-2)
+    # INT8: the kernels round ties away from zero, the reference to even, so a code may
+    # differ by one step (max|x_row| / 127 ~ 0.03 for these bf16 rows) where want is 0
+    atol = 3e-2 if quant is None else 2 * float(x.float().abs().amax()) / 127
+    torch.testing.assert_close(got[0], want[0], atol=atol, rtol=2e-2)
 
 
 @pytest.mark.parametrize("quant", [None, "int8"])
