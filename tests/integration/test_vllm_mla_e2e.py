@@ -29,6 +29,9 @@ def test_mla_greedy_tokens_match_vllm_cpu_mla(tiny_deepseek):
     ours = run_vllm(spec, disable_plugin=False)
     assert ours["attention_backends"] == ["ASCEND_EXT_MLA"]
     assert theirs["attention_backends"] != ["ASCEND_EXT_MLA"]
+    # prefill and decode both ran through ascend_ext (vLLM 0.30 has no platform hook for the
+    # prefill backend: compat.route_mla_prefill routes it)
+    assert {"mla_prefill", "mla_decode"} <= set(ours["trace"]), ours["trace"]
     for out in ours["outputs"]:
         assert len(set(out["token_ids"])) > 3, "degenerate model output proves nothing"
     # bf16 weights and a different kernel order: near-ties may flip, real errors may not
