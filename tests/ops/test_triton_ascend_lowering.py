@@ -14,17 +14,12 @@ import pytest
 SCRIPT = os.path.join(os.path.dirname(__file__), "triton_ascend_lowering.py")
 EP_KERNELS = {"layout_count_kernel", "layout_scan_kernel", "layout_offsets_kernel", "layout_place_kernel",
               "scatter_rows_kernel", "gather_reduce_kernel"}
-# The #12 launch helpers pass named tuples between @triton.jit functions; triton-ascend 3.2's
-# compiler (unlike its interpreter and triton >= 3.3) has no tuple support: "unsupported
-# tensor index: constexpr[0]". Strict: these turn into failures once the kernels lower again.
-TUPLES = pytest.mark.xfail(strict=True, reason="triton-ascend 3.2 compiler: no tuples across @triton.jit "
-                                               "calls (kernels/triton/common.py launch helpers)")
 CASES = {
-    "flash d128 bf16 causal": ({"flash_varlen_fwd_kernel"}, TUPLES),
-    "flash d64 fp16 window": ({"flash_varlen_fwd_kernel"}, TUPLES),
-    "flash d128 bf16 tile-mask": ({"flash_varlen_fwd_kernel"}, TUPLES),
-    "paged d128 bf16 split": ({"paged_attn_kernel", "combine_splits_kernel"}, TUPLES),
-    "paged d64 fp16": ({"paged_attn_kernel"}, TUPLES),
+    "flash d128 bf16 causal": ({"flash_varlen_fwd_kernel"}, None),
+    "flash d64 fp16 window": ({"flash_varlen_fwd_kernel"}, None),
+    "flash d128 bf16 tile-mask": ({"flash_varlen_fwd_kernel"}, None),
+    "paged d128 bf16 split": ({"paged_attn_kernel", "combine_splits_kernel"}, None),
+    "paged d64 fp16": ({"paged_attn_kernel"}, None),
     "mla 16 heads": ({"mla_decode_kernel"}, None),
     "mla 128 heads s_q 2": ({"mla_decode_kernel"}, None),
     "moe bf16": ({"gate_up_kernel", "down_kernel"}, None),
@@ -32,8 +27,7 @@ CASES = {
     "ep layout + scatter + gather": (EP_KERNELS, None),
     "ep layout + int8 scatter + weighted gather": (EP_KERNELS, None),
 }
-NPU_TILES = {"flash_varlen_fwd_kernel": {"NUM_SUB": 2}, "mla_decode_kernel": {"BLOCK_M": 64, "BLOCK_N": 128},
-             "gate_up_kernel": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128}, "paged_attn_kernel": {"BLOCK_N": 128}}
+NPU_TILES = {"flash_varlen_fwd_kernel": {"NUM_SUB": 2}, "gate_up_kernel": {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128}, "paged_attn_kernel": {"BLOCK_N": 128}}
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton.backends.ascend") is None,
                                 reason="triton-ascend is not the installed triton (make test-triton-ascend runs this)")
