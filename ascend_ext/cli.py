@@ -15,6 +15,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"hardware: {device} - {hardware.describe_device(device)}")
     for name, version in hardware.versions().items():
         print(f"  {name:12s} {version or 'not installed'}")
+    from ascend_ext.integration import compat
+
+    vllm_reason = compat.unsupported_reason()
+    print(f"supported vLLM: vllm{compat.SUPPORTED_VLLM} - "
+          f"{'installed ' + compat.vllm_version() + ' is supported' if vllm_reason is None else vllm_reason}")
     platform = ascend_ext.register()
     print(f"vLLM platform plugin -> {platform or 'None (vLLM keeps its own platform)'}")
     if ascend_ext.disabled():

@@ -1,5 +1,5 @@
 """vLLM integration: platforms and backends that adapt vLLM's metadata and call
-:mod:`ascend_ext.ops`. Holds no math."""
+:mod:`ascend_ext.ops`. Holds no math. What depends on the vLLM release is in :mod:`.compat`."""
 
 ATTENTION_BACKEND_NAME = "ASCEND_EXT"
 ATTENTION_BACKEND_PATH = "ascend_ext.integration.attention_backend.AscendExtAttentionBackend"
@@ -8,10 +8,16 @@ MLA_BACKEND_PATH = "ascend_ext.integration.mla_backend.AscendExtMLABackend"
 MLA_PREFILL_BACKEND_PATH = "ascend_ext.integration.mla_backend.AscendExtMLAPrefillBackend"
 
 
+def attention_backend_name() -> str:
+    """The name our attention backend has in this vLLM (CUSTOM on vLLM 0.30)."""
+    from .compat import attention_backend_name as name_for
+
+    return name_for(ATTENTION_BACKEND_NAME)
+
+
 def register_backends() -> None:
     """Register our backend names with vLLM's registry (idempotent)."""
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+    from .compat import register_backend
 
-    for name, path in ((ATTENTION_BACKEND_NAME, ATTENTION_BACKEND_PATH), (MLA_BACKEND_NAME, MLA_BACKEND_PATH)):
-        if name not in AttentionBackendEnum.__members__:
-            register_backend(name, path)
+    register_backend(ATTENTION_BACKEND_NAME, ATTENTION_BACKEND_PATH, looked_up=True)
+    register_backend(MLA_BACKEND_NAME, MLA_BACKEND_PATH, looked_up=False)

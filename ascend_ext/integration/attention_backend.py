@@ -28,7 +28,7 @@ from vllm.v1.attention.backend import (AttentionBackend, AttentionCGSupport, Att
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from .. import ops
-from . import ATTENTION_BACKEND_NAME, trace
+from . import attention_backend_name, trace
 
 
 class AscendExtAttentionBackend(AttentionBackend):
@@ -38,7 +38,7 @@ class AscendExtAttentionBackend(AttentionBackend):
 
     @staticmethod
     def get_name() -> str:
-        return ATTENTION_BACKEND_NAME
+        return attention_backend_name()
 
     @staticmethod
     def get_impl_cls() -> type[AscendExtAttentionImpl]:

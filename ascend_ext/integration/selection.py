@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from . import ATTENTION_BACKEND_NAME, ATTENTION_BACKEND_PATH, MLA_BACKEND_NAME, MLA_BACKEND_PATH, register_backends
+from . import ATTENTION_BACKEND_PATH, MLA_BACKEND_NAME, MLA_BACKEND_PATH, attention_backend_name, register_backends
 
 logger = logging.getLogger("ascend_ext")
 
@@ -13,7 +13,7 @@ _SUPPORTED_CACHE_DTYPES = (None, "auto", "float16", "bfloat16", "float32")
 
 def unsupported_reason(selected_backend, config) -> str | None:
     """Why our backend must not serve this layer, or None when it can."""
-    ours = MLA_BACKEND_NAME if config.use_mla else ATTENTION_BACKEND_NAME
+    ours = MLA_BACKEND_NAME if config.use_mla else attention_backend_name()
     if selected_backend is not None and getattr(selected_backend, "name", None) != ours:
         return f"the user selected backend {selected_backend.name}"
     if config.use_mla and config.kv_cache_dtype not in (None, "auto"):

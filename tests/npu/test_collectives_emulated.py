@@ -6,17 +6,21 @@ import torch
 
 from ..distributed.ep_cases import reference
 from ..distributed.harness import run_ranks, values
+from . import real_ops
 from .npu_dist_cases import ep_worker, mm_allreduce_worker
 
 pytestmark = pytest.mark.distributed
 
 
-def test_npu_ep_adapters_match_reference():
+@pytest.mark.parametrize("real", [False, True], ids=["emulation", "real_schema"])
+def test_npu_ep_adapters_match_reference(real):
     world = 2
     base = dict(hidden=32, inter=48, experts=8, top_k=2, mode="layer", seed=11, tokens=[13, 6])
     cases = [dict(base, dtype="float32"), dict(base, dtype="bfloat16"),
              dict(base, dtype="bfloat16", quant="int8", mode="identity"), dict(base, dtype="float32", top_k=4)]
-    per_rank = values(run_ranks(ep_worker, world, cases, timeout_s=180))
+    if real:
+        real_ops.define()   # download/skip here, not in the ranks
+    per_rank = values(run_ranks(ep_worker, world, {"cases": cases, "real": real}, timeout_s=180))
     for i, case in enumerate(cases):
         ref = reference(case, world)
         for r in range(world):
@@ -27,6 +31,9 @@ def test_npu_ep_adapters_match_reference():
         assert torch.equal(got_tpe, ref["tokens_per_expert"])
 
 
-def test_npu_mm_all_reduce_adapter():
-    errors = values(run_ranks(mm_allreduce_worker, 2, None, timeout_s=120))
-    assert max(errors) < 1e-4, errors
+@pytest.mark.parametrize("real", [False, True], ids=["emulation", "real_schema"])
+def test_npu_mm_all_reduce_adapter(real):
+    if real:
+        real_ops.define()
+    errors = values(run_ranks(mm_allreduce_worker, 2, {"real": real}, timeout_s=120))
+    assert max(errors) < 2e-2, errors

@@ -3,6 +3,7 @@ implementation matches float64; cache writes; bad input."""
 
 import functools
 import importlib
+import importlib.util
 import itertools
 
 import pytest
@@ -118,6 +119,9 @@ def test_mla_triton_split_kv(num_splits, rng):
                                                        (128, 2, 16, [3, 40])])
 def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, rng):
     """e4m3 latent cache with a per-tensor scale equals float64 attention over the dequantised rows."""
+    if impl == "triton" and importlib.util.find_spec("triton.backends.ascend") is not None:
+        pytest.skip("triton-ascend 3.2 has no fp8 ('[fp8, fp64] is unsupported on Ascend for now'): "
+                    "the FP8 MLA cache cannot run through Triton on Ascend")
     rank, rope, kv_scale = 512, 64, 0.03
     rows, cache, table, lens = _latent_cache(lengths, rank + rope, block_size, torch.float32, rng)
     if DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9:

@@ -281,6 +281,17 @@ def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, ful
 
 
 @triton.jit
+def and_in_range(mask, offs, limit, EVEN: tl.constexpr):
+    """``mask & (offs < limit)``, or ``mask`` alone when EVEN says every offset is in range
+    (the loads then vectorise). A constexpr branch, not ``tensor | EVEN``: triton-ascend
+    rejects or-ing a tensor with a constexpr bool."""
+    if EVEN:
+        return mask
+    else:
+        return mask & (offs < limit)
+
+
+@triton.jit
 def load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D: tl.constexpr):
     """Query rows: row i is Q[tokens[i], heads[i], :]; invalid rows read as 0."""
     ptrs = Q + tokens.to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]

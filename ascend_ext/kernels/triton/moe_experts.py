@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot, dot_flags
+from .common import and_in_range, dot, dot_flags
 
 
 @triton.jit
@@ -61,15 +61,13 @@ def gate_up_kernel(X, SCALES, W13, H, OFFSETS, COUNTS, num_experts, hidden, inte
         scale = tl.load(SCALES + rows, mask=in_rows, other=0.0)
     for k in range(0, hidden, BLOCK_K):
         kk = k + offs_k
-        in_k = (kk < hidden) | EVEN_K     # constant-true when the K tiles divide evenly: vector loads
-        x = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + kk[None, :], mask=in_rows[:, None] & in_k[None, :],
-                    other=0)
+        x_mask = and_in_range(in_rows[:, None], kk[None, :], hidden, EVEN_K)
+        w_mask = and_in_range(in_cols[None, :], kk[:, None], hidden, EVEN_K)
+        x = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + kk[None, :], mask=x_mask, other=0)
         if INT8:
             x = (x.to(tl.float32) * scale[:, None]).to(W13.dtype.element_ty)
-        w_gate = tl.load(w_base + cols[None, :] * stride_wn + kk[:, None], mask=in_cols[None, :] & in_k[:, None],
-                         other=0.0)
-        w_up = tl.load(w_base + (cols + inter)[None, :] * stride_wn + kk[:, None],
-                       mask=in_cols[None, :] & in_k[:, None], other=0.0)
+        w_gate = tl.load(w_base + cols[None, :] * stride_wn + kk[:, None], mask=w_mask, other=0.0)
+        w_up = tl.load(w_base + (cols + inter)[None, :] * stride_wn + kk[:, None], mask=w_mask, other=0.0)
         acc_gate = dot(x, w_gate, acc_gate, IEEE, DOT_F32)
         acc_up = dot(x, w_up, acc_up, IEEE, DOT_F32)
     h = acc_gate / (1.0 + tl.exp(-acc_gate)) * acc_up
@@ -94,32 +92,35 @@ def down_kernel(H, W2, OUT, OFFSETS, COUNTS, num_experts, hidden, inter,
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k in range(0, inter, BLOCK_K):
         kk = k + offs_k
-        in_k = (kk < inter) | EVEN_K
-        h = tl.load(H + rows.to(tl.int64)[:, None] * stride_h + kk[None, :], mask=in_rows[:, None] & in_k[None, :],
-                    other=0.0)
-        w = tl.load(w_base + cols[None, :] * stride_wn + kk[:, None], mask=in_cols[None, :] & in_k[:, None], other=0.0)
+        h = tl.load(H + rows.to(tl.int64)[:, None] * stride_h + kk[None, :],
+                    mask=and_in_range(in_rows[:, None], kk[None, :], inter, EVEN_K), other=0.0)
+        w = tl.load(w_base + cols[None, :] * stride_wn + kk[:, None],
+                    mask=and_in_range(in_cols[None, :], kk[:, None], inter, EVEN_K), other=0.0)
         acc = dot(h, w, acc, IEEE, DOT_F32)
     tl.store(OUT + rows.to(tl.int64)[:, None] * stride_o + cols[None, :], acc.to(OUT.dtype.element_ty),
              mask=in_rows[:, None] & in_cols[None, :])
 
 
-def _config(device: torch.device, dtype: torch.dtype) -> dict:
+def moe_config(device: torch.device, dtype: torch.dtype) -> dict:
     if device.type == "cpu":   # interpreter
         return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=1)
+    if device.type == "npu":   # unmeasured candidate: cube-sized tiles, one program per AI core
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=1, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
     return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3)
 
 
-def moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, *, scales, out_dtype):
-    """Triton implementation behind :func:`ascend_ext.ops.moe_experts` (validated args)."""
+def moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, *, scales, out_dtype, config=None):
+    """Triton implementation behind :func:`ascend_ext.ops.moe_experts` (validated args);
+    ``config`` overrides the per-device tiles."""
     rows, hidden = x.shape
     experts, inter = w2.shape[0], w2.shape[2]
     out = torch.zeros((rows, hidden), dtype=out_dtype, device=x.device)
     if rows == 0 or experts == 0:
         return out
     compute_dtype = w13.dtype
-    cfg = _config(x.device, compute_dtype)
+    cfg = dict(config or moe_config(x.device, compute_dtype))
     h = torch.empty((rows, inter), dtype=compute_dtype, device=x.device)
     x = x.contiguous()
     w13, w2 = w13.contiguous(), w2.contiguous()

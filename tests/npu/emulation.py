@@ -37,6 +37,9 @@ import torch
 import torch.distributed as dist
 
 COMPRESSED_MASK_SIZE = 2048
+INFER_DTYPES = (torch.float16, torch.bfloat16)
+PAGED_BLOCK_SIZES = (128, 256, 384, 512)
+MLA_HEADS = (1, 2, 4, 8, 16, 32, 64, 128)
 _GROUPS: dict[str, object] = {}
 
 
@@ -115,8 +118,18 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
     if [k for k, v in unsupported.items() if v is not None]:
         raise RuntimeError(f"arguments not emulated: {sorted(unsupported)}")
     nkv = num_key_value_heads or num_heads
-    if num_heads % nkv:
-        raise RuntimeError(f"num_heads ({num_heads}) must be a multiple of num_key_value_heads ({nkv})")
+    if num_heads % nkv or (query_rope is None and num_heads // nkv > 64):
+        raise RuntimeError(f"num_heads ({num_heads}) must be a multiple of num_key_value_heads ({nkv}), ratio <= 64")
+    for name, t in (("query", query), ("key", key), ("value", value), ("query_rope", query_rope),
+                    ("key_rope", key_rope)):
+        if t is not None and t.dtype not in INFER_DTYPES:
+            raise RuntimeError(f"{name} must be float16 or bfloat16 (int8 needs quantisation scales), got {t.dtype}")
+        if t is not None and not t.is_contiguous():
+            raise RuntimeError(f"{name} must be contiguous")
+    if block_table is not None and query_rope is None and block_size not in PAGED_BLOCK_SIZES:
+        raise RuntimeError(f"page attention block_size must be 128-512 in multiples of 128, got {block_size}")
+    if block_table is not None and query_rope is not None and block_size not in (16, 128):
+        raise RuntimeError(f"page attention with rope (MLA) takes block_size 16 or 128, got {block_size}")
     if input_layout == "TND":
         if query.dim() != 3 or query.shape[1] != num_heads:
             raise RuntimeError(f"TND query must be [T, num_heads={num_heads}, D], got {tuple(query.shape)}")
@@ -164,15 +177,47 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
     raise RuntimeError(f"input_layout {input_layout!r} is not emulated (TND, BSND, BNSD)")
 
 
+def npu_fused_infer_attention_score_v2(query, key, value, *, query_rope=None, key_rope=None, atten_mask=None,
+                                       actual_seq_qlen=None, actual_seq_kvlen=None, block_table=None,
+                                       num_query_heads=1, num_key_value_heads=0, softmax_scale=1.0,
+                                       pre_tokens=2147483647, next_tokens=2147483647, input_layout="BSH",
+                                       sparse_mode=0, block_size=0, inner_precise=0, return_softmax_lse=False,
+                                       **unsupported):
+    """The _v2 op: renamed arguments of npu_fused_infer_attention_score (TND emulated). With
+    query_rope (MLA) its docs require 1-16 query tokens per batch, num_query_heads in
+    1/2/4/.../128, key N 1 with D 512, rope D 64, page attention with block_size 16 or 128."""
+    if query_rope is not None:
+        if (query_rope is None) != (key_rope is None):
+            raise RuntimeError("query_rope and key_rope must be given together")
+        if num_query_heads not in MLA_HEADS:
+            raise RuntimeError(f"with query_rope num_query_heads must be one of {MLA_HEADS}, got {num_query_heads}")
+        if query.shape[-1] != 512 or query_rope.shape[-1] != 64 or key.shape[-1] != 512 or key_rope.shape[-1] != 64:
+            raise RuntimeError("with query_rope: query/key D must be 512 and the rope D 64")
+        if num_key_value_heads not in (0, 1) or block_table is None:
+            raise RuntimeError("with query_rope: key N must be 1 and page attention is required")
+        if input_layout == "TND":
+            ends = [0] + list(actual_seq_qlen)
+            if any(not 1 <= b - a <= 16 for a, b in zip(ends, ends[1:])):
+                raise RuntimeError("with query_rope each batch takes 1-16 query tokens")
+    return npu_fused_infer_attention_score(
+        query, key, value, query_rope=query_rope, key_rope=key_rope, atten_mask=atten_mask,
+        actual_seq_lengths=actual_seq_qlen, actual_seq_lengths_kv=actual_seq_kvlen, block_table=block_table,
+        num_heads=num_query_heads, num_key_value_heads=num_key_value_heads, scale=softmax_scale,
+        pre_tokens=pre_tokens, next_tokens=next_tokens, input_layout=input_layout, sparse_mode=sparse_mode,
+        block_size=block_size, inner_precise=inner_precise, softmax_lse_flag=return_softmax_lse, **unsupported)
+
+
 def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None, padding_mask=None, atten_mask=None,
                          scale=1.0, keep_prob=1.0, pre_tockens=2147483647, next_tockens=2147483647, inner_precise=0,
                          prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0,
-                         gen_mask_parallel=True, sync=False):
+                         gen_mask_parallel=True, sync=False, softmax_layout=""):
     """Emulates TND (varlen; cumulative actual_seq_qlen/actual_seq_kvlen), BSND and BNSD.
 
     Returns the documented 7 outputs: (attention_out, softmax_max, softmax_sum,
     softmax_out placeholder, seed, offset, numels); softmax_max/sum are [T, N, 8] for TND
-    (8 equal copies). The real op gives the row max of the scaled scores and the sum of
+    (8 equal copies) laid out TND only with softmax_layout="TND": the default is NTD (the
+    [N, T, 8] data in the [T, N, 8]-shaped buffer the meta function declares). Varlen masks
+    (sparse_mode 1) must not hide a whole row. The real op gives the row max of the scaled scores and the sum of
     exp(s - max); here the pair is (lse, 1), which has the same lse = max + log(sum).
     """
     if keep_prob != 1.0 or pse is not None or prefix is not None:
@@ -186,8 +231,12 @@ def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None,
             raise RuntimeError("actual_seq_qlen and actual_seq_kvlen must list the same batch")
         out = query.new_zeros((query.shape[0], head_num, value.shape[-1]))
         lse = torch.full((query.shape[0], head_num), float("-inf"))
+        if softmax_layout not in ("", "TND"):
+            raise RuntimeError(f"softmax_layout takes only 'TND', got {softmax_layout!r}")
         for (q0, q1), (k0, k1) in zip(q_segments, k_segments):
             allowed = _allowed(q1 - q0, k1 - k0, sparse_mode, pre_tockens, next_tockens, atten_mask)
+            if sparse_mode == 1 and not bool(allowed.any(dim=1).all()):
+                raise RuntimeError("varlen atten_mask must not mask a whole row")
             o, l_ = _attention(query[q0:q1], key[k0:k1], value[k0:k1], scale, allowed)
             out[q0:q1] = o.to(out.dtype)
             lse[q0:q1] = l_
@@ -195,8 +244,11 @@ def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None,
         # max -inf, sum 0 here (the real op's value for such rows is unspecified).
         softmax_max = torch.where(torch.isfinite(lse), lse, torch.full_like(lse, float("-inf")))
         softmax_sum = torch.where(torch.isfinite(lse), torch.ones_like(lse), torch.zeros_like(lse))
-        return (out, softmax_max[..., None].expand(-1, -1, 8).contiguous(),
-                softmax_sum[..., None].expand(-1, -1, 8).contiguous(), torch.zeros(0), 0, 0, 0)
+        def layout(t):
+            t = t[..., None].expand(-1, -1, 8)
+            return t.contiguous() if softmax_layout == "TND" else t.transpose(0, 1).contiguous().view(t.shape)
+
+        return out, layout(softmax_max), layout(softmax_sum), torch.zeros(0, dtype=query.dtype), 0, 0, 0
     raise RuntimeError(f"input_layout {input_layout!r} is not emulated here (TND)")
 
 
@@ -219,6 +271,10 @@ def npu_mm_all_reduce_base(x1, x2, hcom, *, reduce_op="sum", bias=None, antiquan
     """AllReduce(x1 @ x2 + bias) over the group named hcom; x1 [M, K], x2 [K, N]."""
     if reduce_op != "sum":
         raise RuntimeError(f"reduce_op {reduce_op!r} is not supported (only 'sum')")
+    if x1.dtype not in INFER_DTYPES or x2.dtype != x1.dtype:
+        raise RuntimeError(f"x1/x2 must both be float16 or bfloat16 (int8 needs scales), got {x1.dtype}, {x2.dtype}")
+    if dist.get_world_size(_group(hcom)) not in (1, 2, 4, 8):
+        raise RuntimeError("npu_mm_all_reduce_base runs on 1, 2, 4 or 8 ranks")
     if x1.dim() != 2 or x2.dim() != 2 or x1.shape[1] != x2.shape[0]:
         raise RuntimeError(f"x1 [M, K] @ x2 [K, N] expected, got {tuple(x1.shape)} and {tuple(x2.shape)}")
     out = (x1.float() @ x2.float())
@@ -342,7 +398,8 @@ def make_module() -> types.ModuleType:
     """A stand-in ``torch_npu`` module with the emulated ops."""
     module = types.ModuleType("torch_npu")
     module.__ascend_ext_emulation__ = True
-    for name in ("npu_fused_infer_attention_score", "npu_fusion_attention", "npu_mm_all_reduce_base",
+    for name in ("npu_fused_infer_attention_score", "npu_fused_infer_attention_score_v2", "npu_fusion_attention",
+                 "npu_mm_all_reduce_base",
                  "npu_moe_distribute_dispatch", "npu_moe_distribute_combine"):
         setattr(module, name, globals()[name])
     module.emulation_group_name = lambda group: register_group(f"emulated-{id(group)}", group)
@@ -350,10 +407,10 @@ def make_module() -> types.ModuleType:
 
 
 @contextlib.contextmanager
-def installed():
-    """Make ``import torch_npu`` return the emulation inside the block."""
+def installed(module: types.ModuleType | None = None):
+    """Make ``import torch_npu`` return the emulation (or ``module``) inside the block."""
     previous = sys.modules.get("torch_npu")
-    sys.modules["torch_npu"] = make_module()
+    sys.modules["torch_npu"] = module if module is not None else make_module()
     try:
         yield sys.modules["torch_npu"]
     finally:

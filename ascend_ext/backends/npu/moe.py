@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..ops.moe.ep import DispatchResult, ReferenceHandle
+from ...ops.moe.ep import DispatchResult, ReferenceHandle
 from . import hccl_group_name, torch_npu
 
 

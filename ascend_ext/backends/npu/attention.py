@@ -7,7 +7,9 @@ right, bottom-right aligned); both take the compressed 2048x2048 mask. No mask -
 window masks map to the same modes; document masks become a varlen split (each
 document its own sequence, exact and cheaper than a mask); any other TileMask falls
 back to sparse_mode 1 with a dense [S, S] mask - O(S^2) memory, the only form the op
-accepts for arbitrary patterns.
+accepts for arbitrary patterns. Rows a varlen dense mask hides completely (the op forbids
+them) attend to key 0 inside the op and are then written as 0 with lse -inf, the op-layer
+convention. Documented limits are checked first (:mod:`.constraints`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 
 import torch
 
-from . import torch_npu
+from . import constraints, torch_npu
 
 INT_MAX = 2147483647
 
@@ -56,11 +58,24 @@ def _lse_from_max_sum(softmax_max, softmax_sum) -> torch.Tensor:
     return lse.transpose(0, 1).contiguous()
 
 
+def _check_no_empty_rows(cu_q: list[int], cu_k: list[int], right: int) -> None:
+    """npu_fusion_attention forbids rows with no visible key in varlen (TND) calls: with the
+    bottom-right aligned causal/band modes these are the first Sq - Skv - right queries."""
+    for b in range(len(cu_q) - 1):
+        sq, sk = cu_q[b + 1] - cu_q[b], cu_k[b + 1] - cu_k[b]
+        if sq > 0 and (sk == 0 or sq > sk + right):
+            raise ValueError(f"npu_fusion_attention forbids fully masked query rows in varlen calls: sequence {b} "
+                             f"has {sq} queries over {sk} keys (window right edge {right})")
+
+
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                       softmax_scale, window, mask, softcap, out, return_lse):
     if softcap:
         raise NotImplementedError("npu_fusion_attention has no logit softcap; use another implementation")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        constraints.check_dtype(name, t, constraints.FUSION_DTYPES, "npu_fusion_attention")
     cu_q, cu_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    empty_rows = None
     if mask is not None:
         kind = mask.kind
         if kind[0] == "window":                        # AND of two window rules
@@ -71,14 +86,29 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             cu_q = [b * mask.seqlen_q + o for b in range(len(cu_q) - 1) for o in offsets[:-1]] + [cu_q[-1]]
             cu_k = [b * mask.seqlen_k + o for b in range(len(cu_k) - 1) for o in offsets[:-1]] + [cu_k[-1]]
             mask = None
-    args = _mask_args(window, q.device) if mask is None else dict(
-        sparse_mode=1, atten_mask=~mask.dense().to(q.device))
+    if mask is None:
+        args = _mask_args(window, q.device)
+        _check_no_empty_rows(cu_q, cu_k, INT_MAX if window[1] < 0 else window[1])
+    else:
+        allowed = mask.dense().to(q.device)
+        empty_rows = ~allowed.any(dim=1)
+        if bool(empty_rows.any()):
+            allowed = allowed.clone()
+            allowed[empty_rows, 0] = True
+        args = dict(sparse_mode=1, atten_mask=~allowed)
     pre, nxt = args.pop("pre_tokens", INT_MAX), args.pop("next_tokens", INT_MAX)
     result = torch_npu().npu_fusion_attention(
-        q, k, v, q.shape[1], "TND", scale=softmax_scale, pre_tockens=pre, next_tockens=nxt,
-        actual_seq_qlen=cu_q[1:], actual_seq_kvlen=cu_k[1:], **args)
+        q.contiguous(), k.contiguous(), v.contiguous(), q.shape[1], "TND", scale=softmax_scale, pre_tockens=pre,
+        next_tockens=nxt, actual_seq_qlen=cu_q[1:], actual_seq_kvlen=cu_k[1:], softmax_layout="TND", **args)
     out.copy_(result[0])
-    return _lse_from_max_sum(result[1], result[2]) if return_lse else None
+    lse = _lse_from_max_sum(result[1], result[2]) if return_lse else None
+    if empty_rows is not None and bool(empty_rows.any()):
+        rows = torch.cat([start + empty_rows.nonzero().flatten() for start in cu_q[:-1]])
+        rows = rows[rows < q.shape[0]]
+        out[rows] = 0
+        if lse is not None:
+            lse[:, rows] = float("-inf")
+    return lse
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
@@ -86,6 +116,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     if softcap:
         raise NotImplementedError("npu_fused_infer_attention_score has no logit softcap")
     num_blocks, block_size, hkv, d = k_cache.shape
+    constraints.check_paged_attention(q, k_cache, block_size, q.shape[1], hkv, d)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         # the op reads contiguous [num_blocks, block_size, Hkv*D] caches (vllm-ascend keeps K and V
         # apart); views of a combined K|V cache cost a copy of the whole cache per call
@@ -94,7 +125,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     args = _mask_args(window, q.device)
     pre, nxt = args.pop("pre_tokens", INT_MAX), args.pop("next_tokens", INT_MAX)
     result, lse = torch_npu().npu_fused_infer_attention_score(
-        q, k_cache.view(num_blocks, block_size, hkv * d), v_cache.view(num_blocks, block_size, -1),
+        q.contiguous(), k_cache.view(num_blocks, block_size, hkv * d), v_cache.view(num_blocks, block_size, -1),
         block_table=block_table, block_size=block_size, input_layout="TND",
         actual_seq_lengths=cu_seqlens_q[1:].tolist(), actual_seq_lengths_kv=seq_lens.tolist(),
         num_heads=q.shape[1], num_key_value_heads=hkv, scale=softmax_scale, pre_tokens=pre, next_tokens=nxt,
