@@ -33,8 +33,10 @@ def _loader(module: str, function: str, configs: str | None):
     return load
 
 
-def register_triton(device: str, configs: str) -> None:
-    """Register every Triton kernel as implementation "triton" on ``device``."""
+def register_triton(device: str, configs: str, supports: dict | None = None) -> None:
+    """Register every Triton kernel as implementation "triton" on ``device`` (``supports``:
+    per-op restrictions of this device's Triton, over the defaults)."""
+    table = dict(SUPPORTS, **(supports or {}))
     for op, (module, function, takes_configs) in KERNELS.items():
         register(op, "triton", _loader(module, function, configs if takes_configs else None), devices=(device,),
-                 available=triton_kernels.available, supports=SUPPORTS.get(op))
+                 available=triton_kernels.available, supports=table.get(op))

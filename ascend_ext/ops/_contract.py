@@ -182,17 +182,19 @@ class Supports:
     mask: bool = True                          # TileMask
     window: bool = True                        # sliding window (causal is always supported)
     max_s_q: int | None = None                 # MLA queries per sequence
+    fp8_cache: bool = True                     # an FP8 (e4m3) latent cache with kv_scale
     note: str = ""
     everything: bool = field(init=False, default=False)
     """True when nothing above is restricted (then :func:`require` returns at once)."""
 
     def __post_init__(self):
         object.__setattr__(self, "everything", self.dtypes == FLOAT_DTYPES and self.head_dims is None
-                           and self.softcap and self.mask and self.window and self.max_s_q is None)
+                           and self.softcap and self.mask and self.window and self.max_s_q is None
+                           and self.fp8_cache)
 
 
 def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, mask=False, window=(-1, 0),
-            s_q=None) -> None:
+            s_q=None, fp8_cache=False) -> None:
     """Raise NotImplementedError when ``impl`` (a bound Impl) cannot serve the request."""
     sup = impl.supports
     if sup.everything:
@@ -210,6 +212,8 @@ def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, m
         missing = "sliding windows"
     elif s_q is not None and sup.max_s_q is not None and s_q > sup.max_s_q:
         missing = f"s_q = {s_q} (at most {sup.max_s_q})"
+    elif fp8_cache and not sup.fp8_cache:
+        missing = "an FP8 cache"
     if missing is None:
         return
     from ._dispatch import implementations

@@ -258,3 +258,18 @@ def test_ep_moe_composite_op_matches_the_parts_and_compiles(group_of_one, rng):
     compiled = torch.compile(lambda a, b: ops.ep_moe(a, b, w13, w2, 2, capacity=a.shape[0], max_graph_capacity=8),
                              fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, logits), want, atol=1e-5, rtol=1e-5)
+
+
+def test_npu_implementations_declare_their_limits():
+    """The NPU table declares the fused ops' limits, so a request beyond them gets the common
+    NotImplementedError (no silent fallback, no error deep inside torch_npu)."""
+    paged = _dispatch.implementations("paged_attention", "npu")["npu"]
+    with pytest.raises(NotImplementedError, match="softcap"):
+        _contract.require(paged, "npu", dtype=torch.bfloat16, softcap=30.0)
+    with pytest.raises(NotImplementedError, match="dtype float32"):
+        _contract.require(paged, "npu", dtype=torch.float32)
+    _contract.require(paged, "npu", dtype=torch.bfloat16, window=(128, 0))   # supported: no error
+    mla = _dispatch.implementations("mla_decode", "npu")
+    for name in ("npu", "triton"):
+        with pytest.raises(NotImplementedError, match="FP8"):
+            _contract.require(mla[name], "npu", dtype=torch.bfloat16, fp8_cache=True)

@@ -44,13 +44,27 @@ def hccl_group_name(group) -> str:
 
 
 def register_impls() -> None:
-    """Register the torch_npu adapters (implementation "npu") and the Triton kernels."""
+    """Register the torch_npu adapters (implementation "npu") and the Triton kernels, with
+    what each supports (the fused ops' documented limits; ``constraints`` checks the rest)."""
+    import torch
+
+    from ...ops._contract import Supports
     from ...ops._dispatch import register
 
+    half = (torch.float16, torch.bfloat16)
+    supports = {
+        "flash_attn_varlen": Supports(softcap=False, note="npu_fusion_attention has no logit softcap"),
+        "paged_attention": Supports(dtypes=half, softcap=False,
+                                    note="npu_fused_infer_attention_score: fp16/bf16, no logit softcap"),
+        "mla_decode": Supports(dtypes=half, fp8_cache=False,
+                               note="npu_fused_infer_attention_score_v2 takes the cache in the query dtype"),
+    }
     for op, target in (("flash_attn_varlen", "attention:flash_attn_varlen"),
                        ("paged_attention", "attention:paged_attention"),
                        ("mla_decode", "mla:mla_decode"),
                        ("ep_dispatch", "moe:ep_dispatch"), ("ep_combine", "moe:ep_combine"),
                        ("tiled_linear_allreduce", "comm:tiled_linear_allreduce")):
-        register(op, "npu", f"ascend_ext.backends.npu.{target}", devices=("npu",), available=npu_available)
-    register_triton("npu", "ascend_ext.backends.npu.configs")
+        register(op, "npu", f"ascend_ext.backends.npu.{target}", devices=("npu",), available=npu_available,
+                 supports=supports.get(op))
+    register_triton("npu", "ascend_ext.backends.npu.configs",
+                    supports={"mla_decode": Supports(fp8_cache=False, note="triton-ascend 3.2 has no fp8 type")})

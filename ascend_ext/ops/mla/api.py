@@ -77,7 +77,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
                                         kv_scale)
     else:
         impl = bound("mla_decode", q.device.type)
-        require(impl, q.device.type, dtype=q.dtype, head_dim=width, s_q=s_q)
+        require(impl, q.device.type, dtype=q.dtype, head_dim=width, s_q=s_q, fp8_cache=kv_scale is not None)
         lse = impl.fn(q, kv_cache, block_table, seq_lens, kv_lora_rank=kv_lora_rank, softmax_scale=scale,
                       causal=causal, out=out, return_lse=return_lse, kv_scale=kv_scale)
     return (out, lse) if return_lse else out
