@@ -85,6 +85,32 @@ def measure(device: str) -> list[dict]:
     return rows
 
 
+def python_only(device: str) -> list[dict]:
+    """The public op's own cost, free of kernel-time noise: a no-op implementation is bound
+    and the public op (trusted) is timed against calling that no-op directly."""
+    def noop(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *, softmax_scale, window,
+             softcap, out, return_lse, max_seqlen_k):
+        return None
+
+    _dispatch.register("paged_attention", "_noop", lambda: noop, devices=(device,))
+    rows = []
+    try:
+        with ops.use_impl(paged_attention="_noop"):
+            q, k_cache, v_cache, table, seq_lens, cu_q, out = decode_case(device, torch.bfloat16)
+            scale = q.shape[2] ** -0.5
+            public = per_call_us(lambda: _trusted(q, k_cache, v_cache, table, seq_lens, cu_q, out))
+            direct = per_call_us(lambda: noop(q, k_cache, v_cache, table, seq_lens, cu_q, 1, softmax_scale=scale,
+                                              window=(-1, 0), softcap=0.0, out=out, return_lse=False,
+                                              max_seqlen_k=32))
+        rows.append({"device": device, "dtype": "bfloat16", "path": "public op (trusted), no-op kernel",
+                     "us_per_call": public, "over_kernel_us": public - direct})
+    finally:
+        _dispatch._REGISTRY["paged_attention"][:] = [
+            i for i in _dispatch._REGISTRY["paged_attention"] if i.name != "_noop"]
+        _dispatch.rebind()
+    return rows
+
+
 def _trusted(q, k_cache, v_cache, table, seq_lens, cu_q, out):
     with ops.trusted_inputs():
         return ops.paged_attention(q, k_cache, v_cache, table, seq_lens, cu_q, 1, max_seqlen_k=32, out=out)
@@ -108,7 +134,7 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        rows += measure(device)
+        rows += measure(device) + python_only(device)
     print_table("paged_attention decode: host time per call", rows,
                 ["device", "dtype", "path", "us_per_call", "over_kernel_us"])
     load = os.getloadavg()[0]

@@ -32,13 +32,16 @@ def value_checks_enabled() -> bool:
     return getattr(_state, "trusted_depth", 0) == 0
 
 
-@contextlib.contextmanager
-def trusted_inputs() -> Iterator[None]:
-    """Skip value checks (those that would sync with the device) inside the block."""
-    _state.trusted_depth = getattr(_state, "trusted_depth", 0) + 1
-    try:
-        yield
-    finally:
+class trusted_inputs:
+    """Skip value checks (those that would sync with the device) inside the block
+    (``with ops.trusted_inputs(): ...``; nestable, per thread)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _state.trusted_depth = getattr(_state, "trusted_depth", 0) + 1
+
+    def __exit__(self, *exc) -> None:
         _state.trusted_depth -= 1
 
 
@@ -104,6 +107,8 @@ def softmax_scale(value, head_dim: int) -> float:
 
 def window(window_size, causal: bool) -> tuple[int, int]:
     """Normalise (left, right) window; causal forces right = 0 (flash-attn semantics)."""
+    if window_size == (-1, -1) and causal is True:   # the common case, cheaply
+        return -1, 0
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     try:

@@ -35,8 +35,26 @@ def native_available(device: str) -> str | None:
 OPS_NAMESPACE = "ascend_ext_native"   # torch.ops namespace of the kernels (tests swap in a variant build)
 
 
-def _ops():
-    return getattr(torch.ops, OPS_NAMESPACE)
+class _Ops:
+    """The kernels of OPS_NAMESPACE, their OpOverloads cached (a torch.ops attribute walk per
+    call costs about a microsecond; the tests swap OPS_NAMESPACE for a portable build)."""
+
+    def __init__(self):
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def __getattr__(self, name: str):
+        key = (OPS_NAMESPACE, name)
+        op = self._cache.get(key)
+        if op is None:
+            op = self._cache[key] = getattr(getattr(torch.ops, OPS_NAMESPACE), name).default
+        return op
+
+
+_OPS = _Ops()
+
+
+def _ops() -> _Ops:
+    return _OPS
 
 
 def _last_dim_contiguous(tensor: torch.Tensor) -> torch.Tensor:

@@ -119,18 +119,18 @@ def _paged_structure_ok(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q
     """Every shape/dtype/device rule of :func:`paged_attention` in one expression (the hot
     decode path); on False, :func:`_check_paged` finds the rule and raises its message."""
     try:
-        dev, qs, ks, vs = q.device, q.shape, k_cache.shape, v_cache.shape
-        return (q.dim() == 3 and len(ks) == 4 and len(vs) == 4 and block_table.dim() == 2 and seq_lens.dim() == 1
-                and cu_seqlens_q.dim() == 1 and q.dtype in check.FLOAT_DTYPES and k_cache.dtype == q.dtype
-                and v_cache.dtype == q.dtype and block_table.dtype == torch.int32 and seq_lens.dtype == torch.int32
-                and cu_seqlens_q.dtype == torch.int32 and k_cache.device == dev and v_cache.device == dev
+        dtype, dev, qs, ks, vs, i32 = q.dtype, q.device, q.shape, k_cache.shape, v_cache.shape, torch.int32
+        return (len(qs) == 3 and len(ks) == 4 and len(vs) == 4 and block_table.dim() == 2 and seq_lens.dim() == 1
+                and cu_seqlens_q.dim() == 1 and dtype in check.FLOAT_DTYPES and k_cache.dtype == dtype
+                and v_cache.dtype == dtype and block_table.dtype == i32 and seq_lens.dtype == i32
+                and cu_seqlens_q.dtype == i32 and k_cache.device == dev and v_cache.device == dev
                 and block_table.device == dev and seq_lens.device == dev and cu_seqlens_q.device == dev
                 and ks[3] == qs[2] and vs[0] == ks[0] and vs[1] == ks[1] and vs[2] == ks[2]
                 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1 and ks[2] > 0 and qs[1] % ks[2] == 0
                 and seq_lens.shape[0] == block_table.shape[0] == cu_seqlens_q.shape[0] - 1
                 and type(max_seqlen_q) is int and max_seqlen_q >= 0
                 and (max_seqlen_k is None or type(max_seqlen_k) is int and max_seqlen_k >= 0)
-                and (out is None or out.shape == (qs[0], qs[1], vs[3]) and out.dtype == q.dtype and out.device == dev))
+                and (out is None or out.shape == (qs[0], qs[1], vs[3]) and out.dtype == dtype and out.device == dev))
     except (AttributeError, TypeError, IndexError):
         return False
 
