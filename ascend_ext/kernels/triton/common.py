@@ -105,10 +105,10 @@ def scores(q, k_t, scale_log2, softcap, HAS_SOFTCAP: tl.constexpr, IEEE: tl.cons
 
 
 @triton.jit
-def softmax_update(acc, m_i, l_i, s, scale, v, GUARD: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """Online-softmax update with one block of scores s [M, N] (-inf = masked) and V [N, Dv].
-
-    GUARD handles rows that have seen no key yet (running max -inf)."""
+def softmax_stats(m_i, l_i, s, scale, GUARD: tl.constexpr):
+    """Running-max / running-sum step of the online softmax with scores s [M, N] (-inf =
+    masked; s * scale in log2 units). Returns p [M, N], the rescale factor alpha [M] of the
+    accumulators, and the new max and sum. GUARD handles rows that have seen no key yet."""
     m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
     if GUARD:
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -116,9 +116,14 @@ def softmax_update(acc, m_i, l_i, s, scale, v, GUARD: tl.constexpr, IEEE: tl.con
         m_safe = m_new
     p = tl.math.exp2(s * scale - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = dot(p.to(v.dtype), v, acc, IEEE, DOT_F32)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def softmax_update(acc, m_i, l_i, s, scale, v, GUARD: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Online-softmax update with one block of scores s [M, N] (-inf = masked) and V [N, Dv]."""
+    p, alpha, m_new, l_i = softmax_stats(m_i, l_i, s, scale, GUARD)
+    acc = dot(p.to(v.dtype), v, acc * alpha[:, None], IEEE, DOT_F32)
     return acc, m_new, l_i
 
 

@@ -51,12 +51,6 @@ class FusedHandle(EPHandle):
     """Plain tensors + static sizes (a custom-op wrapper can pass them through as is)."""
 
     impl: ClassVar[str] = "triton"
-    group: object
-    world: int
-    num_tokens: int
-    hidden: int
-    dtype: torch.dtype
-    timeout_s: float
     num_grouped: int                         # rows of recv_x / expert_out
     recv_pos: torch.Tensor                   # [M, k] int32 grouped row of each (received row, slot), -1 none
     recv_weights: torch.Tensor               # [M, k] float32 routing weights of the received rows

@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, block_segments, dot, dot_flags, launch, load_rows, row_bounds, store_rows
-from .paged_attention import combine_splits
+from .common import LOG2E, block_segments, dot, dot_flags, launch, load_rows, row_bounds, softmax_stats, store_rows
+from .paged_attention import combine_splits, split_destinations
 
 
 @triton.jit
@@ -103,18 +103,10 @@ def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACH
         if MASKED:
             cols = n + offs_n
             s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * scale_log2)
-        if MASKED:
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_safe = m_new
-        p = tl.math.exp2(s * scale_log2 - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = softmax_stats(m_i, l_i, s, scale_log2, MASKED)
         p = p.to(c0.dtype)
         acc0 = dot(p, c0, acc0 * alpha[:, None], IEEE, DOT_F32)
         acc1 = dot(p, c1, acc1 * alpha[:, None], IEEE, DOT_F32)
-        m_i = m_new
     return acc0, acc1, m_i, l_i
 
 
@@ -216,13 +208,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     q2 = q.reshape(tokens, hq, width)
     out2 = out.view(tokens, hq, rank)
     splits = plan["num_splits"]
-    keys_per_split = triton.cdiv(triton.cdiv(max(max_len, 1), splits), plan["BLOCK_N"]) * plan["BLOCK_N"]
-    if splits > 1:
-        dest_o = torch.empty((splits, tokens, hq, rank), dtype=torch.float32, device=q.device)
-        dest_lse = torch.empty((splits, hq, tokens), dtype=torch.float32, device=q.device)
-    else:   # write straight into the result; without lse the lse pointer is never used (out stands in)
-        dest_o = out2.unsqueeze(0)
-        dest_lse = (lse if lse is not None else out2[0]).unsqueeze(0)
+    keys_per_split, dest_o, dest_lse = split_destinations(splits, max_len, plan["BLOCK_N"], out2, lse)
     c_desc, r_desc = _descriptors(kv_cache, plan)
     scale = 1.0 if kv_scale is None else float(kv_scale)
     launch(mla_decode_kernel, (plan["row_tiles"], batch * splits),   # retries fewer stages if smem overflows

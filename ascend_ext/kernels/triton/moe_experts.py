@@ -42,6 +42,14 @@ def _find_tile(OFFSETS, COUNTS, num_experts, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _tile_rows_cols(row0, row_end, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows of this program's expert tile and its output columns (program axis 1), with masks."""
+    rows = row0 + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, rows < row_end, cols, cols < n_cols
+
+
+@triton.jit
 def gate_up_kernel(X, SCALES, W13, H, OFFSETS, COUNTS, num_experts, hidden, inter,
                    stride_x, stride_we, stride_wn, stride_h,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
@@ -49,10 +57,7 @@ def gate_up_kernel(X, SCALES, W13, H, OFFSETS, COUNTS, num_experts, hidden, inte
     expert, row0, row_end = _find_tile(OFFSETS, COUNTS, num_experts, BLOCK_M)
     if expert < 0:
         return
-    rows = row0 + tl.arange(0, BLOCK_M)
-    in_rows = rows < row_end
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_cols = cols < inter
+    rows, in_rows, cols, in_cols = _tile_rows_cols(row0, row_end, inter, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     w_base = W13 + expert.to(tl.int64) * stride_we
     acc_gate = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -83,10 +88,7 @@ def down_kernel(H, W2, OUT, OFFSETS, COUNTS, num_experts, hidden, inter,
     expert, row0, row_end = _find_tile(OFFSETS, COUNTS, num_experts, BLOCK_M)
     if expert < 0:
         return
-    rows = row0 + tl.arange(0, BLOCK_M)
-    in_rows = rows < row_end
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_cols = cols < hidden
+    rows, in_rows, cols, in_cols = _tile_rows_cols(row0, row_end, hidden, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     w_base = W2 + expert.to(tl.int64) * stride_we
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)

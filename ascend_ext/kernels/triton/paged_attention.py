@@ -134,6 +134,21 @@ def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_
     return max(1, min(triton.cdiv(target, programs), max_seqlen_k // min_keys, 64))
 
 
+def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tensor, lse):
+    """Keys per split and where a split-KV kernel writes: float32 partials [S, T, H, Dv] and
+    lse [S, H, T] for :func:`combine_splits` when ``splits`` > 1, else views of ``out``
+    [T, H, Dv] and ``lse`` [H, T] (without lse, ``out`` stands in for the never-used pointer)."""
+    keys_per_split = triton.cdiv(triton.cdiv(max(max_keys, 1), splits), block_n) * block_n
+    if splits > 1:
+        tokens, heads, dv = out.shape
+        dest_o = torch.empty((splits, tokens, heads, dv), dtype=torch.float32, device=out.device)
+        dest_lse = torch.empty((splits, heads, tokens), dtype=torch.float32, device=out.device)
+    else:
+        dest_o = out.unsqueeze(0)
+        dest_lse = (lse if lse is not None else out[0]).unsqueeze(0)
+    return keys_per_split, dest_o, dest_lse
+
+
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None,
                     configs=None, config=None, num_splits=None):
@@ -156,13 +171,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     row_tiles = triton.cdiv(max(max_seqlen_q, 1) * group, cfg["BLOCK_M"])
     if num_splits is None:
         num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"])
-    keys_per_split = triton.cdiv(triton.cdiv(max(max_seqlen_k, 1), num_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
-    if num_splits > 1:
-        dest_o = torch.empty((num_splits, tq, hq, dv), dtype=torch.float32, device=q.device)
-        dest_lse = torch.empty((num_splits, hq, tq), dtype=torch.float32, device=q.device)
-    else:   # write straight into the result; without lse the lse pointer is never used (out stands in)
-        dest_o = out.unsqueeze(0)
-        dest_lse = (lse if lse is not None else out[0]).unsqueeze(0)
+    keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
     left, right = window
     paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,

@@ -39,15 +39,20 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _HEADER_FIELDS = ("input check", "hidden size", "top_k", "num_experts", "dtype", "quant", "max_tokens_per_rank")
 
 
+@dataclass
 class EPHandle:
     """What :func:`ep_combine` needs to send results back (opaque to callers); one
-    subclass per implementation. ``impl`` names the ep_combine implementation that
-    must consume it (None: the one selected for the device)."""
+    subclass per implementation adds its routing tensors (and ``capacity``). ``impl``
+    names the ep_combine implementation that must consume it (None: the one selected
+    for the device)."""
 
     impl: ClassVar[str | None] = None
+    group: object
+    world: int
+    num_tokens: int
     hidden: int
     dtype: torch.dtype
-    capacity: int | None
+    timeout_s: float
 
     def grouped_rows(self) -> int:
         """Rows of the ``expert_out`` that ep_combine expects (the dispatched rows)."""
@@ -58,12 +63,6 @@ class EPHandle:
 class ReferenceHandle(EPHandle):
     """Handle of the reference implementation (below)."""
 
-    group: object
-    world: int
-    num_tokens: int
-    hidden: int
-    dtype: torch.dtype
-    timeout_s: float
     rows: torch.Tensor              # [N] received row of each grouped assignment (dummy row = num_recv)
     weights: torch.Tensor           # [N] float32 routing weight of each grouped assignment
     num_recv: int                   # rows received (dynamic) or world * capacity
