@@ -8,7 +8,8 @@ repetitions time:
 
 * TTFT: ``generate(prompts, max_tokens=1)`` (the whole batch prefilled, first tokens out);
 * a full ``generate(prompts, max_tokens=N)``: output tokens/s = batch*N / its time,
-  TPOT = (full - TTFT) / (N - 1) (one decode step of the batch).
+  TPOT = median over requests of (last - first token timestamp) / (N - 1) from the engine
+  core's request stats (one decode step of the batch, free of prefill variance).
 
 Reported per shape and side: median over processes of each process's median, with the
 min..max spread over processes; ratio ours/theirs of the medians (>1 = ascend_ext faster
@@ -74,7 +75,7 @@ def worker(spec: dict) -> dict:
     from vllm.inputs import TokensPrompt
     from vllm.platforms import current_platform
 
-    llm_kwargs = dict(skip_tokenizer_init=True, dtype="bfloat16", max_model_len=spec["max_len"],
+    llm_kwargs = dict(skip_tokenizer_init=True, dtype="bfloat16", disable_log_stats=False, max_model_len=spec["max_len"],
                       block_size=32, enable_prefix_caching=False, max_num_seqs=max(8, spec["batch"]),
                       max_num_batched_tokens=max(2048, spec["prompt"]), gpu_memory_utilization=0.3)
     t0 = time.perf_counter()
@@ -90,10 +91,12 @@ def worker(spec: dict) -> dict:
         return time.perf_counter() - t, outs
 
     timed(spec["new"])   # warm-up: first-call costs (allocations, lazy compilation) out of the timings
-    ttfts, fulls = [], []
+    ttfts, fulls, tpots = [], [], []
     for _ in range(spec["inner"]):
         ttfts.append(timed(1)[0])
-        fulls.append(timed(spec["new"])[0])
+        full_s, full_outs = timed(spec["new"])
+        fulls.append(full_s)
+        tpots.append(decode_step_s(full_outs))
     _, outs = timed(spec["new"], logprobs=5)
     config = llm.llm_engine.vllm_config
     layers = config.compilation_config.static_forward_context
@@ -105,11 +108,22 @@ def worker(spec: dict) -> dict:
         "compilation_mode": config.compilation_config.mode.name, "torch_threads": torch.get_num_threads(),
         "engine_start_s": start_s, "ttft_s": ttft, "full_s": full, "ttft_all": ttfts, "full_all": fulls,
         "tokens_per_s": spec["batch"] * spec["new"] / full,
-        "tpot_s": (full - ttft) / max(spec["new"] - 1, 1),
+        "tpot_s": statistics.median(tpots), "tpot_all": tpots,
         "outputs": [{"token_ids": list(o.outputs[0].token_ids),
                      "top": [{str(t): v.logprob for t, v in lp.items()} for lp in o.outputs[0].logprobs]}
                     for o in outs],
     }
+
+
+def decode_step_s(outs) -> float:
+    """Median over requests of (last token time - first token time) / (tokens - 1): the engine
+    core's own per-request timestamps, so the prefill's run-to-run variance (seconds at 8k
+    prompts) does not leak into the per-token decode time as it does in (full - TTFT) / (N - 1)."""
+    steps = [(o.metrics.last_token_ts - o.metrics.first_token_ts) / (len(o.outputs[0].token_ids) - 1)
+             for o in outs if o.metrics is not None and len(o.outputs[0].token_ids) > 1]
+    if not steps:
+        raise RuntimeError("vLLM returned no request timestamps (disable_log_stats must be False)")
+    return statistics.median(steps)
 
 
 # ------------------------------------------------------------------ driver
