@@ -30,7 +30,10 @@ Shapes (``--shapes``): tiny (the demo Llama), mid (Llama 4 layers, hidden 512, 8
 1.5k-token prompts), long (the mid model with 8k-token prompts: attention dominates), mla
 (tiny DeepSeek-V2: MLA + MoE). bf16 weights.
 
-    python benchmarks/e2e_vllm.py [--shapes tiny,mid,long,mla] [--reps 3] [--inner 3] [--quick]
+    python benchmarks/e2e_vllm.py [--shapes tiny,mid,long,mla] [--reps 3] [--inner 3] [--quick] [--profile]
+
+``--profile`` adds one torch.profiler pass per side (first round, after the timings) and
+prints self CPU ms per op class (attention, cache write, matmul + experts, other).
 
 Writes e2e_vllm.json and e2e_vllm.png to $OUT (or benchmarks/results/).
 """
@@ -98,6 +101,7 @@ def worker(spec: dict) -> dict:
         fulls.append(full_s)
         tpots.append(decode_step_s(full_outs))
     _, outs = timed(spec["new"], logprobs=5)
+    breakdown = profile_breakdown(lambda: timed(spec["new"])) if spec.get("profile") else None
     config = llm.llm_engine.vllm_config
     layers = config.compilation_config.static_forward_context
     ttft, full = statistics.median(ttfts), statistics.median(fulls)
@@ -109,10 +113,35 @@ def worker(spec: dict) -> dict:
         "engine_start_s": start_s, "ttft_s": ttft, "full_s": full, "ttft_all": ttfts, "full_all": fulls,
         "tokens_per_s": spec["batch"] * spec["new"] / full,
         "tpot_s": statistics.median(tpots), "tpot_all": tpots,
+        "profile": breakdown,
         "outputs": [{"token_ids": list(o.outputs[0].token_ids),
                      "top": [{str(t): v.logprob for t, v in lp.items()} for lp in o.outputs[0].logprobs]}
                     for o in outs],
     }
+
+
+PROFILE_CLASSES = (("attention", ("attention", "mla_decode", "attn")), ("cache write", ("reshape_and_cache", "concat_and_cache", "kv_cache_update")),
+                   ("matmul + experts", ("mm", "linear", "moe", "expert", "gemm")))
+
+
+def profile_breakdown(run) -> dict:
+    """Self CPU ms per op class over one full generate (torch.profiler): where each side's
+    time goes. Ops are classed by name (first matching class); the rest is "other"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    classes = {name: 0.0 for name, _ in PROFILE_CLASSES} | {"other": 0.0}
+    top = []
+    for evt in prof.key_averages():
+        ms = evt.self_cpu_time_total / 1e3
+        low = evt.key.lower()
+        cls = next((name for name, words in PROFILE_CLASSES if any(w in low for w in words)
+                    and not low.startswith("##")), "other")
+        classes[cls] += ms
+        top.append((ms, evt.key))
+    top.sort(reverse=True)
+    return {"ms": classes, "total_ms": sum(classes.values()), "top": [[k, round(ms, 3)] for ms, k in top[:12]]}
 
 
 def decode_step_s(outs) -> float:
@@ -249,6 +278,8 @@ def main() -> int:
     ap.add_argument("--engine-process", action="store_true", help="vLLM's multiprocess engine (default: in-process)")
     ap.add_argument("--models", default=None, help="directory to build/reuse the models in (default: a temp dir)")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one full generate per side in the first round (op classes, top ops)")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -277,15 +308,21 @@ def main() -> int:
         prompts = [[rng.randrange(3, 512) for _ in range(shape["prompt"])] for _ in range(shape["batch"])]
         spec = {"model_dir": model_dir, "prompts": prompts, "batch": shape["batch"], "prompt": shape["prompt"],
                 "new": shape["new"], "max_len": shape["max_len"], "inner": args.inner}
+        profiles = {}
         runs = {side: [] for side in SIDES}
         for rep in range(args.reps):
             for side in (SIDES if rep % 2 == 0 else SIDES[::-1]):
-                r = run_once(spec, side, args.engine_process, args.timeout)
+                r = run_once(dict(spec, profile=args.profile and rep == 0), side, args.engine_process, args.timeout)
+                if r.get("profile"):
+                    profiles[side] = r.pop("profile")
                 runs[side].append(r)
                 print(f"{name:5s} rep {rep} {side:10s} {r['tokens_per_s']:8.1f} tok/s  TTFT {r['ttft_s'] * 1e3:8.1f} ms"
                       f"  TPOT {r['tpot_s'] * 1e3:7.2f} ms  start {r['engine_start_s']:5.1f} s"
                       f"  load {r['loadavg_1m']:.2f}  {r['attention_backends']}", flush=True)
-        entry = {"spec": {k: v for k, v in spec.items() if k != "prompts"}}
+        entry = {"spec": {k: v for k, v in spec.items() if k != "prompts"}, "profile": profiles}
+        for side, prof in profiles.items():
+            parts = "  ".join(f"{k} {v:.0f}" for k, v in prof["ms"].items())
+            print(f"{name:5s} profile {side:10s} total {prof['total_ms']:.0f} ms self CPU: {parts}", flush=True)
         for side in SIDES:
             entry[side] = {k: summarize(runs[side], k) for k in ("tokens_per_s", "ttft_s", "tpot_s", "engine_start_s")}
             entry[side]["attention_backends"] = runs[side][0]["attention_backends"]
