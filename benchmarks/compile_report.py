@@ -35,7 +35,7 @@ KERNELS = {
                    num_warps=4, num_stages=2)),
     "mla": ("ascend_ext.kernels.triton.mla_decode", "mla_decode_kernel",
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
-                 EVEN=True, TMA=True, MASK_N=16, WARP_SPEC=False, IEEE=False, DOT_F32=False,
+                 EVEN=True, TMA=True, MASK_N=16, WARP_SPEC=False, TRANS=False, IEEE=False, DOT_F32=False,
                  num_warps=4, num_stages=3)),
     "experts_gate_up": ("ascend_ext.kernels.triton.moe_experts", "gate_up_kernel",
                         dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, INT8=False, IEEE=False, DOT_F32=False,

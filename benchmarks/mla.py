@@ -157,39 +157,58 @@ def decode(ceil: dict, quick: bool, fp8: bool = True, sink=None) -> list[dict]:
     return rows
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, extra) per path; the planned default is row 0
-SWEEP = {"memory": [(16, 64, 8, 3, {}), (16, 32, 4, 4, {}), (32, 32, 8, 4, {}), (64, 64, 8, 2, {}),
-                    (16, 64, 8, 3, {"TMA": False})],
-         "compute": [(64, 64, 8, 2, {}), (64, 32, 8, 3, {}), (64, 64, 8, 2, {"TMA": False})]}
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, extra) per path; row 0 is the pre-issue-15-session-2
+# default (row-major MMAs), TRANS rows the transposed (keys x rows) formulation
+SWEEP = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TRANS": True}), (16, 64, 4, 2, {"TRANS": True}),
+                    (32, 64, 8, 2, {"TRANS": True}), (32, 64, 4, 2, {"TRANS": True})],
+         "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 2, {"TRANS": True}), (32, 64, 8, 2, {"TRANS": True}),
+                     (32, 64, 4, 2, {"TRANS": True})]}
+# extra split counts (relative to the plan's) timed with these variants of each path
+SPLIT_VARIANTS = {"memory": [(16, 64, 8, 2, {"TRANS": True}), (32, 64, 8, 2, {"TRANS": True})],
+                  "compute": [(64, 64, 8, 2, {"TRANS": True})]}
+FP8_VARIANTS = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TRANS": True})],
+                "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 2, {"TRANS": True})]}
 
 
-def sweep(ceil: dict) -> list[dict]:
+def sweep(ceil: dict, shapes=((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096))) -> list[dict]:
     rows = []
-    for hq, s_q, b, ctx in ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096)):
+    for hq, s_q, b, ctx in shapes:
         cache, table, lens, q = _setup(b, ctx, hq, s_q)
+        scale8 = float(cache.abs().amax()) / 448
+        cache8 = (cache / scale8).to(torch.float8_e4m3fn)
         out = torch.empty(b, s_q, hq, RANK, device=DEV, dtype=torch.bfloat16)
         path = "compute" if hq * s_q >= 64 else "memory"
-        auto = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE, cache_block=BLOCK,
-                        q_dtype=q.dtype, kv_dtype=cache.dtype)["num_splits"]
-        variants = [(c, None) for c in SWEEP[path]] + [(SWEEP[path][0], n) for n in
-                                                       sorted({max(1, auto // 2), auto * 2}) if n != auto]
-        for (block_m, block_n, warps, stages, extra), splits in variants:
+        variants = [(c, None, False) for c in SWEEP[path]]
+        for c in SPLIT_VARIANTS[path]:
+            cfg = dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3], **c[4])
+            auto = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE,
+                            cache_block=BLOCK, q_dtype=q.dtype, kv_dtype=cache.dtype, config=cfg)["num_splits"]
+            variants += [(c, n, False) for n in sorted({max(1, auto // 2), auto * 2}) if n != auto]
+        variants += [(c, None, True) for c in FP8_VARIANTS[path]]
+        for (block_m, block_n, warps, stages, extra), splits, fp8 in variants:
             cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **extra)
-            label = f"M{block_m} N{block_n} w{warps} s{stages} {extra or ''} x{splits or 'auto'}"
+            kv = cache8 if fp8 else cache
+            planned = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE,
+                               cache_block=BLOCK, q_dtype=q.dtype, kv_dtype=kv.dtype, config=cfg, num_splits=splits)
+            label = (f"{'fp8 ' if fp8 else ''}M{block_m} N{block_n} w{warps} s{stages} "
+                     f"{'T' if extra.get('TRANS') else 'R'} x{planned['num_splits']}{'' if splits else '(plan)'}")
 
             def run():
-                return triton_decode.mla_decode(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
+                return triton_decode.mla_decode(q, kv, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
                                                 causal=True, out=out, return_lse=False, configs=cuda_configs,
-                                                config=cfg, num_splits=splits)
+                                                config=cfg, num_splits=splits, kv_scale=scale8 if fp8 else None)
             try:
                 t, _ = _time(run, eager=False)
                 flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
+                nbytes = b * ctx * (RANK + ROPE) * kv.element_size()
                 rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "cfg": label, "us": t * 1e3,
-                             "GBps": b * ctx * (RANK + ROPE) * 2 / t / 1e6, "TF": flops / t / 1e9})
+                             "GBps": nbytes / t / 1e6, "pct_copy_bw": 100 * nbytes / t / 1e6 / ceil["copy_GBps"],
+                             "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]})
             except Exception as exc:
                 rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "cfg": label,
                              "us": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
-        del cache
+            print(rows[-1], flush=True)
+        del cache, cache8
         torch.cuda.empty_cache()
     return rows
 
@@ -228,7 +247,8 @@ def main() -> int:
     if "sweep" in parts:
         result["sweep"] = sweep(result["ceilings"])
         write_json("mla.json", result)
-        print_table("MLA tile sweep (graph replay)", result["sweep"], ["Hq", "s_q", "B", "ctx", "cfg", "us", "GBps", "TF"])
+        print_table("MLA tile sweep (graph replay; R = row-major MMAs, T = transposed)", result["sweep"],
+                    ["Hq", "s_q", "B", "ctx", "cfg", "us", "GBps", "pct_copy_bw", "TF", "pct_matmul"])
         sys.stdout.flush()
     if "decode" in parts:
         result["decode"] = decode(result["ceilings"], args.quick,

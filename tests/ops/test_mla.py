@@ -143,9 +143,12 @@ def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, rng):
 
 
 @pytest.mark.skipif("triton" not in runnable("mla_decode"), reason="Triton cannot run here")
-@pytest.mark.parametrize("config", [dict(BLOCK_M=32, BLOCK_N=32, MASK_N=16), dict(BLOCK_M=16, BLOCK_N=64, MASK_N=32)])
+@pytest.mark.parametrize("config", [dict(BLOCK_M=32, BLOCK_N=32, MASK_N=16), dict(BLOCK_M=16, BLOCK_N=64, MASK_N=32),
+                                    dict(BLOCK_M=16, BLOCK_N=64, MASK_N=16, TRANS=True),
+                                    dict(BLOCK_M=32, BLOCK_N=32, MASK_N=32, TRANS=True)])
 def test_mla_triton_tiles(config, rng):
-    """Other tiles than the device default (the GPU paths' shapes, row tiles spanning positions)."""
+    """Other tiles than the device default (the GPU paths' shapes, row tiles spanning positions),
+    row-major and transposed (keys x rows) MMA formulations."""
     from ascend_ext.kernels.triton import mla_decode as triton_decode
 
     rank, rope, hq, s_q = 512, 64, 8, 3

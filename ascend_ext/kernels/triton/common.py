@@ -105,18 +105,19 @@ def scores(q, k_t, scale_log2, softcap, HAS_SOFTCAP: tl.constexpr, IEEE: tl.cons
 
 
 @triton.jit
-def softmax_stats(m_i, l_i, s, scale, GUARD: tl.constexpr):
+def softmax_stats(m_i, l_i, s, scale, GUARD: tl.constexpr, KEY_AXIS: tl.constexpr = 1):
     """Running-max / running-sum step of the online softmax with scores s [M, N] (-inf =
     masked; s * scale in log2 units). Returns p [M, N], the rescale factor alpha [M] of the
-    accumulators, and the new max and sum. GUARD handles rows that have seen no key yet."""
-    m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
+    accumulators, and the new max and sum. GUARD handles rows that have seen no key yet.
+    KEY_AXIS 0 takes transposed scores s [N, M] (keys on axis 0) and returns p [N, M]."""
+    m_new = tl.maximum(m_i, tl.max(s, KEY_AXIS) * scale)
     if GUARD:
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_safe = m_new
-    p = tl.math.exp2(s * scale - m_safe[:, None])
+    p = tl.math.exp2(s * scale - tl.expand_dims(m_safe, KEY_AXIS))
     alpha = tl.math.exp2(m_i - m_safe)
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, KEY_AXIS)
 
 
 @triton.jit

@@ -88,25 +88,46 @@ def _latent_tile(CACHE, C_DESC, R_DESC, TABLE, n, k_len, cache_block, stride_b, 
 def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACHE, C_DESC, R_DESC, TABLE,
                 cache_block, stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
                 MASKED: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, HALF_C: tl.constexpr,
-                WARP_SPEC: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """Online softmax over key tiles [n_from, n_to); acc0/acc1 [M, HALF_C] fp32 hold the two output halves."""
+                WARP_SPEC: tl.constexpr, BLOCK_N: tl.constexpr, TRANS: tl.constexpr, IEEE: tl.constexpr,
+                DOT_F32: tl.constexpr):
+    """Online softmax over key tiles [n_from, n_to).
+
+    Row-major (TRANS False): q_* [M, *], acc0/acc1 [M, HALF_C] fp32, scores [M, N].
+    Transposed (TRANS True): q_* are the transposed queries [*, M], acc0/acc1 [HALF_C, M],
+    scores [N, M]: keys and output channels fill the MMA's M side (64 per warpgroup), the
+    few query rows its N side, so small row counts waste no MMA work and the QK^T of a
+    64-row tile is split across warpgroups instead of computed once per warpgroup."""
     offs_n = tl.arange(0, BLOCK_N)
     for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
         c0, c1, k_pe = _latent_tile(CACHE, C_DESC, R_DESC, TABLE, n, k_len, cache_block, stride_b, stride_t,
                                     offs_n, offs_c0, offs_c1, offs_r, rank, rope, MASKED, EVEN, TMA, HALF_C)
-        c0 = c0.to(q_c0.dtype)        # FP8 caches: widen to the MMA dtype (no-op otherwise)
-        c1 = c1.to(q_c0.dtype)
-        k_pe = k_pe.to(q_c0.dtype)
-        s = dot(q_c0, tl.trans(c0), tl.zeros((q_c0.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
-        s = dot(q_c1, tl.trans(c1), s, IEEE, DOT_F32)
-        s = dot(q_r, tl.trans(k_pe), s, IEEE, DOT_F32)
-        if MASKED:
-            cols = n + offs_n
-            s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf"))
-        p, alpha, m_i, l_i = softmax_stats(m_i, l_i, s, scale_log2, MASKED)
-        p = p.to(c0.dtype)
-        acc0 = dot(p, c0, acc0 * alpha[:, None], IEEE, DOT_F32)
-        acc1 = dot(p, c1, acc1 * alpha[:, None], IEEE, DOT_F32)
+        cols = n + offs_n
+        if TRANS:
+            # FP8 caches are widened to the MMA dtype per use (no-op otherwise): each MMA then
+            # reads the narrow shared tile in its own layout, no widened copy is re-laid out.
+            dt = q_c0.dtype
+            s = dot(c0.to(dt), q_c0, tl.zeros((BLOCK_N, q_c0.shape[1]), tl.float32), IEEE, DOT_F32)
+            s = dot(c1.to(dt), q_c1, s, IEEE, DOT_F32)
+            s = dot(k_pe.to(dt), q_r, s, IEEE, DOT_F32)
+            if MASKED:
+                s = tl.where((cols[:, None] >= lo[None, :]) & (cols[:, None] < hi[None, :]), s, float("-inf"))
+            p, alpha, m_i, l_i = softmax_stats(m_i, l_i, s, scale_log2, MASKED, 0)
+            p = p.to(dt)
+            acc0 = dot(tl.trans(c0).to(dt), p, acc0 * alpha[None, :], IEEE, DOT_F32)
+            acc1 = dot(tl.trans(c1).to(dt), p, acc1 * alpha[None, :], IEEE, DOT_F32)
+        else:
+            c0 = c0.to(q_c0.dtype)        # FP8 caches: widen to the MMA dtype (no-op otherwise)
+            c1 = c1.to(q_c0.dtype)
+            k_pe = k_pe.to(q_c0.dtype)
+            s = dot(q_c0, tl.trans(c0), tl.zeros((q_c0.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
+            s = dot(q_c1, tl.trans(c1), s, IEEE, DOT_F32)
+            s = dot(q_r, tl.trans(k_pe), s, IEEE, DOT_F32)
+            if MASKED:
+                s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf"))
+            p, alpha, m_i, l_i = softmax_stats(m_i, l_i, s, scale_log2, MASKED)
+            p = p.to(c0.dtype)
+            acc0 = dot(p, c0, acc0 * alpha[:, None], IEEE, DOT_F32)
+            acc1 = dot(p, c1, acc1 * alpha[:, None], IEEE, DOT_F32)
     return acc0, acc1, m_i, l_i
 
 
@@ -118,7 +139,8 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
                       WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
-                      WARP_SPEC: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+                      WARP_SPEC: tl.constexpr, TRANS: tl.constexpr, IEEE: tl.constexpr,
+                      DOT_F32: tl.constexpr):
     """Grid (row tiles, batch x splits). O/LSE are the final output (one split) or the
     fp32 per-split partials [S, T, H, C] / [S, H, T] that :func:`combine_splits` merges."""
     HALF_C: tl.constexpr = BLOCK_C // 2
@@ -137,6 +159,15 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
     q_c0 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c0, rank, EVEN)
     q_c1 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c1, rank, EVEN)
     q_r = load_rows(Q + rank, tokens, heads, valid, stride_qt, stride_qh, offs_r, rope, EVEN)
+    if TRANS:
+        q_c0 = tl.trans(q_c0)
+        q_c1 = tl.trans(q_c1)
+        q_r = tl.trans(q_r)
+        acc0 = tl.zeros((HALF_C, BLOCK_M), tl.float32)
+        acc1 = tl.zeros((HALF_C, BLOCK_M), tl.float32)
+    else:
+        acc0 = tl.zeros((BLOCK_M, HALF_C), tl.float32)
+        acc1 = tl.zeros((BLOCK_M, HALF_C), tl.float32)
 
     lo, hi = row_bounds(pos, s_q, k_len, 0, 0, False, CAUSAL)
     t_last = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // HEADS, s_q - 1)
@@ -145,8 +176,6 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
     n_begin = split * keys_per_split
     start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin,
                                                       tl.minimum(n_begin + keys_per_split, k_len), BLOCK_N)
-    acc0 = tl.zeros((BLOCK_M, HALF_C), tl.float32)
-    acc1 = tl.zeros((BLOCK_M, HALF_C), tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     table = BLOCK_TABLE + seq * stride_bt
@@ -167,7 +196,10 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
             acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACHE, C_DESC, R_DESC, table, cache_block,
             stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
             part != 1, EVEN, TMA and part == 1, HALF_C, WARP_SPEC and part == 1,
-            BLOCK_N if part == 1 else MASK_N, IEEE, DOT_F32)
+            BLOCK_N if part == 1 else MASK_N, TRANS, IEEE, DOT_F32)
+    if TRANS:
+        acc0 = tl.trans(acc0)
+        acc1 = tl.trans(acc1)
     o_split = O + split * stride_o_split
     lse_split = LSE + split * stride_lse_split
     store_rows(o_split, lse_split, acc0 * kv_scale, m_i, l_i, tokens, heads, valid,
@@ -193,7 +225,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     """Triton implementation behind :func:`ascend_ext.ops.mla_decode` (validated args).
 
     ``configs``: the backend's tile-config module (``mla_plan``); ``config`` overrides the
-    planned tiles (keys BLOCK_M, BLOCK_N, num_warps, num_stages, TMA, MASK_N, WARP_SPEC);
+    planned tiles (keys BLOCK_M, BLOCK_N, num_warps, num_stages, TMA, MASK_N, WARP_SPEC, TRANS);
     ``num_splits`` overrides the split-KV count. Returns lse [Hq, B * s_q] or None."""
     batch, s_q, hq, width = q.shape
     rank, rope = kv_lora_rank, width - kv_lora_rank
@@ -218,7 +250,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
         softmax_scale * scale * LOG2E, scale, kv_cache.shape[1], keys_per_split, splits, s_q, rank, rope,
         HEADS=hq, BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_C=plan["BLOCK_C"],
         BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
-        TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"],
+        TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"], TRANS=plan["TRANS"],
         **dot_flags(q.dtype), num_warps=plan["num_warps"], num_stages=plan["num_stages"])
     if splits > 1:
         combine_splits(dest_o, dest_lse, out2, lse)

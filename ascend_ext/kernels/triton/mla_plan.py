@@ -82,7 +82,7 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
     ``tma``: the device has Hopper tensor-memory copies (used where the tile allows);
     ``config`` / ``num_splits`` override the plan (tests, benchmarks)."""
     path = choose_path(heads, s_q, q_dtype)
-    plan = dict(tiles[path], TMA=False, WARP_SPEC=False)
+    plan = dict(TRANS=False, **tiles[path], TMA=False, WARP_SPEC=False)
     plan["MASK_N"] = min(16, plan["BLOCK_N"])
     if q_dtype == torch.float32:   # fp32 MMAs: small tiles keep registers in check
         plan.update(BLOCK_M=16, BLOCK_N=16, num_stages=1)
