@@ -111,7 +111,7 @@ def decode(ceil: dict, quick: bool, fp8: bool = True, sink=None) -> list[dict]:
                     flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
                     row = {"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "kv": "bf16",
                            "plan": f"{plan['path']} M{plan['BLOCK_M']} N{plan['BLOCK_N']} w{plan['num_warps']} "
-                                   f"s{plan['num_stages']} tma{int(plan['TMA'])} x{plan['num_splits']}",
+                                   f"s{plan['num_stages']} tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''} x{plan['num_splits']}",
                            "us": t * 1e3, "eager_us": t_eager * 1e3 if t_eager else None,
                            "GBps": latent_bytes / t / 1e6, "pct_copy_bw": 100 * latent_bytes / t / 1e6 / ceil["copy_GBps"],
                            "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]}

@@ -182,6 +182,22 @@ def test_mla_plan_paths_and_splits():
     assert choose_splits(h100, programs=1, max_len=256, out_rows=16, **common) <= 2
 
 
+def test_mla_plan_memory32_tile():
+    """Hopper's table: 17-32 packed rows of 16-bit q and cache take one transposed 32-row tile;
+    16 rows, FP8 caches and fp32 queries keep the row-major memory tiles."""
+    from ascend_ext.backends.cuda.configs import _MLA_SM90, mla_device_model
+    from ascend_ext.kernels.triton.mla_plan import build_plan
+
+    plan = functools.partial(build_plan, _MLA_SM90, mla_device_model("sm90", 132), tma=True, batch=32,
+                             max_len=4096, rank=512, rope=64, cache_block=64)
+    pair = plan(heads=16, s_q=2, q_dtype=torch.bfloat16, kv_dtype=torch.bfloat16)
+    assert (pair["path"], pair["BLOCK_M"], pair["TRANS"], pair["row_tiles"]) == ("memory", 32, True, 1)
+    assert not plan(heads=16, s_q=1, q_dtype=torch.bfloat16, kv_dtype=torch.bfloat16)["TRANS"]
+    assert not plan(heads=16, s_q=2, q_dtype=torch.bfloat16, kv_dtype=torch.float8_e4m3fn)["TRANS"]
+    assert not plan(heads=16, s_q=2, q_dtype=torch.float32, kv_dtype=torch.float32)["TRANS"]
+    assert plan(heads=128, s_q=1, q_dtype=torch.bfloat16, kv_dtype=torch.bfloat16)["path"] == "compute"
+
+
 @pytest.mark.parametrize("device", ["cpu", "npu"])
 def test_mla_plan_of_each_backend(device):
     """The configs a backend binds plan both paths; no TMA off Hopper; overrides win."""

@@ -11,7 +11,12 @@ MLA decode (:func:`mla_plan`, paths and cost model in ``kernels/triton/mla_plan.
 Hopper tiles measured on H100 (benchmarks/mla.py, benchmarks/NOTES.md). The memory
 path runs 8 warps (4 spilled: with 16-row ``mma.sync`` tiles every warp holds all 576
 query columns) and 3 stages of TMA boxes; on H100 one 32-row tile ran at 49-61% of
-copy bandwidth in run 1, hence 16-row tiles.
+copy bandwidth in run 1, hence 16-row tiles. 17-32 rows (Hq 16 x s_q 2, 16-bit cache)
+take one 32-row tile in the transposed formulation (keys x rows wgmma, one warpgroup,
+2 stages: 3 do not fit next to the queries in shared memory): 75 vs 89 us at B 32 ctx 4k
+(issue 15 session 2, call 1). With 8 warps, or with an FP8 cache (widened tiles as
+register wgmma operands), the transposed kernel was slower on H100, and for 16 rows it
+only tied the row-major one (65.8 vs 64.5 us).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
 
 
 _MLA_SM90 = {"compute": dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),
-             "memory": dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3)}
+             "memory": dict(BLOCK_M=16, BLOCK_N=64, num_warps=8, num_stages=3),
+             "memory32": dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=2, TRANS=True)}
 _MLA_GENERIC = {"compute": dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
                 "memory": dict(BLOCK_M=16, BLOCK_N=32, num_warps=8, num_stages=3)}
 # Rough rates for the split cost model: copy bandwidth (B/s), MMA rate per path (flop/s).

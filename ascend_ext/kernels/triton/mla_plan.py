@@ -12,6 +12,9 @@ Two paths, chosen from the packed row count ``rows = s_q * Hq`` of one sequence:
 * ``memory`` (rows < 64, e.g. Hq 16 at TP8): 16-row tiles (32 rows = two row tiles of
   one sequence, adjacent in the grid so the second read of a latent tile hits L2),
   as many bytes in flight as shared memory allows; the bandwidth roofline decides.
+  A device table may add a ``memory32`` entry for 17-32 rows of 16-bit queries and
+  caches (e.g. Hq 16 x s_q 2): one 32-row tile, typically in the transposed (``TRANS``)
+  formulation, so each latent tile is read once for both query positions.
 
 The split-KV count comes from a small cost model of the device (:class:`DeviceModel`):
 waves of programs x key tiles per program, plus the combine traffic of the fp32
@@ -78,11 +81,14 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
                config: dict | None = None, num_splits: int | None = None) -> dict:
     """Everything the launch needs: tiles, constexpr switches, row tiles, split count.
 
-    ``tiles``: path -> dict(BLOCK_M, BLOCK_N, num_warps, num_stages) of the device;
+    ``tiles``: path -> dict(BLOCK_M, BLOCK_N, num_warps, num_stages[, TRANS]) of the device
+    (optional ``memory32``: the memory path's tiles for 17-32 rows, 16-bit q and cache);
     ``tma``: the device has Hopper tensor-memory copies (used where the tile allows);
     ``config`` / ``num_splits`` override the plan (tests, benchmarks)."""
     path = choose_path(heads, s_q, q_dtype)
-    plan = dict(TRANS=False, **tiles[path], TMA=False, WARP_SPEC=False)
+    sixteen_bit = q_dtype != torch.float32 and torch.empty((), dtype=kv_dtype).element_size() == 2
+    key = "memory32" if path == "memory" and 16 < heads * s_q <= 32 and sixteen_bit and "memory32" in tiles else path
+    plan = dict({"TRANS": False, **tiles[key]}, TMA=False, WARP_SPEC=False)
     plan["MASK_N"] = min(16, plan["BLOCK_N"])
     if q_dtype == torch.float32:   # fp32 MMAs: small tiles keep registers in check
         plan.update(BLOCK_M=16, BLOCK_N=16, num_stages=1)
