@@ -8,7 +8,7 @@ same run; FP8 (e4m3, per-tensor scale) rows at batch 32/128. Times are CUDA-grap
 replays (device time); the eager column adds host launch overhead. The sweep part
 times tile/stage/TMA/warp-specialisation/split variants on representative shapes.
 
-    python benchmarks/mla.py [--quick] [--parts sweep,decode]
+    python benchmarks/mla.py [--quick] [--parts sweep,splits,decode]   # parts run in the order given
 
 Writes mla.json and mla.png to $OUT (or benchmarks/results/).
 """
@@ -170,6 +170,38 @@ FP8_VARIANTS = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TR
                 "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 2, {"TRANS": True})]}
 
 
+# part "splits": split counts around the plan's for the planned tiles of these shapes
+SPLIT_SHAPES = ((16, 1, 32, 4096), (16, 2, 32, 4096), (16, 2, 32, 16384), (128, 1, 32, 4096), (128, 1, 32, 16384),
+                (128, 2, 32, 4096))
+
+
+def split_sweep(ceil: dict) -> list[dict]:
+    rows = []
+    for hq, s_q, b, ctx in SPLIT_SHAPES:
+        cache, table, lens, q = _setup(b, ctx, hq, s_q)
+        out = torch.empty(b, s_q, hq, RANK, device=DEV, dtype=torch.bfloat16)
+        plan = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE, cache_block=BLOCK,
+                        q_dtype=q.dtype, kv_dtype=cache.dtype)
+        auto = plan["num_splits"]
+        for splits in sorted({max(1, auto // 2), auto, auto * 2}):
+            def run():
+                return triton_decode.mla_decode(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
+                                                causal=True, out=out, return_lse=False, configs=cuda_configs,
+                                                num_splits=splits)
+            t, _ = _time(run, eager=False)
+            flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
+            nbytes = b * ctx * (RANK + ROPE) * 2
+            rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx,
+                         "cfg": f"{plan['path']} M{plan['BLOCK_M']} w{plan['num_warps']} s{plan['num_stages']}"
+                                f"{' T' if plan['TRANS'] else ''} x{splits}{'(plan)' if splits == auto else ''}",
+                         "us": t * 1e3, "GBps": nbytes / t / 1e6, "pct_copy_bw": 100 * nbytes / t / 1e6 / ceil["copy_GBps"],
+                         "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]})
+            print(rows[-1], flush=True)
+        del cache
+        torch.cuda.empty_cache()
+    return rows
+
+
 def sweep(ceil: dict, shapes=((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096))) -> list[dict]:
     rows = []
     for hq, s_q, b, ctx in shapes:
@@ -241,23 +273,28 @@ def main() -> int:
     parser.add_argument("--parts", default="decode")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    parts = set(args.parts.split(","))
     result = {"env": environment(), "ceilings": device_ceilings()}
     print(result["env"], result["ceilings"])
-    if "sweep" in parts:
-        result["sweep"] = sweep(result["ceilings"])
+    cols = ["Hq", "s_q", "B", "ctx", "cfg", "us", "GBps", "pct_copy_bw", "TF", "pct_matmul"]
+    for part in args.parts.split(","):   # in the order given
+        if part == "sweep":
+            result["sweep"] = sweep(result["ceilings"])
+            print_table("MLA tile sweep (graph replay; R = row-major MMAs, T = transposed)", result["sweep"], cols)
+        elif part == "splits":
+            result["splits"] = split_sweep(result["ceilings"])
+            print_table("MLA split-count sweep around the plan (graph replay)", result["splits"], cols)
+        elif part == "decode":
+            result["decode"] = decode(result["ceilings"], args.quick,
+                                      sink=lambda rows: write_json("mla.json", dict(result, decode=rows)))
+            print_table(f"MLA decode, latent 512+64, block {BLOCK} (us = CUDA-graph replay; legacy = previous kernel)",
+                        result["decode"],
+                        ["Hq", "s_q", "B", "ctx", "kv", "plan", "us", "eager_us", "GBps", "pct_copy_bw", "TF",
+                         "pct_matmul", "legacy_us", "speedup_vs_legacy", "naive_us", "speedup_vs_naive",
+                         "max_err_vs_naive", "max_diff_vs_legacy", "max_diff_fp8_vs_bf16"])
+        else:
+            parser.error(f"unknown part {part!r}")
         write_json("mla.json", result)
-        print_table("MLA tile sweep (graph replay; R = row-major MMAs, T = transposed)", result["sweep"],
-                    ["Hq", "s_q", "B", "ctx", "cfg", "us", "GBps", "pct_copy_bw", "TF", "pct_matmul"])
         sys.stdout.flush()
-    if "decode" in parts:
-        result["decode"] = decode(result["ceilings"], args.quick,
-                                  sink=lambda rows: write_json("mla.json", dict(result, decode=rows)))
-        print_table(f"MLA decode, latent 512+64, block {BLOCK} (us = CUDA-graph replay; legacy = previous kernel)",
-                    result["decode"],
-                    ["Hq", "s_q", "B", "ctx", "kv", "plan", "us", "eager_us", "GBps", "pct_copy_bw", "TF", "pct_matmul",
-                     "legacy_us", "speedup_vs_legacy", "naive_us", "speedup_vs_naive", "max_err_vs_naive",
-                     "max_diff_vs_legacy", "max_diff_fp8_vs_bf16"])
     path = write_json("mla.json", result)
     plot(result, path.replace(".json", ".png"))
     print(f"\nwrote {path} and mla.png")
