@@ -75,6 +75,11 @@ def _time(fn, eager: bool) -> tuple[float, float | None]:
     return bench_graph_ms(fn), (bench_ms(fn) if eager else None)
 
 
+def _label(plan: dict) -> str:
+    return (f"{plan['path']} M{plan['BLOCK_M']} N{plan['BLOCK_N']} w{plan['num_warps']} s{plan['num_stages']} "
+            f"tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''} x{plan['num_splits']}")
+
+
 def _line(row: dict) -> None:
     keys = ("Hq", "s_q", "B", "ctx", "kv", "plan", "us", "pct_copy_bw", "pct_matmul", "speedup_vs_legacy")
     print(" ".join(f"{k}={row[k]:.3g}" if isinstance(row.get(k), float) else f"{k}={row.get(k)}" for k in keys),
@@ -109,9 +114,7 @@ def decode(ceil: dict, quick: bool, fp8: bool = True, sink=None) -> list[dict]:
                         print(rows[-1], flush=True)
                         continue
                     flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
-                    row = {"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "kv": "bf16",
-                           "plan": f"{plan['path']} M{plan['BLOCK_M']} N{plan['BLOCK_N']} w{plan['num_warps']} "
-                                   f"s{plan['num_stages']} tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''} x{plan['num_splits']}",
+                    row = {"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "kv": "bf16", "plan": _label(plan),
                            "us": t * 1e3, "eager_us": t_eager * 1e3 if t_eager else None,
                            "GBps": latent_bytes / t / 1e6, "pct_copy_bw": 100 * latent_bytes / t / 1e6 / ceil["copy_GBps"],
                            "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]}
@@ -131,7 +134,9 @@ def decode(ceil: dict, quick: bool, fp8: bool = True, sink=None) -> list[dict]:
                     if fp8 and b in (32, 128) and ctx in (4096, 16384):
                         rows.append(row)
                         _line(row)
-                        row = dict(row, kv="fp8")
+                        plan8 = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE,
+                                         cache_block=BLOCK, q_dtype=q.dtype, kv_dtype=torch.float8_e4m3fn)
+                        row = dict(row, kv="fp8", plan=_label(plan8))
                         for k in ("legacy_us", "speedup_vs_legacy", "max_diff_vs_legacy", "naive_us",
                                   "speedup_vs_naive", "eager_us"):
                             row.pop(k, None)
@@ -192,8 +197,7 @@ def split_sweep(ceil: dict) -> list[dict]:
             flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
             nbytes = b * ctx * (RANK + ROPE) * 2
             rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx,
-                         "cfg": f"{plan['path']} M{plan['BLOCK_M']} w{plan['num_warps']} s{plan['num_stages']}"
-                                f"{' T' if plan['TRANS'] else ''} x{splits}{'(plan)' if splits == auto else ''}",
+                         "cfg": f"{_label(dict(plan, num_splits=splits))}{' (plan)' if splits == auto else ''}",
                          "us": t * 1e3, "GBps": nbytes / t / 1e6, "pct_copy_bw": 100 * nbytes / t / 1e6 / ceil["copy_GBps"],
                          "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]})
             print(rows[-1], flush=True)

@@ -102,10 +102,9 @@ def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACH
         c0, c1, k_pe = _latent_tile(CACHE, C_DESC, R_DESC, TABLE, n, k_len, cache_block, stride_b, stride_t,
                                     offs_n, offs_c0, offs_c1, offs_r, rank, rope, MASKED, EVEN, TMA, HALF_C)
         cols = n + offs_n
-        # FP8 caches are widened to the MMA dtype per use (no-op otherwise): each MMA then
-        # reads the narrow shared tile in its own layout, no widened copy is re-laid out.
         dt = q_c0.dtype
         if TRANS:
+            # FP8 caches: widened to the MMA dtype per use (no-op otherwise)
             s = dot(c0.to(dt), q_c0, tl.zeros((BLOCK_N, q_c0.shape[1]), tl.float32), IEEE, DOT_F32)
             s = dot(c1.to(dt), q_c1, s, IEEE, DOT_F32)
             s = dot(k_pe.to(dt), q_r, s, IEEE, DOT_F32)
@@ -116,15 +115,19 @@ def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACH
             acc0 = dot(tl.trans(c0).to(dt), p, acc0 * alpha[None, :], IEEE, DOT_F32)
             acc1 = dot(tl.trans(c1).to(dt), p, acc1 * alpha[None, :], IEEE, DOT_F32)
         else:
-            s = dot(q_c0, tl.trans(c0).to(dt), tl.zeros((q_c0.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
-            s = dot(q_c1, tl.trans(c1).to(dt), s, IEEE, DOT_F32)
-            s = dot(q_r, tl.trans(k_pe).to(dt), s, IEEE, DOT_F32)
+            # FP8 caches: widened once (per use was 10-20% slower for 64-row tiles on H100)
+            c0 = c0.to(dt)
+            c1 = c1.to(dt)
+            k_pe = k_pe.to(dt)
+            s = dot(q_c0, tl.trans(c0), tl.zeros((q_c0.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
+            s = dot(q_c1, tl.trans(c1), s, IEEE, DOT_F32)
+            s = dot(q_r, tl.trans(k_pe), s, IEEE, DOT_F32)
             if MASKED:
                 s = tl.where((cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None]), s, float("-inf"))
             p, alpha, m_i, l_i = softmax_stats(m_i, l_i, s, scale_log2, MASKED)
             p = p.to(dt)
-            acc0 = dot(p, c0.to(dt), acc0 * alpha[:, None], IEEE, DOT_F32)
-            acc1 = dot(p, c1.to(dt), acc1 * alpha[:, None], IEEE, DOT_F32)
+            acc0 = dot(p, c0, acc0 * alpha[:, None], IEEE, DOT_F32)
+            acc1 = dot(p, c1, acc1 * alpha[:, None], IEEE, DOT_F32)
     return acc0, acc1, m_i, l_i
 
 
