@@ -38,8 +38,9 @@ _GENERIC = {
     128: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=2),
     256: dict(SUB_M=32, NUM_SUB=1, BLOCK_N=32, num_warps=4, num_stages=1),
 }
-_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
-_PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
+# FUSE_COMBINE: split-KV partials merged by the last split program (no second launch).
+_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, FUSE_COMBINE=True)
+_PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2, FUSE_COMBINE=True)
 
 
 _MLA_SM90 = {"compute": dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=2),

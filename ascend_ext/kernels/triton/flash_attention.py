@@ -23,6 +23,8 @@ rows at the bottom of a sequence carry the most work.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -37,11 +39,11 @@ def flash_varlen_fwd_kernel(
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_ot, stride_oh, stride_lse_h,
         scale_log2, softcap, window_left, window_right,
-        ROW_PTR, RUN_START, RUN_LEN, RUN_POOL, POOL_TILES,
+        ROW_PTR, RUN_START, RUN_LEN, RUN_POOL, POOL_TILES, ROW_LO, ROW_HI,
         HEAD_DIM, HEAD_DIM_V,
         GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         SUB_M: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BOUNDS: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
         IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
@@ -78,10 +80,18 @@ def flash_varlen_fwd_kernel(
     l1 = l0
     lo0, hi0 = row_bounds(rows0, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo1, hi1 = row_bounds(rows1, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
-    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+    if HAS_BOUNDS:
+        # per-row key intervals of the mask (documents): the tile classes come from the
+        # rows' interval extremes, then the same masked head / mask-free body / masked tail
+        lo0, hi0 = clip_rows(ROW_LO, ROW_HI, rows0, q_len, lo0, hi0)
+        lo1, hi1 = clip_rows(ROW_LO, ROW_HI, rows1, q_len, lo1, hi1)
+        start, full_start, full_end, end = interval_segments(lo0, hi0, lo1, hi1, rows0 < q_len, rows1 < q_len,
+                                                             k_len, NUM_SUB, BLOCK_N)
+    else:   # rows are ordered: the first and last row bound the tile
+        t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
+        lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+        lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+        start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
 
     if HAS_MASK:
         # tiling-mask: walk this query tile's runs (empty tiles are absent), each clipped
@@ -118,6 +128,51 @@ def flash_varlen_fwd_kernel(
                    stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
 
 
+@triton.jit
+def clip_rows(ROW_LO, ROW_HI, rows, q_len, lo, hi):
+    """Intersect the rows' rule intervals [lo, hi) with the mask's per-row [ROW_LO, ROW_HI)."""
+    valid = rows < q_len
+    lo = tl.maximum(lo, tl.load(ROW_LO + rows, mask=valid, other=0))
+    hi = tl.minimum(hi, tl.load(ROW_HI + rows, mask=valid, other=0))
+    return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def interval_segments(lo0, hi0, lo1, hi1, valid0, valid1, k_len, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr):
+    """:func:`block_segments` of a tile whose rows' intervals are in no particular order:
+    keys are visited from the lowest start to the highest end of the rows that see any
+    key; blocks inside every valid row's interval are mask-free."""
+    big = 2 ** 30
+    real0 = valid0 & (hi0 > lo0)
+    lo_min = tl.min(tl.where(real0, lo0, big), 0)
+    hi_max = tl.max(tl.where(real0, hi0, -1), 0)
+    lo_max = tl.max(tl.where(valid0, lo0, -1), 0)
+    hi_min = tl.min(tl.where(valid0, hi0, big), 0)
+    if NUM_SUB == 2:
+        real1 = valid1 & (hi1 > lo1)
+        lo_min = tl.minimum(lo_min, tl.min(tl.where(real1, lo1, big), 0))
+        hi_max = tl.maximum(hi_max, tl.max(tl.where(real1, hi1, -1), 0))
+        lo_max = tl.maximum(lo_max, tl.max(tl.where(valid1, lo1, -1), 0))
+        hi_min = tl.minimum(hi_min, tl.min(tl.where(valid1, hi1, big), 0))
+    return block_segments(tl.minimum(lo_min, k_len), lo_max, hi_min, hi_max, 0, k_len, BLOCK_N)
+
+
+@functools.lru_cache(maxsize=16)
+def _document_bounds(offsets: tuple, device: torch.device):
+    """Per-row visible key interval [lo, hi) (int32 [total]) of packed documents."""
+    starts = torch.tensor(offsets[:-1], dtype=torch.int64)
+    ends = torch.tensor(offsets[1:], dtype=torch.int64)
+    lengths = ends - starts
+    lo = torch.repeat_interleave(starts, lengths).to(torch.int32)
+    hi = torch.repeat_interleave(ends, lengths).to(torch.int32)
+    return lo.to(device), hi.to(device)
+
+
+def _meet(a: int, b: int) -> int:
+    """Intersection of two window sides (-1 = unbounded)."""
+    return b if a < 0 else a if b < 0 else min(a, b)
+
+
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                       softmax_scale, window, mask, softcap, out, return_lse, configs=None, config=None):
     """Triton implementation behind :func:`ascend_ext.ops.flash_attn_varlen` (validated args).
@@ -132,6 +187,17 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if tq == 0 or batch == 0:
         return lse if return_lse else None
     cfg = dict(config or configs.flash_config(q.device, d, q.dtype))
+    bounds = None
+    if mask is not None and not cfg.get("TILE_RUNS", False):
+        # masks built from row intervals run from those intervals (O(S) ints): windows fold
+        # into the window rule, documents become per-row bounds; the kernel classifies tiles
+        # from them exactly as the stored runs do, with the configured tiles
+        if mask.kind[0] == "window":
+            window = (_meet(window[0], mask.kind[1]), _meet(window[1], mask.kind[2]))
+            mask = None
+        elif mask.kind[0] == "document":
+            bounds = _document_bounds(tuple(mask.kind[1]), q.device)
+            mask = None
     if mask is not None:   # the tiling-mask fixes the first-level tile shape
         if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
             cfg["NUM_SUB"] = 1
@@ -141,6 +207,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                      mask.pool.to(torch.int8) if mask.pool.numel() else mask.row_ptr)
     else:
         mask_args = (cu_seqlens_q,) * 5   # unused pointers
+    mask_args += bounds if bounds is not None else (cu_seqlens_q,) * 2
     block_m = cfg["SUB_M"] * cfg["NUM_SUB"]
     if max(max_seqlen_k * k.stride(0), max_seqlen_k * v.stride(0), max_seqlen_q * q.stride(0)) >= 2 ** 31:
         raise ValueError("flash_attn_varlen (triton): a sequence spans more than 2**31 elements of q/k/v; "
@@ -155,7 +222,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
            softmax_scale * LOG2E, softcap, left, right, *mask_args, d, dv,
            GROUP=group, BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
            SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
-           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
+           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None, HAS_BOUNDS=bounds is not None,
            HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
            EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False),
            **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -7,9 +7,12 @@ one query token still fills the matrix unit with G rows.
 
 Split-KV (flash-decoding): when batch × KV heads × row tiles cannot fill the
 device, each sequence's keys are cut into ``num_splits`` ranges processed by
-separate programs; each writes a normalised partial output and its lse, and
+separate programs (:func:`choose_splits` sizes them from the device's SM count);
+each writes a normalised partial output and its lse, and
 :func:`combine_splits_kernel` merges them exactly (the N-way form of
-``merge_attn_states``, which reuses the same kernel).
+``merge_attn_states``, which reuses the same kernel). With ``FUSE_COMBINE`` (CUDA)
+there is no second launch: the last split program of each row tile to finish,
+found with an atomic counter, merges the partials itself (:func:`merge_splits_last`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def paged_attn_kernel(
         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+        SEM=None, O_FINAL=None, LSE_FINAL=None, stride_fot=0, stride_foh=0, stride_flse_h=0,
+        FUSE_COMBINE: tl.constexpr = False, WRITE_FINAL_LSE: tl.constexpr = False):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2) // num_splits
@@ -75,6 +80,51 @@ def paged_attn_kernel(
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
                HEAD_DIM_V, WRITE_LSE, EVEN_D)
+    if FUSE_COMBINE:
+        merge_splits_last(SEM + (seq * tl.num_programs(1) + kv_head) * tl.num_programs(0) + tile, num_splits,
+                          O, LSE, stride_o_split, stride_lse_split, O_FINAL, LSE_FINAL,
+                          q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h,
+                          stride_fot, stride_foh, stride_flse_h, offs_dv, HEAD_DIM_V, WRITE_FINAL_LSE)
+
+
+@triton.jit
+def merge_splits_last(counter, num_splits, PART_O, PART_LSE, stride_ps, stride_pls, O, LSE,
+                      tokens, heads, valid, stride_pt, stride_ph, stride_plh, stride_ot, stride_oh, stride_lse_h,
+                      offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr):
+    """Split-KV combine fused into the split kernel: every split program of a row tile bumps
+    ``counter`` after storing its partial; the last one merges all ``num_splits`` partials of
+    its rows (online, in split order) and resets the counter to 0 for the next launch.
+
+    The barrier makes every thread's partial stores precede the counter's release; the
+    merging program reads the partials past L1 (.cg)."""
+    tl.debug_barrier()
+    if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
+        tok = tokens.to(tl.int64)
+        o_ptrs = PART_O + tok[:, None] * stride_pt + heads[:, None] * stride_ph + offs_dv[None, :]
+        in_d = valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+        m = tl.full(tokens.shape, float("-inf"), tl.float32)
+        total = tl.zeros(tokens.shape, tl.float32)
+        acc = tl.zeros(o_ptrs.shape, tl.float32)
+        for s in range(num_splits):
+            lse = tl.load(PART_LSE + s * stride_pls + heads * stride_plh + tokens, mask=valid,
+                          other=float("-inf"), cache_modifier=".cg")
+            m_new = tl.maximum(m, lse)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m - m_safe)
+            w = tl.exp(lse - m_safe)
+            part = tl.load(o_ptrs + s * stride_ps, mask=in_d & (lse > float("-inf"))[:, None], other=0.0,
+                           cache_modifier=".cg")
+            acc = acc * alpha[:, None] + part * w[:, None]
+            total = total * alpha + w
+            m = m_new
+        seen = total > 0
+        out = acc / tl.where(seen, total, 1.0)[:, None]
+        tl.store(O + tok[:, None] * stride_ot + heads[:, None] * stride_oh + offs_dv[None, :],
+                 out.to(O.dtype.element_ty), mask=in_d)
+        if WRITE_LSE:
+            tl.store(LSE + heads * stride_lse_h + tokens,
+                     tl.where(seen, m + tl.log(tl.where(seen, total, 1.0)), float("-inf")), mask=valid)
+        tl.atomic_xchg(counter, 0)
 
 
 @triton.jit
@@ -122,16 +172,41 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# Split-KV sizing on CUDA: a batch that gives fewer programs than SMs aims at SPLIT_WAVES
+# resident programs per SM (each split program is then short, and several per SM keep
+# enough loads in flight); larger batches only top up to 2 per SM. A split never holds
+# fewer than SPLIT_MIN_TILES key blocks (the partials' write + merge stays a few % of
+# the K/V bytes).
+SPLIT_WAVES, SPLIT_MIN_TILES, MAX_SPLITS = 4, 2, 128
+
+
 def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int) -> int:
-    """Enough KV splits to give the device ~2 programs per compute unit, each split
-    keeping at least a few key blocks so the combine stays cheap."""
+    """KV splits per sequence so that ``programs`` (batch × KV heads × row tiles) × splits
+    fills the device (SM count read from the device properties, cached)."""
     if device.type == "cuda":
-        target, min_keys = 2 * _sm_count(device.index or 0), 256
+        sms = _sm_count(device.index or 0)
+        target = (SPLIT_WAVES if programs < sms else 2) * sms
+        min_keys = SPLIT_MIN_TILES * block_n
     else:   # interpreter / NPU: small numbers that still exercise the split path
         target, min_keys = 16, 2 * block_n
     if programs >= target or max_seqlen_k < 2 * min_keys:
         return 1
-    return max(1, min(triton.cdiv(target, programs), max_seqlen_k // min_keys, 64))
+    return max(1, min(triton.cdiv(target, programs), max_seqlen_k // min_keys, MAX_SPLITS))
+
+
+_COUNTERS: dict = {}
+
+
+def split_counters(device: torch.device, count: int) -> torch.Tensor:
+    """Zeroed int32 counters for the fused combine, one per (sequence, KV head, row tile),
+    kept per (device, stream): each launch leaves them at 0 again. Buffers are never freed,
+    so a CUDA graph that captured one keeps a valid pointer after a larger one replaces it."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    bufs = _COUNTERS.setdefault(key, [])
+    if not bufs or bufs[-1].numel() < count:
+        bufs.append(torch.zeros(max(count, 2 * bufs[-1].numel() if bufs else 4096), dtype=torch.int32,
+                                device=device))
+    return bufs[-1]
 
 
 def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tensor, lse):
@@ -155,7 +230,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args).
 
     ``configs``: the backend's tile-config module (``paged_config``); ``config`` / ``num_splits``
-    override it (tests, benchmarks)."""
+    override it (tests, benchmarks). ``config["FUSE_COMBINE"]`` merges the splits inside the
+    split kernel (one launch) instead of with :func:`combine_splits`."""
     tq, hq, d = q.shape
     hkv, dv = k_cache.shape[2], v_cache.shape[3]
     group = hq // hkv
@@ -173,7 +249,15 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"])
     keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
     left, right = window
-    paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
+    fuse = num_splits > 1 and cfg.get("FUSE_COMBINE", False)
+    grid = (row_tiles, hkv, batch * num_splits)
+    fused_args = {}
+    if fuse:
+        lse_arg = lse if lse is not None else dest_lse
+        fused_args = dict(SEM=split_counters(q.device, row_tiles * hkv * batch), O_FINAL=out, LSE_FINAL=lse_arg,
+                          stride_fot=out.stride(0), stride_foh=out.stride(1), stride_flse_h=lse_arg.stride(0),
+                          FUSE_COMBINE=True, WRITE_FINAL_LSE=lse is not None)
+    paged_attn_kernel[grid](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
@@ -184,8 +268,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if num_splits > 1:
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **fused_args)
+    if num_splits > 1 and not fuse:
         combine_splits(dest_o, dest_lse, out, lse)
     return lse
 
