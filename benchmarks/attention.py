@@ -125,58 +125,132 @@ def prefill(quick: bool) -> list[dict]:
     return rows
 
 
-def documents() -> list[dict]:
-    """8 causal documents packed into 16k tokens: tile mask vs flex BlockMask vs dense SDPA."""
+def _doc_offsets(s: int, docs: int = 8) -> list[int]:
+    gen = torch.Generator().manual_seed(0)
+    cuts = sorted(torch.randperm(s - 1, generator=gen)[:docs - 1].add(1).tolist())
+    return [0] + cuts + [s]
+
+
+def _mask_case(name: str, s: int):
+    """(TileMask, causal, window, flex mask_mod, useful score count, varlen-docs offsets or None)."""
+    if name in ("documents", "window+documents"):
+        offsets = _doc_offsets(s)
+        doc_ids = torch.zeros(s, dtype=torch.int32, device=DEV)
+        for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
+            doc_ids[a:b] = i
+        left = 512 if name == "window+documents" else -1
+
+        def mod(b, h, qi, ki):
+            ok = (doc_ids[qi] == doc_ids[ki]) & (qi >= ki)
+            return ok & (qi - ki <= left) if left >= 0 else ok
+        lens = [b - a for a, b in zip(offsets, offsets[1:])]
+        useful = sum(sum(min(i + 1, left + 1 if left >= 0 else i + 1) for i in range(n)) for n in lens)
+        return TileMask.document(offsets, tile=(128, 128)), True, (left, 0), mod, useful, offsets
+    # random block-sparse: each 128x128 tile kept with probability 0.3, the diagonal always
+    gen = torch.Generator().manual_seed(1)
+    nt = s // 128
+    keep = torch.rand(nt, nt, generator=gen) < 0.3
+    keep |= torch.eye(nt, dtype=torch.bool)
+    codes = torch.where(keep, -1, -2).long()
+    tm = TileMask._from_codes(s, s, 128, 128, codes, torch.zeros(0, 128, 128, dtype=torch.bool))
+    keep_dev = keep.to(DEV)
+
+    def mod(b, h, qi, ki):
+        return keep_dev[qi // 128, ki // 128]
+    return tm, False, (-1, -1), mod, int(keep.sum()) * 128 * 128, None
+
+
+def masks() -> list[dict]:
+    """Tiling-mask cases against flex_attention with the equivalent BlockMask (16k tokens,
+    16 heads, d128, bf16): 8 causal documents, the same with a 512-key sliding window,
+    random 30% block-sparse tiles. 'ours' takes the default path (document/window masks run
+    from row intervals), 'ours runs' forces the stored run/pool walk."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     s, h, d = 16384, 16, 128
-    gen = torch.Generator().manual_seed(0)
-    cuts = sorted(torch.randperm(s - 1, generator=gen)[:7].add(1).tolist())
-    offsets = [0] + cuts + [s]
     q = torch.randn(s, h, d, device=DEV, dtype=torch.bfloat16)
     k = torch.randn(s, h, d, device=DEV, dtype=torch.bfloat16)
     v = torch.randn(s, h, d, device=DEV, dtype=torch.bfloat16)
-    cu_full = _cu([s])
-    tm = TileMask.document(offsets, tile=(128, 128)).to(DEV)
-    stats = tm.stats()
-    causal_tiles = TileMask.causal(s, s).stats()
-    doc_ids = torch.zeros(s, dtype=torch.int32, device=DEV)
-    for i, (a, b) in enumerate(zip(offsets, offsets[1:])):
-        doc_ids[a:b] = i
-    rows = []
-    with ops.use_impl(attention="triton"), ops.trusted_inputs():
-        t_mask = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True, mask=tm))
-        t_causal = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True))
-        cu_docs = _cu([b - a for a, b in zip(offsets, offsets[1:])])
-        longest = max(b - a for a, b in zip(offsets, offsets[1:]))
-        t_varlen = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, causal=True))
-        masked = ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True, mask=tm)
-        by_docs = ops.flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, causal=True)
-    useful = sum((b - a) * (b - a + 1) / 2 for a, b in zip(offsets, offsets[1:]))
-    flops_useful = 4 * useful * h * d
-    rows.append({"method": "ours TileMask.document+causal", "ms": t_mask, "useful_TF": flops_useful / t_mask / 1e9,
-                 "mask_bytes": stats["nbytes"], "note": f"{stats['full'] + stats['partial']} non-empty tiles"})
-    rows.append({"method": "ours varlen (cu_seqlens = documents)", "ms": t_varlen,
-                 "useful_TF": flops_useful / t_varlen / 1e9, "note": f"max|diff| vs mask {float((masked - by_docs).abs().max()):.2g}"})
-    rows.append({"method": "ours causal 16k (no documents)", "ms": t_causal,
-                 "note": f"{causal_tiles['full'] + causal_tiles['partial']} non-empty tiles"})
     q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-
-    def doc_causal(b, hh, qi, ki):
-        return (doc_ids[qi] == doc_ids[ki]) & (qi >= ki)
-    block_mask = create_block_mask(doc_causal, None, None, s, s, device=DEV)
+    cu_full = _cu([s])
     flex = torch.compile(flex_attention)
-    flex(q4, k4, v4, block_mask=block_mask)
-    t_flex = bench_ms(lambda: flex(q4, k4, v4, block_mask=block_mask))
-    rows.append({"method": "flex_attention + BlockMask", "ms": t_flex, "useful_TF": flops_useful / t_flex / 1e9})
-    dense = (doc_ids[:, None] == doc_ids[None, :]) & torch.ones(s, s, dtype=torch.bool, device=DEV).tril()
-    t_dense = _try_ms(_sdpa("efficient", q4, k4, v4, False, mask=dense))
-    rows.append({"method": "SDPA efficient + dense bool mask", "ms": t_dense,
-                 "useful_TF": flops_useful / t_dense / 1e9 if isinstance(t_dense, float) else None,
-                 "mask_bytes": dense.numel()})
-    nonempty = (stats["full"] + stats["partial"]) / (causal_tiles["full"] + causal_tiles["partial"])
-    rows.append({"method": "proportionality", "note": f"time(doc)/time(causal) = {t_mask / t_causal:.3f}; "
-                 f"non-empty tiles ratio = {nonempty:.3f}"})
+    cfg_runs = dict(cuda_configs.flash_config(q.device, d, q.dtype), TILE_RUNS=True)
+    t_causal = None
+    rows = []
+    for name in ("documents", "window+documents", "block-sparse"):
+        tm, causal, window, mod, useful, offsets = _mask_case(name, s)
+        tm = tm.to(DEV)
+        stats = tm.stats()
+        flops = 4 * useful * h * d
+        block_mask = create_block_mask(mod, None, None, s, s, device=DEV)
+        ref = flex(q4, k4, v4, block_mask=block_mask)[0].transpose(0, 1)
+        t_flex = bench_ms(lambda: flex(q4, k4, v4, block_mask=block_mask))
+        row = {"case": name, "flex_ms": t_flex, "tiles": f"{stats['full']} full / {stats['partial']} partial"}
+        with ops.use_impl(attention="triton"), ops.trusted_inputs():
+            def ours():
+                return ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=causal, window_size=window,
+                                             mask=tm)
+            row["max_diff_vs_flex"] = float((ours().float() - ref.float()).abs().max())
+            row["ours_ms"] = bench_ms(ours)
+
+            def runs():
+                return triton_flash.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, softmax_scale=d ** -0.5,
+                                                      window=window, mask=tm, softcap=0.0, out=torch.empty_like(q),
+                                                      return_lse=False, config=cfg_runs, configs=cuda_configs)
+            if name != "block-sparse":   # block-sparse (a dense-kind mask) always walks runs
+                row["runs_ms"] = bench_ms(runs)
+            if offsets is not None:
+                cu_docs = _cu([b - a for a, b in zip(offsets, offsets[1:])])
+                longest = max(b - a for a, b in zip(offsets, offsets[1:]))
+                row["varlen_docs_ms"] = bench_ms(lambda: ops.flash_attn_varlen(
+                    q, k, v, cu_docs, cu_docs, longest, longest, causal=True, window_size=window))
+            if t_causal is None:
+                t_causal = bench_ms(lambda: ops.flash_attn_varlen(q, k, v, cu_full, cu_full, s, s, causal=True))
+        row["causal16k_ms"] = t_causal
+        row["useful_TF"] = flops / row["ours_ms"] / 1e9
+        row["flex_TF"] = flops / t_flex / 1e9
+        row["vs_flex"] = t_flex / row["ours_ms"]
+        rows.append(row)
+    return rows
+
+
+def decode_splits() -> list[dict]:
+    """Split-KV count and combine style at small batch (CUDA-graph replay, us per call)."""
+    hq, hkv, d, bs = 32, 8, 128, 16
+    base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16)
+    rows = []
+    grid = [(1, ctx, (None, 8, 16, 32, 64, 128)) for ctx in (1024, 4096, 16384, 32768)]
+    grid += [(8, ctx, (None, 2, 4, 8, 16)) for ctx in (1024, 4096)]
+    for b, ctx, split_opts in grid:
+        nblk = b * ctx // bs
+        k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+        v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+        table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
+        lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
+        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+        cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
+        out = torch.empty_like(q)
+        kv_bytes = 2 * b * ctx * hkv * d * 2
+        ref = None
+        auto = triton_paged.choose_splits(q.device, b * hkv, ctx, base["BLOCK_N"])
+        for splits in split_opts:
+            for fuse in (False, True):
+                cfg = dict(base, FUSE_COMBINE=fuse)
+
+                def run():
+                    return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1,
+                                                        softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0,
+                                                        out=out, return_lse=False, max_seqlen_k=ctx, config=cfg,
+                                                        configs=cuda_configs, num_splits=splits or auto)
+                run()
+                if ref is None:
+                    ref = out.clone()
+                t = bench_graph_ms(run)
+                rows.append({"B": b, "ctx": ctx, "splits": f"{splits or auto}{'*' if splits is None else ''}",
+                             "fused": fuse, "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
+                             "max_diff": float((out.float() - ref.float()).abs().max())})
+        del k_cache, v_cache
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -377,7 +451,7 @@ def plot(result: dict, path: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="prefill,documents,decode,ablation")
+    parser.add_argument("--parts", default="prefill,masks,decode,ablation")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -391,8 +465,11 @@ def main() -> int:
         ("prefill", "prefill", lambda: prefill(args.quick), "prefill bf16 (TFLOP/s; causal counts half)",
          ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
           "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
-        ("documents", "documents", documents, "8 causal documents in 16k tokens (16 heads, d128, bf16)",
-         ["method", "ms", "useful_TF", "mask_bytes", "note"]),
+        ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
+         ["case", "tiles", "ours_ms", "runs_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
+          "flex_TF", "vs_flex", "max_diff_vs_flex"]),
+        ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
+         ["B", "ctx", "splits", "fused", "us", "pct_copy_bw", "max_diff"]),
         ("overhead", "overhead", overhead, "eager host overhead (tottime per call, cProfile)", ["what", "us", "cum_us"]),
         ("decode", "decode", lambda: decode(args.quick),
          f"paged decode bf16 (32 q / 8 kv heads, d128, block 16); copy bandwidth "
