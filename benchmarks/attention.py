@@ -164,7 +164,8 @@ def masks() -> list[dict]:
     """Tiling-mask cases against flex_attention with the equivalent BlockMask (16k tokens,
     16 heads, d128, bf16): 8 causal documents, the same with a 512-key sliding window,
     random 30% block-sparse tiles. 'ours' takes the default path (document/window masks run
-    from row intervals), 'ours runs' forces the stored run/pool walk."""
+    from row intervals), 'runs' forces the stored run/pool walk (full tiles of a row in one
+    loop), 'runs_nowalk' the previous one-loop-per-run kernel."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     s, h, d = 16384, 16, 128
@@ -199,6 +200,9 @@ def masks() -> list[dict]:
                                                       return_lse=False, config=cfg_runs, configs=cuda_configs)
             if name != "block-sparse":   # block-sparse (a dense-kind mask) always walks runs
                 row["runs_ms"] = bench_ms(runs)
+            cfg_runs["WALK"] = False      # full runs one pipelined loop each (the previous kernel)
+            row["runs_nowalk_ms"] = bench_ms(runs)
+            cfg_runs["WALK"] = True
             if offsets is not None:
                 cu_docs = _cu([b - a for a, b in zip(offsets, offsets[1:])])
                 longest = max(b - a for a, b in zip(offsets, offsets[1:]))
@@ -466,7 +470,7 @@ def main() -> int:
          ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
           "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
-         ["case", "tiles", "ours_ms", "runs_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
+         ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
           "flex_TF", "vs_flex", "max_diff_vs_flex"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
          ["B", "ctx", "splits", "fused", "us", "pct_copy_bw", "max_diff"]),

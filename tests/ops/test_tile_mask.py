@@ -127,3 +127,49 @@ def test_flash_attn_with_tile_mask(impl, kind, dtype, rng):
         ref, ref_lse = attention_f64(q[sl].cpu(), k[sl].cpu(), v[sl].cpu(), d ** -0.5, ok)
         assert_close(out[sl], ref, dtype)
         assert_lse_close(lse[:, sl], ref_lse, dtype)
+
+
+def _shuffled_runs(tm: TileMask, rng) -> TileMask:
+    """The same mask with each row's runs in random order (full runs no longer consecutive)."""
+    order = []
+    rp = tm.row_ptr.tolist()
+    for i in range(tm.num_tiles_q):
+        order += (rp[i] + torch.randperm(rp[i + 1] - rp[i], generator=rng)).tolist()
+    order = torch.tensor(order, dtype=torch.long)
+    return TileMask(tm.seqlen_q, tm.seqlen_k, tm.tile_q, tm.tile_k, tm.row_ptr, tm.run_start[order],
+                    tm.run_len[order], tm.run_pool[order], tm.pool, kind=tm.kind)
+
+
+@pytest.mark.skipif("triton" not in runnable("flash_attn_varlen", mask=True), reason="Triton cannot run here")
+@pytest.mark.parametrize("walk", [True, False])
+@pytest.mark.parametrize("kind", ["window+documents", "random", "random shuffled"])
+def test_triton_tile_mask_run_paths(walk, kind, rng):
+    """The run/pool walk of the Triton kernel (forced also for document masks, which
+    otherwise run from row intervals): full runs walked in one loop or run by run; runs in
+    any order (the walk falls back to run by run when a row's full runs are not consecutive)."""
+    import importlib
+
+    from ascend_ext.kernels.triton import flash_attention as triton_flash
+
+    configs = importlib.import_module(f"ascend_ext.backends.{DEVICE}.configs")
+    s, hq, hkv, d, dtype = 75, 4, 2, 64, torch.bfloat16
+    if kind == "window+documents":
+        offsets = [0, 7, 30, 31, s]
+        tm, dense, causal, window = TileMask.document(offsets, tile=(16, 16)), _doc_dense(offsets), True, (20, 0)
+    else:
+        dense = torch.rand(s, s, generator=rng) < 0.4
+        dense[:, 16:32] = True                  # full tiles 1 and 3, partial tiles around them
+        dense[:, 48:64] = True
+        dense[5] = False
+        tm, causal, window = TileMask.from_dense(dense, tile=(16, 16)), True, (-1, 0)
+        if kind == "random shuffled":
+            tm = _shuffled_runs(tm, rng)
+    q, k, v = (randn((s, h, d), dtype, rng, DEVICE) for h in (hq, hkv, hkv))
+    cfg = dict(configs.flash_config(torch.device(DEVICE), d, dtype), TILE_RUNS=True, WALK=walk)
+    out = torch.full_like(q, float("nan"))
+    lse = triton_flash.flash_attn_varlen(q, k, v, cu([s], DEVICE), cu([s], DEVICE), s, s, softmax_scale=d ** -0.5,
+                                         window=window, mask=tm.to(DEVICE), softcap=0.0, out=out, return_lse=True,
+                                         config=cfg, configs=configs)
+    ref, ref_lse = attention_f64(q.cpu(), k.cpu(), v.cpu(), d ** -0.5, allowed(s, s, causal, window, dense))
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)

@@ -223,6 +223,35 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
 
 
 @triton.jit
+def tile_step(acc0, m0, l0, acc1, m1, l1, q0, q1, n, need_mask, k_len, K, V, stride_kt, stride_vt,
+              lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+              pool_ptr, has_pool, pool_rows0, pool_rows1,
+              NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+              HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """One contiguous-K/V key block at n through one or two query sub-tiles: the row rules
+    (and, with has_pool, the pool tile's element mask) apply only when need_mask."""
+    k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
+                     HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
+    cols = n + offs_n
+    s, scale = scores(q0, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
+    if need_mask:
+        vis = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
+        if has_pool:
+            vis = vis & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+        s = tl.where(vis, s, float("-inf"))
+    acc0, m0, l0 = softmax_update(acc0, m0, l0, s, scale, v, True, IEEE, DOT_F32)
+    if NUM_SUB == 2:
+        s, scale = scores(q1, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
+        if need_mask:
+            vis = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
+            if has_pool:
+                vis = vis & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+            s = tl.where(vis, s, float("-inf"))
+        acc1, m1, l1 = softmax_update(acc1, m1, l1, s, scale, v, True, IEEE, DOT_F32)
+    return acc0, m0, l0, acc1, m1, l1
+
+
+@triton.jit
 def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to, k_len,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
@@ -235,25 +264,66 @@ def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to,
     pipelining depth (partial runs are short: 1 keeps them out of shared memory).
     """
     for n in tl.range(first, last, BLOCK_N, num_stages=STAGES):
-        k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
-                         HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
-        cols = n + offs_n
-        need_mask = (n < free_from) | (n >= free_to) | has_pool
-        s, scale = scores(q0, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
-        if need_mask:
-            vis = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
-            if has_pool:
-                vis = vis & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
-            s = tl.where(vis, s, float("-inf"))
-        acc0, m0, l0 = softmax_update(acc0, m0, l0, s, scale, v, True, IEEE, DOT_F32)
-        if NUM_SUB == 2:
-            s, scale = scores(q1, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
-            if need_mask:
-                vis = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
-                if has_pool:
-                    vis = vis & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
-                s = tl.where(vis, s, float("-inf"))
-            acc1, m1, l1 = softmax_update(acc1, m1, l1, s, scale, v, True, IEEE, DOT_F32)
+        acc0, m0, l0, acc1, m1, l1 = tile_step(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, n, (n < free_from) | (n >= free_to) | has_pool, k_len,
+            K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+            scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
+            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+    return acc0, m0, l0, acc1, m1, l1
+
+
+@triton.jit
+def clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N: tl.constexpr):
+    """Keys [first, last) of run r clipped to [start, end) (last <= first: nothing left)."""
+    run_first = tl.load(RUN_START + r)
+    first = tl.maximum(run_first * BLOCK_N, start)
+    return first, tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end)
+
+
+@triton.jit
+def scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, BLOCK_N: tl.constexpr):
+    """Full runs of one query-tile row that keep key blocks inside [start, end).
+
+    Returns (walkable, tiles, first run): walkable when those runs are consecutive in the
+    run list (the builder stores a row's full runs before its partial ones), so one loop
+    can walk all their tiles (:func:`walk_full_runs`)."""
+    tiles = r0 * 0
+    runs = r0 * 0
+    r_first = r1
+    r_last = r0 - 1
+    for r in range(r0, r1):
+        first, last = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
+        nt = tl.where((tl.load(RUN_POOL + r) < 0) & (last > first), (last - first + BLOCK_N - 1) // BLOCK_N, 0)
+        tiles += nt
+        runs += tl.where(nt > 0, 1, 0)
+        r_first = tl.minimum(r_first, tl.where(nt > 0, r, r1))
+        r_last = tl.maximum(r_last, tl.where(nt > 0, r, r0 - 1))
+    return (runs > 0) & (runs == r_last - r_first + 1), tiles, r_first
+
+
+@triton.jit
+def walk_full_runs(acc0, m0, l0, acc1, m1, l1, q0, q1, tiles, r, start, end, full_start, full_end, k_len,
+                   RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
+                   HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                   NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                   HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """All ``tiles`` full key blocks of the consecutive runs from r on (clipped to
+    [start, end)) in ONE software-pipelined loop, like a block-sparse index walk: the next
+    block's position is carried, so short runs cost no pipeline refill. Blocks outside the
+    rules' mask-free range [full_start, full_end) apply the row rules."""
+    n, run_end = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
+    for i in range(tiles):
+        acc0, m0, l0, acc1, m1, l1 = tile_step(
+            acc0, m0, l0, acc1, m1, l1, q0, q1, n, (n < full_start) | (n + BLOCK_N > full_end), k_len,
+            K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
+            scale_log2, softcap, K, False, offs_n, offs_n,
+            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+        n += BLOCK_N   # branch-free advance (r stays on a walked run): keeps the loop pipelinable
+        step = (n >= run_end) & (i + 1 < tiles)
+        r = tl.where(step, r + 1, r)
+        next_first, next_end = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
+        n = tl.where(step, next_first, n)
+        run_end = tl.where(step, next_end, run_end)
     return acc0, m0, l0, acc1, m1, l1
 
 

@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot_flags, launch, load_rows, next_pow2, row_bounds,
-                            run_run, run_visible, store_rows)
+from .common import (LOG2E, block_segments, clipped_run, dot_flags, launch, load_rows, next_pow2, row_bounds,
+                     run_run, run_visible, scan_full_runs, store_rows, walk_full_runs)
 
 
 @triton.jit
@@ -45,7 +45,7 @@ def flash_varlen_fwd_kernel(
         SUB_M: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BOUNDS: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
-        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr):
+        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
     # grid axis 0 = (query tile, head within the GQA group), group heads fastest
     tile = tl.num_programs(0) // GROUP - 1 - tl.program_id(0) // GROUP
@@ -94,26 +94,45 @@ def flash_varlen_fwd_kernel(
         start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
 
     if HAS_MASK:
-        # tiling-mask: walk this query tile's runs (empty tiles are absent), each clipped
-        # to the causal/window range; full runs skip masking where the row rules allow
-        for r in range(tl.load(ROW_PTR + tile), tl.load(ROW_PTR + tile + 1)):
-            run_first = tl.load(RUN_START + r)
-            first = tl.maximum(run_first * BLOCK_N, start)
-            last = tl.maximum(tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end), first)
+        # tiling-mask: this query tile's runs (empty tiles are absent), each clipped to the
+        # causal/window range. Full runs: with WALK, all their tiles in one pipelined loop
+        # (when they are consecutive in the run list); else one mask-free loop per run.
+        # Partial runs: element mask from the pool (few; unpipelined loop).
+        r0 = tl.load(ROW_PTR + tile)
+        r1 = tl.load(ROW_PTR + tile + 1)
+        walk = r0 < 0
+        tiles = r0 * 0
+        r_walk = r0
+        if WALK:
+            walk, tiles, r_walk = scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, BLOCK_N)
+        for r in range(r0, r1):
+            first, last = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
+            last = tl.maximum(last, first)
             pool_id = tl.load(RUN_POOL + r)
-            if pool_id >= 0:   # partial tiles: element mask from the pool (few; unpipelined loop)
+            partial = pool_id >= 0
+            if WALK:   # full runs go here only when the row cannot be walked
+                by_run = partial | (not walk)
+            else:
+                by_run = partial
+            if by_run:   # unpipelined: partial tiles mask from the pool, full ones by the rules
                 acc0, m0, l0, acc1, m1, l1 = run_run(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, last, last, k_len,
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, tl.where(partial, last, full_start),
+                    tl.where(partial, last, full_end), k_len,
                     K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
-                    scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), pool_id >= 0,
+                    scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), partial,
                     rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
                     NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1)
-            else:              # full tiles: the causal/window fast path
+            elif not WALK:   # one pipelined mask-free loop per full run
                 acc0, m0, l0, acc1, m1, l1 = run_visible(
                     acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
                     K, V, K, 1, 0, stride_kt, 0, stride_vt,
                     lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                     False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
+        if walk:
+            acc0, m0, l0, acc1, m1, l1 = walk_full_runs(
+                acc0, m0, l0, acc1, m1, l1, q0, q1, tiles, r_walk, start, end, full_start, full_end, k_len,
+                RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
+                HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
     else:
         acc0, m0, l0, acc1, m1, l1 = run_visible(
             acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
@@ -224,6 +243,6 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
            SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
            HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None, HAS_BOUNDS=bounds is not None,
            HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
-           EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False),
+           EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False), WALK=cfg.get("WALK", True),
            **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return lse if return_lse else None

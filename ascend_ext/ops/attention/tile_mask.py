@@ -10,7 +10,9 @@ FastAttention's tiling-mask classifies every (query tile, key tile) pair as
 Storage is run-length per query-tile row (CSR): row ``i`` owns runs
 ``row_ptr[i]:row_ptr[i+1]``; run ``r`` covers key tiles
 ``run_start[r] .. run_start[r] + run_len[r] - 1``, all of one class: full when
-``run_pool[r] == -1``, else partial with element mask ``pool[run_pool[r]]``.
+``run_pool[r] == -1``, else partial with element mask ``pool[run_pool[r]]``. The
+builders store a row's full runs before its partial runs (each group by column), so
+a kernel can walk all full tiles of a row in one loop.
 Empty tiles are simply absent. Causal, sliding-window and document masks need
 O(#query tiles) runs and a handful of pool tiles, so a 128k × 128k causal mask
 holds tens of KiB (a dense bool mask would be 16 GiB). The run form is smaller
@@ -193,6 +195,11 @@ class TileMask:
         ends = present & (codes != nxt)
         erows, ecols = ends.nonzero(as_tuple=True)
         assert torch.equal(rows, erows)
+        # within a row: full runs first, then partial runs, each by column (kernels walk a
+        # row's full tiles in one loop when its full runs are consecutive)
+        run_codes = codes[rows, cols]
+        order = torch.argsort(rows * (2 * nk) + (run_codes >= 0).long() * nk + cols, stable=True)
+        rows, cols, ecols = rows[order], cols[order], ecols[order]
         row_counts = torch.bincount(rows, minlength=nq) if nq else torch.zeros(0, dtype=torch.int64)
         row_ptr = torch.zeros(nq + 1, dtype=torch.int32)
         row_ptr[1:] = torch.cumsum(row_counts, 0)
