@@ -223,8 +223,8 @@ def decode_splits() -> list[dict]:
     hq, hkv, d, bs = 32, 8, 128, 16
     base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16)
     rows = []
-    grid = [(1, ctx, (None, 8, 16, 32, 64, 128)) for ctx in (1024, 4096, 16384, 32768)]
-    grid += [(8, ctx, (None, 2, 4, 8, 16)) for ctx in (1024, 4096)]
+    grid = [(1, ctx, (None, 16, 32, 64, 128)) for ctx in (1024, 4096, 16384, 32768)]
+    grid += [(8, ctx, (None, 4, 8, 16)) for ctx in (1024, 4096)]
     for b, ctx, split_opts in grid:
         nblk = b * ctx // bs
         k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
@@ -297,15 +297,19 @@ def decode(quick: bool) -> list[dict]:
     return rows
 
 
-ABLATION = [   # (SUB_M, NUM_SUB, BLOCK_N, warps, stages, warp_specialize)
-    (128, 1, 128, 8, 3, False), (128, 1, 128, 8, 2, False), (128, 1, 64, 8, 3, False), (128, 1, 64, 4, 3, False),
-    (128, 1, 128, 8, 3, True), (64, 2, 64, 4, 3, False), (128, 2, 64, 8, 2, False), (64, 2, 128, 8, 2, False),
+ABLATION = [   # (SUB_M, NUM_SUB, BLOCK_N, warps, stages, warp_specialize, TMA)
+    (128, 1, 128, 8, 3, False, False), (128, 1, 64, 8, 3, False, False), (256, 2, 64, 8, 2, False, False),
+    (128, 1, 128, 8, 3, False, True), (128, 1, 128, 8, 3, True, True), (128, 1, 128, 4, 3, True, True),
+    (128, 1, 128, 8, 2, False, True), (128, 1, 64, 8, 3, False, True), (128, 1, 64, 4, 3, True, True),
 ]
+
+
+ABLATION_DIMS = [int(x) for x in os.environ.get("ABLATION_DIMS", "128,64").split(",")]
 
 
 def ablation(quick: bool) -> list[dict]:
     rows = []
-    for d in (128, 64):
+    for d in ABLATION_DIMS:
         for s in ((4096,) if quick else (4096, 16384)):
             for causal in (True, False):
                 b, h = TOKENS // s, 32
@@ -315,11 +319,12 @@ def ablation(quick: bool) -> list[dict]:
                 cu = _cu([s] * b)
                 out = torch.empty_like(q)
                 ref = None
-                for sub_m, num_sub, block_n, warps, stages, ws in ABLATION:
+                for sub_m, num_sub, block_n, warps, stages, ws, tma in ABLATION:
                     cfg = dict(SUB_M=sub_m, NUM_SUB=num_sub, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
-                               WS=ws)
+                               WS=ws, TMA=tma)
                     row = {"d": d, "S": s, "causal": causal, "first_level": f"{sub_m * num_sub}x{block_n}",
-                           "second_level": f"{num_sub}x{sub_m}", "warps": warps, "stages": stages, "ws": ws}
+                           "second_level": f"{num_sub}x{sub_m}", "warps": warps, "stages": stages, "ws": ws,
+                           "tma": tma}
 
                     def run():
                         return triton_flash.flash_attn_varlen(q, k, v, cu, cu, s, s, softmax_scale=d ** -0.5,
@@ -444,7 +449,8 @@ def plot(result: dict, path: str) -> None:
     abl = [r for r in result.get("ablation", []) if isinstance(r.get("TF"), float) and r["d"] == 128 and r["causal"]]
     if abl:
         ax = axes[2]
-        labels = [f"S{r['S'] // 1024}k {r['first_level']}/{r['second_level']} w{r['warps']}" for r in abl]
+        labels = [f"S{r['S'] // 1024}k {r['first_level']}/{r['second_level']} w{r['warps']}"
+                  f"{' tma' if r.get('tma') else ''}{' ws' if r.get('ws') else ''}" for r in abl]
         ax.barh(range(len(abl)), [r["TF"] for r in abl])
         ax.set_yticks(range(len(abl)), labels, fontsize=7)
         ax.set_title("two-level tiling ablation (causal d128)")
@@ -464,21 +470,22 @@ def main() -> int:
     print(result["env"], result["ceilings"])
     sections = [
         ("sweep", "paged_sweep", paged_sweep, "paged decode config sweep", ["B", "ctx", "cfg", "us", "GBps"]),
-        ("ablation", "ablation", lambda: ablation(args.quick), "two-level tiling ablation (bf16, 32 heads, B*S=32k)",
-         ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "ws", "TF", "max_diff_vs_first"]),
-        ("prefill", "prefill", lambda: prefill(args.quick), "prefill bf16 (TFLOP/s; causal counts half)",
-         ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
-          "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
+        ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
+         ["B", "ctx", "splits", "fused", "us", "pct_copy_bw", "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
           "flex_TF", "vs_flex", "max_diff_vs_flex"]),
-        ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
-         ["B", "ctx", "splits", "fused", "us", "pct_copy_bw", "max_diff"]),
-        ("overhead", "overhead", overhead, "eager host overhead (tottime per call, cProfile)", ["what", "us", "cum_us"]),
         ("decode", "decode", lambda: decode(args.quick),
          f"paged decode bf16 (32 q / 8 kv heads, d128, block 16); copy bandwidth "
          f"{result['ceilings']['copy_GBps']:.0f} GB/s; us = CUDA-graph replay, eager_us = plain calls",
          ["B", "ctx", "us", "GBps", "pct_copy_bw", "eager_us", "naive_us", "max_err_vs_naive"]),
+        ("ablation", "ablation", lambda: ablation(args.quick), "two-level tiling ablation (bf16, 32 heads, B*S=32k)",
+         ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "ws", "tma", "TF",
+          "max_diff_vs_first"]),
+        ("prefill", "prefill", lambda: prefill(args.quick), "prefill bf16 (TFLOP/s; causal counts half)",
+         ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
+          "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
+        ("overhead", "overhead", overhead, "eager host overhead (tottime per call, cProfile)", ["what", "us", "cum_us"]),
     ]
     for part, key, fn, title, columns in sections:
         if part not in parts:

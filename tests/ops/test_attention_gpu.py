@@ -33,6 +33,32 @@ def test_varlen_realistic(dtype, d, causal, window, rng):
     assert_lse_close(lse, ref_lse, dtype)
 
 
+@pytest.mark.parametrize("d,block_n", [(64, 64), (128, 128)])
+@pytest.mark.parametrize("ws", [False, True])
+@pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (300, 0)), (False, (100, 57))])
+def test_varlen_tma_path(d, block_n, ws, causal, window, rng):
+    """The Hopper tensor-descriptor kernel (forced by config) against float64: ragged
+    sequences whose last key tiles run into the next sequence / past the tensor."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need Hopper or newer")
+    from ascend_ext.backends.cuda import configs
+    from ascend_ext.kernels.triton import flash_attention as triton_flash
+
+    seqlens = [(1000, 1000), (1, 1), (2049, 2049), (77, 500), (700, 300)]
+    hq, hkv, dtype = 16, 4, torch.bfloat16
+    tq, tk = sum(s[0] for s in seqlens), sum(s[1] for s in seqlens)
+    q, k, v = (randn((t, h, d), dtype, rng, DEV) for t, h in ((tq, hq), (tk, hkv), (tk, hkv)))
+    out = torch.full((tq, hq, d), float("nan"), dtype=dtype, device=DEV)
+    cfg = dict(SUB_M=128, NUM_SUB=1, BLOCK_N=block_n, num_warps=8, num_stages=3, TMA=True, WS=ws)
+    win = (window[0], 0 if causal else window[1])
+    lse = triton_flash.flash_attn_varlen(q, k, v, cu([s[0] for s in seqlens], DEV), cu([s[1] for s in seqlens], DEV),
+                                         2049, 2049, softmax_scale=d ** -0.5, window=win, mask=None, softcap=0.0,
+                                         out=out, return_lse=True, config=cfg, configs=configs)
+    ref, ref_lse = varlen_f64(q, k, v, seqlens, d ** -0.5, causal, window)
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+
+
 @pytest.mark.parametrize("kind", ["document_causal", "random_dense"])
 def test_tile_mask_realistic(kind, rng):
     s, hq, hkv, d, dtype = 4096, 8, 2, 128, torch.bfloat16

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, block_segments, clipped_run, dot_flags, launch, load_rows, next_pow2, row_bounds,
-                     run_run, run_visible, scan_full_runs, store_rows, walk_full_runs)
+                     run_run, run_visible, scan_full_runs, softmax_step, store_rows, walk_full_runs)
 
 
 @triton.jit
@@ -148,6 +148,100 @@ def flash_varlen_fwd_kernel(
 
 
 @triton.jit
+def tma_blocks(acc, m_i, l_i, q, n_from, n_to, k_row0, K_DESC, V_DESC, k_col, v_col, lo, hi, offs_n,
+               scale_log2, softcap, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr):
+    """Key blocks [n_from, n_to) of one sequence, K/V tiles by tensor descriptor (TMA)."""
+    for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
+        k = K_DESC.load([k_row0 + n, k_col])
+        v = V_DESC.load([k_row0 + n, v_col])
+        cols = n + offs_n
+        vis = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+        acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, tl.trans(k), v, vis, scale_log2, softcap,
+                                     MASKED, HAS_SOFTCAP, IEEE, DOT_F32)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def flash_varlen_fwd_tma_kernel(
+        Q, K_DESC, V_DESC, O, LSE, CU_Q, CU_K,
+        stride_qt, stride_qh, stride_ot, stride_oh, stride_lse_h,
+        scale_log2, softcap, window_left, window_right, HEAD_DIM, HEAD_DIM_V,
+        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr,
+        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr):
+    """Hopper path of :func:`flash_varlen_fwd_kernel` (no tiling-mask, head dims a power of
+    two): K/V tiles come through tensor descriptors over [tokens, heads * D] (the bulk tensor
+    copy engine, no address arithmetic per element), and the mask-free body may be
+    warp-specialised. Key rows past a sequence's end belong to the next sequence or are
+    zero-filled past the tensor; the row rules mask them out."""
+    tile = tl.num_programs(0) // GROUP - 1 - tl.program_id(0) // GROUP
+    head = tl.program_id(1) * GROUP + tl.program_id(0) % GROUP
+    seq = tl.program_id(2)
+    q_start = tl.load(CU_Q + seq)
+    q_len = tl.load(CU_Q + seq + 1) - q_start
+    if tile * BLOCK_M >= q_len:
+        return
+    k_start = tl.load(CU_K + seq)
+    k_len = tl.load(CU_K + seq + 1) - k_start
+    kv_head = head // GROUP
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_n = tl.arange(0, BLOCK_N)
+    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    heads = rows * 0 + head
+    q = load_rows(Q, q_start + rows, heads, rows < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, True)
+    lo, hi = row_bounds(rows, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
+    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+    free_from = tl.minimum(tl.maximum(full_start, start), end)
+    free_to = tl.maximum(tl.minimum(full_end, end), free_from)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    k_col = kv_head * BLOCK_D
+    v_col = kv_head * BLOCK_DV
+    acc, m_i, l_i = tma_blocks(acc, m_i, l_i, q, start, free_from, k_start, K_DESC, V_DESC, k_col, v_col, lo, hi,
+                               offs_n, scale_log2, softcap, True, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32, False)
+    acc, m_i, l_i = tma_blocks(acc, m_i, l_i, q, free_from, free_to, k_start, K_DESC, V_DESC, k_col, v_col, lo, hi,
+                               offs_n, scale_log2, softcap, False, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
+    acc, m_i, l_i = tma_blocks(acc, m_i, l_i, q, free_to, end, k_start, K_DESC, V_DESC, k_col, v_col, lo, hi,
+                               offs_n, scale_log2, softcap, True, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32, False)
+    store_rows(O, LSE, acc, m_i, l_i, q_start + rows, heads, rows < q_len,
+               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, True)
+
+
+def _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
+               return_lse) -> None:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    d, dv = q.shape[2], v.shape[2]
+    k_desc = TensorDescriptor.from_tensor(k.view(k.shape[0], -1), [cfg["BLOCK_N"], d])
+    v_desc = TensorDescriptor.from_tensor(v.view(v.shape[0], -1), [cfg["BLOCK_N"], dv])
+    left, right = window
+    launch(flash_varlen_fwd_tma_kernel, grid,
+           q, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k,
+           q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
+           softmax_scale * LOG2E, softcap, left, right, d, dv,
+           GROUP=q.shape[1] // k.shape[1], BLOCK_M=cfg["SUB_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=d, BLOCK_DV=dv,
+           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
+           WARP_SPEC=cfg.get("WS", False), **dot_flags(q.dtype),
+           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def tma_eligible(q, k, v, mask, bounds) -> bool:
+    """The TMA path takes contiguous [tokens, heads, D] q/k/v with power-of-two head dims
+    (64/128/256) and no tiling-mask (compiled CUDA only)."""
+    d, dv = q.shape[2], v.shape[2]
+    return (mask is None and bounds is None and q.device.type == "cuda" and d == next_pow2(d) and dv == next_pow2(dv)
+            and k.is_contiguous() and v.is_contiguous() and q.stride(2) == 1)
+
+
+@triton.jit
 def clip_rows(ROW_LO, ROW_HI, rows, q_len, lo, hi):
     """Intersect the rows' rule intervals [lo, hi) with the mask's per-row [ROW_LO, ROW_HI)."""
     valid = rows < q_len
@@ -233,6 +327,10 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                          "split it or use ASCEND_EXT_IMPL=attention=reference")
     group = hq // k.shape[1]
     grid = (triton.cdiv(max(max_seqlen_q, 1), block_m) * group, k.shape[1], batch)
+    if cfg.get("TMA", False) and cfg["NUM_SUB"] == 1 and tma_eligible(q, k, v, mask, bounds):
+        _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
+                   return_lse)
+        return lse if return_lse else None
     left, right = window
     launch(flash_varlen_fwd_kernel, grid,
            q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
