@@ -163,9 +163,9 @@ def _mask_case(name: str, s: int):
 def masks() -> list[dict]:
     """Tiling-mask cases against flex_attention with the equivalent BlockMask (16k tokens,
     16 heads, d128, bf16): 8 causal documents, the same with a 512-key sliding window,
-    random 30% block-sparse tiles. 'ours' takes the default path (document/window masks run
-    from row intervals), 'runs' forces the stored run/pool walk (full tiles of a row in one
-    loop), 'runs_nowalk' the previous one-loop-per-run kernel."""
+    random 30% block-sparse tiles. 'ours' takes the default path (a document mask runs as the
+    varlen batch of its documents), 'runs' forces the stored run/pool walk (full tiles of a
+    row in one loop), 'runs_nowalk' the previous one-loop-per-run kernel."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     s, h, d = 16384, 16, 128
@@ -219,13 +219,14 @@ def masks() -> list[dict]:
 
 
 def decode_splits() -> list[dict]:
-    """Split-KV count and combine style at small batch (CUDA-graph replay, us per call)."""
+    """Split-KV count and tile config at small batch (CUDA-graph replay, us per call)."""
     hq, hkv, d, bs = 32, 8, 128, 16
     base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16)
+    others = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=128), dict(base, num_stages=3)]
     rows = []
-    grid = [(1, ctx, (None, 16, 32, 64, 128)) for ctx in (1024, 4096, 16384, 32768)]
-    grid += [(8, ctx, (None, 4, 8, 16)) for ctx in (1024, 4096)]
-    for b, ctx, split_opts in grid:
+    grid = [(1, ctx, (None, 16, 32, 64), others) for ctx in (1024, 4096, 16384, 32768)]
+    grid += [(8, ctx, (None, 4, 8, 16), others[:1]) for ctx in (1024, 4096)]
+    for b, ctx, split_opts, other_cfgs in grid:
         nblk = b * ctx // bs
         k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
         v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
@@ -236,11 +237,9 @@ def decode_splits() -> list[dict]:
         out = torch.empty_like(q)
         kv_bytes = 2 * b * ctx * hkv * d * 2
         ref = None
-        auto = triton_paged.choose_splits(q.device, b * hkv, ctx, base["BLOCK_N"])
-        for splits in split_opts:
-            for fuse in (False, True):
-                cfg = dict(base, FUSE_COMBINE=fuse)
-
+        for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
+            auto = triton_paged.choose_splits(q.device, b * hkv, ctx, cfg["BLOCK_N"])
+            for splits in opts:
                 def run():
                     return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1,
                                                         softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0,
@@ -250,8 +249,10 @@ def decode_splits() -> list[dict]:
                 if ref is None:
                     ref = out.clone()
                 t = bench_graph_ms(run)
-                rows.append({"B": b, "ctx": ctx, "splits": f"{splits or auto}{'*' if splits is None else ''}",
-                             "fused": fuse, "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
+                rows.append({"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}"
+                                                        f"{' pdl' if cfg.get('PDL') else ''}",
+                             "splits": f"{splits or auto}{'*' if splits is None else ''}",
+                             "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
                              "max_diff": float((out.float() - ref.float()).abs().max())})
         del k_cache, v_cache
         torch.cuda.empty_cache()
@@ -471,7 +472,7 @@ def main() -> int:
     sections = [
         ("sweep", "paged_sweep", paged_sweep, "paged decode config sweep", ["B", "ctx", "cfg", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
-         ["B", "ctx", "splits", "fused", "us", "pct_copy_bw", "max_diff"]),
+         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
           "flex_TF", "vs_flex", "max_diff_vs_flex"]),

@@ -27,12 +27,12 @@ from triton.compiler import ASTSource  # noqa: E402
 KERNELS = {
     "flash": ("ascend_ext.kernels.triton.flash_attention", "flash_varlen_fwd_kernel",
               dict(GROUP=1, BLOCK_D=128, BLOCK_DV=128, SUB_M=128, NUM_SUB=1, BLOCK_N=128, HAS_LEFT=False,
-                   HAS_RIGHT=True, HAS_MASK=False, HAS_BOUNDS=False, HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False,
+                   HAS_RIGHT=True, HAS_MASK=False, HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False,
                    DOT_F32=False, WARP_SPEC=False, WALK=True, num_warps=8, num_stages=3)),
     "paged": ("ascend_ext.kernels.triton.paged_attention", "paged_attn_kernel",
               dict(GROUP=4, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
                    HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False,
-                   FUSE_COMBINE=False, WRITE_FINAL_LSE=False, num_warps=4, num_stages=2)),
+                   num_warps=4, num_stages=2)),
     "mla": ("ascend_ext.kernels.triton.mla_decode", "mla_decode_kernel",
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
                  EVEN=True, TMA=True, MASK_N=16, WARP_SPEC=False, TRANS=False, IEEE=False, DOT_F32=False,
@@ -67,8 +67,7 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
         elif p.isupper() and p not in UNALIGNED_INTS:
             signature[p] = {"LSE": "*fp32", "SCALES": "*fp32", "OFFSETS": "*i32", "COUNTS": "*i32", "CU_Q": "*i32", "CU_K": "*i32", "SEQ_LENS": "*i32",
                             "BLOCK_TABLE": "*i32", "ROW_PTR": "*i32", "RUN_START": "*i32", "RUN_LEN": "*i32",
-                            "RUN_POOL": "*i32", "POOL_TILES": "*i8",
-                            "ROW_LO": "*i32", "ROW_HI": "*i32", "SEM": "*i32", "LSE_FINAL": "*fp32", "CACHE": f"*{kv}"}.get(p, f"*{dtype}")
+                            "RUN_POOL": "*i32", "POOL_TILES": "*i8", "CACHE": f"*{kv}"}.get(p, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif p in FLOAT_ARGS:
             signature[p] = "fp32"
@@ -111,7 +110,7 @@ def main(argv: list[str]) -> int:
     else:
         runs = [("flash", {}), ("flash", {"SUB_M": 64, "NUM_SUB": 2}), ("flash", {"WARP_SPEC": True}),
                 ("flash", {"HAS_MASK": True}), ("flash", {"BLOCK_D": 64, "BLOCK_DV": 64, "BLOCK_N": 64, "num_warps": 4}),
-                ("flash", {"HAS_BOUNDS": True}), ("paged", {}), ("paged", {"WRITE_LSE": True, "FUSE_COMBINE": True})]
+                ("paged", {})]
     for kernel, overrides in runs:
         try:
             print(report(kernel, overrides))

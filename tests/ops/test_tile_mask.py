@@ -173,3 +173,23 @@ def test_triton_tile_mask_run_paths(walk, kind, rng):
     ref, ref_lse = attention_f64(q.cpu(), k.cpu(), v.cpu(), d ** -0.5, allowed(s, s, causal, window, dense))
     assert_close(out, ref, dtype)
     assert_lse_close(lse, ref_lse, dtype)
+
+
+@pytest.mark.skipif("triton" not in runnable("flash_attn_varlen", mask=True), reason="Triton cannot run here")
+def test_triton_tile_mask_many_runs(rng):
+    """Rows of more than 32 full runs (the run scan works in chunks of 32), plus a partial
+    run: every other key tile visible, and one tile column with a ragged element mask."""
+    sq, sk, d, dtype = 20, 16 * 68, 16, torch.float32
+    cols = torch.arange(sk)
+    dense = ((cols // 16) % 2 == 0)[None, :].expand(sq, sk).clone()
+    dense[:, 16 * 5:16 * 6] = torch.rand(sq, 16, generator=rng) < 0.5
+    tm = TileMask.from_dense(dense, tile=(16, 16))
+    assert int((tm.row_ptr[1:] - tm.row_ptr[:-1]).max()) > 33
+    q = randn((sq, 1, d), dtype, rng, DEVICE)
+    k, v = (randn((sk, 1, d), dtype, rng, DEVICE) for _ in range(2))
+    with ops.use_impl(attention="triton"):
+        out, lse = ops.flash_attn_varlen(q, k, v, cu([sq], DEVICE), cu([sk], DEVICE), sq, sk, mask=tm,
+                                         return_lse=True)
+    ref, ref_lse = attention_f64(q.cpu(), k.cpu(), v.cpu(), d ** -0.5, dense)
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)

@@ -291,13 +291,19 @@ def scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, BLOCK_N: tl
     runs = r0 * 0
     r_first = r1
     r_last = r0 - 1
-    for r in range(r0, r1):
-        first, last = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
-        nt = tl.where((tl.load(RUN_POOL + r) < 0) & (last > first), (last - first + BLOCK_N - 1) // BLOCK_N, 0)
-        tiles += nt
-        runs += tl.where(nt > 0, 1, 0)
-        r_first = tl.minimum(r_first, tl.where(nt > 0, r, r1))
-        r_last = tl.maximum(r_last, tl.where(nt > 0, r, r0 - 1))
+    offs = tl.arange(0, 32)
+    for chunk in range(r0, r1, 32):   # 32 runs per step: one round of loads, not one per run
+        r = chunk + offs
+        in_row = r < r1
+        run_first = tl.load(RUN_START + r, mask=in_row, other=0)
+        first = tl.maximum(run_first * BLOCK_N, start)
+        last = tl.minimum((run_first + tl.load(RUN_LEN + r, mask=in_row, other=0)) * BLOCK_N, end)
+        full = in_row & (tl.load(RUN_POOL + r, mask=in_row, other=0) < 0) & (last > first)
+        nt = tl.where(full, (last - first + BLOCK_N - 1) // BLOCK_N, 0)
+        tiles += tl.sum(nt, 0)
+        runs += tl.sum(full.to(tl.int32), 0)
+        r_first = tl.minimum(r_first, tl.min(tl.where(full, r, r1), 0))
+        r_last = tl.maximum(r_last, tl.max(tl.where(full, r, r0 - 1), 0))
     return (runs > 0) & (runs == r_last - r_first + 1), tiles, r_first
 
 

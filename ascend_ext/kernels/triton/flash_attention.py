@@ -10,9 +10,15 @@ FlashAttention-2 loop (the ablation baseline).
 
 Tile classification: for causal / sliding-window rules the key blocks of a query
 tile split into a masked head, a mask-free body and a masked tail
-(:func:`block_segments`); fully masked blocks are never visited. With a
-:class:`TileMask`, the program walks its query-tile row's runs: empty tiles are
-absent, full runs take the mask-free path, partial runs load one pool tile.
+(:func:`block_segments`); fully masked blocks are never visited. A :class:`TileMask`
+of a known kind takes its native form (window masks: the window rule; document masks:
+the varlen batch of the documents). Any other mask: the program walks its query-tile
+row's runs: empty tiles are absent, all full tiles go through one pipelined loop
+(:func:`walk_full_runs`), partial runs load one pool tile.
+
+Hopper path (:func:`flash_varlen_fwd_tma_kernel`, chosen by the CUDA config's ``TMA``):
+K/V tiles by tensor descriptor (bulk tensor copies) and a warp-specialised mask-free
+loop; the portable kernel stays for other GPUs, the interpreter and Ascend.
 
 Grid: (query tile × GQA-group head, KV head, sequence). The heads of a GQA group are
 fastest, so they run side by side and their shared K/V tiles come from HBM once
@@ -39,11 +45,11 @@ def flash_varlen_fwd_kernel(
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_ot, stride_oh, stride_lse_h,
         scale_log2, softcap, window_left, window_right,
-        ROW_PTR, RUN_START, RUN_LEN, RUN_POOL, POOL_TILES, ROW_LO, ROW_HI,
+        ROW_PTR, RUN_START, RUN_LEN, RUN_POOL, POOL_TILES,
         HEAD_DIM, HEAD_DIM_V,
         GROUP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         SUB_M: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr, HAS_BOUNDS: tl.constexpr,
+        HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
         IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
@@ -80,18 +86,10 @@ def flash_varlen_fwd_kernel(
     l1 = l0
     lo0, hi0 = row_bounds(rows0, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo1, hi1 = row_bounds(rows1, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    if HAS_BOUNDS:
-        # per-row key intervals of the mask (documents): the tile classes come from the
-        # rows' interval extremes, then the same masked head / mask-free body / masked tail
-        lo0, hi0 = clip_rows(ROW_LO, ROW_HI, rows0, q_len, lo0, hi0)
-        lo1, hi1 = clip_rows(ROW_LO, ROW_HI, rows1, q_len, lo1, hi1)
-        start, full_start, full_end, end = interval_segments(lo0, hi0, lo1, hi1, rows0 < q_len, rows1 < q_len,
-                                                             k_len, NUM_SUB, BLOCK_N)
-    else:   # rows are ordered: the first and last row bound the tile
-        t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
-        lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-        lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-        start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
+    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
 
     if HAS_MASK:
         # tiling-mask: this query tile's runs (empty tiles are absent), each clipped to the
@@ -215,70 +213,64 @@ def flash_varlen_fwd_tma_kernel(
                stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, True)
 
 
-def _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
-               return_lse) -> None:
+def _rows_descriptor(x: torch.Tensor, block_rows: int):
+    """Tensor descriptor over x [tokens, heads, D] seen as [tokens, heads * D] (rows may be
+    strided, e.g. views into a fused qkv tensor), boxes of [block_rows, D]."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
+    t, h, d = x.shape
+    return TensorDescriptor(x, [t, h * d], [x.stride(0), 1], [block_rows, d])
+
+
+def _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
+               return_lse) -> None:
     d, dv = q.shape[2], v.shape[2]
-    k_desc = TensorDescriptor.from_tensor(k.view(k.shape[0], -1), [cfg["BLOCK_N"], d])
-    v_desc = TensorDescriptor.from_tensor(v.view(v.shape[0], -1), [cfg["BLOCK_N"], dv])
+    k_desc = _rows_descriptor(k, cfg["BLOCK_N"])
+    v_desc = _rows_descriptor(v, cfg["BLOCK_N"])
     left, right = window
-    launch(flash_varlen_fwd_tma_kernel, grid,
-           q, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k,
-           q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
-           softmax_scale * LOG2E, softcap, left, right, d, dv,
-           GROUP=q.shape[1] // k.shape[1], BLOCK_M=cfg["SUB_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=d, BLOCK_DV=dv,
-           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
-           WARP_SPEC=cfg.get("WS", False), **dot_flags(q.dtype),
-           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    ws = cfg.get("WS", False)
+    if ws and (d, dv, cfg["BLOCK_N"], cfg["num_warps"]) in _WS_FAILED:
+        ws = False
+    args = (q, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k,
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
+            softmax_scale * LOG2E, softcap, left, right, d, dv)
+    kwargs = dict(GROUP=q.shape[1] // k.shape[1], BLOCK_M=cfg["SUB_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=d,
+                  BLOCK_DV=dv, HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
+                  WRITE_LSE=return_lse, **dot_flags(q.dtype), num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])
+    if ws:
+        try:
+            launch(flash_varlen_fwd_tma_kernel, grid, *args, WARP_SPEC=True, **kwargs)
+            return
+        except RuntimeError as exc:   # Triton's warp-specialisation pass rejects some shapes
+            if "PassManager" not in str(exc):
+                raise
+            _WS_FAILED.add((d, dv, cfg["BLOCK_N"], cfg["num_warps"]))
+    launch(flash_varlen_fwd_tma_kernel, grid, *args, WARP_SPEC=False, **kwargs)
 
 
-def tma_eligible(q, k, v, mask, bounds) -> bool:
-    """The TMA path takes contiguous [tokens, heads, D] q/k/v with power-of-two head dims
-    (64/128/256) and no tiling-mask (compiled CUDA only)."""
+_WS_FAILED: set = set()
+
+
+def tma_eligible(q, k, v, mask) -> bool:
+    """The TMA path takes 16-bit q/k/v with power-of-two head dims, each K/V token's heads
+    contiguous and 16-byte aligned rows (a tensor descriptor's rules), and no tiling-mask
+    (compiled CUDA only)."""
     d, dv = q.shape[2], v.shape[2]
-    return (mask is None and bounds is None and q.device.type == "cuda" and d == next_pow2(d) and dv == next_pow2(dv)
-            and k.is_contiguous() and v.is_contiguous() and q.stride(2) == 1)
+    rows_ok = all(x.stride(2) == 1 and x.stride(1) == x.shape[2] and (x.stride(0) * x.element_size()) % 16 == 0
+                  and x.data_ptr() % 16 == 0 for x in (k, v))
+    return (mask is None and q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16)
+            and d == next_pow2(d) and dv == next_pow2(dv) and rows_ok)
 
 
-@triton.jit
-def clip_rows(ROW_LO, ROW_HI, rows, q_len, lo, hi):
-    """Intersect the rows' rule intervals [lo, hi) with the mask's per-row [ROW_LO, ROW_HI)."""
-    valid = rows < q_len
-    lo = tl.maximum(lo, tl.load(ROW_LO + rows, mask=valid, other=0))
-    hi = tl.minimum(hi, tl.load(ROW_HI + rows, mask=valid, other=0))
-    return lo, tl.maximum(hi, lo)
-
-
-@triton.jit
-def interval_segments(lo0, hi0, lo1, hi1, valid0, valid1, k_len, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr):
-    """:func:`block_segments` of a tile whose rows' intervals are in no particular order:
-    keys are visited from the lowest start to the highest end of the rows that see any
-    key; blocks inside every valid row's interval are mask-free."""
-    big = 2 ** 30
-    real0 = valid0 & (hi0 > lo0)
-    lo_min = tl.min(tl.where(real0, lo0, big), 0)
-    hi_max = tl.max(tl.where(real0, hi0, -1), 0)
-    lo_max = tl.max(tl.where(valid0, lo0, -1), 0)
-    hi_min = tl.min(tl.where(valid0, hi0, big), 0)
-    if NUM_SUB == 2:
-        real1 = valid1 & (hi1 > lo1)
-        lo_min = tl.minimum(lo_min, tl.min(tl.where(real1, lo1, big), 0))
-        hi_max = tl.maximum(hi_max, tl.max(tl.where(real1, hi1, -1), 0))
-        lo_max = tl.maximum(lo_max, tl.max(tl.where(valid1, lo1, -1), 0))
-        hi_min = tl.minimum(hi_min, tl.min(tl.where(valid1, hi1, big), 0))
-    return block_segments(tl.minimum(lo_min, k_len), lo_max, hi_min, hi_max, 0, k_len, BLOCK_N)
-
-
-@functools.lru_cache(maxsize=16)
-def _document_bounds(offsets: tuple, device: torch.device):
-    """Per-row visible key interval [lo, hi) (int32 [total]) of packed documents."""
-    starts = torch.tensor(offsets[:-1], dtype=torch.int64)
-    ends = torch.tensor(offsets[1:], dtype=torch.int64)
-    lengths = ends - starts
-    lo = torch.repeat_interleave(starts, lengths).to(torch.int32)
-    hi = torch.repeat_interleave(ends, lengths).to(torch.int32)
-    return lo.to(device), hi.to(device)
+@functools.lru_cache(maxsize=32)
+def _document_seqlens(offsets: tuple, batch: int, device: torch.device):
+    """cu_seqlens int32 [batch * docs + 1] of every document of every sequence, and the
+    longest document (sequences are ``offsets[-1]`` tokens long, all with these documents)."""
+    total = offsets[-1]
+    starts = [b * total + o for b in range(batch) for o in offsets[:-1]] + [batch * total]
+    longest = max([e - s for s, e in zip(offsets, offsets[1:])] + [0])
+    return torch.tensor(starts, dtype=torch.int32, device=device), longest
 
 
 def _meet(a: int, b: int) -> int:
@@ -300,17 +292,19 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if tq == 0 or batch == 0:
         return lse if return_lse else None
     cfg = dict(config or configs.flash_config(q.device, d, q.dtype))
-    bounds = None
     if mask is not None and not cfg.get("TILE_RUNS", False):
-        # masks built from row intervals run from those intervals (O(S) ints): windows fold
-        # into the window rule, documents become per-row bounds; the kernel classifies tiles
-        # from them exactly as the stored runs do, with the configured tiles
+        # masks of a known kind take their native form (what TileMask.kind is for): a
+        # window mask is the window rule; a document mask on equal-length sequences is the
+        # varlen batch of its documents (square documents: the rules act per document
+        # exactly as on the whole sequence). Tiles then align to document starts.
         if mask.kind[0] == "window":
             window = (_meet(window[0], mask.kind[1]), _meet(window[1], mask.kind[2]))
             mask = None
-        elif mask.kind[0] == "document":
-            bounds = _document_bounds(tuple(mask.kind[1]), q.device)
-            mask = None
+        elif mask.kind[0] == "document" and mask.seqlen_q == mask.seqlen_k:
+            cu_docs, longest = _document_seqlens(tuple(mask.kind[1]), batch, q.device)
+            return flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, softmax_scale=softmax_scale,
+                                     window=window, mask=None, softcap=softcap, out=out, return_lse=return_lse,
+                                     configs=configs, config=config)
     if mask is not None:   # the tiling-mask fixes the first-level tile shape
         if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
             cfg["NUM_SUB"] = 1
@@ -320,14 +314,13 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                      mask.pool.to(torch.int8) if mask.pool.numel() else mask.row_ptr)
     else:
         mask_args = (cu_seqlens_q,) * 5   # unused pointers
-    mask_args += bounds if bounds is not None else (cu_seqlens_q,) * 2
     block_m = cfg["SUB_M"] * cfg["NUM_SUB"]
     if max(max_seqlen_k * k.stride(0), max_seqlen_k * v.stride(0), max_seqlen_q * q.stride(0)) >= 2 ** 31:
         raise ValueError("flash_attn_varlen (triton): a sequence spans more than 2**31 elements of q/k/v; "
                          "split it or use ASCEND_EXT_IMPL=attention=reference")
     group = hq // k.shape[1]
     grid = (triton.cdiv(max(max_seqlen_q, 1), block_m) * group, k.shape[1], batch)
-    if cfg.get("TMA", False) and cfg["NUM_SUB"] == 1 and tma_eligible(q, k, v, mask, bounds):
+    if cfg.get("TMA", False) and cfg["NUM_SUB"] == 1 and tma_eligible(q, k, v, mask):
         _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
                    return_lse)
         return lse if return_lse else None
@@ -339,7 +332,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
            softmax_scale * LOG2E, softcap, left, right, *mask_args, d, dv,
            GROUP=group, BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
            SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
-           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None, HAS_BOUNDS=bounds is not None,
+           HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
            HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
            EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False), WALK=cfg.get("WALK", True),
            **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

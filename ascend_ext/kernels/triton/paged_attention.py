@@ -10,9 +10,7 @@ device, each sequence's keys are cut into ``num_splits`` ranges processed by
 separate programs (:func:`choose_splits` sizes them from the device's SM count);
 each writes a normalised partial output and its lse, and
 :func:`combine_splits_kernel` merges them exactly (the N-way form of
-``merge_attn_states``, which reuses the same kernel). With ``FUSE_COMBINE`` (CUDA)
-there is no second launch: the last split program of each row tile to finish,
-found with an atomic counter, merges the partials itself (:func:`merge_splits_last`).
+``merge_attn_states``, which reuses the same kernel).
 """
 
 from __future__ import annotations
@@ -37,9 +35,7 @@ def paged_attn_kernel(
         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-        SEM=None, O_FINAL=None, LSE_FINAL=None, stride_fot=0, stride_foh=0, stride_flse_h=0,
-        FUSE_COMBINE: tl.constexpr = False, WRITE_FINAL_LSE: tl.constexpr = False):
+        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2) // num_splits
@@ -80,61 +76,21 @@ def paged_attn_kernel(
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
                HEAD_DIM_V, WRITE_LSE, EVEN_D)
-    if FUSE_COMBINE:
-        merge_splits_last(SEM + (seq * tl.num_programs(1) + kv_head) * tl.num_programs(0) + tile, num_splits,
-                          O, LSE, stride_o_split, stride_lse_split, O_FINAL, LSE_FINAL,
-                          q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h,
-                          stride_fot, stride_foh, stride_flse_h, offs_dv, HEAD_DIM_V, WRITE_FINAL_LSE)
-
-
-@triton.jit
-def merge_splits_last(counter, num_splits, PART_O, PART_LSE, stride_ps, stride_pls, O, LSE,
-                      tokens, heads, valid, stride_pt, stride_ph, stride_plh, stride_ot, stride_oh, stride_lse_h,
-                      offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr):
-    """Split-KV combine fused into the split kernel: every split program of a row tile bumps
-    ``counter`` after storing its partial; the last one merges all ``num_splits`` partials of
-    its rows (online, in split order) and resets the counter to 0 for the next launch.
-
-    The barrier makes every thread's partial stores precede the counter's release; the
-    merging program reads the partials past L1 (.cg)."""
-    tl.debug_barrier()
-    if tl.atomic_add(counter, 1, sem="acq_rel") == num_splits - 1:
-        tok = tokens.to(tl.int64)
-        o_ptrs = PART_O + tok[:, None] * stride_pt + heads[:, None] * stride_ph + offs_dv[None, :]
-        in_d = valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
-        m = tl.full(tokens.shape, float("-inf"), tl.float32)
-        total = tl.zeros(tokens.shape, tl.float32)
-        acc = tl.zeros(o_ptrs.shape, tl.float32)
-        for s in range(num_splits):
-            lse = tl.load(PART_LSE + s * stride_pls + heads * stride_plh + tokens, mask=valid,
-                          other=float("-inf"), cache_modifier=".cg")
-            m_new = tl.maximum(m, lse)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m - m_safe)
-            w = tl.exp(lse - m_safe)
-            part = tl.load(o_ptrs + s * stride_ps, mask=in_d & (lse > float("-inf"))[:, None], other=0.0,
-                           cache_modifier=".cg")
-            acc = acc * alpha[:, None] + part * w[:, None]
-            total = total * alpha + w
-            m = m_new
-        seen = total > 0
-        out = acc / tl.where(seen, total, 1.0)[:, None]
-        tl.store(O + tok[:, None] * stride_ot + heads[:, None] * stride_oh + offs_dv[None, :],
-                 out.to(O.dtype.element_ty), mask=in_d)
-        if WRITE_LSE:
-            tl.store(LSE + heads * stride_lse_h + tokens,
-                     tl.where(seen, m + tl.log(tl.where(seen, total, 1.0)), float("-inf")), mask=valid)
-        tl.atomic_xchg(counter, 0)
 
 
 @triton.jit
 def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
                           stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
                           stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
-                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
+                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
+                          PDL: tl.constexpr = False):
     """out[t, h] = sum_s w_s * part[s, t, h] / sum_s w_s with w_s = exp(lse_s - max lse).
 
-    Splits whose lse is -inf are skipped by selection, so their outputs may hold anything."""
+    Splits whose lse is -inf are skipped by selection, so their outputs may hold anything.
+    PDL: launched as a programmatic dependent launch (CUDA, sm90+); wait for the split
+    kernel's results before reading them."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -154,17 +110,29 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
                  tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
 
 
-def combine_splits(part_o, part_lse, out, lse) -> None:
-    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None."""
+_PDL_FAILED: list = []
+
+
+def combine_splits(part_o, part_lse, out, lse, pdl: bool = False) -> None:
+    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None.
+
+    ``pdl``: launch as a programmatic dependent launch, so the launch overlaps the tail of
+    the kernel that wrote the partials (falls back to a plain launch where unsupported)."""
     splits, tokens, heads, dv = part_o.shape
     if tokens == 0:
         return
     lse_arg = lse if lse is not None else part_lse
-    combine_splits_kernel[(tokens, heads)](
-        part_o, part_lse, out, lse_arg, splits,
-        part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
-        out.stride(0), out.stride(1), lse_arg.stride(0), dv,
-        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None)
+    args = (part_o, part_lse, out, lse_arg, splits,
+            part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
+            out.stride(0), out.stride(1), lse_arg.stride(0), dv)
+    kwargs = dict(BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None)
+    if pdl and not _PDL_FAILED:
+        try:
+            combine_splits_kernel[(tokens, heads)](*args, **kwargs, PDL=True, launch_pdl=True)
+            return
+        except Exception as exc:   # noqa: BLE001 - a Triton/driver without programmatic launch: plain launch
+            _PDL_FAILED.append(repr(exc))
+    combine_splits_kernel[(tokens, heads)](*args, **kwargs)
 
 
 @functools.lru_cache(maxsize=8)
@@ -194,21 +162,6 @@ def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_
     return max(1, min(triton.cdiv(target, programs), max_seqlen_k // min_keys, MAX_SPLITS))
 
 
-_COUNTERS: dict = {}
-
-
-def split_counters(device: torch.device, count: int) -> torch.Tensor:
-    """Zeroed int32 counters for the fused combine, one per (sequence, KV head, row tile),
-    kept per (device, stream): each launch leaves them at 0 again. Buffers are never freed,
-    so a CUDA graph that captured one keeps a valid pointer after a larger one replaces it."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
-    bufs = _COUNTERS.setdefault(key, [])
-    if not bufs or bufs[-1].numel() < count:
-        bufs.append(torch.zeros(max(count, 2 * bufs[-1].numel() if bufs else 4096), dtype=torch.int32,
-                                device=device))
-    return bufs[-1]
-
-
 def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tensor, lse):
     """Keys per split and where a split-KV kernel writes: float32 partials [S, T, H, Dv] and
     lse [S, H, T] for :func:`combine_splits` when ``splits`` > 1, else views of ``out``
@@ -230,8 +183,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args).
 
     ``configs``: the backend's tile-config module (``paged_config``); ``config`` / ``num_splits``
-    override it (tests, benchmarks). ``config["FUSE_COMBINE"]`` merges the splits inside the
-    split kernel (one launch) instead of with :func:`combine_splits`."""
+    override it (tests, benchmarks)."""
     tq, hq, d = q.shape
     hkv, dv = k_cache.shape[2], v_cache.shape[3]
     group = hq // hkv
@@ -249,15 +201,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"])
     keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
     left, right = window
-    fuse = num_splits > 1 and cfg.get("FUSE_COMBINE", False)
-    grid = (row_tiles, hkv, batch * num_splits)
-    fused_args = {}
-    if fuse:
-        lse_arg = lse if lse is not None else dest_lse
-        fused_args = dict(SEM=split_counters(q.device, row_tiles * hkv * batch), O_FINAL=out, LSE_FINAL=lse_arg,
-                          stride_fot=out.stride(0), stride_foh=out.stride(1), stride_flse_h=lse_arg.stride(0),
-                          FUSE_COMBINE=True, WRITE_FINAL_LSE=lse is not None)
-    paged_attn_kernel[grid](
+    paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
@@ -268,9 +212,9 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **fused_args)
-    if num_splits > 1 and not fuse:
-        combine_splits(dest_o, dest_lse, out, lse)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if num_splits > 1:
+        combine_splits(dest_o, dest_lse, out, lse, pdl=cfg.get("PDL", False))
     return lse
 
 
