@@ -78,6 +78,19 @@ def paged_attn_kernel(
                HEAD_DIM_V, WRITE_LSE, EVEN_D)
 
 
+try:   # grid dependency control (upstream Triton's CUDA extras; triton-ascend has none)
+    from triton.language.extra.cuda import gdc_wait  # noqa: F401
+
+    @triton.jit
+    def wait_for_producer():
+        """Wait until the preceding kernel's writes are visible (programmatic launch)."""
+        tl.extra.cuda.gdc_wait()
+except ImportError:
+    @triton.jit
+    def wait_for_producer():
+        pass
+
+
 @triton.jit
 def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
                           stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
@@ -90,7 +103,7 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
     PDL: launched as a programmatic dependent launch (CUDA, sm90+); wait for the split
     kernel's results before reading them."""
     if PDL:
-        tl.extra.cuda.gdc_wait()
+        wait_for_producer()
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
