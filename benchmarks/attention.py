@@ -222,7 +222,7 @@ def decode_splits() -> list[dict]:
     """Split-KV count and tile config at small batch (CUDA-graph replay, us per call)."""
     hq, hkv, d, bs = 32, 8, 128, 16
     base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16)
-    others = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=128), dict(base, num_stages=3)]
+    others = [dict(base, BLOCK_N=128), dict(base, num_stages=3)]
     rows = []
     grid = [(1, ctx, (None, 16, 32, 64), others) for ctx in (1024, 4096, 16384, 32768)]
     grid += [(8, ctx, (None, 4, 8, 16), others[:1]) for ctx in (1024, 4096)]
@@ -249,8 +249,7 @@ def decode_splits() -> list[dict]:
                 if ref is None:
                     ref = out.clone()
                 t = bench_graph_ms(run)
-                rows.append({"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}"
-                                                        f"{' pdl' if cfg.get('PDL') else ''}",
+                rows.append({"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}",
                              "splits": f"{splits or auto}{'*' if splits is None else ''}",
                              "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
                              "max_diff": float((out.float() - ref.float()).abs().max())})

@@ -41,8 +41,7 @@ _GENERIC = {
     128: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=2),
     256: dict(SUB_M=32, NUM_SUB=1, BLOCK_N=32, num_warps=4, num_stages=1),
 }
-# PDL: the split-KV combine is a programmatic dependent launch (overlaps its launch).
-_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, PDL=True)
+_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
 _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
 
 

@@ -78,32 +78,14 @@ def paged_attn_kernel(
                HEAD_DIM_V, WRITE_LSE, EVEN_D)
 
 
-try:   # grid dependency control (upstream Triton's CUDA extras; triton-ascend has none)
-    from triton.language.extra.cuda import gdc_wait  # noqa: F401
-
-    @triton.jit
-    def wait_for_producer():
-        """Wait until the preceding kernel's writes are visible (programmatic launch)."""
-        tl.extra.cuda.gdc_wait()
-except ImportError:
-    @triton.jit
-    def wait_for_producer():
-        pass
-
-
 @triton.jit
 def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
                           stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
                           stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
-                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
-                          PDL: tl.constexpr = False):
+                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
     """out[t, h] = sum_s w_s * part[s, t, h] / sum_s w_s with w_s = exp(lse_s - max lse).
 
-    Splits whose lse is -inf are skipped by selection, so their outputs may hold anything.
-    PDL: launched as a programmatic dependent launch (CUDA, sm90+); wait for the split
-    kernel's results before reading them."""
-    if PDL:
-        wait_for_producer()
+    Splits whose lse is -inf are skipped by selection, so their outputs may hold anything."""
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -123,29 +105,17 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
                  tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
 
 
-_PDL_FAILED: list = []
-
-
-def combine_splits(part_o, part_lse, out, lse, pdl: bool = False) -> None:
-    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None.
-
-    ``pdl``: launch as a programmatic dependent launch, so the launch overlaps the tail of
-    the kernel that wrote the partials (falls back to a plain launch where unsupported)."""
+def combine_splits(part_o, part_lse, out, lse) -> None:
+    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None."""
     splits, tokens, heads, dv = part_o.shape
     if tokens == 0:
         return
     lse_arg = lse if lse is not None else part_lse
-    args = (part_o, part_lse, out, lse_arg, splits,
-            part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
-            out.stride(0), out.stride(1), lse_arg.stride(0), dv)
-    kwargs = dict(BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None)
-    if pdl and not _PDL_FAILED:
-        try:
-            combine_splits_kernel[(tokens, heads)](*args, **kwargs, PDL=True, launch_pdl=True)
-            return
-        except Exception as exc:   # noqa: BLE001 - a Triton/driver without programmatic launch: plain launch
-            _PDL_FAILED.append(repr(exc))
-    combine_splits_kernel[(tokens, heads)](*args, **kwargs)
+    combine_splits_kernel[(tokens, heads)](
+        part_o, part_lse, out, lse_arg, splits,
+        part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
+        out.stride(0), out.stride(1), lse_arg.stride(0), dv,
+        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None)
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,21 +123,19 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-# Split-KV sizing on CUDA: a batch that gives fewer programs than SMs aims at SPLIT_WAVES
-# resident programs per SM (each split program is then short, and several per SM keep
-# enough loads in flight); larger batches only top up to 2 per SM. A split never holds
-# fewer than SPLIT_MIN_TILES key blocks (the partials' write + merge stays a few % of
-# the K/V bytes).
-SPLIT_WAVES, SPLIT_MIN_TILES, MAX_SPLITS = 4, 2, 128
+# Split-KV sizing on CUDA: about SPLIT_PER_SM split programs per SM, all resident at once
+# (~3 programs of the decode tile fit an H100 SM; more splits spill into a second, partial
+# wave: B=8 ctx 16k ran at 82% of copy bandwidth with 9 splits vs 94% with 5). A split never
+# holds fewer than SPLIT_MIN_TILES key blocks (B=1 ctx 1k: 8 splits of 128 keys, 8.7 us, vs
+# 4 of 256, 11.8 us); more splits than that gained nothing at B=1 (H100, 2026-11-25 sweep).
+SPLIT_PER_SM, SPLIT_MIN_TILES, MAX_SPLITS = 2, 2, 128
 
 
 def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int) -> int:
     """KV splits per sequence so that ``programs`` (batch × KV heads × row tiles) × splits
-    fills the device (SM count read from the device properties, cached)."""
+    fills the device once (SM count read from the device properties, cached)."""
     if device.type == "cuda":
-        sms = _sm_count(device.index or 0)
-        target = (SPLIT_WAVES if programs < sms else 2) * sms
-        min_keys = SPLIT_MIN_TILES * block_n
+        target, min_keys = SPLIT_PER_SM * _sm_count(device.index or 0), SPLIT_MIN_TILES * block_n
     else:   # interpreter / NPU: small numbers that still exercise the split path
         target, min_keys = 16, 2 * block_n
     if programs >= target or max_seqlen_k < 2 * min_keys:
@@ -227,7 +195,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if num_splits > 1:
-        combine_splits(dest_o, dest_lse, out, lse, pdl=cfg.get("PDL", False))
+        combine_splits(dest_o, dest_lse, out, lse)
     return lse
 
 
