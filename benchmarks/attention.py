@@ -218,6 +218,19 @@ def masks() -> list[dict]:
     return rows
 
 
+def _paged_case(b, ctx, hq, hkv, d, bs):
+    """Random bf16 paged decode inputs: cache [blocks, bs, hkv, d] under a permuted block
+    table, b sequences of ctx keys, one query token each, and an output buffer."""
+    nblk = b * ctx // bs
+    k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+    v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
+    table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
+    lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
+    q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
+    cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
+    return k_cache, v_cache, table, lens, q, cu, torch.empty_like(q)
+
+
 def decode_splits() -> list[dict]:
     """Split-KV count and tile config at small batch (CUDA-graph replay, us per call)."""
     hq, hkv, d, bs = 32, 8, 128, 16
@@ -227,14 +240,7 @@ def decode_splits() -> list[dict]:
     grid = [(1, ctx, (None, 16, 32, 64), others) for ctx in (1024, 4096, 16384, 32768)]
     grid += [(8, ctx, (None, 4, 8, 16), others[:1]) for ctx in (1024, 4096)]
     for b, ctx, split_opts, other_cfgs in grid:
-        nblk = b * ctx // bs
-        k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
-        v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
-        table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
-        lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
-        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
-        cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
-        out = torch.empty_like(q)
+        k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
         kv_bytes = 2 * b * ctx * hkv * d * 2
         ref = None
         for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
@@ -268,14 +274,7 @@ def decode(quick: bool) -> list[dict]:
             kv_bytes = 2 * b * ctx * hkv * d * 2
             if kv_bytes > 24e9:
                 continue
-            nblk = b * ctx // bs
-            k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
-            v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
-            table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
-            lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
-            q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
-            cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
-            out = torch.empty_like(q)
+            k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
             with ops.use_impl(attention="triton"), ops.trusted_inputs():
                 def run():
                     return ops.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, out=out, max_seqlen_k=ctx)
@@ -352,14 +351,7 @@ def paged_sweep() -> list[dict]:
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
     for b, ctx in ((1, 32768), (32, 4096), (128, 4096), (64, 16384)):
-        nblk = b * ctx // bs
-        k_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
-        v_cache = torch.randn(nblk, bs, hkv, d, device=DEV, dtype=torch.bfloat16)
-        table = torch.randperm(nblk, device=DEV, dtype=torch.int32).view(b, ctx // bs)
-        lens = torch.full((b,), ctx, dtype=torch.int32, device=DEV)
-        q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
-        cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
-        out = torch.empty_like(q)
+        k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
         for block_m, block_n, warps, stages in PAGED_SWEEP:
             cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 

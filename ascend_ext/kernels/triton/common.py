@@ -223,6 +223,21 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
 
 
 @triton.jit
+def ruled_update(acc, m_i, l_i, q, k_t, v, cols, lo, hi, need_mask, pool_ptr, has_pool, pool_rows, offs_n,
+                 scale_log2, softcap, BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                 IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Online-softmax update of one query sub-tile; when need_mask, keys outside the rows'
+    [lo, hi) are masked, and with has_pool also where the pool tile (rows pool_rows) is 0."""
+    s, scale = scores(q, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
+    if need_mask:
+        vis = (cols[None, :] >= lo[:, None]) & (cols[None, :] < hi[:, None])
+        if has_pool:
+            vis = vis & (tl.load(pool_ptr + pool_rows[:, None] * BLOCK_N + offs_n[None, :]) != 0)
+        s = tl.where(vis, s, float("-inf"))
+    return softmax_update(acc, m_i, l_i, s, scale, v, True, IEEE, DOT_F32)
+
+
+@triton.jit
 def tile_step(acc0, m0, l0, acc1, m1, l1, q0, q1, n, need_mask, k_len, K, V, stride_kt, stride_vt,
               lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
               pool_ptr, has_pool, pool_rows0, pool_rows1,
@@ -233,21 +248,11 @@ def tile_step(acc0, m0, l0, acc1, m1, l1, q0, q1, n, need_mask, k_len, K, V, str
     k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
                      HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
     cols = n + offs_n
-    s, scale = scores(q0, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
-    if need_mask:
-        vis = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
-        if has_pool:
-            vis = vis & (tl.load(pool_ptr + pool_rows0[:, None] * BLOCK_N + offs_n[None, :]) != 0)
-        s = tl.where(vis, s, float("-inf"))
-    acc0, m0, l0 = softmax_update(acc0, m0, l0, s, scale, v, True, IEEE, DOT_F32)
+    acc0, m0, l0 = ruled_update(acc0, m0, l0, q0, k_t, v, cols, lo0, hi0, need_mask, pool_ptr, has_pool,
+                                pool_rows0, offs_n, scale_log2, softcap, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32)
     if NUM_SUB == 2:
-        s, scale = scores(q1, k_t, scale_log2, softcap, HAS_SOFTCAP, IEEE, DOT_F32)
-        if need_mask:
-            vis = (cols[None, :] >= lo1[:, None]) & (cols[None, :] < hi1[:, None])
-            if has_pool:
-                vis = vis & (tl.load(pool_ptr + pool_rows1[:, None] * BLOCK_N + offs_n[None, :]) != 0)
-            s = tl.where(vis, s, float("-inf"))
-        acc1, m1, l1 = softmax_update(acc1, m1, l1, s, scale, v, True, IEEE, DOT_F32)
+        acc1, m1, l1 = ruled_update(acc1, m1, l1, q1, k_t, v, cols, lo1, hi1, need_mask, pool_ptr, has_pool,
+                                    pool_rows1, offs_n, scale_log2, softcap, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32)
     return acc0, m0, l0, acc1, m1, l1
 
 

@@ -40,6 +40,30 @@ from .common import (LOG2E, block_segments, clipped_run, dot_flags, launch, load
 
 
 @triton.jit
+def program_tile(CU_Q, CU_K, GROUP: tl.constexpr):
+    """This program's query tile, query head and sequence extents. Grid axis 0 = (query
+    tile, head within the GQA group), group heads fastest, tiles last-first; axis 1 = KV
+    head; axis 2 = sequence."""
+    tile = tl.num_programs(0) // GROUP - 1 - tl.program_id(0) // GROUP
+    head = tl.program_id(1) * GROUP + tl.program_id(0) % GROUP
+    seq = tl.program_id(2)
+    q_start = tl.load(CU_Q + seq)
+    k_start = tl.load(CU_K + seq)
+    return tile, head, q_start, tl.load(CU_Q + seq + 1) - q_start, k_start, tl.load(CU_K + seq + 1) - k_start
+
+
+@triton.jit
+def tile_segments(tile, q_len, k_len, window_left, window_right, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """:func:`block_segments` of query tile ``tile`` (rows are ordered: its first and last
+    row bound the keys it sees)."""
+    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
+    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
+    return block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+
+
+@triton.jit
 def flash_varlen_fwd_kernel(
         Q, K, V, O, LSE, CU_Q, CU_K,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -53,16 +77,10 @@ def flash_varlen_fwd_kernel(
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
         IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
-    # grid axis 0 = (query tile, head within the GQA group), group heads fastest
-    tile = tl.num_programs(0) // GROUP - 1 - tl.program_id(0) // GROUP
-    head = tl.program_id(1) * GROUP + tl.program_id(0) % GROUP
-    seq = tl.program_id(2)
-    q_start = tl.load(CU_Q + seq)
-    q_len = tl.load(CU_Q + seq + 1) - q_start
+    tile, head, q_start, q_len, k_start, k_len = program_tile(CU_Q, CU_K, GROUP)
     if tile * BLOCK_M >= q_len:
         return
-    k_start = tl.load(CU_K + seq).to(tl.int64)
-    k_len = (tl.load(CU_K + seq + 1) - k_start).to(tl.int32)
+    k_start = k_start.to(tl.int64)
     kv_head = head // GROUP
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -86,10 +104,8 @@ def flash_varlen_fwd_kernel(
     l1 = l0
     lo0, hi0 = row_bounds(rows0, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo1, hi1 = row_bounds(rows1, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
-    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+    start, full_start, full_end, end = tile_segments(tile, q_len, k_len, window_left, window_right,
+                                                     BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
 
     if HAS_MASK:
         # tiling-mask: this query tile's runs (empty tiles are absent), each clipped to the
@@ -174,15 +190,9 @@ def flash_varlen_fwd_tma_kernel(
     copy engine, no address arithmetic per element), and the mask-free body may be
     warp-specialised. Key rows past a sequence's end belong to the next sequence or are
     zero-filled past the tensor; the row rules mask them out."""
-    tile = tl.num_programs(0) // GROUP - 1 - tl.program_id(0) // GROUP
-    head = tl.program_id(1) * GROUP + tl.program_id(0) % GROUP
-    seq = tl.program_id(2)
-    q_start = tl.load(CU_Q + seq)
-    q_len = tl.load(CU_Q + seq + 1) - q_start
+    tile, head, q_start, q_len, k_start, k_len = program_tile(CU_Q, CU_K, GROUP)
     if tile * BLOCK_M >= q_len:
         return
-    k_start = tl.load(CU_K + seq)
-    k_len = tl.load(CU_K + seq + 1) - k_start
     kv_head = head // GROUP
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -191,10 +201,8 @@ def flash_varlen_fwd_tma_kernel(
     heads = rows * 0 + head
     q = load_rows(Q, q_start + rows, heads, rows < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, True)
     lo, hi = row_bounds(rows, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    t_last = tl.minimum(tile * BLOCK_M + BLOCK_M, q_len) - 1
-    lo_f, hi_f = row_bounds(tile * BLOCK_M, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, 0, k_len, BLOCK_N)
+    start, full_start, full_end, end = tile_segments(tile, q_len, k_len, window_left, window_right,
+                                                     BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     free_from = tl.minimum(tl.maximum(full_start, start), end)
     free_to = tl.maximum(tl.minimum(full_end, end), free_from)
 
