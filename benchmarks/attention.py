@@ -289,10 +289,13 @@ def ablation(quick: bool) -> list[dict]:
     return rows
 
 
-PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 128, 4, 2), (16, 128, 8, 3), (16, 64, 8, 4)]
+PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (16, 128, 4, 2), (16, 128, 4, 3),
+               (16, 128, 8, 3), (16, 64, 8, 4)]
 
 
-def paged_sweep() -> list[dict]:
+def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
+    from ascend_ext.ops.attention import kv_quant
+
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
     for b, ctx in ((1, 32768), (32, 4096), (128, 4096), (64, 16384)):
@@ -304,16 +307,21 @@ def paged_sweep() -> list[dict]:
         q = torch.randn(b, hq, d, device=DEV, dtype=torch.bfloat16)
         cu = torch.arange(b + 1, dtype=torch.int32, device=DEV)
         out = torch.empty_like(q)
-        for block_m, block_n, warps, stages in PAGED_SWEEP:
-            cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        for kv in kv_dtypes:
+            kc, vc, scales = _kv_caches(kv, k_cache, v_cache)
+            kv_scales = kv_quant.normalize(kc, vc, scales.get("k_scale"), scales.get("v_scale"))
+            for block_m, block_n, warps, stages in PAGED_SWEEP:
+                cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
-            def run():
-                return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
-                                                    window=(-1, 0), softcap=0.0, out=out, return_lse=False,
-                                                    max_seqlen_k=ctx, config=cfg, configs=cuda_configs)
-            t = bench_graph_ms(run)
-            rows.append({"B": b, "ctx": ctx, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}", "us": t * 1e3,
-                         "GBps": 2 * b * ctx * hkv * d * 2 / t / 1e6})
+                def run():
+                    return triton_paged.paged_attention(q, kc, vc, table, lens, cu, 1, softmax_scale=d ** -0.5,
+                                                        window=(-1, 0), softcap=0.0, out=out, return_lse=False,
+                                                        max_seqlen_k=ctx, kv_scales=kv_scales, config=cfg,
+                                                        configs=cuda_configs)
+                t = bench_graph_ms(run)
+                rows.append({"B": b, "ctx": ctx, "kv": kv, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}",
+                             "us": t * 1e3, "GBps": 2 * b * ctx * hkv * d * kc.element_size() / t / 1e6})
+            del kc, vc
         del k_cache, v_cache
         torch.cuda.empty_cache()
     return rows
@@ -416,7 +424,8 @@ def main() -> int:
     COPY_GBPS[0] = result["ceilings"]["copy_GBps"]
     print(result["env"], result["ceilings"])
     sections = [
-        ("sweep", "paged_sweep", paged_sweep, "paged decode config sweep", ["B", "ctx", "cfg", "us", "GBps"]),
+        ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
+         ["B", "ctx", "kv", "cfg", "us", "GBps"]),
         ("ablation", "ablation", lambda: ablation(args.quick), "two-level tiling ablation (bf16, 32 heads, B*S=32k)",
          ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "ws", "TF", "max_diff_vs_first"]),
         ("prefill", "prefill", lambda: prefill(args.quick), "prefill bf16 (TFLOP/s; causal counts half)",
