@@ -59,6 +59,10 @@ class AscendExtAttentionBackend(AttentionBackend):
         return True
 
     @classmethod
+    def supports_per_head_quant_scales(cls) -> bool:
+        return True   # fp8 k_scale / v_scale per KV head (vLLM's "attn_head" kv-cache scheme)
+
+    @classmethod
     def supports_non_causal(cls) -> bool:
         return True
 

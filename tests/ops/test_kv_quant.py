@@ -293,3 +293,34 @@ def test_triton_int8_offsets_with_softcap_raise():
                             lens.to(DEVICE), cuq.to(DEVICE), 2, softcap=3.0,
                             **{n: torch.ones(1, device=DEVICE) for n in ("k_scale", "v_scale", "k_offset",
                                                                           "v_offset")})
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+def test_quantised_cache_ops_compile_fullgraph(kind, rng):
+    """Under torch.compile the quantising write and the dequantising read are the custom ops
+    (scale tensors as graph inputs) and match eager."""
+    cache_dtype = FP8 if kind == "fp8" else torch.int8
+    hkv, d = 2, 32
+    k_cache, v_cache = torch.zeros(4, 16, hkv, d).to(cache_dtype), torch.zeros(4, 16, hkv, d).to(cache_dtype)
+    key, value = randn((20, hkv, d), torch.float32, rng), randn((20, hkv, d), torch.float32, rng)
+    q = randn((2, 4, d), torch.float32, rng)
+    table = torch.tensor([[2, 0], [1, 3]], dtype=torch.int32)
+    lens = torch.tensor([9, 12], dtype=torch.int32)
+    slots = torch.cat([torch.arange(32, 41), torch.arange(16, 28)])[:20]
+    scales = (torch.rand(hkv, generator=rng) * 0.02 + 0.01, torch.rand(hkv, generator=rng) * 0.02 + 0.01)
+    offsets = (torch.ones(hkv * d), -torch.ones(hkv * d)) if kind == "int8" else (None, None)
+
+    def step(key, value, k_cache, v_cache, k_scale, v_scale):
+        kw = dict(k_scale=k_scale, v_scale=v_scale, k_offset=offsets[0], v_offset=offsets[1])
+        ops.reshape_and_cache(key, value, k_cache, v_cache, slots, **kw)
+        return ops.paged_attention(q, k_cache, v_cache, table, lens, cu([1, 1]), 1, **kw)
+
+    with ops.use_impl(paged_attention="reference"):
+        caches = (k_cache.clone(), v_cache.clone())
+        expected = step(key, value, *caches, *scales)
+        torch._dynamo.reset()
+        got_caches = (k_cache.clone(), v_cache.clone())
+        got = torch.compile(step, fullgraph=True, backend="aot_eager")(key, value, *got_caches, *scales)
+    torch.testing.assert_close(got, expected)
+    for e, g in zip(caches, got_caches):
+        assert torch.equal(e.view(torch.uint8), g.view(torch.uint8))

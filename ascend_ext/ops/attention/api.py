@@ -113,7 +113,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         lse = _lse_buffer(q, return_lse)
         torch.ops.ascend_ext.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                                              -1 if max_seqlen_k is None else max_seqlen_k, scale, window[0],
-                                             window[1], softcap, out, lse, **kv_quant.schema_args(scales))
+                                             window[1], softcap, out, lse,
+                                             **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
         impl = bound("paged_attention", q.device.type)
         require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, window=window,
@@ -198,7 +199,7 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=Non
                                 check_values=check.value_checks_enabled())
     if compiling():
         torch.ops.ascend_ext.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping,
-                                               **kv_quant.schema_args(scales))
+                                               **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
         bound("reshape_and_cache", key.device.type).fn(key, value, k_cache, v_cache, slot_mapping, kv_scales=scales)
 

@@ -124,16 +124,20 @@ def dequantize(stored: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor |
     return x * scale
 
 
-def schema_args(scales: KVScales | None) -> dict:
-    """The k_scale / v_scale / k_offset / v_offset arguments of the custom-op schemas."""
+def schema_args(scales: KVScales | None, k_scale, v_scale, k_offset, v_offset) -> dict:
+    """The k_scale / v_scale / k_offset / v_offset arguments of the custom-op schemas: the
+    caller's tensors as given (validated; the op normalises them again), none for float caches."""
     if scales is None:
         return {}
-    return dict(k_scale=scales.k_scale, v_scale=scales.v_scale, k_offset=scales.k_offset, v_offset=scales.v_offset)
+    return dict(k_scale=k_scale, v_scale=v_scale, k_offset=k_offset, v_offset=v_offset)
 
 
 def check_cache_dtypes(k_cache: torch.Tensor, v_cache: torch.Tensor, q_dtype: torch.dtype) -> None:
     """A cache pair is in the query dtype, or both in one quantised dtype (q then float16/bfloat16/float32)."""
-    check.same_dtype("k_cache", k_cache, v_cache=v_cache)
-    if k_cache.dtype != q_dtype and cache_kind(k_cache.dtype) is None:
+    if cache_kind(k_cache.dtype) is not None:
+        check.same_dtype("k_cache", k_cache, v_cache=v_cache)
+    elif k_cache.dtype != q_dtype:
         raise TypeError(f"k_cache must have the dtype of q ({q_dtype}) or be a quantised cache (float8_e4m3fn, "
                         f"int8), got {k_cache.dtype}")
+    elif v_cache.dtype != q_dtype:
+        raise TypeError(f"v_cache must have the dtype of q ({q_dtype}), got {v_cache.dtype}")
