@@ -19,9 +19,21 @@ def _native_available(device: str) -> str | None:
     return native_available(device)
 
 
+def _interpreter_kv_quant() -> tuple[str, ...]:
+    """Quantised caches the Triton interpreter reads: triton-ascend's (its own venv) has no fp8 type."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("triton-ascend")
+    except importlib.metadata.PackageNotFoundError:
+        return ("fp8", "int8")
+    return ("int8",)
+
+
 def register_impls() -> None:
     for op in NATIVE_OPS:
         register(op, "native", f"ascend_ext.backends.cpu.native:{op}", devices=("cpu",),
                  available=_native_available,
                  supports=NATIVE_PAGED_SUPPORTS if op == "paged_attention" else NATIVE_SUPPORTS)
-    register_triton("cpu", "ascend_ext.backends.cpu.configs")
+    register_triton("cpu", "ascend_ext.backends.cpu.configs",
+                    supports={"paged_attention": Supports(kv_quant=_interpreter_kv_quant())})
