@@ -7,6 +7,7 @@ a BlockMask, the device's copy bandwidth and bf16 matmul rate.
     python benchmarks/attention.py                 # full run, ~5 min on an H100
     python benchmarks/attention.py --parts prefill,decode --quick
     python benchmarks/attention.py --parts sweep   # tile-configuration sweep
+    python benchmarks/attention.py --parts decode --kv-dtype both   # fp8 KV cache vs bf16, same run
 
 Prints markdown tables, writes attention.json and attention.png to $OUT (or
 benchmarks/results/).
@@ -264,7 +265,22 @@ def decode_splits() -> list[dict]:
     return rows
 
 
-def decode(quick: bool) -> list[dict]:
+def _kv_caches(kv: str, k_cache, v_cache) -> tuple:
+    """The caches (and scale arguments) decode reads for KV dtype ``kv``: bf16 as built, or the
+    same values in an fp8 e4m3 cache with per-tensor scales (vLLM's --kv-cache-dtype fp8)."""
+    if kv == "bf16":
+        return k_cache, v_cache, {}
+    scales = {"k_scale": torch.tensor([0.02], device=DEV), "v_scale": torch.tensor([0.02], device=DEV)}
+    fp8 = [torch.empty(c.shape, dtype=torch.float8_e4m3fn, device=DEV) for c in (k_cache, v_cache)]
+    slots = torch.arange(k_cache.shape[0] * k_cache.shape[1], device=DEV)
+    for start in range(0, slots.numel(), 1 << 18):   # quantise through the op, in chunks
+        part = slots[start:start + (1 << 18)]
+        ops.reshape_and_cache(k_cache.flatten(0, 1)[part], v_cache.flatten(0, 1)[part], fp8[0], fp8[1], part,
+                              **scales)
+    return fp8[0], fp8[1], scales
+
+
+def decode(quick: bool, kv_dtypes=("bf16",)) -> list[dict]:
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
     batches = [1, 8, 32, 128] if quick else [1, 8, 32, 128, 256]
@@ -275,22 +291,33 @@ def decode(quick: bool) -> list[dict]:
             if kv_bytes > 24e9:
                 continue
             k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
-            with ops.use_impl(attention="triton"), ops.trusted_inputs():
-                def run():
-                    return ops.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, out=out, max_seqlen_k=ctx)
-                t_eager = bench_ms(run)
-                t = bench_graph_ms(run)
-            row = {"B": b, "ctx": ctx, "us": t * 1e3, "GBps": kv_bytes / t / 1e6, "eager_us": t_eager * 1e3,
-                   "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0]}
-            if b * ctx <= 32 * 4096:
-                def naive():
-                    kk = k_cache[table.long()].view(b, ctx, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
-                    vv = v_cache[table.long()].view(b, ctx, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1)
-                    return F.scaled_dot_product_attention(q.unsqueeze(2), kk, vv)
-                ref = naive().squeeze(2)
-                row["max_err_vs_naive"] = (ref.float() - out.float()).abs().max().item()
-                row["naive_us"] = bench_ms(naive) * 1e3
-            rows.append(row)
+            bf16_us = None
+            for kv in kv_dtypes:
+                kc, vc, scales = _kv_caches(kv, k_cache, v_cache)
+                read = kv_bytes // (2 if kv == "fp8" else 1)
+                with ops.use_impl(attention="triton"), ops.trusted_inputs():
+                    def run():
+                        return ops.paged_attention(q, kc, vc, table, lens, cu, 1, out=out, max_seqlen_k=ctx,
+                                                   **scales)
+                    t_eager = bench_ms(run)
+                    t = bench_graph_ms(run)
+                bf16_us = t * 1e3 if kv == "bf16" else bf16_us
+                row = {"B": b, "ctx": ctx, "kv": kv, "us": t * 1e3, "GBps": read / t / 1e6,
+                       "eager_us": t_eager * 1e3, "pct_copy_bw": 100 * read / t / 1e6 / COPY_GBPS[0],
+                       "tok_per_s": b / t * 1e3, "speedup_vs_bf16": bf16_us / (t * 1e3) if bf16_us else None}
+                if b * ctx <= 32 * 4096:
+                    def naive():
+                        def dense(cache, scale):
+                            x = cache[table.long()].view(b, ctx, hkv, d).transpose(1, 2)
+                            x = x if scale is None else (x.float() * scale).to(q.dtype)   # dequantised cache
+                            return x.repeat_interleave(hq // hkv, 1)
+                        return F.scaled_dot_product_attention(q.unsqueeze(2), dense(kc, scales.get("k_scale")),
+                                                              dense(vc, scales.get("v_scale")))
+                    ref = naive().squeeze(2)
+                    row["max_err_vs_naive"] = (ref.float() - out.float()).abs().max().item()
+                    row["naive_us"] = bench_ms(naive) * 1e3
+                rows.append(row)
+                del kc, vc
             del k_cache, v_cache
             torch.cuda.empty_cache()
     return rows
@@ -344,24 +371,32 @@ def ablation(quick: bool) -> list[dict]:
     return rows
 
 
-PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 128, 4, 2), (16, 128, 8, 3), (16, 64, 8, 4)]
+PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (16, 128, 4, 2), (16, 128, 4, 3),
+               (16, 128, 8, 3), (16, 64, 8, 4)]
 
 
-def paged_sweep() -> list[dict]:
+def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
+    from ascend_ext.ops.attention import kv_quant
+
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
     for b, ctx in ((1, 32768), (32, 4096), (128, 4096), (64, 16384)):
         k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
-        for block_m, block_n, warps, stages in PAGED_SWEEP:
-            cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        for kv in kv_dtypes:
+            kc, vc, scales = _kv_caches(kv, k_cache, v_cache)
+            kv_scales = kv_quant.normalize(kc, vc, scales.get("k_scale"), scales.get("v_scale"))
+            for block_m, block_n, warps, stages in PAGED_SWEEP:
+                cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
-            def run():
-                return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
-                                                    window=(-1, 0), softcap=0.0, out=out, return_lse=False,
-                                                    max_seqlen_k=ctx, config=cfg, configs=cuda_configs)
-            t = bench_graph_ms(run)
-            rows.append({"B": b, "ctx": ctx, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}", "us": t * 1e3,
-                         "GBps": 2 * b * ctx * hkv * d * 2 / t / 1e6})
+                def run():
+                    return triton_paged.paged_attention(q, kc, vc, table, lens, cu, 1, softmax_scale=d ** -0.5,
+                                                        window=(-1, 0), softcap=0.0, out=out, return_lse=False,
+                                                        max_seqlen_k=ctx, kv_scales=kv_scales, config=cfg,
+                                                        configs=cuda_configs)
+                t = bench_graph_ms(run)
+                rows.append({"B": b, "ctx": ctx, "kv": kv, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}",
+                             "us": t * 1e3, "GBps": 2 * b * ctx * hkv * d * kc.element_size() / t / 1e6})
+            del kc, vc
         del k_cache, v_cache
         torch.cuda.empty_cache()
     return rows
@@ -429,12 +464,13 @@ def plot(result: dict, path: str) -> None:
     dec = result.get("decode", [])
     if dec:
         ax = axes[1]
-        for b in sorted({r["B"] for r in dec}):
-            pts = [r for r in dec if r["B"] == b]
-            ax.plot([r["ctx"] for r in pts], [r["GBps"] for r in pts], marker="o", label=f"batch {b}")
+        for b, kv in sorted({(r["B"], r.get("kv", "bf16")) for r in dec}):
+            pts = [r for r in dec if r["B"] == b and r.get("kv", "bf16") == kv]
+            ax.plot([r["ctx"] for r in pts], [r["GBps"] for r in pts], marker="o" if kv == "bf16" else "x",
+                    label=f"batch {b} {kv}")
         ax.axhline(result["ceilings"]["copy_GBps"], color="k", ls="--", label="copy bandwidth")
         ax.set_xscale("log", base=2)
-        ax.set_title("paged decode bf16, 32q/8kv heads, d128")
+        ax.set_title("paged decode (bf16 q; KV bf16 / fp8), 32q/8kv heads, d128")
         ax.set_xlabel("context")
         ax.set_ylabel("GB/s of KV read")
         ax.legend()
@@ -455,22 +491,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="prefill,masks,decode,ablation")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--kv-dtype", default="bf16", choices=("bf16", "fp8", "both"),
+                        help="decode KV cache: bf16, fp8 (e4m3, per-tensor scales), or both in the same run")
     args = parser.parse_args()
+    kv_dtypes = ("bf16", "fp8") if args.kv_dtype == "both" else (args.kv_dtype,)
     parts = set(args.parts.split(","))
     result = {"env": environment(), "ceilings": device_ceilings()}
     COPY_GBPS[0] = result["ceilings"]["copy_GBps"]
     print(result["env"], result["ceilings"])
     sections = [
-        ("sweep", "paged_sweep", paged_sweep, "paged decode config sweep", ["B", "ctx", "cfg", "us", "GBps"]),
+        ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
+         ["B", "ctx", "kv", "cfg", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
          ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
           "flex_TF", "vs_flex", "max_diff_vs_flex"]),
-        ("decode", "decode", lambda: decode(args.quick),
-         f"paged decode bf16 (32 q / 8 kv heads, d128, block 16); copy bandwidth "
-         f"{result['ceilings']['copy_GBps']:.0f} GB/s; us = CUDA-graph replay, eager_us = plain calls",
-         ["B", "ctx", "us", "GBps", "pct_copy_bw", "eager_us", "naive_us", "max_err_vs_naive"]),
+        ("decode", "decode", lambda: decode(args.quick, kv_dtypes),
+         f"paged decode, bf16 queries (32 q / 8 kv heads, d128, block 16), KV cache {'/'.join(kv_dtypes)}; "
+         f"copy bandwidth {result['ceilings']['copy_GBps']:.0f} GB/s; us = CUDA-graph replay, eager_us = plain "
+         f"calls; GBps = KV bytes read / us",
+         ["B", "ctx", "kv", "us", "GBps", "pct_copy_bw", "tok_per_s", "speedup_vs_bf16", "eager_us", "naive_us",
+          "max_err_vs_naive"]),
         ("ablation", "ablation", lambda: ablation(args.quick), "two-level tiling ablation (bf16, 32 heads, B*S=32k)",
          ["d", "S", "causal", "first_level", "second_level", "warps", "stages", "ws", "tma", "TF",
           "max_diff_vs_first"]),

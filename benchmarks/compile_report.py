@@ -31,8 +31,8 @@ KERNELS = {
                    DOT_F32=False, WARP_SPEC=False, WALK=True, num_warps=8, num_stages=3)),
     "paged": ("ascend_ext.kernels.triton.paged_attention", "paged_attn_kernel",
               dict(GROUP=4, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
-                   HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False,
-                   num_warps=4, num_stages=2)),
+                   HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False, KV_QUANT=0,
+                   HAS_OFFSET=False, num_warps=4, num_stages=2)),
     "mla": ("ascend_ext.kernels.triton.mla_decode", "mla_decode_kernel",
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
                  EVEN=True, TMA=True, MASK_N=16, WARP_SPEC=False, TRANS=False, IEEE=False, DOT_F32=False,
@@ -55,7 +55,7 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
     kernel = getattr(__import__(module, fromlist=[attr]), attr)
     cfg = dict(defaults, **overrides)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-    kv = cfg.pop("KV", dtype)   # MLA: cache dtype (e.g. fp8e4nv) of CACHE and the descriptors
+    kv = cfg.pop("KV", dtype)   # cache dtype (e.g. fp8e4nv, i8) of CACHE / K_CACHE / V_CACHE (MLA: descriptors)
     params = list(inspect.signature(kernel.fn).parameters)
     signature, attrs = {}, {}
     for i, p in enumerate(params):
@@ -67,7 +67,9 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
         elif p.isupper() and p not in UNALIGNED_INTS:
             signature[p] = {"LSE": "*fp32", "SCALES": "*fp32", "OFFSETS": "*i32", "COUNTS": "*i32", "CU_Q": "*i32", "CU_K": "*i32", "SEQ_LENS": "*i32",
                             "BLOCK_TABLE": "*i32", "ROW_PTR": "*i32", "RUN_START": "*i32", "RUN_LEN": "*i32",
-                            "RUN_POOL": "*i32", "POOL_TILES": "*i8", "CACHE": f"*{kv}"}.get(p, f"*{dtype}")
+                            "RUN_POOL": "*i32", "POOL_TILES": "*i8", "CACHE": f"*{kv}", "K_CACHE": f"*{kv}",
+                            "V_CACHE": f"*{kv}", "K_SCALE": "*fp32", "V_SCALE": "*fp32", "K_OFF": "*fp32",
+                            "V_OFF": "*fp32"}.get(p, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif p in FLOAT_ARGS:
             signature[p] = "fp32"
@@ -82,7 +84,7 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
             "wgmma": ptx.count("wgmma.mma_async"), "mma.sync": ptx.count("mma.sync"),
             "ld.global.v4": len(re.findall(r"ld\.global(\.\w+)*\.v4", ptx)),
             "ld.global": ptx.count("ld.global"), "cp.async": ptx.count("cp.async.cg") + ptx.count("cp.async.ca"),
-            "tma": ptx.count("cp.async.bulk.tensor")}
+            "tma": ptx.count("cp.async.bulk.tensor"), "cvt": ptx.count("cvt.")}
     info.update(_ptxas_usage(ptx))
     return info
 
@@ -110,7 +112,8 @@ def main(argv: list[str]) -> int:
     else:
         runs = [("flash", {}), ("flash", {"SUB_M": 64, "NUM_SUB": 2}), ("flash", {"WARP_SPEC": True}),
                 ("flash", {"HAS_MASK": True}), ("flash", {"BLOCK_D": 64, "BLOCK_DV": 64, "BLOCK_N": 64, "num_warps": 4}),
-                ("paged", {})]
+                ("paged", {}), ("paged", {"KV": "fp8e4nv", "KV_QUANT": 1}),
+                ("paged", {"KV": "fp8e4nv", "KV_QUANT": 1, "BLOCK_N": 128})]
     for kernel, overrides in runs:
         try:
             print(report(kernel, overrides))

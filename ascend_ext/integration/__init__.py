@@ -7,6 +7,11 @@ MLA_BACKEND_NAME = "ASCEND_EXT_MLA"
 MLA_BACKEND_PATH = "ascend_ext.integration.mla_backend.AscendExtMLABackend"
 MLA_PREFILL_BACKEND_PATH = "ascend_ext.integration.mla_backend.AscendExtMLAPrefillBackend"
 
+FLOAT_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+QUANT_KV_CACHE_DTYPES = {"fp8": "fp8", "fp8_e4m3": "fp8", "int8": "int8"}
+"""vLLM kv_cache_dtype -> ascend_ext.ops quantised-cache scheme ("int8" is vllm-ascend's C8 cache;
+vLLM accepts that name only with vllm-ascend's patch of CacheDType)."""
+
 
 def attention_backend_name() -> str:
     """The name our attention backend has in this vLLM (CUSTOM on vLLM 0.30)."""

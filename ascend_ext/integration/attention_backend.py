@@ -28,13 +28,15 @@ from vllm.v1.attention.backend import (AttentionBackend, AttentionCGSupport, Att
 from vllm.v1.kv_cache_layout import KVCacheLayout
 
 from .. import ops
-from . import attention_backend_name, trace
+from . import FLOAT_KV_CACHE_DTYPES, QUANT_KV_CACHE_DTYPES, attention_backend_name, trace
 
 
 class AscendExtAttentionBackend(AttentionBackend):
     forward_includes_kv_cache_update: bool = False
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
-    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "float16", "bfloat16"]
+    supported_kv_cache_dtypes: ClassVar[list] = [*FLOAT_KV_CACHE_DTYPES[:3], *QUANT_KV_CACHE_DTYPES]
+    """fp8 / fp8_e4m3: vLLM's per-tensor (or per-head) scaled e4m3 cache; int8: vllm-ascend's C8
+    cache. Not fp8_e5m2, fp8_inc, *_per_token_head, nvfp4 or turboquant (vLLM's backends serve those)."""
 
     @staticmethod
     def get_name() -> str:
@@ -55,6 +57,10 @@ class AscendExtAttentionBackend(AttentionBackend):
     @classmethod
     def supports_sliding_window(cls) -> bool:
         return True
+
+    @classmethod
+    def supports_per_head_quant_scales(cls) -> bool:
+        return True   # fp8 k_scale / v_scale per KV head (vLLM's "attn_head" kv-cache scheme)
 
     @classmethod
     def supports_non_causal(cls) -> bool:
@@ -146,18 +152,35 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         self.head_size = head_size
         self.scale = float(scale)
         self.num_kv_heads = num_kv_heads or num_heads
+        if kv_cache_dtype not in FLOAT_KV_CACHE_DTYPES and kv_cache_dtype not in QUANT_KV_CACHE_DTYPES:
+            raise NotImplementedError(f"ascend_ext attention does not support kv_cache_dtype {kv_cache_dtype!r} "
+                                      f"(supported: {', '.join(AscendExtAttentionBackend.supported_kv_cache_dtypes)})")
         self.kv_cache_dtype = kv_cache_dtype
+        self.kv_quant = QUANT_KV_CACHE_DTYPES.get(kv_cache_dtype)   # None, "fp8" or "int8"
+        self._scales: dict | None = None                               # the layer's scale tensors, once read
         self.softcap = float(logits_soft_cap or 0.0)
         # vLLM's sliding_window W = the token itself and the W - 1 before it
         self.window_size = (sliding_window - 1, 0) if sliding_window else (-1, -1)
         self.attn_type = attn_type
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
 
+    def _caches(self, layer, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(k_cache, v_cache) op views of vLLM's combined cache and the scale arguments."""
+        if self.kv_quant is None:
+            k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+            return k_cache, v_cache, {}
+        if self.kv_quant == "fp8" and kv_cache.dtype == torch.uint8:   # vLLM allocates fp8 caches as uint8
+            kv_cache = kv_cache.view(torch.float8_e4m3fn)
+        k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+        if self._scales is None:   # the tensors themselves (vLLM updates their values in place)
+            self._scales = kv_cache_scales(layer, self.kv_quant, self.num_kv_heads, self.head_size)
+        return k_cache, v_cache, self._scales
+
     def do_kv_cache_update(self, layer, key: torch.Tensor, value: torch.Tensor,
                            kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+        k_cache, v_cache, scales = self._caches(layer, kv_cache)
         with ops.trusted_inputs():
-            ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+            ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, **scales)
 
     def forward(self, layer, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: AscendExtAttentionMetadata | None,
@@ -170,7 +193,7 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         if trace.enabled():
             trace.note(f"impl paged_attention={ops.selected_impl('paged_attention', query.device.type)}")
         n = attn_metadata.num_actual_tokens
-        k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
+        k_cache, v_cache, scales = self._caches(layer, kv_cache)
         max_seq_len = attn_metadata.max_seq_len
         if max_seq_len is None:   # CUDA-graph capture: the most keys any replay can have
             max_seq_len = attn_metadata.block_table.shape[1] * k_cache.shape[1]
@@ -179,5 +202,36 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
                 query[:n], k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens,
                 attn_metadata.query_start_loc, attn_metadata.max_query_len,
                 softmax_scale=self.scale, causal=attn_metadata.causal, window_size=self.window_size,
-                softcap=self.softcap, out=output[:n], max_seqlen_k=max_seq_len)
+                softcap=self.softcap, out=output[:n], max_seqlen_k=max_seq_len, **scales)
         return output
+
+
+def kv_cache_scales(layer, kind: str, num_kv_heads: int, head_size: int) -> dict:
+    """The scale tensors of a quantised cache as the layer holds them (in place: vLLM may update
+    the values): fp8 - vLLM's ``_k_scale`` / ``_v_scale`` (per tensor, or per head for
+    ``attn_head`` checkpoints); int8 - vllm-ascend's C8 ``k_cache_scale`` / ``k_cache_offset`` /
+    ``v_cache_scale`` / ``v_cache_offset`` (one value or per channel over all KV heads: this
+    tensor-parallel rank's heads are selected, as vllm-ascend does)."""
+    if kind == "fp8":
+        return dict(k_scale=layer._k_scale, v_scale=layer._v_scale)
+    names = ("k_cache_scale", "v_cache_scale", "k_cache_offset", "v_cache_offset")
+    missing = [name for name in names if not isinstance(getattr(layer, name, None), torch.Tensor)]
+    if missing:
+        raise NotImplementedError(
+            f"kv_cache_dtype int8 needs the static C8 KV-cache scales of a vllm-ascend (modelslim C8) checkpoint; "
+            f"layer {getattr(layer, 'layer_name', '?')} has no {', '.join(missing)}")
+    local = num_kv_heads * head_size
+    return {arg: _rank_channels(getattr(layer, name), local, head_size)
+            for arg, name in zip(("k_scale", "v_scale", "k_offset", "v_offset"), names)}
+
+
+def _rank_channels(t: torch.Tensor, local: int, head_size: int) -> torch.Tensor:
+    t = t.detach().reshape(-1)
+    if t.numel() in (1, local):
+        return t
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    heads, rank, world = t.numel() // head_size, get_tensor_model_parallel_rank(), \
+        get_tensor_model_parallel_world_size()
+    first = rank * heads // world
+    return t.view(heads, head_size)[first:first + local // head_size].reshape(-1)

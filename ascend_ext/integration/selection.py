@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from . import ATTENTION_BACKEND_PATH, MLA_BACKEND_NAME, MLA_BACKEND_PATH, attention_backend_name, register_backends
+from . import (ATTENTION_BACKEND_PATH, FLOAT_KV_CACHE_DTYPES, MLA_BACKEND_NAME, MLA_BACKEND_PATH,
+               QUANT_KV_CACHE_DTYPES, attention_backend_name, register_backends)
 
 logger = logging.getLogger("ascend_ext")
 
-_SUPPORTED_CACHE_DTYPES = (None, "auto", "float16", "bfloat16", "float32")
+_SUPPORTED_CACHE_DTYPES = (None, *FLOAT_KV_CACHE_DTYPES, *QUANT_KV_CACHE_DTYPES)
 
 
 def unsupported_reason(selected_backend, config) -> str | None:
@@ -23,7 +24,8 @@ def unsupported_reason(selected_backend, config) -> str | None:
         (config.has_sink, "attention sinks"),
         (config.use_sparse, "sparse attention"),
         (config.use_mm_prefix, "multimodal prefix-LM masks"),
-        (config.kv_cache_dtype not in _SUPPORTED_CACHE_DTYPES, f"kv_cache_dtype {config.kv_cache_dtype}"),
+        (config.kv_cache_dtype not in _SUPPORTED_CACHE_DTYPES,
+         f"kv_cache_dtype {config.kv_cache_dtype} (supported: {', '.join(_SUPPORTED_CACHE_DTYPES[1:])})"),
         (config.use_pcp or config.use_dcp, "context parallelism"),
         (config.use_rswa, "R-SWA"),
     )
@@ -33,11 +35,28 @@ def unsupported_reason(selected_backend, config) -> str | None:
     return None
 
 
+def require_quantised_cache(kv_cache_dtype: str | None, device_type: str) -> None:
+    """Raise a clear NotImplementedError when the paged_attention implementation bound on this
+    device cannot read the quantised cache ``kv_cache_dtype`` asks for (e.g. the native CPU
+    kernels with fp8), naming the implementations that can - at backend selection, before any
+    cache is allocated."""
+    kind = QUANT_KV_CACHE_DTYPES.get(kv_cache_dtype)
+    if kind is None:
+        return
+    from ..ops import _contract, _dispatch
+
+    _contract.require(_dispatch.bound("paged_attention", device_type), device_type, kv_quant=kind)
+
+
 def attention_backend_path(selected_backend, config) -> str | None:
     """Our backend's class path for this layer, or None to defer to vLLM's choice."""
     reason = unsupported_reason(selected_backend, config)
     if reason is not None:
         logger.info("ascend_ext: deferring attention to vLLM (%s)", reason)
         return None
+    if not config.use_mla:
+        from vllm.platforms import current_platform
+
+        require_quantised_cache(config.kv_cache_dtype, current_platform.device_type)
     register_backends()
     return MLA_BACKEND_PATH if config.use_mla else ATTENTION_BACKEND_PATH

@@ -50,12 +50,15 @@ def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_se
 
 
 def _paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k):
-    """-> lse [Hq, Tq] or None; writes out [Tq, Hq, Dv]."""
+                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k, kv_scales):
+    """-> lse [Hq, Tq] or None; writes out [Tq, Hq, Dv].
+
+    kv_scales: None (caches in the dtype of q), or the :class:`~.attention.kv_quant.KVScales`
+    of float8_e4m3fn / int8 caches (dequantise on load)."""
 
 
-def _reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
-    """Writes the caches in place."""
+def _reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales):
+    """Writes the caches in place (kv_scales: None, or how to quantise into fp8 / int8 caches)."""
 
 
 def _merge_attn_states(out_a, lse_a, out_b, lse_b):
@@ -140,10 +143,12 @@ SCHEMAS: dict[str, str] = {
     "paged_attention":
         "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, SymInt max_seqlen_q, SymInt max_seqlen_k, float softmax_scale, int window_left, "
-        "int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse) -> ()",
+        "int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? k_scale=None, "
+        "Tensor? v_scale=None, Tensor? k_offset=None, Tensor? v_offset=None) -> ()",
     "reshape_and_cache":
         "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
-        "Tensor slot_mapping) -> ()",
+        "Tensor slot_mapping, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
+        "Tensor? v_offset=None) -> ()",
     "merge_attn_states":
         "merge_attn_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
     "mla_decode":
@@ -183,6 +188,7 @@ class Supports:
     window: bool = True                        # sliding window (causal is always supported)
     max_s_q: int | None = None                 # MLA queries per sequence
     fp8_cache: bool = True                     # an FP8 (e4m3) latent cache with kv_scale
+    kv_quant: tuple[str, ...] = ("fp8", "int8")  # quantised paged KV caches (attention/kv_quant.py)
     note: str = ""
     everything: bool = field(init=False, default=False)
     """True when nothing above is restricted (then :func:`require` returns at once)."""
@@ -190,11 +196,11 @@ class Supports:
     def __post_init__(self):
         object.__setattr__(self, "everything", self.dtypes == FLOAT_DTYPES and self.head_dims is None
                            and self.softcap and self.mask and self.window and self.max_s_q is None
-                           and self.fp8_cache)
+                           and self.fp8_cache and set(self.kv_quant) == {"fp8", "int8"})
 
 
 def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, mask=False, window=(-1, 0),
-            s_q=None, fp8_cache=False) -> None:
+            s_q=None, fp8_cache=False, kv_quant=None) -> None:
     """Raise NotImplementedError when ``impl`` (a bound Impl) cannot serve the request."""
     sup = impl.supports
     if sup.everything:
@@ -214,6 +220,8 @@ def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, m
         missing = f"s_q = {s_q} (at most {sup.max_s_q})"
     elif fp8_cache and not sup.fp8_cache:
         missing = "an FP8 cache"
+    elif kv_quant and kv_quant not in sup.kv_quant:
+        missing = f"a quantised KV cache ({kv_quant}; supported: {list(sup.kv_quant) or 'none'})"
     if missing is None:
         return
     from ._dispatch import implementations

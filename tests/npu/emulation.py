@@ -106,7 +106,9 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
                                     actual_seq_lengths_kv=None, block_table=None, query_rope=None, key_rope=None,
                                     num_heads=1, scale=1.0, pre_tokens=2147483647, next_tokens=2147483647,
                                     input_layout="BSH", num_key_value_heads=0, sparse_mode=0, inner_precise=0,
-                                    block_size=0, antiquant_mode=0, softmax_lse_flag=False, **unsupported):
+                                    block_size=0, antiquant_mode=0, softmax_lse_flag=False, key_antiquant_scale=None,
+                                    key_antiquant_offset=None, value_antiquant_scale=None, value_antiquant_offset=None,
+                                    key_antiquant_mode=0, value_antiquant_mode=0, **unsupported):
     """Emulates the op for input_layout TND (varlen; paged through block_table), BSND and BNSD.
 
     Paged TND: key/value are caches [num_blocks, block_size, Nkv*D], actual_seq_lengths the
@@ -118,6 +120,12 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
     if [k for k, v in unsupported.items() if v is not None]:
         raise RuntimeError(f"arguments not emulated: {sorted(unsupported)}")
     nkv = num_key_value_heads or num_heads
+    if key.dtype == torch.int8 or value.dtype == torch.int8:
+        key, value = _antiquant_kv(query, key, value, nkv, input_layout, block_table, key_antiquant_scale,
+                                   key_antiquant_offset, value_antiquant_scale, value_antiquant_offset,
+                                   key_antiquant_mode, value_antiquant_mode)
+    elif key_antiquant_scale is not None or value_antiquant_scale is not None:
+        raise RuntimeError("key/value antiquant scales apply to int8 key/value only")
     if num_heads % nkv or (query_rope is None and num_heads // nkv > 64):
         raise RuntimeError(f"num_heads ({num_heads}) must be a multiple of num_key_value_heads ({nkv}), ratio <= 64")
     for name, t in (("query", query), ("key", key), ("value", value), ("query_rope", query_rope),
@@ -163,6 +171,22 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
             out[q0:q1] = o.to(out.dtype)
             lse[q0:q1, :, 0] = l_
         return out, (lse if softmax_lse_flag else torch.zeros(1))
+    if input_layout == "BNSD" and block_table is not None:   # paged, one query per sequence (decode)
+        if query.dim() != 4 or query.shape[1] != num_heads or query.shape[2] != 1:
+            raise RuntimeError(f"paged BNSD query must be [B, num_heads={num_heads}, 1, D], got {tuple(query.shape)}")
+        kv_lens = [int(x) for x in actual_seq_lengths_kv]
+        if len(kv_lens) != query.shape[0] or block_table.shape[0] != query.shape[0]:
+            raise RuntimeError("paged BNSD needs one actual_seq_lengths_kv entry and block_table row per batch")
+        out = query.new_zeros((query.shape[0], num_heads, 1, value.shape[-1] // nkv))
+        lse = torch.full((query.shape[0], num_heads, 1, 1), float("-inf"))
+        for b, length in enumerate(kv_lens):
+            blocks = block_table[b, :-(-length // block_size)].long()
+            k = key[blocks].reshape(-1, nkv, key.shape[-1] // nkv)[:length]
+            v = value[blocks].reshape(-1, nkv, value.shape[-1] // nkv)[:length]
+            o, l_ = _attention(query[b].transpose(0, 1), k, v, scale, torch.ones(1, length, dtype=torch.bool))
+            out[b, :, 0] = o[0].to(out.dtype)
+            lse[b, :, 0, 0] = l_[0]
+        return out, (lse if softmax_lse_flag else torch.zeros(1))
     if input_layout in ("BSND", "BNSD"):
         to_bsnd = (lambda t: t) if input_layout == "BSND" else (lambda t: t.transpose(1, 2))
         q, k, v = to_bsnd(query), to_bsnd(key), to_bsnd(value)
@@ -175,6 +199,47 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
         out = torch.stack(outs)
         return to_bsnd(out), (torch.stack(lses) if softmax_lse_flag else torch.zeros(1))
     raise RuntimeError(f"input_layout {input_layout!r} is not emulated (TND, BSND, BNSD)")
+
+
+def _antiquant_kv(query, key, value, nkv, input_layout, block_table, k_scale, k_offset, v_scale, v_offset,
+                  key_mode, value_mode):
+    """Dequantise int8 key/value as the op does with separate key/value antiquant parameters in
+    per-channel mode 0 (docs, Q_S = 1: shapes (1, KV_N, 1, D), (1, KV_N, D) or (1, H), dtype of the
+    query; offsets optional (symmetric without), shaped like the scales). Returns float key/value."""
+    if key.dtype != torch.int8 or value.dtype != torch.int8:
+        raise RuntimeError(f"key and value must both be int8, got {key.dtype} / {value.dtype}")
+    if k_scale is None or v_scale is None:
+        raise RuntimeError("int8 key/value need key_antiquant_scale and value_antiquant_scale")
+    if (k_offset is None) != (v_offset is None):
+        raise RuntimeError("key_antiquant_offset and value_antiquant_offset are both given or both None")
+    if key_mode != 0 or value_mode != 0:
+        raise RuntimeError(f"only per-channel antiquant mode 0 is emulated, got {key_mode} / {value_mode}")
+    if input_layout == "TND":
+        raise RuntimeError("input_layout TND does not support pseudo-quantisation (伪量化)")
+    q_s = query.shape[2] if input_layout == "BNSD" else query.shape[1]
+    if q_s != 1:
+        raise RuntimeError(f"per-channel key/value antiquant needs Q_S = 1, got {q_s}")
+    if block_table is None or key.dim() != 3:
+        raise RuntimeError("int8 key/value are emulated for page attention caches [num_blocks, block_size, H] only")
+    hidden = key.shape[-1]
+    for name, t in (("key_antiquant_scale", k_scale), ("value_antiquant_scale", v_scale),
+                    ("key_antiquant_offset", k_offset), ("value_antiquant_offset", v_offset)):
+        if t is None:
+            continue
+        if t.dtype != query.dtype:
+            raise RuntimeError(f"{name} must have the query dtype {query.dtype} in per-channel mode, got {t.dtype}")
+        if tuple(t.shape) not in ((1, nkv, 1, hidden // nkv), (1, nkv, hidden // nkv), (1, hidden), (1,)):
+            raise RuntimeError(f"{name} shape {tuple(t.shape)} is not a per-channel / per-tensor shape")
+    if k_offset is not None and k_offset.shape != k_scale.shape:
+        raise RuntimeError("offsets must have the shape of the scales")
+
+    def dequant(x, scale, offset):
+        x = x.float()
+        if offset is not None:
+            x = x - offset.float().reshape(-1)
+        return (x * scale.float().reshape(-1)).to(query.dtype)
+
+    return dequant(key, k_scale, k_offset), dequant(value, v_scale, v_offset)
 
 
 def npu_fused_infer_attention_score_v2(query, key, value, *, query_rope=None, key_rope=None, atten_mask=None,

@@ -196,3 +196,49 @@ def test_wrong_arguments_make_the_emulation_disagree(rng):
     with pytest.raises(RuntimeError, match="upper triangle"):
         emulation.npu_fusion_attention(q, k, v, 2, "TND", atten_mask=~mask, actual_seq_qlen=[6],
                                        actual_seq_kvlen=[10], sparse_mode=3)
+
+
+@pytest.mark.parametrize("seqs", [[(200, 1), (33, 1), (1, 1), (129, 1)], [(300, 7), (17, 17), (5, 1)]])
+@pytest.mark.parametrize("offsets", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_infer_attention_int8_cache(seqs, offsets, dtype, rng):
+    """vllm-ascend's C8 scheme: decode batches go to the op with per-channel key/value antiquant
+    parameters; chunked prefill attends over the dequantised blocks it reads."""
+    hq, hkv, d, block_size = 8, 2, 64, 128
+    keys = [randn((n, hkv, d), torch.float32, rng) for n, _ in seqs]
+    values = [randn((n, hkv, d), torch.float32, rng) for n, _ in seqs]
+    fk, fv, table, lens = paged_cache(keys, values, block_size, rng)
+    scales = {n: torch.rand(hkv * d, generator=rng) * 0.03 + 0.01 for n in ("k_scale", "v_scale")}
+    if offsets:
+        scales.update({n: torch.randint(-5, 6, (hkv * d,), generator=rng).float() for n in ("k_offset", "v_offset")})
+    k_cache, v_cache = torch.zeros_like(fk, dtype=torch.int8), torch.zeros_like(fv, dtype=torch.int8)
+    flat = (table.long() * block_size)[:, :, None] + torch.arange(block_size)
+    slots = torch.cat([flat[b].flatten()[:n] for b, (n, _) in enumerate(seqs)])
+    with ops.use_impl(attention="reference"):
+        ops.reshape_and_cache(torch.cat(keys), torch.cat(values), k_cache, v_cache, slots, **scales)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), dtype, rng)
+    out = torch.full_like(q, float("nan"))
+    from ascend_ext.ops.attention import kv_quant
+    kv_scales = kv_quant.normalize(k_cache, v_cache, **{n: scales.get(n) for n in
+                                                        ("k_scale", "v_scale", "k_offset", "v_offset")})
+    lse = npu_attention.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens),
+                                        softmax_scale=0.125, window=(-1, 0), softcap=0.0, out=out, return_lse=True,
+                                        kv_scales=kv_scales)
+    with ops.use_impl(attention="reference"):
+        ref, ref_lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens),
+                                           softmax_scale=0.125, return_lse=True, **scales)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=1e-3)
+
+
+def test_int8_cache_limits_are_clear_errors(rng):
+    q = randn((2, 8, 48), torch.bfloat16, rng)
+    cache = torch.zeros(4, 128, 2, 48, dtype=torch.int8)
+    from ascend_ext.ops.attention import kv_quant
+    scales = kv_quant.normalize(cache, cache, torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        npu_attention.paged_attention(q, cache, cache, torch.zeros(2, 1, dtype=torch.int32),
+                                      torch.tensor([3, 4], dtype=torch.int32), cu([1, 1]), 1, softmax_scale=0.1,
+                                      window=(-1, 0), softcap=0.0, out=torch.empty_like(q), return_lse=False,
+                                      kv_scales=scales)

@@ -59,9 +59,10 @@ def _attention_inputs(rng, dtype=torch.float32):
     return q, k, v, cu(lens, "cpu"), max(lens)
 
 
-def _opcheck(op, args, kwargs=None):
+def _opcheck(op, args, kwargs=None, schema=True):
+    tests = ("test_schema",) if schema else ()
     torch.library.opcheck(getattr(torch.ops.ascend_ext, op).default, args, kwargs or {},
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+                          test_utils=tests + ("test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 def test_opcheck_attention(rng):
@@ -85,6 +86,18 @@ def test_opcheck_attention(rng):
     new_k, new_v = randn((3, 2, 32), torch.float32, rng), randn((3, 2, 32), torch.float32, rng)
     _opcheck("reshape_and_cache", (new_k, new_v, k_cache.clone(), v_cache.clone(),
                                    torch.tensor([0, 9, -1], dtype=torch.int64)))
+    for cache_dtype, offsets in ((torch.float8_e4m3fn, None), (torch.int8, torch.randn(2, 32, generator=rng))):
+        kq, vq = k_cache.nan_to_num().to(cache_dtype), v_cache.nan_to_num().to(cache_dtype)
+        scales = dict(k_scale=torch.rand(2, generator=rng) + 0.1, v_scale=torch.rand(1, generator=rng) + 0.1,
+                      k_offset=offsets, v_offset=offsets)
+        # torch's schema check compares tensors with ops float8 lacks on CPU ("mul_cpu_reduced_float"):
+        # int8 covers the mutation annotations, fp8 the fake / AOT paths
+        schema = cache_dtype == torch.int8
+        with ops.use_impl(paged_attention="reference"):
+            _opcheck("paged_attention", (qd, kq, vq, table, seq_lens, cu([1, 1], "cpu"), 1, -1, 0.2, -1, 0, 0.0,
+                                         torch.empty_like(qd), torch.empty(4, 2)), scales, schema)
+        _opcheck("reshape_and_cache", (new_k, new_v, kq.clone(), vq.clone(),
+                                       torch.tensor([0, 9, -1], dtype=torch.int64)), scales, schema)
     o_a, o_b = randn((3, 4, 8), torch.float32, rng), randn((3, 4, 8), torch.float32, rng)
     _opcheck("merge_attn_states", (o_a, torch.randn(4, 3, generator=rng), o_b, torch.randn(4, 3, generator=rng)))
 

@@ -20,6 +20,7 @@ CASES = {
     "flash d128 bf16 tile-mask": ({"flash_varlen_fwd_kernel"}, None),
     "paged d128 bf16 split": ({"paged_attn_kernel", "combine_splits_kernel"}, None),
     "paged d64 fp16": ({"paged_attn_kernel"}, None),
+    "paged d128 bf16 int8 cache": ({"paged_attn_kernel", "combine_splits_kernel"}, None),
     "mla 16 heads": ({"mla_decode_kernel"}, None),
     "mla 128 heads s_q 2": ({"mla_decode_kernel"}, None),
     "moe bf16": ({"gate_up_kernel", "down_kernel"}, None),

@@ -109,14 +109,21 @@ def cases():
                                           mask=mask, softcap=0.0, out=torch.empty_like(q), return_lse=True,
                                           configs=npu_configs)
 
-    def paged(d, dtype, splits):
+    def paged(d, dtype, splits, int8=False):
         k_cache, v_cache = rnd(6, 128, 2, d, dtype=dtype), rnd(6, 128, 2, d, dtype=dtype)
         q = rnd(3, 8, d, dtype=dtype)
+        scales = None
+        if int8:   # vllm-ascend's C8 cache: per-channel scale and offset
+            from ascend_ext.ops.attention import kv_quant
+
+            k_cache, v_cache = (k_cache * 20).to(torch.int8), (v_cache * 20).to(torch.int8)
+            scales = kv_quant.normalize(k_cache, v_cache, torch.full((2 * d,), 0.05), torch.full((2 * d,), 0.05),
+                                        torch.ones(2 * d), torch.ones(2 * d))
         table = torch.tensor([[0, 1, 2], [3, 4, 5], [5, 4, 3]], dtype=torch.int32)
         paged_attention.paged_attention(q, k_cache, v_cache, table, torch.tensor([300, 40, 1], dtype=torch.int32),
                                         cu([1, 1, 1]), 1, softmax_scale=0.1, window=(-1, 0), softcap=0.0,
                                         out=torch.empty_like(q), return_lse=True, max_seqlen_k=300,
-                                        configs=npu_configs, num_splits=splits)
+                                        configs=npu_configs, num_splits=splits, kv_scales=scales)
 
     def mla(heads, s_q):
         cache = rnd(4, 128, 576)
@@ -159,6 +166,7 @@ def cases():
                                                                          tile=(128, 256)))
     yield "paged d128 bf16 split", lambda: paged(128, torch.bfloat16, 2)
     yield "paged d64 fp16", lambda: paged(64, torch.float16, 1)
+    yield "paged d128 bf16 int8 cache", lambda: paged(128, torch.bfloat16, 2, int8=True)
     yield "mla 16 heads", lambda: mla(16, 1)
     yield "mla 128 heads s_q 2", lambda: mla(128, 2)
     yield "moe bf16", lambda: moe(False)

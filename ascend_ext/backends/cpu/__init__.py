@@ -9,6 +9,8 @@ from .._triton import register_triton
 
 NATIVE_OPS = ("flash_attn_varlen", "paged_attention", "reshape_and_cache")
 NATIVE_SUPPORTS = Supports(mask=False, note="the native kernels apply causal/window rules, not TileMask tiles")
+NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=(),
+                                 note="the native kernels read caches in the query dtype only (no fp8/int8 KV cache)")
 
 
 def _native_available(device: str) -> str | None:
@@ -17,8 +19,21 @@ def _native_available(device: str) -> str | None:
     return native_available(device)
 
 
+def _interpreter_kv_quant() -> tuple[str, ...]:
+    """Quantised caches the Triton interpreter reads: triton-ascend's (its own venv) has no fp8 type."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("triton-ascend")
+    except importlib.metadata.PackageNotFoundError:
+        return ("fp8", "int8")
+    return ("int8",)
+
+
 def register_impls() -> None:
     for op in NATIVE_OPS:
         register(op, "native", f"ascend_ext.backends.cpu.native:{op}", devices=("cpu",),
-                 available=_native_available, supports=NATIVE_SUPPORTS)
-    register_triton("cpu", "ascend_ext.backends.cpu.configs")
+                 available=_native_available,
+                 supports=NATIVE_PAGED_SUPPORTS if op == "paged_attention" else NATIVE_SUPPORTS)
+    register_triton("cpu", "ascend_ext.backends.cpu.configs",
+                    supports={"paged_attention": Supports(kv_quant=_interpreter_kv_quant())})

@@ -75,7 +75,10 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None):
+    if kv_scales is not None:   # declared in backends/cpu/__init__.py; reached only by direct torch.ops calls
+        raise NotImplementedError(f"the native CPU paged_attention does not read {kv_scales.kind} KV caches; "
+                                  "use ASCEND_EXT_IMPL=paged_attention=reference")
     lse = _lse_buffer(q, return_lse)
     _ops().paged_attention(
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
@@ -83,7 +86,9 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     return lse
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None):
+    if kv_scales is not None:   # quantising store: the reference's vectorised torch path
+        return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, kv_scales=kv_scales)
     if key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.stride(-1) != 1 or value.stride(-1) != 1:
         return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
     _ops().reshape_and_cache(key, value, k_cache, v_cache, slot_mapping.contiguous())

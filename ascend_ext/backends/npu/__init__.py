@@ -54,8 +54,9 @@ def register_impls() -> None:
     half = (torch.float16, torch.bfloat16)
     supports = {
         "flash_attn_varlen": Supports(softcap=False, note="npu_fusion_attention has no logit softcap"),
-        "paged_attention": Supports(dtypes=half, softcap=False,
-                                    note="npu_fused_infer_attention_score: fp16/bf16, no logit softcap"),
+        "paged_attention": Supports(dtypes=half, softcap=False, kv_quant=("int8",),
+                                    note="npu_fused_infer_attention_score: fp16/bf16, no logit softcap, "
+                                         "int8 (not fp8) KV caches"),
         "mla_decode": Supports(dtypes=half, fp8_cache=False,
                                note="npu_fused_infer_attention_score_v2 takes the cache in the query dtype"),
     }
@@ -67,4 +68,6 @@ def register_impls() -> None:
         register(op, "npu", f"ascend_ext.backends.npu.{target}", devices=("npu",), available=npu_available,
                  supports=supports.get(op))
     register_triton("npu", "ascend_ext.backends.npu.configs",
-                    supports={"mla_decode": Supports(fp8_cache=False, note="triton-ascend 3.2 has no fp8 type")})
+                    supports={"mla_decode": Supports(fp8_cache=False, note="triton-ascend 3.2 has no fp8 type"),
+                              "paged_attention": Supports(kv_quant=("int8",),
+                                                          note="triton-ascend 3.2 has no fp8 type")})

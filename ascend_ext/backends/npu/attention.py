@@ -112,9 +112,17 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None):
     if softcap:
         raise NotImplementedError("npu_fused_infer_attention_score has no logit softcap")
+    if kv_scales is not None:
+        if max_seqlen_q == 1 and q.shape[0] == block_table.shape[0] and window == (-1, 0):
+            return _int8_decode(q, k_cache, v_cache, block_table, seq_lens, kv_scales, softmax_scale, out,
+                                return_lse)
+        # the op dequantises per channel only for one query per sequence: dequantise the blocks
+        # this batch reads (as vllm-ascend does for chunked prefill) and attend over them
+        k_cache, v_cache, block_table = _dequantized_blocks(k_cache, v_cache, block_table, seq_lens, kv_scales,
+                                                            q.dtype)
     num_blocks, block_size, hkv, d = k_cache.shape
     constraints.check_paged_attention(q, k_cache, block_size, q.shape[1], hkv, d)
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
@@ -132,3 +140,47 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         softmax_lse_flag=return_lse, **args)
     out.copy_(result)
     return lse[..., 0].float().transpose(0, 1).contiguous() if return_lse else None
+
+
+def _antiquant(t: torch.Tensor, dtype) -> torch.Tensor:
+    """A [Hkv, D] scale/offset as the op's per-channel (1, KV_N, 1, D) tensor in the query dtype."""
+    return t.to(dtype).reshape(1, t.shape[0], 1, t.shape[1]).contiguous()
+
+
+def _int8_decode(q, k_cache, v_cache, block_table, seq_lens, kv_scales, softmax_scale, out, return_lse):
+    """One query per sequence over an int8 cache: BNSD with per-channel key/value antiquant
+    parameters (antiquant mode 0), the call vllm-ascend's C8 decode makes."""
+    num_blocks, block_size, hkv, d = k_cache.shape
+    constraints.check_int8_paged_attention(q, k_cache, block_size, q.shape[1], hkv, d)
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        _warn_copy()
+        k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
+    offsets = {} if kv_scales.k_offset is None else dict(
+        key_antiquant_offset=_antiquant(kv_scales.k_offset, q.dtype),
+        value_antiquant_offset=_antiquant(kv_scales.v_offset, q.dtype))
+    result, lse = torch_npu().npu_fused_infer_attention_score(
+        q.unsqueeze(2).contiguous(), k_cache.view(num_blocks, block_size, hkv * d),
+        v_cache.view(num_blocks, block_size, -1), block_table=block_table, block_size=block_size,
+        input_layout="BNSD", actual_seq_lengths_kv=seq_lens.tolist(), num_heads=q.shape[1],
+        num_key_value_heads=hkv, scale=softmax_scale, key_antiquant_scale=_antiquant(kv_scales.k_scale, q.dtype),
+        value_antiquant_scale=_antiquant(kv_scales.v_scale, q.dtype), key_antiquant_mode=0,
+        value_antiquant_mode=0, sparse_mode=0, softmax_lse_flag=return_lse, **offsets)
+    out.copy_(result.squeeze(2))
+    return lse[:, :, 0, 0].float().transpose(0, 1).contiguous() if return_lse else None
+
+
+def _dequantized_blocks(k_cache, v_cache, block_table, seq_lens, kv_scales, dtype):
+    """The blocks the batch reads, dequantised into compact caches in ``dtype``, and the
+    block table renumbered for them."""
+    from ...ops.attention.kv_quant import dequantize
+
+    block_size = k_cache.shape[1]
+    needed = (seq_lens.long() + block_size - 1) // block_size
+    used = torch.arange(block_table.shape[1], device=block_table.device)[None, :] < needed[:, None]
+    blocks = torch.unique(block_table[used].long())
+    remap = torch.zeros(k_cache.shape[0], dtype=torch.int32, device=block_table.device)
+    remap[blocks] = torch.arange(blocks.numel(), dtype=torch.int32, device=block_table.device)
+    table = torch.where(used, remap[block_table.clamp(0, k_cache.shape[0] - 1).long()], 0).to(torch.int32)
+    k = dequantize(k_cache[blocks], kv_scales.k_scale, kv_scales.k_offset).to(dtype)
+    v = dequantize(v_cache[blocks], kv_scales.v_scale, kv_scales.v_offset).to(dtype)
+    return k, v, table

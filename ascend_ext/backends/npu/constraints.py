@@ -18,6 +18,7 @@ NPU_BLOCK_SIZE = 128
 INFER_DTYPES = (torch.float16, torch.bfloat16)
 # npu_fusion_attention: float16, bfloat16, float32
 FUSION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INT8_HEAD_DIM_ALIGN = 32        # "query、key、value输入类型包含int8时, D轴需要32对齐"
 MAX_GQA_RATIO = 64              # "num_heads与num_key_value_heads的比值不能大于64"
 MAX_PAGED_HIDDEN = 65535        # (blocknum, blocksize, H) caches: KV_N * D must not exceed 65535
 # _v2 with rope: "query的s为1-16、n为1/2/4/8/16/32/64/128", key D 512, rope D 64
@@ -44,6 +45,10 @@ def check_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, block_size: in
     op = "npu_fused_infer_attention_score"
     check_dtype("query", q, INFER_DTYPES, op)
     check_dtype("key/value cache", k_cache, INFER_DTYPES, op)
+    _check_page_attention(op, block_size, num_heads, num_kv_heads, head_dim)
+
+
+def _check_page_attention(op: str, block_size: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
     if block_size not in PAGED_BLOCK_SIZES:
         raise ValueError(f"{op} page attention needs block_size in {PAGED_BLOCK_SIZES} (multiples of 128 up to "
                          f"512), got {block_size}; serve with --block-size {NPU_BLOCK_SIZE}")
@@ -53,6 +58,19 @@ def check_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, block_size: in
     if num_kv_heads * head_dim > MAX_PAGED_HIDDEN:
         raise ValueError(f"{op} with [num_blocks, block_size, H] caches needs num_kv_heads * head_dim <= "
                          f"{MAX_PAGED_HIDDEN}, got {num_kv_heads} * {head_dim}")
+
+
+def check_int8_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, block_size: int, num_heads: int,
+                               num_kv_heads: int, head_dim: int) -> None:
+    """int8 page attention with per-channel antiquant (one query per sequence): "query、key、value
+    输入类型包含int8时, D轴需要32对齐"; int8 block_size "需要32对齐" (the 128-512 rule covers it)."""
+    op = "npu_fused_infer_attention_score"
+    check_dtype("query", q, INFER_DTYPES, op)
+    check_dtype("key/value cache", k_cache, (torch.int8,), f"{op} with antiquant scales")
+    _check_page_attention(op, block_size, num_heads, num_kv_heads, head_dim)
+    if head_dim % INT8_HEAD_DIM_ALIGN:
+        raise ValueError(f"npu_fused_infer_attention_score with int8 key/value needs the head dim to be a multiple "
+                         f"of {INT8_HEAD_DIM_ALIGN}, got {head_dim}")
 
 
 def check_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, kv_lora_rank: int, block_size: int) -> None:

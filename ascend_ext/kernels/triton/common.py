@@ -211,6 +211,13 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
     for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
         k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
                          stride_vt, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, PAGED, EVEN_D, MASKED)
+        if k_t.dtype != q0.dtype:   # quantised (fp8 / int8) cache: widen exactly to the MMA dtype
+            if k_t.dtype.is_int8():   # through float32: triton 3.9's interpreter casts int8 -> bf16 wrongly
+                k_t = k_t.to(tl.float32).to(q0.dtype)
+                v = v.to(tl.float32).to(q0.dtype)
+            else:
+                k_t = k_t.to(q0.dtype)
+                v = v.to(q0.dtype)
         cols = n + offs_n
         vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
         acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,

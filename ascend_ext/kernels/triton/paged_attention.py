@@ -32,10 +32,13 @@ def paged_attn_kernel(
         stride_bt, stride_ot, stride_oh, stride_lse_h, stride_o_split, stride_lse_split,
         scale_log2, softcap, window_left, window_right, cache_block, keys_per_split, num_splits,
         HEAD_DIM, HEAD_DIM_V,
+        K_SCALE, V_SCALE, K_OFF, V_OFF, stride_ksh, stride_ksd, stride_vsh, stride_vsd,
+        stride_koh, stride_kod, stride_voh, stride_vod,
         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+        WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+        KV_QUANT: tl.constexpr = 0, HAS_OFFSET: tl.constexpr = False):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2) // num_splits
@@ -54,6 +57,8 @@ def paged_attn_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_n = tl.arange(0, BLOCK_N)
     q = load_rows(Q, q_start + tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
+    q, scale_log2, shift = dequant_keys(q, scale_log2, K_SCALE, K_OFF, kv_head, stride_ksh, stride_ksd,
+                                        stride_koh, stride_kod, offs_d, HEAD_DIM, KV_QUANT, HAS_OFFSET)
 
     lo, hi = row_bounds(tokens, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     t_first = (tile * BLOCK_M) // GROUP
@@ -73,9 +78,57 @@ def paged_attn_kernel(
         cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
         lo, hi, lo, hi, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
         True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+    acc, m_i = dequant_values(acc, m_i, l_i, shift * scale_log2, V_SCALE, V_OFF, kv_head, stride_vsh, stride_vsd,
+                              stride_voh, stride_vod, offs_dv, HEAD_DIM_V, KV_QUANT, HAS_OFFSET)
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
                HEAD_DIM_V, WRITE_LSE, EVEN_D)
+
+
+@triton.jit
+def dequant_keys(q, scale_log2, K_SCALE, K_OFF, kv_head, stride_ksh, stride_ksd, stride_koh, stride_kod,
+                 offs_d, HEAD_DIM, KV_QUANT: tl.constexpr, HAS_OFFSET: tl.constexpr):
+    """Fold the K dequantisation of a quantised cache into the query side (kernels/../kv_quant.py).
+
+    KV_QUANT 1 (fp8, one scale per KV head): the scale joins the softmax scale (exact), and
+    16-bit queries become float16 so both dots run in fp16: e4m3 widens to fp16 exactly in one
+    conversion per pair (to bf16 it takes three per element, and the conversions, not the
+    bytes, bounded fp8 decode on an H100: BENCHMARKS.md). bf16 queries convert exactly within
+    fp16's range (clamped to +-65504) and normal range (below 6e-5 they keep fewer bits).
+    KV_QUANT 2 (int8, per-channel scale and offset): q becomes q * scale per channel, so raw
+    scores are q_s . stored; the offset makes every score of a row larger by
+    shift = q_s . offset, which the softmax ignores and the lse removes (dequant_values).
+    Returns (q, scale_log2, shift [M])."""
+    shift = tl.zeros((q.shape[0],), tl.float32)
+    if KV_QUANT == 1:
+        scale_log2 = scale_log2 * tl.load(K_SCALE + kv_head * stride_ksh)
+        if q.dtype == tl.bfloat16:
+            q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+    elif KV_QUANT == 2:
+        in_d = offs_d < HEAD_DIM
+        ks = tl.load(K_SCALE + kv_head * stride_ksh + offs_d * stride_ksd, mask=in_d, other=0.0)
+        q = (q.to(tl.float32) * ks[None, :]).to(q.dtype)
+        if HAS_OFFSET:
+            ko = tl.load(K_OFF + kv_head * stride_koh + offs_d * stride_kod, mask=in_d, other=0.0)
+            shift = tl.sum(q.to(tl.float32) * ko[None, :], 1)
+    return q, scale_log2, shift
+
+
+@triton.jit
+def dequant_values(acc, m_i, l_i, shift_log2, V_SCALE, V_OFF, kv_head, stride_vsh, stride_vsd, stride_voh,
+                   stride_vod, offs_dv, HEAD_DIM_V, KV_QUANT: tl.constexpr, HAS_OFFSET: tl.constexpr):
+    """Apply the V dequantisation to the unnormalised accumulator (sum_j p_j stored_j, l = sum_j p_j):
+    acc -> (acc - offset * l) * scale, and remove the key shift from the running max."""
+    if KV_QUANT == 1:
+        acc = acc * tl.load(V_SCALE + kv_head * stride_vsh)
+    elif KV_QUANT == 2:
+        in_dv = offs_dv < HEAD_DIM_V
+        if HAS_OFFSET:
+            vo = tl.load(V_OFF + kv_head * stride_voh + offs_dv * stride_vod, mask=in_dv, other=0.0)
+            acc = acc - vo[None, :] * l_i[:, None]
+            m_i = m_i - shift_log2
+        acc = acc * tl.load(V_SCALE + kv_head * stride_vsh + offs_dv * stride_vsd, mask=in_dv, other=0.0)[None, :]
+    return acc, m_i
 
 
 @triton.jit
@@ -158,8 +211,23 @@ def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tens
     return keys_per_split, dest_o, dest_lse
 
 
+def _quant_args(kv_scales, softcap, dummy) -> tuple[list, dict]:
+    """Kernel arguments of a quantised cache's scales (see dequant_keys / dequant_values)."""
+    if kv_scales is None:
+        return [dummy] * 4 + [0] * 8, {}
+    if kv_scales.k_offset is not None and softcap > 0:
+        raise NotImplementedError("the 'triton' paged_attention folds int8 key offsets out of the scores, which "
+                                  "softcap forbids; use symmetric int8 scales (no offsets) or the reference")
+    tensors = [kv_scales.k_scale, kv_scales.v_scale,
+               kv_scales.k_offset if kv_scales.k_offset is not None else kv_scales.k_scale,
+               kv_scales.v_offset if kv_scales.v_offset is not None else kv_scales.v_scale]
+    strides = [s for t in tensors for s in t.stride()]
+    return tensors + strides, {"KV_QUANT": 1 if kv_scales.kind == "fp8" else 2,
+                               "HAS_OFFSET": kv_scales.k_offset is not None}
+
+
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None,
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None,
                     configs=None, config=None, num_splits=None):
     """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args).
 
@@ -181,6 +249,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     if num_splits is None:
         num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"])
     keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
+    quant_args, quant_flags = _quant_args(kv_scales, softcap, dest_lse)
     left, right = window
     paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
@@ -188,12 +257,12 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
         softmax_scale * LOG2E, softcap, left, right, k_cache.shape[1], keys_per_split, num_splits, d, dv,
-        GROUP=group, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        *quant_args, GROUP=group, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags)
     if num_splits > 1:
         combine_splits(dest_o, dest_lse, out, lse)
     return lse

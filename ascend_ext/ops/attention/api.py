@@ -9,6 +9,7 @@ from .. import _validate as check
 from .._contract import require
 from .._dispatch import bound
 from .._library import compiling, mask_to_args
+from . import kv_quant
 from .tile_mask import TileMask
 
 
@@ -73,14 +74,17 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale=None, causal=True, window_size=(-1, -1), return_lse=False,
-                    softcap=0.0, out=None, max_seqlen_k=None):
+                    softcap=0.0, out=None, max_seqlen_k=None, k_scale=None, v_scale=None, k_offset=None,
+                    v_offset=None):
     """Attention of new queries over a paged KV cache (decode and chunked prefill).
 
     Args:
         q: [Tq, Hq, D] float16/bfloat16/float32; the queries of sequence b are its
             last Lq_b positions (Lq_b = cu_seqlens_q[b+1] - cu_seqlens_q[b]).
         k_cache: [num_blocks, block_size, Hkv, D], v_cache: [num_blocks, block_size, Hkv, Dv],
-            dtype of q; any strides with the last dim contiguous (vLLM views work).
+            dtype of q; any strides with the last dim contiguous (vLLM views work). Or both
+            quantised (float8_e4m3fn or int8) with ``k_scale`` / ``v_scale`` (and for int8
+            optional ``k_offset`` / ``v_offset``): see :mod:`.kv_quant` for the schemes.
         block_table: int32 [B, max_blocks]; entries past a sequence's last block are ignored.
         seq_lens: int32 [B], keys of each sequence, the new ones included (already cached).
         cu_seqlens_q: int32 [B+1] query offsets; Lq_b <= seq_lens[b].
@@ -100,17 +104,24 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     softcap = _softcap(softcap)
     if out is None or not fast:
         out = check.output("out", out, (q.shape[0], q.shape[1], v_cache.shape[3]), q)
+    scales = None
+    if k_cache.dtype != q.dtype or k_scale is not None or v_scale is not None or k_offset is not None \
+            or v_offset is not None:
+        scales = kv_quant.normalize(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset,
+                                    check_values=check.value_checks_enabled())
     if compiling():
         lse = _lse_buffer(q, return_lse)
         torch.ops.ascend_ext.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                                              -1 if max_seqlen_k is None else max_seqlen_k, scale, window[0],
-                                             window[1], softcap, out, lse)
+                                             window[1], softcap, out, lse,
+                                             **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
         impl = bound("paged_attention", q.device.type)
-        require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, window=window)
+        require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, window=window,
+                kv_quant=scales and scales.kind)
         lse = impl.fn(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                       softmax_scale=scale, window=window, softcap=softcap, out=out,
-                      return_lse=return_lse, max_seqlen_k=max_seqlen_k)
+                      return_lse=return_lse, max_seqlen_k=max_seqlen_k, kv_scales=scales)
     return (out, lse) if return_lse else out
 
 
@@ -121,8 +132,9 @@ def _paged_structure_ok(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q
     try:
         dtype, dev, qs, ks, vs, i32 = q.dtype, q.device, q.shape, k_cache.shape, v_cache.shape, torch.int32
         return (len(qs) == 3 and len(ks) == 4 and len(vs) == 4 and block_table.dim() == 2 and seq_lens.dim() == 1
-                and cu_seqlens_q.dim() == 1 and dtype in check.FLOAT_DTYPES and k_cache.dtype == dtype
-                and v_cache.dtype == dtype and block_table.dtype == i32 and seq_lens.dtype == i32
+                and cu_seqlens_q.dim() == 1 and dtype in check.FLOAT_DTYPES
+                and (k_cache.dtype == dtype or k_cache.dtype in kv_quant.KINDS)
+                and v_cache.dtype == k_cache.dtype and block_table.dtype == i32 and seq_lens.dtype == i32
                 and cu_seqlens_q.dtype == i32 and k_cache.device == dev and v_cache.device == dev
                 and block_table.device == dev and seq_lens.device == dev and cu_seqlens_q.device == dev
                 and ks[3] == qs[2] and vs[0] == ks[0] and vs[1] == ks[1] and vs[2] == ks[2]
@@ -141,7 +153,7 @@ def _check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_s
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k_cache", k_cache, ndim=4)
     check.tensor("v_cache", v_cache, ndim=4)
-    check.same_dtype("q", q, k_cache=k_cache, v_cache=v_cache)
+    kv_quant.check_cache_dtypes(k_cache, v_cache, q.dtype)
     check.tensor("block_table", block_table, ndim=2, dtypes=(torch.int32,))
     check.tensor("seq_lens", seq_lens, ndim=1, dtypes=(torch.int32,))
     check.same_device("q", q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
@@ -159,18 +171,23 @@ def _check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_s
                            q_lens=cu_seqlens_q[1:] - cu_seqlens_q[:-1], max_seqlen_k=max_seqlen_k)
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=None, v_scale=None, k_offset=None,
+                      v_offset=None) -> None:
     """Write new tokens into the paged cache in place.
 
     key [T, Hkv, D], value [T, Hkv, Dv]; caches [num_blocks, block_size, Hkv, D/Dv];
     slot_mapping int32/int64 [N] with N <= T: token t (t < N) goes to block
     ``slot // block_size``, offset ``slot % block_size``; slot < 0 is skipped (padding).
-    Tokens past N are ignored (vLLM pads the token dim). Values are cast to the cache dtype.
+    Tokens past N are ignored (vLLM pads the token dim). Values are cast to the cache dtype;
+    float8_e4m3fn / int8 caches are quantised with ``k_scale`` / ``v_scale`` (and int8's
+    optional offsets) as :mod:`.kv_quant` defines.
     """
+    cache_dtypes = check.FLOAT_DTYPES + tuple(kv_quant.KINDS)
     check.tensor("key", key, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("value", value, ndim=3, dtypes=check.FLOAT_DTYPES)
-    check.tensor("k_cache", k_cache, ndim=4, dtypes=check.FLOAT_DTYPES)
-    check.tensor("v_cache", v_cache, ndim=4, dtypes=check.FLOAT_DTYPES)
+    check.tensor("k_cache", k_cache, ndim=4, dtypes=cache_dtypes)
+    check.tensor("v_cache", v_cache, ndim=4, dtypes=cache_dtypes)
+    check.same_dtype("k_cache", k_cache, v_cache=v_cache)
     check.same_device("key", key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     _check_cache_pair(k_cache, v_cache, key.shape[2])
     check.dim_equals("key", key, 1, k_cache.shape[2], "the KV head count of k_cache")
@@ -178,10 +195,13 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     check.dim_equals("value", value, 1, key.shape[1], "the KV head count of key")
     check.dim_equals("value", value, 2, v_cache.shape[3], "the head dim of v_cache")
     check.slots(slot_mapping, key.shape[0], k_cache.shape[0] * k_cache.shape[1])
+    scales = kv_quant.normalize(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset,
+                                check_values=check.value_checks_enabled())
     if compiling():
-        torch.ops.ascend_ext.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+        torch.ops.ascend_ext.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping,
+                                               **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
-        bound("reshape_and_cache", key.device.type).fn(key, value, k_cache, v_cache, slot_mapping)
+        bound("reshape_and_cache", key.device.type).fn(key, value, k_cache, v_cache, slot_mapping, kv_scales=scales)
 
 
 def merge_attn_states(out_a, lse_a, out_b, lse_b):

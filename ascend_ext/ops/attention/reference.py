@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .kv_quant import dequantize, quantize
 from .mask_rules import visible_mask
 
 # bound on the float32 score block materialised at once (elements)
@@ -79,7 +80,7 @@ def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torc
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None):
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None):
     lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32) if return_lse else None
     cq = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
@@ -89,6 +90,9 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
             continue
         k = gather_paged(k_cache, block_table[b], length)
         v = gather_paged(v_cache, block_table[b], length)
+        if kv_scales is not None:
+            k = dequantize(k, kv_scales.k_scale, kv_scales.k_offset)
+            v = dequantize(v, kv_scales.v_scale, kv_scales.v_offset)
         visible = visible_mask(q1 - q0, length, window, q.device)
         o, l = attend(q[q0:q1], k, v, softmax_scale, visible, softcap)
         out[q0:q1] = o.to(out.dtype)
@@ -97,15 +101,20 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     return lse
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None):
     n = slot_mapping.shape[0]
     slots = slot_mapping.long()
     keep = slots >= 0
     slots = slots[keep]
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = key[:n][keep].to(k_cache.dtype)
-    v_cache[blocks, offsets] = value[:n][keep].to(v_cache.dtype)
+    key, value = key[:n][keep], value[:n][keep]
+    if kv_scales is None:
+        k_cache[blocks, offsets] = key.to(k_cache.dtype)
+        v_cache[blocks, offsets] = value.to(v_cache.dtype)
+    else:
+        k_cache[blocks, offsets] = quantize(key, kv_scales.k_scale, kv_scales.k_offset, k_cache.dtype)
+        v_cache[blocks, offsets] = quantize(value, kv_scales.v_scale, kv_scales.v_offset, v_cache.dtype)
 
 
 def merge_attn_states(out_a, lse_a, out_b, lse_b):
