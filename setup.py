@@ -19,7 +19,7 @@ import sys
 
 from setuptools import setup
 
-NATIVE_SOURCES = ["csrc/attention.cpp", "csrc/cache.cpp", "csrc/module.cpp"]
+NATIVE_SOURCES = ["csrc/attention.cpp", "csrc/cache.cpp", "csrc/mla_decode.cpp", "csrc/module.cpp"]
 
 
 def _say(message: str) -> None:

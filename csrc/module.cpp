@@ -1,5 +1,5 @@
 // Python module shell of ascend_ext._native. Importing it loads this library, whose
-// static initialisers register the kernels as torch.ops.ascend_ext_native.* (attention.cpp, cache.cpp).
+// static initialisers register the kernels as torch.ops.ascend_ext_native.* (attention.cpp, cache.cpp, mla_decode.cpp).
 #include <Python.h>
 
 static PyModuleDef native_module = {

@@ -154,5 +154,25 @@ inline f16x exp2(f16x x) {
   return x < -126.f ? splat(0.f) : as_float(bits);
 }
 
+// Narrowing stores of 16 float32 lanes into float32 / bfloat16 / float16 memory (round to
+// nearest even; the portable forms convert lane by lane).
+inline void store_as(float* p, f16x x) { store(p, x); }
+
+inline void store_as(c10::BFloat16* p, f16x x) {
+#if defined(__AVX512BF16__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x)));
+#else
+  for (int i = 0; i < kLanes; ++i) p[i] = c10::BFloat16(x[i]);
+#endif
+}
+
+inline void store_as(c10::Half* p, f16x x) {
+#if defined(__AVX512F__)
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  for (int i = 0; i < kLanes; ++i) p[i] = c10::Half(x[i]);
+#endif
+}
+
 }  // namespace vec
 }  // namespace ascend_ext
