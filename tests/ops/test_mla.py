@@ -308,3 +308,79 @@ def test_concat_and_cache_mla_bad_input():
         ops.concat_and_cache_mla(torch.randn(3, 500), torch.randn(3, 64), cache, torch.arange(3))
     with pytest.raises(ValueError, match="past the cache capacity"):
         ops.concat_and_cache_mla(torch.randn(3, 512), torch.randn(3, 64), cache, torch.tensor([0, 1, 64]))
+
+
+# ---------------------------------------------------------------- native CPU kernel specifics
+native_only = pytest.mark.skipif("native" not in runnable("mla_decode"), reason="the native CPU kernel is not built")
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _native_vs_float64(lengths, hq, s_q, dtype, rng, *, block_size=16, rank=512, rope=64, causal=True, scale=0.07):
+    rows, cache, table, lens = _latent_cache(lengths, rank + rope, block_size, dtype, rng)
+    q = randn((len(lengths), s_q, hq, rank + rope), dtype, rng)
+    out = torch.full((len(lengths), s_q, hq, rank), float("nan"), dtype=dtype)
+    with ops.use_impl(mla="native"):
+        _, lse = ops.mla_decode(q, cache, table, lens, kv_lora_rank=rank, softmax_scale=scale, causal=causal,
+                                return_lse=True, out=out)
+    ref, ref_lse = _reference(q, rows, rank, scale, causal)
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+    return out, lse
+
+
+@native_only
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("lengths,s_q", [([1500], 1), ([1029], 4), ([700, 3], 2), ([0, 260], 3)])
+def test_mla_native_context_splits(num_threads, dtype, lengths, s_q, threads, rng):
+    """Few sequences on several threads: the contexts split (batch 1 included) and the
+    splits merge through their lse; the result is the same on one thread."""
+    threads(num_threads)
+    _native_vs_float64(lengths, 16, s_q, dtype, rng)
+
+
+@native_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [True, False])
+def test_mla_native_odd_widths(dtype, causal, rng):
+    """Widths that are not whole vectors (rank 96 + rope 40; rank 40 + rope 8): widened rows."""
+    _native_vs_float64([2, 33, 50], 5, 3, dtype, rng, rank=96, rope=40, causal=causal, scale=0.1)
+    _native_vs_float64([17, 1], 3, 1, dtype, rng, rank=40, rope=8, causal=causal, scale=0.1)
+
+
+@native_only
+@pytest.mark.parametrize("hq,s_q", [(128, 1), (40, 4), (3, 2)])
+def test_mla_native_row_tiles(hq, s_q, rng):
+    """Rows (s_q x Hq) spanning several 64-row items and partial 4-row tiles."""
+    _native_vs_float64([1, 90, 31], hq, s_q, torch.bfloat16, rng, block_size=32)
+
+
+@native_only
+def test_mla_native_strided_q_and_out(rng):
+    """q a view with padded rows and an out whose last dim is strided (copied back)."""
+    rows, cache, table, lens = _latent_cache([40, 7], 576, 16, torch.bfloat16, rng)
+    q = randn((2, 2, 6, 600), torch.bfloat16, rng)[:, :, 1:5, :576]
+    out = torch.full((2, 2, 4, 1024), float("nan"), dtype=torch.bfloat16)[..., ::2]
+    with ops.use_impl(mla="native"):
+        ops.mla_decode(q, cache, table, lens, kv_lora_rank=512, softmax_scale=0.05, out=out)
+    ref, _ = _reference(q, rows, 512, 0.05, True)
+    assert_close(out, ref, torch.bfloat16)
+
+
+@native_only
+def test_mla_native_raw_op_rejects_bad_metadata():
+    """Without the public op's value checks (trusted inputs) the kernel still refuses
+    block ids outside the cache instead of reading past it."""
+    q, cache = torch.randn(1, 1, 4, 576), torch.randn(3, 16, 576)
+    table, lens = torch.tensor([[0, 9]], dtype=torch.int32), torch.tensor([20], dtype=torch.int32)
+    with ops.use_impl(mla="native"), ops.trusted_inputs(), pytest.raises(RuntimeError, match=r"block_table\[0, 1\] = 9"):
+        ops.mla_decode(q, cache, table, lens, kv_lora_rank=512, softmax_scale=0.1)
+    with ops.use_impl(mla="native"), ops.trusted_inputs(), pytest.raises(RuntimeError, match="is negative"):
+        ops.mla_decode(q, cache, table[:, :1], torch.tensor([-1], dtype=torch.int32), kv_lora_rank=512,
+                       softmax_scale=0.1)

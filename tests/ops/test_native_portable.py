@@ -16,6 +16,7 @@ from ascend_ext.backends.cpu import native
 
 from . import test_attention_parity as parity
 from . import test_cooperative as cooperative
+from . import test_mla as mla
 from . import test_native_attention as native_tests
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -39,7 +40,8 @@ def portable_ops(tmp_path_factory):
     from torch.utils.cpp_extension import load
 
     arch = "-march=armv8-a" if platform.machine() in ("aarch64", "arm64") else "-march=x86-64-v2"
-    load(name=NAMESPACE, sources=[str(ROOT / "csrc" / "attention.cpp"), str(ROOT / "csrc" / "cache.cpp")],
+    sources = [str(ROOT / "csrc" / name) for name in ("attention.cpp", "cache.cpp", "mla_decode.cpp")]
+    load(name=NAMESPACE, sources=sources,
          extra_cflags=["-O2", "-fopenmp", "-Wno-psabi", arch, f"-DASCEND_EXT_OPS_NAMESPACE={NAMESPACE}"],
          extra_ldflags=["-fopenmp"], build_directory=str(tmp_path_factory.mktemp("portable_build")),
          is_python_module=False, verbose=False)
@@ -72,6 +74,16 @@ def test_portable_paged_attention(use_portable, case, rng):
 def test_portable_kv_splits_and_cooperative(use_portable, dtype, threads, rng):
     native_tests.test_paged_long_context_kv_splits(2, dtype, (-1, -1), threads, rng)
     cooperative.test_cooperative_equals_full_attention("native", "uneven", True, dtype, rng)
+
+
+@pytest.mark.parametrize("case", _every(mla.CASES, 4))
+def test_portable_mla_decode(use_portable, case, rng):
+    mla.test_mla_decode_matches_float64("native", *case, rng)
+
+
+def test_portable_mla_splits_and_odd_widths(use_portable, threads, rng):
+    mla.test_mla_native_context_splits(2, torch.bfloat16, [1029], 4, threads, rng)
+    mla.test_mla_native_odd_widths(torch.float16, True, rng)
 
 
 @pytest.fixture
