@@ -379,8 +379,9 @@ def test_mla_native_raw_op_rejects_bad_metadata():
     block ids outside the cache instead of reading past it."""
     q, cache = torch.randn(1, 1, 4, 576), torch.randn(3, 16, 576)
     table, lens = torch.tensor([[0, 9]], dtype=torch.int32), torch.tensor([20], dtype=torch.int32)
-    with ops.use_impl(mla="native"), ops.trusted_inputs(), pytest.raises(RuntimeError, match=r"block_table\[0, 1\] = 9"):
-        ops.mla_decode(q, cache, table, lens, kv_lora_rank=512, softmax_scale=0.1)
+    with ops.use_impl(mla="native"), ops.trusted_inputs():
+        with pytest.raises(RuntimeError, match=r"block_table\[0, 1\] = 9"):
+            ops.mla_decode(q, cache, table, lens, kv_lora_rank=512, softmax_scale=0.1)
     with ops.use_impl(mla="native"), ops.trusted_inputs(), pytest.raises(RuntimeError, match="is negative"):
         ops.mla_decode(q, cache, table[:, :1], torch.tensor([-1], dtype=torch.int32), kv_lora_rank=512,
                        softmax_scale=0.1)
