@@ -1,4 +1,5 @@
-// Native KV-cache write of ascend_ext: torch.ops.ascend_ext_native.reshape_and_cache.
+// Native KV-cache writes of ascend_ext: torch.ops.ascend_ext_native.reshape_and_cache and
+// concat_and_cache_mla (MLA latent rows).
 //
 // Token t (t < len(slot_mapping)) is copied into block slot // block_size, offset
 // slot % block_size of both caches; slot < 0 is skipped (padding). Same dtype on both
@@ -16,25 +17,37 @@
 namespace ascend_ext {
 namespace {
 
-template <typename Slot>
-void write_rows(const at::Tensor& src, at::Tensor& cache, const Slot* slots, int64_t n) {
-  const int64_t heads = src.size(1), row_bytes = src.size(2) * src.element_size();
-  const int64_t block = cache.size(1), capacity = cache.size(0) * block;
-  const char* base = static_cast<const char*>(src.data_ptr());
+// Calls row_fn(t, row) in parallel for every token t < len(slot_mapping) whose slot is >= 0,
+// row = the cache row (block slot // block_size, offset slot % block_size) as bytes.
+template <typename RowFn>
+void for_each_slot(const at::Tensor& slot_mapping, const at::Tensor& cache, RowFn row_fn) {
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kInt || slot_mapping.scalar_type() == at::kLong,
+              "slot_mapping must be int32 or int64");
+  const int64_t n = slot_mapping.numel(), block = cache.size(1), capacity = cache.size(0) * block;
+  const int64_t elem = cache.element_size(), cb = cache.stride(0) * elem, ct = cache.stride(1) * elem;
   char* dst = static_cast<char*>(cache.data_ptr());
-  const int64_t elem = src.element_size();
-  const int64_t st = src.stride(0) * elem, sh = src.stride(1) * elem;
-  const int64_t cb = cache.stride(0) * elem, ct = cache.stride(1) * elem, ch = cache.stride(2) * elem;
-  for (int64_t t = 0; t < n; ++t)
-    TORCH_CHECK(slots[t] < capacity, "slot_mapping[", t, "] = ", static_cast<int64_t>(slots[t]),
-                " is past the cache capacity ", capacity);
-  at::parallel_for(0, n, 16, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t) {
-      const int64_t slot = slots[t];
-      if (slot < 0) continue;
-      char* row = dst + (slot / block) * cb + (slot % block) * ct;
-      for (int64_t h = 0; h < heads; ++h) std::memcpy(row + h * ch, base + t * st + h * sh, row_bytes);
-    }
+  auto walk = [&](const auto* slots) {
+    for (int64_t t = 0; t < n; ++t)
+      TORCH_CHECK(slots[t] < capacity, "slot_mapping[", t, "] = ", static_cast<int64_t>(slots[t]),
+                  " is past the cache capacity ", capacity);
+    at::parallel_for(0, n, 16, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        const int64_t slot = slots[t];
+        if (slot >= 0) row_fn(t, dst + (slot / block) * cb + (slot % block) * ct);
+      }
+    });
+  };
+  if (slot_mapping.scalar_type() == at::kInt) walk(slot_mapping.data_ptr<int32_t>());
+  else walk(slot_mapping.data_ptr<int64_t>());
+}
+
+// Token t's [Hkv, D] rows of src into the cache's [Hkv, D] slot rows.
+void write_rows(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slot_mapping) {
+  const int64_t heads = src.size(1), elem = src.element_size(), row_bytes = src.size(2) * elem;
+  const char* base = static_cast<const char*>(src.data_ptr());
+  const int64_t st = src.stride(0) * elem, sh = src.stride(1) * elem, ch = cache.stride(2) * elem;
+  for_each_slot(slot_mapping, cache, [&](int64_t t, char* row) {
+    for (int64_t h = 0; h < heads; ++h) std::memcpy(row + h * ch, base + t * st + h * sh, row_bytes);
   });
 }
 
@@ -53,15 +66,33 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
               "key/value shapes do not match the caches");
   TORCH_CHECK(slot_mapping.dim() == 1 && slot_mapping.numel() <= key.size(0) && slot_mapping.is_contiguous(),
               "slot_mapping must be a contiguous [N] tensor with N <= tokens");
-  const int64_t n = slot_mapping.numel();
-  if (slot_mapping.scalar_type() == at::kInt) {
-    write_rows(key, k_cache, slot_mapping.data_ptr<int32_t>(), n);
-    write_rows(value, v_cache, slot_mapping.data_ptr<int32_t>(), n);
-  } else {
-    TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, "slot_mapping must be int32 or int64");
-    write_rows(key, k_cache, slot_mapping.data_ptr<int64_t>(), n);
-    write_rows(value, v_cache, slot_mapping.data_ptr<int64_t>(), n);
+  write_rows(key, k_cache, slot_mapping);
+  write_rows(value, v_cache, slot_mapping);
+}
+
+// MLA latent cache write: cache[slot] = concat(kv_c[t], k_pe[t]) for t < len(slot_mapping),
+// slot < 0 skipped. kv_c [T, rank], k_pe [T, rope] (any row strides, contiguous last dim)
+// in the dtype of kv_cache [num_blocks, block_size, rank + rope] (contiguous last dim).
+void concat_and_cache_mla(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Tensor& kv_cache,
+                          const at::Tensor& slot_mapping) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&kv_c, &k_pe, &kv_cache}) {
+    TORCH_CHECK(t->device().is_cpu(), "ascend_ext native concat_and_cache_mla: tensors must be on the CPU");
+    TORCH_CHECK(t->stride(-1) == 1, "kv_c, k_pe and kv_cache need a contiguous last dim");
+    TORCH_CHECK(t->scalar_type() == kv_cache.scalar_type(), "kv_c and k_pe must have the cache's dtype");
   }
+  TORCH_CHECK(kv_c.dim() == 2 && k_pe.dim() == 2 && kv_cache.dim() == 3 && k_pe.size(0) == kv_c.size(0) &&
+                  kv_c.size(1) + k_pe.size(1) == kv_cache.size(2),
+              "kv_c [T, rank], k_pe [T, rope] and kv_cache [num_blocks, block_size, rank + rope] expected");
+  TORCH_CHECK(slot_mapping.dim() == 1 && slot_mapping.numel() <= kv_c.size(0) && slot_mapping.is_contiguous(),
+              "slot_mapping must be a contiguous [N] tensor with N <= tokens");
+  const int64_t elem = kv_cache.element_size(), rank_bytes = kv_c.size(1) * elem, rope_bytes = k_pe.size(1) * elem;
+  const char* c = static_cast<const char*>(kv_c.data_ptr());
+  const char* r = static_cast<const char*>(k_pe.data_ptr());
+  const int64_t sc = kv_c.stride(0) * elem, sr = k_pe.stride(0) * elem;
+  for_each_slot(slot_mapping, kv_cache, [&](int64_t t, char* row) {
+    std::memcpy(row, c + t * sc, rank_bytes);
+    std::memcpy(row + rank_bytes, r + t * sr, rope_bytes);
+  });
 }
 
 }  // namespace
@@ -70,8 +101,10 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
 ASCEND_EXT_LIBRARY_FRAGMENT(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
         "Tensor slot_mapping) -> ()");
+  m.def("concat_and_cache_mla(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
 }
 
 ASCEND_EXT_LIBRARY_IMPL(ASCEND_EXT_OPS_NAMESPACE, CPU, m) {
   m.impl("reshape_and_cache", &ascend_ext::reshape_and_cache);
+  m.impl("concat_and_cache_mla", &ascend_ext::concat_and_cache_mla);
 }

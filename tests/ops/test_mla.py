@@ -385,3 +385,24 @@ def test_mla_native_raw_op_rejects_bad_metadata():
     with ops.use_impl(mla="native"), ops.trusted_inputs(), pytest.raises(RuntimeError, match="is negative"):
         ops.mla_decode(q, cache, table[:, :1], torch.tensor([-1], dtype=torch.int32), kv_lora_rank=512,
                        softmax_scale=0.1)
+
+
+@pytest.mark.parametrize("impl", runnable("concat_and_cache_mla"))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("slot_dtype", [torch.int32, torch.int64])
+def test_concat_and_cache_mla_same_dtype_strided_rows(impl, dtype, slot_dtype, rng):
+    """Rows already in the cache dtype (the vLLM path: the native copy), kv_c / k_pe views
+    of one wider projection, padding slots, fewer slots than tokens."""
+    blocks, bs, rank, rope, n = 5, 16, 512, 64, 37
+    cache = torch.full((blocks, bs, rank + rope), float("nan"), dtype=dtype, device=DEVICE)
+    projection = randn((n + 3, rank + rope + 8), dtype, rng, DEVICE)
+    kv_c, k_pe = projection[:, :rank], projection[:, rank + 8:]
+    slots = torch.randperm(blocks * bs, generator=rng)[:n].to(slot_dtype)
+    slots[[0, 11]] = -1
+    with ops.use_impl(mla=impl):
+        ops.concat_and_cache_mla(kv_c, k_pe, cache, slots.to(DEVICE))
+    flat = cache.view(-1, rank + rope).cpu()
+    expected = torch.cat([kv_c, k_pe], dim=1).cpu()
+    written = slots >= 0
+    assert torch.equal(flat[slots[written].long()], expected[:n][written])
+    assert int(torch.isnan(flat.float()).all(1).sum()) == blocks * bs - int(written.sum())

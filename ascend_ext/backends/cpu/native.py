@@ -110,3 +110,9 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=N
     if key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.stride(-1) != 1 or value.stride(-1) != 1:
         return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
     _ops().reshape_and_cache(key, value, k_cache, v_cache, slot_mapping.contiguous())
+
+
+def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):
+    if kv_c.dtype != kv_cache.dtype or k_pe.dtype != kv_cache.dtype or kv_c.stride(-1) != 1 or k_pe.stride(-1) != 1:
+        return mla_reference.concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping)
+    _ops().concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping.contiguous())
