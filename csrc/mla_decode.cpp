@@ -6,7 +6,8 @@
 // work item takes up to 64 query rows (s_q x Hq, query-major) of one sequence over one
 // range of keys and streams the keys through in chunks of 32: each latent row is read
 // from the cache once per item and used by every row (q.k on 4 rows x 4 keys register
-// tiles, p.V on 4 rows x 64 channels), with an online softmax in float32 (base 2).
+// tiles, p.V on 4 rows x 64 channels: the attention core's row kernels, attention_rows.h),
+// with an online softmax in float32 (base 2).
 //
 // Arithmetic: q.k of bfloat16 inputs runs on AVX512-BF16 dot products in place (the
 // products of two bfloat16 are exact in float32, accumulation is float32); other dtypes
@@ -38,6 +39,7 @@
 #include <vector>
 
 #include "ops_namespace.h"
+#include "attention_rows.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -49,7 +51,6 @@ using vec::kLanes;
 constexpr int64_t KEYS = 32;        // keys per chunk (two vectors of scores per row)
 constexpr int64_t ROWS = 64;        // query rows per work item
 constexpr int64_t MIN_SPLIT = 128;  // fewest keys a context split is given
-constexpr int64_t CHANNELS = 64;    // p.V channels per register tile (4 vectors)
 constexpr float LOG2E = 1.44269504088896340736f;
 constexpr float LN2 = 0.69314718055994530942f;
 constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
@@ -75,85 +76,44 @@ struct Item {
   int64_t part;  // slot in the split buffers, -1 when the item covers its whole context
 };
 
-// ------------------------------------------------------------------ register tiles
-// s[r * KEYS + u] = q[r] . k[u], r, u < 4, over float32 rows of padded length wp.
-inline void dot_tile(const float* const* q, const float* const* k, int64_t wp, float* s) {
-  f16x a[4][4] = {};
-  for (int64_t c = 0; c < wp; c += kLanes) {
-    f16x kv[4];
-    for (int u = 0; u < 4; ++u) kv[u] = vec::load(k[u] + c);
-    for (int r = 0; r < 4; ++r) {
-      const f16x qv = vec::load(q[r] + c);
-      for (int u = 0; u < 4; ++u) a[r][u] += qv * kv[u];
-    }
-  }
-  const f16x top = vec::hsum8(a[0][0], a[0][1], a[0][2], a[0][3], a[1][0], a[1][1], a[1][2], a[1][3]);
-  const f16x bottom = vec::hsum8(a[2][0], a[2][1], a[2][2], a[2][3], a[3][0], a[3][1], a[3][2], a[3][3]);
-  for (int u = 0; u < 4; ++u) {
-    s[u] = top[u];
-    s[KEYS + u] = top[4 + u];
-    s[2 * KEYS + u] = bottom[u];
-    s[3 * KEYS + u] = bottom[4 + u];
-  }
-}
+// ------------------------------------------------------------------ four rows at a time
+// The row kernels of the attention core (attention_rows.h): four-row register tiles where
+// the build has AVX-512, one row at a time in the portable build.
 
+// s[t * KEYS + j] = scale2 * (q[r + t] . k[j]) for t < 4, j < n.
+template <typename T>
+inline void scores_of_four(const Problem& p, const T* const* q_raw, const float* const* q, const T* const* k_raw,
+                           const float* const* k, int64_t n, float* s) {
 #if defined(__AVX512BF16__)
-// The same tile over bfloat16 rows in place (width a multiple of 32): exact products,
-// float32 sums.
-inline void dot_tile(const c10::BFloat16* const* q, const c10::BFloat16* const* k, int64_t width, float* s) {
-  __m512 a[4][4];
-  for (int r = 0; r < 4; ++r)
-    for (int u = 0; u < 4; ++u) a[r][u] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < width; c += 2 * kLanes) {
-    __m512bh kv[4];
-    for (int u = 0; u < 4; ++u) kv[u] = (__m512bh)_mm512_loadu_si512(k[u] + c);
-    for (int r = 0; r < 4; ++r) {
-      const __m512bh qv = (__m512bh)_mm512_loadu_si512(q[r] + c);
-      for (int u = 0; u < 4; ++u) a[r][u] = _mm512_dpbf16_ps(a[r][u], qv, kv[u]);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (p.dot_bf16) {
+      rows::scores4_bf16(reinterpret_cast<const uint16_t* const*>(q_raw), k_raw, p.width, n, p.scale2, s, KEYS);
+      return;
     }
   }
-  auto f = [&](int r, int u) { return reinterpret_cast<const f16x&>(a[r][u]); };
-  const f16x top = vec::hsum8(f(0, 0), f(0, 1), f(0, 2), f(0, 3), f(1, 0), f(1, 1), f(1, 2), f(1, 3));
-  const f16x bottom = vec::hsum8(f(2, 0), f(2, 1), f(2, 2), f(2, 3), f(3, 0), f(3, 1), f(3, 2), f(3, 3));
-  for (int u = 0; u < 4; ++u) {
-    s[u] = top[u];
-    s[KEYS + u] = top[4 + u];
-    s[2 * KEYS + u] = bottom[u];
-    s[3 * KEYS + u] = bottom[4 + u];
-  }
-}
 #endif
-
-// acc[r][c0 : c0 + W*16] += sum_{j<n} p[r][j] * v[j][c0 : ...] for r < 4: each value
-// vector is loaded once for the four rows.
-template <int W>
-inline void pv_tile(float* const* acc, const float* p, const float* const* v, int64_t c0, int64_t n) {
-  f16x a[4][W];
-  for (int r = 0; r < 4; ++r)
-    for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + c0 + u * kLanes);
-  for (int64_t j = 0; j < n; ++j) {
-    f16x vv[W];
-    for (int u = 0; u < W; ++u) vv[u] = vec::load(v[j] + c0 + u * kLanes);
-    for (int r = 0; r < 4; ++r) {
-      const f16x pj = vec::splat(p[r * KEYS + j]);
-      for (int u = 0; u < W; ++u) a[r][u] += pj * vv[u];
-    }
-  }
-  for (int r = 0; r < 4; ++r)
-    for (int u = 0; u < W; ++u) vec::store(acc[r] + c0 + u * kLanes, a[r][u]);
+#if defined(__AVX512F__)
+  rows::scores4(q, k, p.wp, n, p.scale2, s, KEYS);
+#else
+  for (int t = 0; t < 4; ++t) rows::scores(q[t], k, p.wp, n, p.scale2, s + t * KEYS);
+#endif
 }
 
-inline void pv_rows(float* const* acc, const float* p, const float* const* v, int64_t rp, int64_t n) {
-  int64_t c = 0;
-  for (; c + CHANNELS <= rp; c += CHANNELS) pv_tile<CHANNELS / kLanes>(acc, p, v, c, n);
-  for (; c < rp; c += kLanes) pv_tile<1>(acc, p, v, c, n);
+// acc[t][0:rp] += sum_{j<n} p[t * KEYS + j] * v[j][0:rp] for t < 4.
+inline void values_of_four(float* const* acc, const float* probs, const float* const* v, int64_t rp, int64_t n) {
+#if defined(__AVX512F__)
+  const float* rows_p[4] = {probs, probs + KEYS, probs + 2 * KEYS, probs + 3 * KEYS};
+  rows::accumulate4(acc, rows_p, v, rp, n);
+#else
+  for (int t = 0; t < 4; ++t) rows::accumulate(acc[t], probs + t * KEYS, v, rp, n);
+#endif
 }
 
 // ------------------------------------------------------------------ online softmax
-// Row state over one chunk: s holds the raw q.k of KEYS keys, of which the first
-// `visible` count. s becomes the probabilities (0 past `visible`), m/l are updated
+// Row state over one chunk: s holds the scaled (base-2) q.k of KEYS keys, of which the
+// first `visible` count. s becomes the probabilities (0 past `visible`), m/l are updated
 // and the accumulator row is rescaled.
-inline void softmax_step(float* s, int64_t visible, float scale2, float& m, float& l, float* acc, int64_t rp) {
+inline void softmax_step(float* s, int64_t visible, float& m, float& l, float* acc, int64_t rp) {
   static_assert(KEYS == 2 * kLanes, "two score vectors per row");
   if (visible <= 0) {
     std::fill(s, s + KEYS, 0.f);
@@ -162,7 +122,7 @@ inline void softmax_step(float* s, int64_t visible, float scale2, float& m, floa
   f16x iota;
   for (int i = 0; i < kLanes; ++i) iota[i] = static_cast<float>(i);
   const f16x lim = vec::splat(static_cast<float>(visible));
-  f16x x0 = vec::load(s) * scale2, x1 = vec::load(s + kLanes) * scale2;
+  f16x x0 = vec::load(s), x1 = vec::load(s + kLanes);
   x0 = iota < lim ? x0 : vec::splat(NEG_INF);
   x1 = iota + static_cast<float>(kLanes) < lim ? x1 : vec::splat(NEG_INF);
   const float m_new = std::max(m, std::max(vec::hmax(x0), vec::hmax(x1)));
@@ -193,14 +153,6 @@ struct Scratch {
   const float* qf_rows[ROWS];
 };
 
-template <typename T>
-void widen_row(const T* src, float* dst, int64_t n, int64_t padded) {
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) vec::store(dst + c, vec::load(src + c));
-  for (; c < n; ++c) dst[c] = static_cast<float>(src[c]);
-  for (; c < padded; ++c) dst[c] = 0.f;
-}
-
 // Rows [0, count) (padded to whole tiles of 4) of item `it` over its keys; leaves the
 // unnormalised accumulators and the m/l statistics in g.
 template <typename T>
@@ -222,52 +174,39 @@ void attend_item(const Problem& p, const Item& it, int64_t seq_len, const T* q, 
     g.acc_rows[r] = g.acc.data() + r * p.rp;
     if (!p.dot_bf16) {
       float* dst = g.q.data() + r * p.wp;
-      widen_row(g.q_rows[r], dst, p.width, p.wp);
+      rows::widen(g.q_rows[r], dst, p.width, p.wp);
       g.qf_rows[r] = dst;
     }
   }
   for (int64_t c0 = it.k0; c0 < it.k1; c0 += KEYS) {
-    const int64_t n = std::min(KEYS, it.k1 - c0), tiles = round_up(n, 4);
-    for (int64_t j = 0; j < tiles; ++j) {  // pad keys repeat the chunk's first (p = 0 there)
-      const int64_t key = c0 + (j < n ? j : 0);
-      g.k_raw[j] = cache + table[key / p.block_size] * p.c_block + (key % p.block_size) * p.c_token;
-    }
-    for (int64_t j = 0; j < tiles; ++j) {
+    const int64_t n = std::min(KEYS, it.k1 - c0);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t key = c0 + j;
+      const T* row = cache + table[key / p.block_size] * p.c_block + (key % p.block_size) * p.c_token;
+      g.k_raw[j] = row;
       if (p.keys_in_place) {
-        g.k_rows[j] = reinterpret_cast<const float*>(g.k_raw[j]);
+        g.k_rows[j] = reinterpret_cast<const float*>(row);
       } else if (!p.dot_bf16) {
-        float* dst = g.k.data() + j * p.wp;
-        if (j < n) widen_row(g.k_raw[j], dst, p.width, p.wp);
-        g.k_rows[j] = j < n ? dst : g.k_rows[0];
+        rows::widen(row, g.k.data() + j * p.wp, p.width, p.wp);
+        g.k_rows[j] = g.k.data() + j * p.wp;
       }
       if (p.values_in_place) {
-        g.v_rows[j] = reinterpret_cast<const float*>(g.k_raw[j]);
+        g.v_rows[j] = reinterpret_cast<const float*>(row);
       } else {
-        float* dst = g.v.data() + j * p.rp;
-        if (j < n) widen_row(g.k_raw[j], dst, p.rank, p.rp);
-        g.v_rows[j] = j < n ? dst : g.v_rows[0];
+        rows::widen(row, g.v.data() + j * p.rp, p.rank, p.rp);
+        g.v_rows[j] = g.v.data() + j * p.rp;
       }
     }
     for (int64_t r = 0; r < padded; r += 4) {
       float* s = g.s.data() + r * KEYS;
-      for (int64_t j = 0; j < tiles; j += 4) {
-#if defined(__AVX512BF16__)
-        if constexpr (std::is_same_v<T, c10::BFloat16>) {
-          if (p.dot_bf16) {
-            dot_tile(g.q_rows + r, g.k_raw + j, p.width, s + j);
-            continue;
-          }
-        }
-#endif
-        dot_tile(g.qf_rows + r, g.k_rows + j, p.wp, s + j);
-      }
+      scores_of_four(p, g.q_rows + r, g.qf_rows + r, g.k_raw, g.k_rows, n, s);
       bool any = false;
       for (int64_t t = r; t < r + 4; ++t) {
         const int64_t visible = std::min(n, g.hi[t] - c0);
-        softmax_step(g.s.data() + t * KEYS, visible, p.scale2, g.m[t], g.l[t], g.acc_rows[t], p.rp);
+        softmax_step(g.s.data() + t * KEYS, visible, g.m[t], g.l[t], g.acc_rows[t], p.rp);
         any = any || visible > 0;
       }
-      if (any) pv_rows(g.acc_rows + r, s, g.v_rows, p.rp, n);
+      if (any) values_of_four(g.acc_rows + r, s, g.v_rows, p.rp, n);
     }
   }
 }
@@ -286,10 +225,10 @@ inline float lse2_of(float m, float l) { return l > 0.f ? m + std::log2(l) : NEG
 // Items (sequence, row tile, key split), the splits of a (sequence, row tile) adjacent;
 // `order` lists them longest first. Contexts split only when the unsplit items are
 // fewer than twice the threads.
-std::vector<Item> plan(const std::vector<int64_t>& lens, int64_t rows, std::vector<int64_t>& order,
+std::vector<Item> plan(const std::vector<int64_t>& lens, int64_t row_count, std::vector<int64_t>& order,
                        int64_t& parts) {
   const int64_t threads = at::get_num_threads();
-  const int64_t tiles = ceil_div(rows, ROWS);
+  const int64_t tiles = ceil_div(row_count, ROWS);
   const int64_t unsplit = static_cast<int64_t>(lens.size()) * tiles;
   std::vector<Item> items;
   parts = 0;
@@ -299,10 +238,10 @@ std::vector<Item> plan(const std::vector<int64_t>& lens, int64_t rows, std::vect
     if (unsplit < 2 * threads) splits = std::max<int64_t>(1, std::min(ceil_div(2 * threads, unsplit), len / MIN_SPLIT));
     const int64_t span = round_up(ceil_div(std::max<int64_t>(len, 1), splits), KEYS);
     splits = ceil_div(std::max<int64_t>(len, 1), span);
-    for (int64_t r0 = 0; r0 < rows; r0 += ROWS)
+    for (int64_t r0 = 0; r0 < row_count; r0 += ROWS)
       for (int64_t sp = 0; sp < splits; ++sp) {
         const int64_t k0 = std::min(len, sp * span), k1 = std::min(len, k0 + span);
-        items.push_back({static_cast<int64_t>(b), r0, std::min(rows, r0 + ROWS), k0, k1, splits > 1 ? parts++ : -1});
+        items.push_back({static_cast<int64_t>(b), r0, std::min(row_count, r0 + ROWS), k0, k1, splits > 1 ? parts++ : -1});
       }
   }
   order.resize(items.size());
@@ -315,10 +254,10 @@ std::vector<Item> plan(const std::vector<int64_t>& lens, int64_t rows, std::vect
 template <typename T>
 void run(const Problem& p, const T* q, const T* cache, const int32_t* table, const std::vector<int64_t>& lens, T* out,
          float* lse) {
-  const int64_t rows = p.s_q * p.hq;
+  const int64_t row_count = p.s_q * p.hq;
   std::vector<int64_t> order;
   int64_t parts = 0;
-  const std::vector<Item> items = plan(lens, rows, order, parts);
+  const std::vector<Item> items = plan(lens, row_count, order, parts);
   std::vector<float> part_out(parts * ROWS * p.rank), part_lse(parts * ROWS);
 
   auto write = [&](int64_t b, int64_t row, const float* acc, float inv_l, float lse2) {
