@@ -136,42 +136,46 @@ inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, c
     for (int v = 0; v < RV; ++v) _mm512_storeu_ps(ot + ((c0 + c) * rvs + v) * LANES, acc[c][v]);
 }
 
-// Scores of keys [0, n) of the block for row vectors [v0, v1), KT keys x up to 4 row vectors a tile.
-inline void block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const c10::BFloat16* const* k, int64_t n,
-                         int64_t npairs) {
+// Row vectors go through the tiles in groups of 4, 2 or 1; a group computes the keys
+// [0, reach) of the block, reach = the most any of its row vectors sees (causal diagonal).
+inline int64_t group_size(int64_t left) { return left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+inline int64_t group_reach(const int64_t* reach, int64_t v, int64_t size) {
+  return *std::max_element(reach + v, reach + v + size);
+}
+
+// Raw scores of the block's keys for row vectors [v0, v1) (reach[v]: keys row vector v needs).
+inline void block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach,
+                         const c10::BFloat16* const* k, int64_t npairs) {
   for (int64_t v = v0; v < v1;) {
-    const int64_t left = v1 - v;
+    const int64_t size = group_size(v1 - v), n = group_reach(reach, v, size);
     const uint32_t* qp = w.qp.data() + v * LANES;
     float* s = w.s.data() + v * LANES;
-    if (left >= 4) {
+    if (size == 4) {
       for (int64_t j = 0; j < n; j += 4) scores_tile<4, 4>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
-      v += 4;
-    } else if (left >= 2) {
+    } else if (size == 2) {
       for (int64_t j = 0; j < n; j += 8) scores_tile<8, 2>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
-      v += 2;
     } else {
       for (int64_t j = 0; j < n; j += 8) scores_tile<8, 1>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
-      v += 1;
     }
+    v += size;
   }
 }
 
-// P.V of the block's npairs key pairs for row vectors [v0, v1).
-inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, int64_t dv, int64_t npairs) {
+// P.V of the block for row vectors [v0, v1) (key pairs past a group's reach hold p = 0).
+inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach, int64_t dv) {
   for (int64_t v = v0; v < v1;) {
-    const int64_t left = v1 - v;
+    const int64_t size = group_size(v1 - v), npairs = (group_reach(reach, v, size) + 1) / 2;
     const uint32_t *phi = w.phi.data() + v * LANES, *plo = w.plo.data() + v * LANES;
     float* ot = w.ot.data() + v * LANES;
-    if (left >= 4) {
+    if (size == 4) {
       for (int64_t c = 0; c < dv; c += 4) values_tile<4, 4>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
-      v += 4;
-    } else if (left >= 2) {
+    } else if (size == 2) {
       for (int64_t c = 0; c < dv; c += 8) values_tile<8, 2>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
-      v += 2;
     } else {
       for (int64_t c = 0; c < dv; c += 16) values_tile<16, 1>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
-      v += 1;
     }
+    v += size;
   }
 }
 
@@ -273,7 +277,7 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
     hi[r] = static_cast<int32_t>(std::min(item.hi[r], end));
   }
   // keys seen by each row vector: [vec_lo, vec_hi) (a superset for window masks: lanes mask)
-  std::vector<int64_t> vec_lo(rvs, end), vec_hi(rvs, begin);
+  std::vector<int64_t> vec_lo(rvs, end), vec_hi(rvs, begin), reach(rvs);
   for (int64_t r = 0; r < rows; ++r) {
     if (hi[r] <= lo[r]) continue;
     vec_lo[r / LANES] = std::min<int64_t>(vec_lo[r / LANES], lo[r]);
@@ -285,20 +289,23 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
   const c10::BFloat16* k_rows[BLOCK];
   const c10::BFloat16* v_rows[BLOCK];
   for (int64_t n0 = first; n0 < last; n0 += BLOCK) {
-    const int64_t n = std::min(BLOCK, last - n0), pairs = (n + 1) / 2;
+    const int64_t n = std::min(BLOCK, last - n0);
     // row vectors that see any key of the block (contiguous for causal and window masks)
     int64_t v0 = rvs, v1 = 0;
-    for (int64_t v = 0; v < rvs; ++v)
+    for (int64_t v = 0; v < rvs; ++v) {
+      reach[v] = std::clamp<int64_t>(vec_hi[v] - n0, 0, n);
       if (vec_hi[v] > n0 && vec_lo[v] < n0 + n) v0 = std::min(v0, v), v1 = v + 1;
+    }
     if (v0 >= v1) continue;
     keys.fill(n0, n, k_rows);
     values.fill(n0, n, v_rows);
     for (int64_t j = n; j < BLOCK; ++j) k_rows[j] = zero;
     for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
                                                              w.vp.data() + j * dv, dv);
-    block_scores(w, rvs, v0, v1, k_rows, n, npairs);
+    block_scores(w, rvs, v0, v1, reach.data(), k_rows, npairs);
+    // scores past a group's reach are stale, but every lane masks those keys
     for (int64_t v = v0; v < v1; ++v) block_softmax(w, rvs, v, n0, n, dv, q_scale);
-    block_values(w, rvs, v0, v1, dv, pairs);
+    block_values(w, rvs, v0, v1, reach.data(), dv);
   }
   const float* ot = w.ot.data();
   for (int64_t r = 0; r < rows; ++r) {  // lane r of the transposed state is row r
@@ -310,31 +317,33 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
 }
 #endif  // __AVX512BF16__
 
+// Whether the tile kernel serves a call: bfloat16 caches on an AVX512-BF16 build, head
+// dims that are multiples of 32, no softcap.
+template <typename T>
+bool serves(int64_t dim, int64_t dim_v, float softcap) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return softcap <= 0.f && dim % 32 == 0 && dim_v % 32 == 0;
+#endif
+  return false;
+}
+
 // Query rows per work item for a call: more where the tile kernel serves it (each key
 // block is read and packed once for more rows), else the caller's default.
 template <typename T>
 int64_t item_rows(int64_t dim, int64_t dim_v, float softcap, int64_t default_rows) {
-#if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>)
-    if (softcap <= 0.f && dim % 32 == 0 && dim_v % 32 == 0) return std::max<int64_t>(default_rows, MAX_ROWS);
-#endif
-  return default_rows;
+  return serves<T>(dim, dim_v, softcap) ? std::max(default_rows, MAX_ROWS) : default_rows;
 }
 
-// Runs the tile kernel when it serves the item (bfloat16 caches with AVX512-BF16, head dims
-// multiples of 32, no softcap, at least MIN_ROWS rows); returns false to let the caller's
-// row kernels run instead.
+// Runs the tile kernel on an item of a call it serves with at least MIN_ROWS rows;
+// returns false to let the caller's row kernels run instead.
 template <typename T, typename Rows>
 bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
             float softcap) {
+  if (!serves<T>(item.dim, item.dim_v, softcap) || item.rows < MIN_ROWS) return false;
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (softcap > 0.f || item.rows < MIN_ROWS || item.dim % 32 != 0 || item.dim_v % 32 != 0) return false;
-    attend_bf16(item, begin, end, keys, values, q_scale);
-    return true;
-  }
+  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_bf16(item, begin, end, keys, values, q_scale);
 #endif
-  return false;
+  return true;
 }
 
 }  // namespace tiles
