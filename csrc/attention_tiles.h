@@ -94,6 +94,32 @@ inline __m512 exp2(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for a 16 x 16 block of 32-bit words
+// (strides in words): unpack, in-lane shuffle, two 128-bit lane shuffles.
+inline void transpose16(const void* src, int64_t src_stride, void* dst, int64_t dst_stride) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(static_cast<const float*>(src) + i * src_stride);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    _mm512_storeu_ps(static_cast<float*>(dst) + j * dst_stride, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+    _mm512_storeu_ps(static_cast<float*>(dst) + (8 + j) * dst_stride, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd));
+  }
+}
+
 // s[j][rv] = q[rv] . k[j] (raw float32 dots) for KT keys x RV row vectors, over npairs dim pairs.
 template <int KT, int RV>
 inline void scores_tile(const uint32_t* qp, int64_t rvs, const c10::BFloat16* const* k, int64_t npairs, float* s) {
@@ -270,9 +296,11 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
   w.zero.assign(std::max(d, dv), 0);
   int32_t *lo = w.lo.data(), *hi = w.hi.data();
   uint32_t* qp = w.qp.data();
+  const int64_t full_rows = rows / LANES * LANES;  // whole row vectors move by 16 x 16 transposes
+  for (int64_t r = 0; r < full_rows; r += LANES)
+    for (int64_t i = 0; i < npairs; i += LANES) transpose16(item.q + r * d + 2 * i, npairs, qp + i * width + r, width);
   for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* q = item.q + r * d;
-    for (int64_t i = 0; i < npairs; ++i) std::memcpy(qp + i * width + r, q + 2 * i, 4);
+    for (int64_t i = 0; r >= full_rows && i < npairs; ++i) std::memcpy(qp + i * width + r, item.q + r * d + 2 * i, 4);
     lo[r] = static_cast<int32_t>(std::max(item.lo[r], begin));
     hi[r] = static_cast<int32_t>(std::min(item.hi[r], end));
   }
@@ -308,11 +336,14 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
     block_values(w, rvs, v0, v1, reach.data(), dv);
   }
   const float* ot = w.ot.data();
+  for (int64_t r = 0; r < full_rows; r += LANES)
+    for (int64_t c = 0; c < dv; c += LANES) transpose16(ot + c * width + r, width, item.acc + r * item.acc_stride + c,
+                                                        item.acc_stride);
   for (int64_t r = 0; r < rows; ++r) {  // lane r of the transposed state is row r
     item.m[r] = w.m[r];
     item.l[r] = w.l[r];
     float* acc = item.acc + r * item.acc_stride;
-    for (int64_t c = 0; c < dv; ++c) acc[c] = ot[c * width + r];
+    for (int64_t c = 0; r >= full_rows && c < dv; ++c) acc[c] = ot[c * width + r];
   }
 }
 #endif  // __AVX512BF16__
