@@ -103,3 +103,14 @@ def test_varlen_prefill_tiles(rng):
         q0, k0 = q0 + lq, k0 + n
     assert_close(got, torch.cat(refs), BF16)
     assert_lse_close(lse, torch.cat(lses, dim=1), BF16)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_prefill_tiles_probabilities_keep_float32_accuracy(d, rng):
+    """P enters P.V as bfloat16 hi + lo (~2^-17 relative), so the bf16 outputs are the
+    correctly rounded float64 results except where the result lies within ~2^-17 of a
+    rounding boundary. Rounding P to one bfloat16 (~2^-9) misrounds far more outputs: this
+    is the property that kept a tiny DeepSeek's generations on vLLM's (see attention_rows.h)."""
+    (got, _), (ref, _) = _paged_case([(400, 400)], 8, 2, d, d, BF16, True, (-1, -1), 0.0, rng)
+    misrounded = (got != ref.to(BF16)).double().mean().item()
+    assert misrounded < 0.02, f"{misrounded:.1%} of outputs differ from the rounded float64 reference"
