@@ -42,7 +42,9 @@ struct Item {
   float *m, *l, *acc;               // base-2 running max, sum of p, unnormalised output [rows][acc_stride]
 };
 
-constexpr int64_t MIN_ROWS = 16;   // below this the four-row kernels do as well
+// Fewer rows stay on the four-row kernels: at 16 rows both ran even (decode of 4 tokens x
+// GQA 4), at 32 rows the tiles were 17% faster (single thread, 4 x 4096 keys, d128).
+constexpr int64_t MIN_ROWS = 32;
 constexpr int64_t MAX_ROWS = 128;  // rows per work item when the tile kernel serves a call
 
 #if defined(__AVX512BF16__)

@@ -1,6 +1,6 @@
 """Native CPU attention, many-row work items (prefill and chunked prefill): the shapes the
 tile kernel of csrc/attention_tiles.h serves on AVX512-BF16 hosts (bf16, head dims that are
-multiples of 32, >= 16 query rows per item), and the neighbours that must fall back to the
+multiples of 32, >= 32 query rows per item), and the neighbours that must fall back to the
 row kernels (softcap, fp32/fp16, head dim 48, few rows). Checked against a float64
 reference on NaN-poisoned paged caches with permuted block tables."""
 
@@ -50,7 +50,7 @@ def _check(result, reference, dtype):
 def test_prefill_tiles_bf16(hq, hkv, d, causal, window, rng):
     """Prompts and chunks of odd lengths (tails of 1-31 keys in a 32-key block, partial
     16-row vectors, row vectors that see nothing of a block) in one batch."""
-    seqs = [(77, 77), (203, 45), (33, 1), (150, 150)]
+    seqs = [(77, 77), (203, 45), (33, 1), (150, 150), (90, 9)]
     _check(*_paged_case(seqs, hq, hkv, d, d, BF16, causal, window, 0.0, rng), BF16)
 
 
