@@ -10,12 +10,16 @@
 //     the cache row and meets the packed query pairs in one vdpbf16ps (32 products), for a
 //     register tile of KT keys x RV row vectors;
 //   * online softmax in float32, base 2, per lane; the accumulator is rescaled only when a
-//     row's running maximum grows; exp2 by range reduction + polynomial + vscalefps;
+//     row's score exceeds its running maximum by more than 2^RESCALE_SLACK (rare after the
+//     first blocks); exp2 by range reduction + polynomial + vscalefps;
 //   * P.V: probabilities of key pairs are packed as bfloat16 hi + lo (p = hi + lo to ~2^-17
 //     relative, the accuracy of the four-row kernels in attention_rows.h), values are
 //     interleaved in key pairs once per block; O^T[c][rv] += bcast(v[2i][c], v[2i+1][c])
 //     . (hi, lo) for a register tile of C dims x RV row vectors.
-// Each key block (32 keys) is read from the cache once per item and reused by all rows.
+// Work items hold up to MAX_ROWS rows; each key block (32 keys) is read from the cache and
+// its values interleaved once per item, then reused by all rows. Every dot-product
+// instruction does useful work: QK 4 and P.V 8 cycles per (row, key) at d128 on Zen 4
+// (vdpbf16ps zmm 1/cycle), the whole item ~13 (benchmarks/NOTES.md, "#19 prefill").
 // Causal / window masks cost a compare per key only on blocks a row vector sees partly.
 // The result is left in the caller's per-row state (base-2 max m, sum l, unnormalised
 // output acc), so the caller's normalisation and KV-split merge apply unchanged.
