@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "attention_rows.h"
+#include "attention_tiles.h"
 #include "ops_namespace.h"
 #include "vec.h"
 
@@ -409,7 +410,8 @@ void for_each_item(int64_t count, Fn fn) {
 template <typename T, typename RowsOf>
 void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens, const std::vector<int64_t>& q_start,
          const std::vector<int64_t>& q_len, const std::vector<int64_t>& k_len, RowsOf rows_of) {
-  const int64_t tokens_per_tile = std::max<int64_t>(1, MAX_ROWS / p.group);
+  const int64_t tokens_per_tile =
+      std::max<int64_t>(1, tiles::item_rows<T>(p.dim, p.dim_v, p.softcap, MAX_ROWS) / p.group);
   int64_t splits = 1;
   std::vector<WorkItem> work = plan_work(p, q_len, k_len, tokens_per_tile, splits);
   // keep the splits of one (sequence, head, tile) adjacent for the merge, longest tiles first
@@ -448,7 +450,10 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
     const auto [keys, values] = rows_of(it.b, it.h);
-    attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
+    const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, g.q_raw.data(), g.lo.data(), g.hi.data(),
+                                g.m.data(), g.l.data(), g.acc.data()};
+    if (!tiles::attend<T>(tile_item, k0, k1, keys, values, q_scale, p.softcap))  // many rows: tile kernel
+      attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     for (int64_t r = 0; r < rows; ++r) {
       if (splits > 1) {
         part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v);

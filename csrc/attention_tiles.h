@@ -1,0 +1,387 @@
+// Register-blocked tile kernel of the native attention for work items with many query
+// rows (prefill, chunked prefill) over bfloat16 caches, on CPUs with AVX512-BF16.
+//
+// Layout: the item's query rows sit in vector lanes (16 rows per vector, row r = lane
+// r % 16 of row vector r / 16), so every softmax step is a vertical vector operation
+// (no horizontal reductions, no transposes per key):
+//   * queries are packed once per item in dot-product pair layout, qp[i][rv] = 16 lanes of
+//     (q[r][2i], q[r][2i + 1]);
+//   * S^T = K Q^T: each key's dim pair (k[j][2i], k[j][2i + 1]) is broadcast straight from
+//     the cache row and meets the packed query pairs in one vdpbf16ps (32 products), for a
+//     register tile of KT keys x RV row vectors;
+//   * online softmax in float32, base 2, per lane; the accumulator is rescaled only when a
+//     row's score exceeds its running maximum by more than 2^RESCALE_SLACK (rare after the
+//     first blocks); exp2 by range reduction + polynomial + vscalefps;
+//   * P.V: probabilities of key pairs are packed as bfloat16 hi + lo (p = hi + lo to ~2^-17
+//     relative, the accuracy of the four-row kernels in attention_rows.h), values are
+//     interleaved in key pairs once per block; O^T[c][rv] += bcast(v[2i][c], v[2i+1][c])
+//     . (hi, lo) for a register tile of C dims x RV row vectors.
+// Work items hold up to MAX_ROWS rows; each key block (32 keys) is read from the cache and
+// its values interleaved once per item, then reused by all rows. Every dot-product
+// instruction does useful work: QK 4 and P.V 8 cycles per (row, key) at d128 on Zen 4
+// (vdpbf16ps zmm 1/cycle), the whole item ~13 (benchmarks/NOTES.md, "#19 prefill").
+// Causal / window masks cost a compare per key only on blocks a row vector sees partly.
+// The result is left in the caller's per-row state (base-2 max m, sum l, unnormalised
+// output acc), so the caller's normalisation and KV-split merge apply unchanged.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "attention_rows.h"
+
+namespace ascend_ext {
+namespace tiles {
+
+// The per-row state of one work item that the kernel reads (queries, visible key ranges)
+// and fills (m, l, acc). acc must be zero and m -inf on entry.
+struct Item {
+  int64_t rows, dim, dim_v, acc_stride;
+  const uint16_t* q;                // [rows][dim] raw 16-bit query rows (unscaled)
+  const int64_t *lo, *hi;           // visible keys [lo[r], hi[r]) of row r
+  float *m, *l, *acc;               // base-2 running max, sum of p, unnormalised output [rows][acc_stride]
+};
+
+// Fewer rows stay on the four-row kernels: at 16 rows both ran even (decode of 4 tokens x
+// GQA 4), at 32 rows the tiles were 17% faster (single thread, 4 x 4096 keys, d128).
+constexpr int64_t MIN_ROWS = 32;
+constexpr int64_t MAX_ROWS = 128;  // rows per work item when the tile kernel serves a call
+
+#if defined(__AVX512BF16__)
+constexpr int64_t BLOCK = 32;     // keys per block (16 key pairs)
+constexpr int LANES = 16;
+constexpr float RESCALE_SLACK = 8.f;  // log2 units
+
+struct Scratch {
+  std::vector<uint32_t> qp;                // [dim / 2][row vectors][16] query pairs
+  std::vector<float> s;                    // [BLOCK][row vectors][16] raw scores q.k
+  std::vector<float> ot;                   // [dim_v][row vectors][16] unnormalised output, transposed
+  std::vector<float> m, l;                 // [row vectors][16]
+  std::vector<int32_t> lo, hi;             // [row vectors][16]
+  std::vector<uint32_t> phi, plo;          // [BLOCK / 2][row vectors][16] probability pairs
+  std::vector<uint16_t> vp;                // [BLOCK / 2][2 * dim_v] value pairs
+  std::vector<uint16_t> zero;              // a zero row of max(dim, dim_v)
+};
+
+inline __m512bh as_bh(__m512i x) { return reinterpret_cast<__m512bh>(x); }
+
+inline __m512 dot(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, as_bh(a), as_bh(b)); }
+
+// Pins a loaded vector to a register: without it GCC re-loads the operand before every
+// use (one load per vdpbf16ps, which makes the tiles load-bound).
+inline __m512i in_register(__m512i x) {
+  asm("" : "+v"(x));
+  return x;
+}
+
+inline __m512i broadcast_pair(const void* p) {
+  int32_t x;
+  std::memcpy(&x, p, sizeof(x));
+  return _mm512_set1_epi32(x);
+}
+
+// 2^x per lane, 0 for x <= -150 (and -inf): round-to-nearest range reduction, a degree-6
+// polynomial fitted to 2^r on |r| <= 0.5 (relative error < 1e-7), vscalefps for 2^n.
+inline __m512 exp2(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-150.f));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5337577e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3399860e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6185198e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5503290e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022646e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// dst[c * dst_stride + r] = src[r * src_stride + c] for a 16 x 16 block of 32-bit words
+// (strides in words): unpack, in-lane shuffle, two 128-bit lane shuffles.
+inline void transpose16(const void* src, int64_t src_stride, void* dst, int64_t dst_stride) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(static_cast<const float*>(src) + i * src_stride);
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    _mm512_storeu_ps(static_cast<float*>(dst) + j * dst_stride, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+    _mm512_storeu_ps(static_cast<float*>(dst) + (8 + j) * dst_stride, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd));
+  }
+}
+
+// s[j][rv] = q[rv] . k[j] (raw float32 dots) for KT keys x RV row vectors, over npairs dim pairs.
+template <int KT, int RV>
+inline void scores_tile(const uint32_t* qp, int64_t rvs, const c10::BFloat16* const* k, int64_t npairs, float* s) {
+  __m512 acc[KT][RV];
+  for (int j = 0; j < KT; ++j)
+    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < npairs; ++i) {
+    __m512i q[RV];
+    for (int v = 0; v < RV; ++v) q[v] = in_register(_mm512_loadu_si512(qp + (i * rvs + v) * LANES));
+    for (int j = 0; j < KT; ++j) {
+      const __m512i kk = broadcast_pair(k[j] + 2 * i);
+      for (int v = 0; v < RV; ++v) acc[j][v] = dot(acc[j][v], q[v], kk);
+    }
+  }
+  for (int j = 0; j < KT; ++j)
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(s + (j * rvs + v) * LANES, acc[j][v]);
+}
+
+// ot[c][rv] += sum over key pairs i of (hi + lo)[i][rv] . (v[2i][c], v[2i+1][c]) for C dims
+// from c0 x RV row vectors.
+template <int C, int RV>
+inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, const uint16_t* vp, int64_t dv,
+                        int64_t npairs, int64_t c0, float* ot) {
+  __m512 acc[C][RV];
+  for (int c = 0; c < C; ++c)
+    for (int v = 0; v < RV; ++v) acc[c][v] = _mm512_loadu_ps(ot + ((c0 + c) * rvs + v) * LANES);
+  for (int64_t i = 0; i < npairs; ++i) {
+    __m512i h[RV], l[RV];
+    for (int v = 0; v < RV; ++v) {
+      h[v] = in_register(_mm512_loadu_si512(phi + (i * rvs + v) * LANES));
+      l[v] = in_register(_mm512_loadu_si512(plo + (i * rvs + v) * LANES));
+    }
+    const uint16_t* row = vp + i * 2 * dv + 2 * c0;
+    for (int c = 0; c < C; ++c) {
+      const __m512i vv = broadcast_pair(row + 2 * c);
+      for (int v = 0; v < RV; ++v) acc[c][v] = dot(dot(acc[c][v], h[v], vv), l[v], vv);
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(ot + ((c0 + c) * rvs + v) * LANES, acc[c][v]);
+}
+
+// Row vectors go through the tiles in groups of 4, 2 or 1; a group computes the keys
+// [0, reach) of the block, reach = the most any of its row vectors sees (causal diagonal).
+inline int64_t group_size(int64_t left) { return left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+
+inline int64_t group_reach(const int64_t* reach, int64_t v, int64_t size) {
+  return *std::max_element(reach + v, reach + v + size);
+}
+
+// Raw scores of the block's keys for row vectors [v0, v1) (reach[v]: keys row vector v needs).
+inline void block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach,
+                         const c10::BFloat16* const* k, int64_t npairs) {
+  for (int64_t v = v0; v < v1;) {
+    const int64_t size = group_size(v1 - v), n = group_reach(reach, v, size);
+    const uint32_t* qp = w.qp.data() + v * LANES;
+    float* s = w.s.data() + v * LANES;
+    if (size == 4) {
+      for (int64_t j = 0; j < n; j += 4) scores_tile<4, 4>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
+    } else if (size == 2) {
+      for (int64_t j = 0; j < n; j += 8) scores_tile<8, 2>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
+    } else {
+      for (int64_t j = 0; j < n; j += 8) scores_tile<8, 1>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
+    }
+    v += size;
+  }
+}
+
+// P.V of the block for row vectors [v0, v1) (key pairs past a group's reach hold p = 0).
+inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach, int64_t dv) {
+  for (int64_t v = v0; v < v1;) {
+    const int64_t size = group_size(v1 - v), npairs = (group_reach(reach, v, size) + 1) / 2;
+    const uint32_t *phi = w.phi.data() + v * LANES, *plo = w.plo.data() + v * LANES;
+    float* ot = w.ot.data() + v * LANES;
+    if (size == 4) {
+      for (int64_t c = 0; c < dv; c += 4) values_tile<4, 4>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
+    } else if (size == 2) {
+      for (int64_t c = 0; c < dv; c += 8) values_tile<8, 2>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
+    } else {
+      for (int64_t c = 0; c < dv; c += 16) values_tile<16, 1>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
+    }
+    v += size;
+  }
+}
+
+// Online-softmax step of row vector v over keys n0 + [0, n) of the block: masks, running
+// max (rescaling ot and l when it grows), p = 2^(s * scale - m) into hi/lo key pairs.
+inline void block_softmax(Scratch& w, int64_t rvs, int64_t v, int64_t n0, int64_t n, int64_t dv, float q_scale) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const __m512i lo = _mm512_loadu_si512(w.lo.data() + v * LANES), hi = _mm512_loadu_si512(w.hi.data() + v * LANES);
+  // whole block visible to every lane: no per-key masks
+  const bool full = _mm512_cmpgt_epi32_mask(lo, _mm512_set1_epi32(static_cast<int32_t>(n0))) == 0 &&
+                    _mm512_cmplt_epi32_mask(hi, _mm512_set1_epi32(static_cast<int32_t>(n0 + n))) == 0;
+  const __m512 scale = _mm512_set1_ps(q_scale), minus_inf = _mm512_set1_ps(neg_inf);
+  float* s = w.s.data() + v * LANES;
+  // block max of the raw scores (scale > 0); masked scores become -inf in place
+  __m512 block_max = minus_inf;
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 x = _mm512_loadu_ps(s + j * rvs * LANES);
+    if (!full) {
+      const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(n0 + j));
+      const __mmask16 seen = _mm512_cmple_epi32_mask(lo, key) & _mm512_cmpgt_epi32_mask(hi, key);
+      x = _mm512_mask_mov_ps(minus_inf, seen, x);
+      _mm512_storeu_ps(s + j * rvs * LANES, x);
+    }
+    block_max = _mm512_max_ps(block_max, x);
+  }
+  block_max = _mm512_mul_ps(block_max, scale);
+  __m512 m = _mm512_loadu_ps(w.m.data() + v * LANES);
+  const __mmask16 grown =
+      _mm512_cmp_ps_mask(block_max, _mm512_add_ps(m, _mm512_set1_ps(RESCALE_SLACK)), _CMP_GT_OQ);
+  if (grown) {
+    const __m512 m_new = _mm512_mask_mov_ps(m, grown, block_max);
+    const __m512 alpha = _mm512_mask_mov_ps(_mm512_set1_ps(1.f), grown, exp2(_mm512_sub_ps(m, m_new)));
+    float* l = w.l.data() + v * LANES;
+    _mm512_storeu_ps(l, _mm512_mul_ps(_mm512_loadu_ps(l), alpha));
+    float* ot = w.ot.data() + v * LANES;
+    for (int64_t c = 0; c < dv; ++c)
+      _mm512_storeu_ps(ot + c * rvs * LANES, _mm512_mul_ps(_mm512_loadu_ps(ot + c * rvs * LANES), alpha));
+    m = m_new;
+    _mm512_storeu_ps(w.m.data() + v * LANES, m);
+  }
+  // lanes that have seen nothing yet subtract 0 (their scores are -inf: p = 0)
+  const __m512 m_sub = _mm512_mask_mov_ps(m, _mm512_cmp_ps_mask(m, minus_inf, _CMP_EQ_OQ), _mm512_setzero_ps());
+  // hi = p rounded to bfloat16 (half away from zero), lo = p - hi rounded the same way;
+  // a pair vector takes the upper halves of two keys' words: lane r = (key 2i, key 2i + 1)
+  alignas(64) static const uint16_t upper_halves[32] = {1,  33, 3,  35, 5,  37, 7,  39, 9,  41, 11,
+                                                        43, 13, 45, 15, 47, 17, 49, 19, 51, 21, 53,
+                                                        23, 55, 25, 57, 27, 59, 29, 61, 31, 63};
+  const __m512i pick = _mm512_load_si512(upper_halves), half = _mm512_set1_epi32(0x8000);
+  const __m512i upper = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
+  __m512 sum = _mm512_loadu_ps(w.l.data() + v * LANES);
+  for (int64_t j = 0; j < n; j += 2) {
+    __m512i hb[2], lb[2];
+    for (int t = 0; t < 2; ++t) {
+      const __m512 p = j + t < n ? exp2(_mm512_fmsub_ps(_mm512_loadu_ps(s + (j + t) * rvs * LANES), scale, m_sub))
+                                 : _mm512_setzero_ps();
+      sum = _mm512_add_ps(sum, p);
+      hb[t] = _mm512_add_epi32(_mm512_castps_si512(p), half);
+      const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_and_si512(hb[t], upper)));
+      lb[t] = _mm512_add_epi32(_mm512_castps_si512(rest), half);
+    }
+    const int64_t at = (j / 2 * rvs + v) * LANES;
+    _mm512_storeu_si512(w.phi.data() + at, _mm512_permutex2var_epi16(hb[0], pick, hb[1]));
+    _mm512_storeu_si512(w.plo.data() + at, _mm512_permutex2var_epi16(lb[0], pick, lb[1]));
+  }
+  _mm512_storeu_ps(w.l.data() + v * LANES, sum);
+}
+
+// Attention of the item's rows over keys [begin, end) of one KV head (keys/values: row
+// sources with fill(first, n, out)). Leaves m, l, acc of every row in `item`.
+inline Scratch& thread_scratch() {
+  thread_local Scratch scratch;  // one TLS lookup per item (not per access: -fPIC TLS is a call)
+  return scratch;
+}
+
+template <typename Rows>
+void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale) {
+  Scratch& w = thread_scratch();
+  const int64_t rows = item.rows, d = item.dim, dv = item.dim_v;
+  const int64_t rvs = (rows + LANES - 1) / LANES, npairs = d / 2, width = rvs * LANES;
+  w.qp.assign(npairs * width, 0u);
+  w.s.resize(BLOCK * width);
+  w.ot.assign(dv * width, 0.f);
+  w.m.assign(width, -std::numeric_limits<float>::infinity());
+  w.l.assign(width, 0.f);
+  // padding lanes (rows past the item's) see every key, so full blocks need no masks;
+  // their queries are zero and their results are never read
+  w.lo.assign(width, 0);
+  w.hi.assign(width, std::numeric_limits<int32_t>::max());
+  w.phi.resize(BLOCK / 2 * width);
+  w.plo.resize(BLOCK / 2 * width);
+  w.vp.resize(BLOCK * dv);
+  w.zero.assign(std::max(d, dv), 0);
+  int32_t *lo = w.lo.data(), *hi = w.hi.data();
+  uint32_t* qp = w.qp.data();
+  const int64_t full_rows = rows / LANES * LANES;  // whole row vectors move by 16 x 16 transposes
+  for (int64_t r = 0; r < full_rows; r += LANES)
+    for (int64_t i = 0; i < npairs; i += LANES) transpose16(item.q + r * d + 2 * i, npairs, qp + i * width + r, width);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; r >= full_rows && i < npairs; ++i) std::memcpy(qp + i * width + r, item.q + r * d + 2 * i, 4);
+    lo[r] = static_cast<int32_t>(std::max(item.lo[r], begin));
+    hi[r] = static_cast<int32_t>(std::min(item.hi[r], end));
+  }
+  // keys seen by each row vector: [vec_lo, vec_hi) (a superset for window masks: lanes mask)
+  std::vector<int64_t> vec_lo(rvs, end), vec_hi(rvs, begin), reach(rvs);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (hi[r] <= lo[r]) continue;
+    vec_lo[r / LANES] = std::min<int64_t>(vec_lo[r / LANES], lo[r]);
+    vec_hi[r / LANES] = std::max<int64_t>(vec_hi[r / LANES], hi[r]);
+  }
+  const int64_t first = *std::min_element(vec_lo.begin(), vec_lo.end());
+  const int64_t last = *std::max_element(vec_hi.begin(), vec_hi.end());
+  const auto* zero = reinterpret_cast<const c10::BFloat16*>(w.zero.data());
+  const c10::BFloat16* k_rows[BLOCK];
+  const c10::BFloat16* v_rows[BLOCK];
+  for (int64_t n0 = first; n0 < last; n0 += BLOCK) {
+    const int64_t n = std::min(BLOCK, last - n0);
+    // row vectors that see any key of the block (contiguous for causal and window masks)
+    int64_t v0 = rvs, v1 = 0;
+    for (int64_t v = 0; v < rvs; ++v) {
+      reach[v] = std::clamp<int64_t>(vec_hi[v] - n0, 0, n);
+      if (vec_hi[v] > n0 && vec_lo[v] < n0 + n) v0 = std::min(v0, v), v1 = v + 1;
+    }
+    if (v0 >= v1) continue;
+    keys.fill(n0, n, k_rows);
+    values.fill(n0, n, v_rows);
+    for (int64_t j = n; j < BLOCK; ++j) k_rows[j] = zero;
+    for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
+                                                             w.vp.data() + j * dv, dv);
+    block_scores(w, rvs, v0, v1, reach.data(), k_rows, npairs);
+    // scores past a group's reach are stale, but every lane masks those keys
+    for (int64_t v = v0; v < v1; ++v) block_softmax(w, rvs, v, n0, n, dv, q_scale);
+    block_values(w, rvs, v0, v1, reach.data(), dv);
+  }
+  const float* ot = w.ot.data();
+  for (int64_t r = 0; r < full_rows; r += LANES)
+    for (int64_t c = 0; c < dv; c += LANES) transpose16(ot + c * width + r, width, item.acc + r * item.acc_stride + c,
+                                                        item.acc_stride);
+  for (int64_t r = 0; r < rows; ++r) {  // lane r of the transposed state is row r
+    item.m[r] = w.m[r];
+    item.l[r] = w.l[r];
+    float* acc = item.acc + r * item.acc_stride;
+    for (int64_t c = 0; r >= full_rows && c < dv; ++c) acc[c] = ot[c * width + r];
+  }
+}
+#endif  // __AVX512BF16__
+
+// Whether the tile kernel serves a call: bfloat16 caches on an AVX512-BF16 build, head
+// dims that are multiples of 32, no softcap.
+template <typename T>
+bool serves(int64_t dim, int64_t dim_v, float softcap) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return softcap <= 0.f && dim % 32 == 0 && dim_v % 32 == 0;
+#endif
+  return false;
+}
+
+// Query rows per work item for a call: more where the tile kernel serves it (each key
+// block is read and packed once for more rows), else the caller's default.
+template <typename T>
+int64_t item_rows(int64_t dim, int64_t dim_v, float softcap, int64_t default_rows) {
+  return serves<T>(dim, dim_v, softcap) ? std::max(default_rows, MAX_ROWS) : default_rows;
+}
+
+// Runs the tile kernel on an item of a call it serves with at least MIN_ROWS rows;
+// returns false to let the caller's row kernels run instead.
+template <typename T, typename Rows>
+bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
+            float softcap) {
+  if (!serves<T>(item.dim, item.dim_v, softcap) || item.rows < MIN_ROWS) return false;
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_bf16(item, begin, end, keys, values, q_scale);
+#endif
+  return true;
+}
+
+}  // namespace tiles
+}  // namespace ascend_ext

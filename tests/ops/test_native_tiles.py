@@ -1,0 +1,116 @@
+"""Native CPU attention, many-row work items (prefill and chunked prefill): the shapes the
+tile kernel of csrc/attention_tiles.h serves on AVX512-BF16 hosts (bf16, head dims that are
+multiples of 32, >= 32 query rows per item), and the neighbours that must fall back to the
+row kernels (softcap, fp32/fp16, head dim 48, few rows). Checked against a float64
+reference on NaN-poisoned paged caches with permuted block tables."""
+
+import pytest
+import torch
+
+from ascend_ext import ops
+from ascend_ext.backends.cpu.native import native_available
+
+from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, randn
+
+pytestmark = pytest.mark.skipif(native_available("cpu") is not None,
+                                reason=str(native_available("cpu")))
+
+BF16 = torch.bfloat16
+
+
+def _paged_case(seqs, hq, hkv, d, dv, dtype, causal, window, softcap, rng, block_size=16, scale=1.0):
+    """seqs: [(keys, new queries)]; returns (got, lse) and the float64 (ref, ref_lse)."""
+    keys = [randn((n, hkv, d), dtype, rng, scale=scale) for n, _ in seqs]
+    values = [randn((n, hkv, dv), dtype, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, block_size, rng)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), dtype, rng, scale=scale)
+    with ops.use_impl(attention="native"):
+        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens), causal=causal,
+                                       window_size=window, softcap=softcap, return_lse=True)
+    refs, lses, q0 = [], [], 0
+    for (n, lq), kk, vv in zip(seqs, keys, values):
+        o, lse_ref = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, causal, window), softcap)
+        refs.append(o)
+        lses.append(lse_ref)
+        q0 += lq
+    return (got, lse), (torch.cat(refs), torch.cat(lses, dim=1))
+
+
+def _check(result, reference, dtype):
+    (got, lse), (ref, ref_lse) = result, reference
+    assert_close(got, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2), (8, 1)])        # GQA 1, 4, 8
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (37, 0)),
+                                           (False, (20, 9))])
+def test_prefill_tiles_bf16(hq, hkv, d, causal, window, rng):
+    """Prompts and chunks of odd lengths (tails of 1-31 keys in a 32-key block, partial
+    16-row vectors, row vectors that see nothing of a block) in one batch."""
+    seqs = [(77, 77), (203, 45), (33, 1), (150, 150), (90, 9)]
+    _check(*_paged_case(seqs, hq, hkv, d, d, BF16, causal, window, 0.0, rng), BF16)
+
+
+@pytest.mark.parametrize("d,dv", [(96, 64), (64, 160)])
+def test_prefill_tiles_value_dim_differs(d, dv, rng):
+    _check(*_paged_case([(130, 70)], 8, 2, d, dv, BF16, True, (-1, -1), 0.0, rng), BF16)
+
+
+def test_prefill_tiles_large_scores(rng):
+    """Scores spread over many powers of two: the running max moves by more than the
+    rescale slack several times within a row."""
+    _check(*_paged_case([(300, 300)], 8, 2, 64, 64, BF16, True, (-1, -1), 0.0, rng, scale=4.0), BF16)
+
+
+@pytest.mark.parametrize("num_threads", [1, 3])
+def test_prefill_tiles_kv_splits(num_threads, rng):
+    """Few long items: the keys are cut into splits merged through their lse."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        _check(*_paged_case([(2600, 40)], 8, 1, 128, 128, BF16, True, (-1, -1), 0.0, rng, block_size=64), BF16)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype,d,softcap", [(torch.float32, 64, 0.0), (torch.float16, 64, 0.0),
+                                             (BF16, 64, 30.0), (BF16, 48, 0.0)])
+def test_prefill_row_kernel_neighbours(dtype, d, softcap, rng):
+    """Calls the tile kernel does not serve keep their row-kernel results."""
+    _check(*_paged_case([(90, 90), (61, 20)], 8, 2, d, d, dtype, True, (-1, -1), softcap, rng), dtype)
+
+
+def test_varlen_prefill_tiles(rng):
+    """flash_attn_varlen (packed K/V rows) reaches the same kernel."""
+    seqs = [(120, 120), (57, 31)]
+    hq, hkv, d = 8, 2, 64
+    q = randn((sum(lq for _, lq in seqs), hq, d), BF16, rng)
+    k = randn((sum(n for n, _ in seqs), hkv, d), BF16, rng)
+    v = randn((sum(n for n, _ in seqs), hkv, d), BF16, rng)
+    q_lens, k_lens = [lq for _, lq in seqs], [n for n, _ in seqs]
+    with ops.use_impl(attention="native"):
+        got, lse = ops.flash_attn_varlen(q, k, v, cu(q_lens), cu(k_lens), max(q_lens), max(k_lens), causal=True,
+                                         return_lse=True)
+    refs, lses, q0, k0 = [], [], 0, 0
+    for lq, n in zip(q_lens, k_lens):
+        o, lse_ref = attention_f64(q[q0:q0 + lq], k[k0:k0 + n], v[k0:k0 + n], d ** -0.5,
+                                   allowed(lq, n, True, (-1, -1)))
+        refs.append(o)
+        lses.append(lse_ref)
+        q0, k0 = q0 + lq, k0 + n
+    assert_close(got, torch.cat(refs), BF16)
+    assert_lse_close(lse, torch.cat(lses, dim=1), BF16)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_prefill_tiles_probabilities_keep_float32_accuracy(d, rng):
+    """P enters P.V as bfloat16 hi + lo (~2^-17 relative), so the bf16 outputs are the
+    correctly rounded float64 results except where the result lies within ~2^-17 of a
+    rounding boundary. Rounding P to one bfloat16 (~2^-9) misrounds far more outputs: this
+    is the property that kept a tiny DeepSeek's generations on vLLM's (see attention_rows.h)."""
+    (got, _), (ref, _) = _paged_case([(400, 400)], 8, 2, d, d, BF16, True, (-1, -1), 0.0, rng)
+    misrounded = (got != ref.to(BF16)).double().mean().item()
+    assert misrounded < 0.02, f"{misrounded:.1%} of outputs differ from the rounded float64 reference"
