@@ -10,6 +10,7 @@
 // does, measurably moved a tiny DeepSeek's generations away from vLLM's CPU backend).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "vec.h"
@@ -156,11 +157,15 @@ inline void scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_
   }
 }
 
-// Four rows at once: s[r * s_stride + j] = scale * (q[r] . k[j]).
+// Four rows at once: s[r * s_stride + j] = scale * (q[r] . k[j]). With `ahead` (rows of the
+// next block, n_ahead of them) each key read here prefetches the matching key one block ahead,
+// so the prefetches are spread over the scoring work instead of issued in one burst.
 inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
-                         float* s, int64_t s_stride) {
+                         float* s, int64_t s_stride, const c10::BFloat16* const* ahead = nullptr,
+                         int64_t n_ahead = 0) {
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
+    for (int64_t u = j; u < std::min(j + 4, n_ahead); ++u) vec::prefetch_lines(ahead[u], d * sizeof(uint16_t));
     f16x a[16] = {};
     for (int64_t i = 0; i < d; i += 32) {
       const __m512bh k0 = load_bf16x32(k[j] + i), k1 = load_bf16x32(k[j + 1] + i);

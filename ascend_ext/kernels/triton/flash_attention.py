@@ -125,7 +125,7 @@ def flash_varlen_fwd_kernel(
             pool_id = tl.load(RUN_POOL + r)
             partial = pool_id >= 0
             if WALK:   # full runs go here only when the row cannot be walked
-                by_run = partial | (not walk)
+                by_run = partial | (walk == 0)   # no `not tensor`: triton-ascend's interpreter lacks int1 constants
             else:
                 by_run = partial
             if by_run:   # unpipelined: partial tiles mask from the pool, full ones by the rules
