@@ -29,6 +29,7 @@
 #include <string>
 #include <unistd.h>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -544,11 +545,14 @@ int64_t last_level_cache_bytes() {
 // Software prefetch pays only when the keys and values read by this call do not fit in
 // half the last-level cache (the cache also holds the rest of the step's working set: at a
 // 32 MiB L3, 32 MiB of K/V ran 1.5x faster with it, 8 MiB 1.3x slower).
+// ASCEND_EXT_NATIVE_STREAM_BYTES overrides the threshold (0: always; tests use it).
 bool kv_outgrows_cache(const std::vector<int64_t>& k_len, int64_t hkv, int64_t dim, int64_t dim_v,
                        int64_t element_bytes) {
   int64_t keys = 0;
   for (int64_t n : k_len) keys += n;
-  return keys * hkv * (dim + dim_v) * element_bytes > last_level_cache_bytes() / 2;
+  const char* env = std::getenv("ASCEND_EXT_NATIVE_STREAM_BYTES");
+  const int64_t threshold = env != nullptr && *env != 0 ? std::atoll(env) : last_level_cache_bytes() / 2;
+  return keys * hkv * (dim + dim_v) * element_bytes > threshold;
 }
 
 // Calls fn(T{}) with T the element type of a float32/bfloat16/float16 tensor.

@@ -92,11 +92,38 @@ def test_raw_op_rejects_inconsistent_tensors():
                                              None)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("hq,hkv", [(8, 2), (6, 3), (4, 1)])
+def test_paged_streaming_path(dtype, hq, hkv, monkeypatch, rng):
+    """The path taken when a call's K/V outgrow the last-level cache (64-key blocks, the next
+    block prefetched: spread over the work for bf16 with query rows in fours, in bursts
+    otherwise), forced on small inputs: prefetches are hints, results must not change. Odd
+    lengths (block tails, a 1-key sequence), permuted block table, chunked queries."""
+    monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "0")
+    seqs = [(1001, 1), (129, 2), (1, 1), (64, 1), (257, 5)]
+    d = 128
+    keys = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    values = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, 16, rng)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), dtype, rng)
+    with ops.use_impl(attention="native"):
+        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 5, return_lse=True)
+    refs, lses, q0 = [], [], 0
+    for (n, lq), kk, vv in zip(seqs, keys, values):
+        o, l = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, True, (-1, -1)))
+        refs.append(o)
+        lses.append(l)
+        q0 += lq
+    assert_close(got, torch.cat(refs), dtype)
+    assert_lse_close(lse, torch.cat(lses, dim=1), dtype)
+
+
 def test_paged_context_larger_than_the_cache_hierarchy(rng):
-    """~51 MiB of bf16 K/V: past a typical last-level cache, where the kernel adds
-    software prefetch of the blocks two ahead (a hint: results must not change)."""
+    """~51 MiB of bf16 K/V, GQA 4: past a typical last-level cache, where the kernel streams
+    with software prefetch on its own (no override)."""
     seqs = [(100_003, 1), (300, 3)]
-    hq, hkv, d = 2, 1, 128
+    hq, hkv, d = 4, 1, 128
     keys = [randn((n, hkv, d), torch.bfloat16, rng) for n, _ in seqs]
     values = [randn((n, hkv, d), torch.bfloat16, rng) for n, _ in seqs]
     k_cache, v_cache, table, lens = paged_cache(keys, values, 64, rng)
