@@ -128,8 +128,8 @@ inline f16x hsum16(const f16x (&v)[16]) {
 
 // Prefetch of `bytes` bytes from p into all cache levels (one hint per 64-byte line; the
 // non-temporal hint measured slower for the attention streams). Inline asm, not
-// __builtin_prefetch: GCC 12 deleted loops of the builtin in the paged attention path
-// (no prefetch instruction in the object code). Not inlined: one call per row paces the
+// __builtin_prefetch: GCC 12 deleted loops of the builtin once they sat in a helper
+// (no prefetch instruction left in the object code). Not inlined: one call per row paces the
 // hints between the arithmetic (inlined bursts measured 5-10% slower past the LLC).
 __attribute__((noinline)) inline void prefetch_lines(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
