@@ -224,8 +224,37 @@ void stage_rows(const T* const* rows, int64_t n, int64_t dim, int64_t padded, Ro
   }
 }
 
-// One block of n keys (n0..) for rows [r0, r0 + count): scores, softmax, p.V. With
-// count == QUAD the four-row kernels load each key and value once for all four rows.
+#if defined(__AVX512BF16__)
+// R rows (2..4) of a bfloat16 cache over one block: every key and value chunk is loaded once
+// for the R rows (a GQA group of 7 runs as 4 + 3, not 4 + 1 + 1 + 1).
+template <int R>
+void attend_rows_bf16(RowGroup& g, int64_t r0, int64_t n0, int64_t n, const c10::BFloat16* const* k_raw, float kscale,
+                      float softcap, const c10::BFloat16* const* k_ahead, int64_t n_ahead) {
+  float* s[R];
+  const uint16_t* qb[R];
+  for (int u = 0; u < R; ++u) {
+    s[u] = g.s.data() + u * g.keys;
+    qb[u] = g.q_raw.data() + (r0 + u) * g.dim;
+  }
+  rows::scores_rows_bf16<R>(qb, k_raw, g.dim, n, kscale, s[0], g.keys, k_ahead, n_ahead);
+  bool any = false;
+  for (int u = 0; u < R; ++u) any |= softmax_row(g, r0 + u, s[u], n0, n, softcap);
+  if (!any) return;
+  float* acc[R];
+  const uint16_t *hi[R], *lo[R];
+  for (int u = 0; u < R; ++u) {
+    acc[u] = g.acc.data() + (r0 + u) * g.dvp;
+    hi[u] = g.p_hi.data() + u * g.keys;
+    lo[u] = g.p_lo.data() + u * g.keys;
+    rows::split_bf16(s[u], g.p_hi.data() + u * g.keys, g.p_lo.data() + u * g.keys, round_up(n, kLanes));
+  }
+  rows::accumulate_pairs<R>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+}
+#endif
+
+// One block of n keys (n0..) for rows [r0, r0 + count): scores, softmax, p.V. Groups of
+// 2-4 rows of a bfloat16 cache, and of four rows otherwise, load each key and value once
+// for all rows; single rows take the one-row kernels.
 template <typename T>
 void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n, const T* const* k_raw,
                   RowPath kpath, RowPath vpath, float q_scale, float softcap, const T* const* k_ahead,
@@ -234,6 +263,15 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
   for (int64_t u = 0; u < count; ++u) s[u] = g.s.data() + u * g.keys;
   [[maybe_unused]] const bool bf16_keys = kpath == RowPath::DotBF16, bf16_values = vpath == RowPath::PairsBF16;
   const float kscale = bf16_keys ? q_scale : 1.f;  // float rows hold pre-scaled queries
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (bf16_keys && bf16_values && count > 1) {
+      if (count == 2) return attend_rows_bf16<2>(g, r0, n0, n, k_raw, kscale, softcap, k_ahead, n_ahead);
+      if (count == 3) return attend_rows_bf16<3>(g, r0, n0, n, k_raw, kscale, softcap, k_ahead, n_ahead);
+      return attend_rows_bf16<4>(g, r0, n0, n, k_raw, kscale, softcap, k_ahead, n_ahead);
+    }
+  }
+#endif
 #if defined(__AVX512F__)
   if (count == QUAD) {
     const float* qf[QUAD];
@@ -244,7 +282,7 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
     }
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (bf16_keys) rows::scores4_bf16(qb, k_raw, g.dim, n, kscale, s[0], g.keys, k_ahead, n_ahead);
+      if (bf16_keys) rows::scores4_bf16(qb, k_raw, g.dim, n, kscale, s[0], g.keys);
     }
 #endif
     if (!bf16_keys) rows::scores4(qf, g.k_rows, g.dp, n, kscale, s[0], g.keys);
@@ -302,7 +340,7 @@ inline void prefetch_each(const void* const* rows, int64_t n, int64_t bytes) {
 // With `prefetch` (the call's K/V outgrow the last-level cache) every block prefetches the
 // next one: the hardware prefetchers stop at each 4 KiB page of the paged cache, and demand
 // misses alone left the core waiting (decode read the cache at ~40% of the DRAM rate). The
-// common decode case (bfloat16, query rows in fours) spreads the prefetches over the work,
+// common decode case (bfloat16, GQA groups of two or more rows) spreads the prefetches over the work,
 // one key or value row ahead per row read; other paths prefetch the next block's keys when
 // a block starts and its values when it ends. Measured on one thread, b4 x ctx 16k, 32/8
 // heads, d128 (benchmarks/NOTES.md): 11.6 GB/s before, 14-17 with per-block bursts, 18 with
@@ -324,8 +362,8 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   const T* v_raw[MAX_BLOCK_KEYS];
   const T* k_ahead[MAX_BLOCK_KEYS];
   const T* v_ahead[MAX_BLOCK_KEYS];
-  // spread prefetch: keys by the four-row bf16 scores, values by the pair interleave
-  const bool spread = g.rows % QUAD == 0 && kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16;
+  // spread prefetch: keys by the multi-row bf16 scores, values by the pair interleave
+  const bool spread = g.rows > 1 && kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16;
   const int64_t k_bytes = g.dim * sizeof(T), v_bytes = g.dim_v * sizeof(T);
   for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
     const int64_t n = std::min(g.keys, end - n0);

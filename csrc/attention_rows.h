@@ -157,12 +157,15 @@ inline void scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_
   }
 }
 
-// Four rows at once: s[r * s_stride + j] = scale * (q[r] . k[j]). With `ahead` (rows of the
-// next block, n_ahead of them) each key read here prefetches the matching key one block ahead,
-// so the prefetches are spread over the scoring work instead of issued in one burst.
-inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
-                         float* s, int64_t s_stride, const c10::BFloat16* const* ahead = nullptr,
-                         int64_t n_ahead = 0) {
+// R rows at once (R <= 4): s[r * s_stride + j] = scale * (q[r] . k[j]); each key chunk is
+// loaded once for the R rows. With `ahead` (rows of the next block, n_ahead of them) each key
+// read here prefetches the matching key one block ahead, so the prefetches are spread over
+// the scoring work instead of issued in one burst.
+template <int R>
+inline void scores_rows_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n,
+                             float scale, float* s, int64_t s_stride, const c10::BFloat16* const* ahead = nullptr,
+                             int64_t n_ahead = 0) {
+  static_assert(R >= 1 && R <= 4, "one 16-way reduction holds four rows x four keys");
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
     for (int64_t u = j; u < std::min(j + 4, n_ahead); ++u) vec::prefetch_lines(ahead[u], d * sizeof(uint16_t));
@@ -170,7 +173,7 @@ inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k
     for (int64_t i = 0; i < d; i += 32) {
       const __m512bh k0 = load_bf16x32(k[j] + i), k1 = load_bf16x32(k[j + 1] + i);
       const __m512bh k2 = load_bf16x32(k[j + 2] + i), k3 = load_bf16x32(k[j + 3] + i);
-      for (int r = 0; r < 4; ++r) {
+      for (int r = 0; r < R; ++r) {
         const __m512bh qv = load_bf16x32(q[r] + i);
         a[4 * r] = dot_bf16(a[4 * r], qv, k0);
         a[4 * r + 1] = dot_bf16(a[4 * r + 1], qv, k1);
@@ -179,11 +182,16 @@ inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k
       }
     }
     const f16x sums = vec::hsum16(a) * scale;
-    for (int r = 0; r < 4; ++r)
+    for (int r = 0; r < R; ++r)
       for (int u = 0; u < 4; ++u) s[r * s_stride + j + u] = sums[4 * r + u];
   }
   if (j < n)
-    for (int r = 0; r < 4; ++r) scores_bf16(q[r], k + j, d, n - j, scale, s + r * s_stride + j);
+    for (int r = 0; r < R; ++r) scores_bf16(q[r], k + j, d, n - j, scale, s + r * s_stride + j);
+}
+
+inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
+                         float* s, int64_t s_stride) {
+  scores_rows_bf16<4>(q, k, d, n, scale, s, s_stride);
 }
 
 // out[2c + t] = row_t[c] (t = 0, 1) for c < dv (multiple of 32): two value rows

@@ -93,11 +93,11 @@ def test_raw_op_rejects_inconsistent_tensors():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
-@pytest.mark.parametrize("hq,hkv", [(8, 2), (6, 3), (4, 1)])
+@pytest.mark.parametrize("hq,hkv", [(8, 2), (6, 3), (9, 3), (7, 1)])
 def test_paged_streaming_path(dtype, hq, hkv, monkeypatch, rng):
     """The path taken when a call's K/V outgrow the last-level cache (64-key blocks, the next
-    block prefetched: spread over the work for bf16 with query rows in fours, in bursts
-    otherwise), forced on small inputs: prefetches are hints, results must not change. Odd
+    block prefetched: spread over the work for bf16 with GQA groups of 2+ rows (4, 2, 3, 4 + 3 here), in
+    bursts otherwise), forced on small inputs: prefetches are hints, results must not change. Odd
     lengths (block tails, a 1-key sequence), permuted block table, chunked queries."""
     monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "0")
     seqs = [(1001, 1), (129, 2), (1, 1), (64, 1), (257, 5)]
