@@ -150,6 +150,7 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
     lse = tl.load(PART_LSE + offs_s * stride_pls + h * stride_plh + t, mask=in_s, other=float("-inf"))
     lse = tl.where(lse == float("inf"), float("-inf"), lse)
     m = tl.max(lse, 0)
+    sink = m
     if HAS_SINK:
         sink = tl.load(SINKS + h)
         m = tl.maximum(m, sink)
