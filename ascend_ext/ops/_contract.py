@@ -82,8 +82,8 @@ def _concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):
 
 
 def _moe_route(router_logits, top_k, *, scoring, renormalize, num_expert_group, topk_group,
-               correction_bias, routed_scaling_factor):
-    """-> (topk_weights float32 [T, k], topk_ids int32 [T, k])."""
+               correction_bias, routed_scaling_factor, score_dtype):
+    """-> (topk_weights float32 [T, k], topk_ids int32 [T, k]); score_dtype None = float32 scores."""
 
 
 def _moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, *, scales, out_dtype):
@@ -161,7 +161,8 @@ SCHEMAS: dict[str, str] = {
         "concat_and_cache_mla(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()",
     "moe_route":
         "moe_route(Tensor router_logits, int top_k, str scoring, bool renormalize, int num_expert_group, "
-        "int topk_group, Tensor? correction_bias, float routed_scaling_factor) -> (Tensor, Tensor)",
+        "int topk_group, Tensor? correction_bias, float routed_scaling_factor, ScalarType? score_dtype=None) "
+        "-> (Tensor, Tensor)",
     "moe_experts":
         "moe_experts(Tensor x, Tensor w13, Tensor w2, Tensor expert_offsets, Tensor tokens_per_expert, "
         "Tensor? scales, ScalarType out_dtype) -> Tensor",
@@ -171,7 +172,8 @@ SCHEMAS: dict[str, str] = {
     "ep_moe":
         "ep_moe(Tensor x, Tensor router_logits, Tensor w13, Tensor w2, Tensor? correction_bias, int top_k, "
         "str scoring, bool renormalize, int num_expert_group, int topk_group, float routed_scaling_factor, "
-        "str group_name, SymInt capacity, int max_graph_capacity, float timeout_s) -> Tensor",
+        "str group_name, SymInt capacity, int max_graph_capacity, float timeout_s, ScalarType? score_dtype=None) "
+        "-> Tensor",
 }
 """ep_moe is the composite route -> dispatch -> experts -> combine step (no implementation
 table of its own: it calls the bound implementations of its parts).

@@ -133,14 +133,15 @@ def _concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):
 
 # ------------------------------------------------------------------------ MoE
 def _moe_route(router_logits, top_k, scoring, renormalize, num_expert_group, topk_group, correction_bias,
-               routed_scaling_factor):
+               routed_scaling_factor, score_dtype=None):
     return bound("moe_route", router_logits.device.type).fn(
         router_logits, top_k, scoring=scoring, renormalize=renormalize, num_expert_group=_opt(num_expert_group),
-        topk_group=_opt(topk_group), correction_bias=correction_bias, routed_scaling_factor=routed_scaling_factor)
+        topk_group=_opt(topk_group), correction_bias=correction_bias, routed_scaling_factor=routed_scaling_factor,
+        score_dtype=score_dtype)
 
 
 def _moe_route_fake(router_logits, top_k, scoring, renormalize, num_expert_group, topk_group, correction_bias,
-                    routed_scaling_factor):
+                    routed_scaling_factor, score_dtype=None):
     tokens = router_logits.shape[0]
     return (router_logits.new_empty((tokens, top_k), dtype=torch.float32),
             router_logits.new_empty((tokens, top_k), dtype=torch.int32))
