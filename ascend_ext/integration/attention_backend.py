@@ -16,7 +16,7 @@ sets ``max_seq_len=None``: "bounded by the block table's capacity", which every
 later replay satisfies however long its sequences have grown.
 
 Attention sinks (gpt-oss): the layer's ``sinks`` parameter goes to every call as float32
-(converted once per weight update). Cascade attention: vLLM >= 0.31 no longer detects
+(converted once per weight update). Cascade attention: vLLM 0.32 no longer detects
 shared prefixes (``common_prefix_len`` is always 0), so the first layer of an eager step
 looks at the block table itself (:func:`~ascend_ext.ops.shared_prefix_blocks`, one host
 read, skipped when the batch is too small to pay) and, where ``cascade_pays``, every layer
