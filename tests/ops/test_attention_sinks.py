@@ -115,14 +115,22 @@ def test_paged_attention_sinks(impl, seqs, block_size, hq, hkv, d, causal, windo
     assert_lse_close(lse, ref_lse, dtype)
 
 
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("impl", runnable("paged_attention", sinks=True))
 @pytest.mark.parametrize("seqs", [[(1500, 1)], [(1030, 24)]], ids=["decode", "tile-rows"])
-def test_paged_sinks_long_context_splits(impl, seqs, rng):
-    """One KV head, one long sequence: fewer work items than threads, so the native kernel
-    splits the context (>= 1024 keys) and merges the splits; 24 queries x 8 heads make
-    many-row items for its bf16 tile kernel. The sink joins once, in the merge."""
+def test_paged_sinks_long_context_splits(impl, seqs, threads, rng):
+    """One KV head, one long sequence, two threads: fewer work items than threads, so the
+    native kernel splits the context (>= 1024 keys) and merges the splits; 24 queries x 8
+    heads make many-row items for its bf16 tile kernel. The sink joins once, in the merge."""
     if impl == "triton" and interpreter():
         pytest.skip("interpreter: the forced-split test below covers the Triton combine")
+    threads(2)
     dtype, hq, hkv, d = torch.bfloat16, 8, 1, 64
     keys, values, k_cache, v_cache, table, lens, q_lens, q = _paged_inputs(seqs, 16, hq, hkv, d, dtype, rng)
     sinks = _sinks(hq, rng, scale=4.0)

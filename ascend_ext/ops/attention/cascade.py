@@ -13,8 +13,9 @@ the cascade reads them once for the whole batch:
 
 :func:`plan_cascade` finds P (one host read) and builds the two passes' metadata once per
 batch; :func:`cascade_attention` runs them. :func:`cascade_pays` is the default policy:
-many sequences and a long shared prefix (benchmarks/cpu_attention.py ``--part cascade`` and
-benchmarks/attention.py ``--part cascade`` measure where it pays).
+many sequences and a long shared prefix (``benchmarks/cascade.py`` on CPU and
+``benchmarks/attention.py --parts cascade`` on CUDA measure where it pays; the thresholds
+below are provisional until they have run on idle machines).
 """
 
 from __future__ import annotations
