@@ -47,7 +47,7 @@ def _without_sinks(spec, tmp_path) -> dict:
     for name in [n for n in weights if n.endswith("sinks")]:
         weights[name] = torch.full_like(weights[name], -1e4)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-    return dict(spec, model=str(path))
+    return dict(spec, model=str(path), llm=dict(spec["llm"], enforce_eager=True))   # eager: a quicker start
 
 
 def test_gpt_oss_sinks_and_cascade_match_vllm(spec, tmp_path):
