@@ -8,6 +8,7 @@ a BlockMask, the device's copy bandwidth and bf16 matmul rate.
     python benchmarks/attention.py --parts prefill,decode --quick
     python benchmarks/attention.py --parts sweep   # tile-configuration sweep
     python benchmarks/attention.py --parts decode --kv-dtype both   # fp8 KV cache vs bf16, same run
+    python benchmarks/attention.py --parts cascade # shared-prefix batches: cascade vs plain paged
 
 Prints markdown tables, writes attention.json and attention.png to $OUT (or
 benchmarks/results/).
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cascade  # noqa: E402
 from common import bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
@@ -520,6 +522,9 @@ def main() -> int:
          ["d", "heads", "S", "B", "causal", "ours_TF", "flash_TF", "cudnn_TF", "efficient_TF", "naive_TF",
           "vs_flash", "vs_cudnn", "max_err_vs_fa2"]),
         ("overhead", "overhead", overhead, "eager host overhead (tottime per call, cProfile)", ["what", "us", "cum_us"]),
+        ("cascade", "cascade", lambda: cascade.rows("cuda", args.quick),
+         "cascade vs plain paged attention, shared prefix (32 q / 8 kv heads, d128, bf16, block 16; us = CUDA-graph "
+         "replay of one layer call; plan_us = the per-step plan, eager)", cascade.COLUMNS),
     ]
     for part, key, fn, title, columns in sections:
         if part not in parts:

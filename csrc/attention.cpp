@@ -15,7 +15,9 @@
 // their log-sum-exp.
 //
 // Conventions match ascend_ext.ops: bottom-right causal/window alignment, window
-// bounds -1 = unbounded, rows that see no key give 0 and lse -inf, caches
+// bounds -1 = unbounded, rows that see no key give 0 and lse -inf (lse = the sink with
+// sinks: optional per-head logits that join each row's softmax denominator once, at the
+// finishing step or in the merge of KV splits), caches
 // [num_blocks, block_size, Hkv, D] with any strides and a contiguous head dim, queries
 // and outputs [T, H, D] with a contiguous head dim, lse float32 [Hq, T].
 
@@ -401,17 +403,32 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   }
 }
 
-// Normalised output row and base-2 lse of row r (0 / -inf when it saw nothing).
-inline float finish_row(const RowGroup& g, int64_t r, float* out_row) {
-  const float l = g.l[r];
+// Joins a sink logit (base 2; NEG_INF = none) to a softmax state (max m, sum l): the sink
+// is a virtual key of value 0, so only the sum grows. Returns the factor that rescales the
+// accumulator to the new max (0 when the state saw no key).
+inline float add_sink(float& m, float& l, float sink2) {
+  if (sink2 == NEG_INF) return 1.f;
+  const float m_new = std::max(m, sink2);
+  const float keep = m == NEG_INF ? 0.f : std::exp2(m - m_new);
+  l = l * keep + std::exp2(sink2 - m_new);
+  m = m_new;
+  return keep;
+}
+
+// Normalised output row and base-2 lse of row r (0 / -inf when it saw nothing), with the
+// row's sink (base 2, NEG_INF = none) in the denominator: a row that saw no key then
+// gives 0 and lse = sink.
+inline float finish_row(const RowGroup& g, int64_t r, float* out_row, float sink2) {
+  float m = g.m[r], l = g.l[r];
+  const float keep = add_sink(m, l, sink2);
   const float* acc = g.acc.data() + r * g.dvp;
   if (l <= 0.f) {
     std::fill(out_row, out_row + g.dim_v, 0.f);
     return NEG_INF;
   }
-  const float inv = 1.f / l;
+  const float inv = keep / l;
   for (int64_t c = 0; c < g.dim_v; ++c) out_row[c] = acc[c] * inv;
-  return g.m[r] + std::log2(l);
+  return m + std::log2(l);
 }
 
 struct Problem {
@@ -420,7 +437,11 @@ struct Problem {
   int64_t q_stride_t, q_stride_h, o_stride_t, o_stride_h;
   float scale, softcap;
   Window window;
-  bool prefetch;  // the call's K/V outgrow the last-level cache: stream with software prefetch
+  bool prefetch;                  // the call's K/V outgrow the last-level cache: stream with software prefetch
+  const float* sinks = nullptr;   // per query head sink logits (natural log), or none
+
+  // base-2 sink of query head h (NEG_INF without sinks)
+  float sink2(int64_t head) const { return sinks ? sinks[head] * LOG2E : NEG_INF; }
 };
 
 struct WorkItem {
@@ -516,10 +537,10 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     if (!tiles::attend<T>(tile_item, k0, k1, keys, values, q_scale, p.softcap))  // many rows: tile kernel
       attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     for (int64_t r = 0; r < rows; ++r) {
-      if (splits > 1) {
-        part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v);
+      if (splits > 1) {  // the sink joins once, in the merge
+        part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v, NEG_INF);
       } else {
-        const float lse2 = finish_row(g, r, g.row_out.data());
+        const float lse2 = finish_row(g, r, g.row_out.data(), p.sink2(it.h * p.group + r % p.group));
         store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, g.row_out.data(), lse2);
       }
     }
@@ -546,7 +567,8 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
             for (int64_t c = 0; c < p.dim_v; ++c) merged[c] += wgt * po[c];
           }
         }
-        const float inv = total > 0.f ? 1.f / total : 0.f;
+        const float keep = add_sink(m, total, p.sink2(it.h * p.group + r % p.group));
+        const float inv = total > 0.f ? keep / total : 0.f;
         for (int64_t c = 0; c < p.dim_v; ++c) merged[c] *= inv;
         store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, merged.data(),
                   total > 0.f ? m + std::log2(total) : NEG_INF);
@@ -654,6 +676,14 @@ Problem make_problem(const at::Tensor& q, int64_t hkv, int64_t dim_v, const at::
   return p;
 }
 
+const float* sinks_ptr(const std::optional<at::Tensor>& sinks, int64_t hq) {
+  if (!sinks.has_value()) return nullptr;
+  TORCH_CHECK(sinks->device().is_cpu() && sinks->scalar_type() == at::kFloat && sinks->is_contiguous() &&
+                  sinks->numel() == hq,
+              "sinks must be contiguous float32 [Hq] = [", hq, "] on the CPU");
+  return sinks->data_ptr<float>();
+}
+
 float* lse_ptr(const std::optional<at::Tensor>& lse) {
   if (!lse.has_value()) return nullptr;
   TORCH_CHECK(lse->scalar_type() == at::kFloat && lse->is_contiguous(), "lse must be contiguous float32 [Hq, T]");
@@ -663,12 +693,13 @@ float* lse_ptr(const std::optional<at::Tensor>& lse) {
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                      const at::Tensor& block_table, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
                      double scale, int64_t window_left, int64_t window_right, double softcap, at::Tensor& out,
-                     const std::optional<at::Tensor>& lse) {
+                     const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks) {
   check_tensors(q, k_cache, v_cache, 4, out, lse);
   TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == seq_lens.numel() &&
                   cu_seqlens_q.numel() == seq_lens.numel() + 1,
               "block_table [B, W], seq_lens [B] and cu_seqlens_q [B + 1] disagree on B");
   Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
+  p.sinks = sinks_ptr(sinks, p.hq);
   const auto cu = to_vec(cu_seqlens_q);
   const auto lens = to_vec(seq_lens);
   p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
@@ -694,11 +725,13 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
 
 void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cu_seqlens_q,
                        const at::Tensor& cu_seqlens_k, double scale, int64_t window_left, int64_t window_right,
-                       double softcap, at::Tensor& out, const std::optional<at::Tensor>& lse) {
+                       double softcap, at::Tensor& out, const std::optional<at::Tensor>& lse,
+                       const std::optional<at::Tensor>& sinks) {
   check_tensors(q, k, v, 3, out, lse);
   TORCH_CHECK(cu_seqlens_q.numel() == cu_seqlens_k.numel() && cu_seqlens_q.numel() >= 1,
               "cu_seqlens_q and cu_seqlens_k must both be [B + 1]");
   Problem p = make_problem(q, k.size(1), v.size(2), out, scale, window_left, window_right, softcap);
+  p.sinks = sinks_ptr(sinks, p.hq);
   const auto cq = to_vec(cu_seqlens_q);
   const auto ck = to_vec(cu_seqlens_k);
   std::vector<int64_t> q_start(cq.begin(), cq.end() - 1), q_len(cq.size() - 1), k_len(ck.size() - 1);
@@ -727,9 +760,9 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
-        "Tensor(b!)? lse) -> ()");
+        "Tensor(b!)? lse, Tensor? sinks=None) -> ()");
   m.def("flash_attn_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, float scale, "
-        "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse) -> ()");
+        "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? sinks=None) -> ()");
 }
 
 ASCEND_EXT_LIBRARY_IMPL(ASCEND_EXT_OPS_NAMESPACE, CPU, m) {

@@ -14,11 +14,20 @@ forward path launches kernels without reading device values on the host. A
 captured graph keeps the host scalars it was captured with, so capture metadata
 sets ``max_seq_len=None``: "bounded by the block table's capacity", which every
 later replay satisfies however long its sequences have grown.
+
+Attention sinks (gpt-oss): the layer's ``sinks`` parameter goes to every call as float32
+(converted once per weight update). Cascade attention: vLLM 0.32 no longer detects
+shared prefixes (``common_prefix_len`` is always 0), so the first layer of an eager step
+looks at the block table itself (:func:`~ascend_ext.ops.shared_prefix_blocks`, one host
+read, skipped when the batch is too small to pay) and, where ``cascade_pays``, every layer
+of the step runs :func:`~ascend_ext.ops.cascade_attention`. ``ASCEND_EXT_CASCADE=off``
+disables it, ``always`` uses any shared block (tests, benchmarks). Graph replays never see it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -67,6 +76,10 @@ class AscendExtAttentionBackend(AttentionBackend):
         return True
 
     @classmethod
+    def supports_sink(cls) -> bool:
+        return True   # the bound paged_attention implementation is checked at selection (selection.py)
+
+    @classmethod
     def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
         # The ops take any strides with a contiguous head dim. On CPU the native kernels
         # stream one head's keys per block: head-major keeps them contiguous (measured
@@ -88,6 +101,40 @@ class AscendExtAttentionMetadata:
     block_table: torch.Tensor       # int32 [B, max_blocks]
     slot_mapping: torch.Tensor      # [num_actual_tokens]
     causal: bool
+    block_size: int = 0             # KV-cache block size (cascade planning)
+    cascade_mode: str = "off"       # "auto" | "always" | "off" (ASCEND_EXT_CASCADE)
+    cascade: ops.CascadePlan | None = field(default=None, repr=False)
+    cascade_planned: bool = False   # planned lazily by the first layer that runs eagerly
+
+
+CASCADE_MODES = ("auto", "always", "off")
+
+
+def cascade_mode() -> str:
+    mode = os.environ.get("ASCEND_EXT_CASCADE", "auto").strip().lower() or "auto"
+    if mode not in CASCADE_MODES:
+        raise ValueError(f"ASCEND_EXT_CASCADE must be one of {', '.join(CASCADE_MODES)}, got {mode!r}")
+    return mode
+
+
+def cascade_plan(md: AscendExtAttentionMetadata) -> ops.CascadePlan | None:
+    """The step's cascade plan, decided once per metadata (so once per step for all layers):
+    none for graph captures, non-causal steps or batches too small to pay, else the shared
+    prefix of the block table when ``ops.cascade_pays`` (or any, with mode "always")."""
+    if md.cascade_planned:
+        return md.cascade
+    md.cascade_planned = True
+    batch = md.seq_lens.shape[0]
+    always = md.cascade_mode == "always"
+    if md.cascade_mode == "off" or not md.causal or md.max_seq_len is None or md.block_size <= 0 or not always and (
+            not ops.cascade_pays(batch, md.max_seq_len)):   # host-side bounds first: no device read
+        return None
+    blocks = ops.shared_prefix_blocks(md.block_table, md.seq_lens, md.query_start_loc, md.block_size,
+                                      md.max_seq_len)
+    if blocks and (always or ops.cascade_pays(batch, blocks * md.block_size)):
+        md.cascade = ops.plan_cascade(md.block_table, md.seq_lens, md.query_start_loc, md.num_actual_tokens,
+                                      md.block_size, blocks)
+    return md.cascade
 
 
 class AscendExtMetadataBuilder(AttentionMetadataBuilder[AscendExtAttentionMetadata]):
@@ -100,6 +147,8 @@ class AscendExtMetadataBuilder(AttentionMetadataBuilder[AscendExtAttentionMetada
         # then its persistent tensors are used directly)
         self._query_start_loc = torch.zeros(max_reqs + 1, dtype=torch.int32, device=device)
         self._seq_lens = torch.zeros(max_reqs, dtype=torch.int32, device=device)
+        self._block_size = int(getattr(kv_cache_spec, "block_size", 0) or 0)
+        self._cascade_mode = cascade_mode()
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> AscendExtAttentionMetadata:
@@ -115,6 +164,8 @@ class AscendExtMetadataBuilder(AttentionMetadataBuilder[AscendExtAttentionMetada
             block_table=_int32(m.block_table_tensor, None),
             slot_mapping=m.slot_mapping,
             causal=bool(m.causal),
+            block_size=self._block_size,
+            cascade_mode=self._cascade_mode,
         )
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata
@@ -141,7 +192,8 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
                  alibi_slopes: list[float] | None = None, sliding_window: int | None = None,
                  kv_cache_dtype: str = "auto", logits_soft_cap: float | None = None,
                  attn_type: str = AttentionType.DECODER,
-                 kv_sharing_target_layer_name: str | None = None, **unsupported) -> None:
+                 kv_sharing_target_layer_name: str | None = None, sinks: torch.Tensor | None = None,
+                 **unsupported) -> None:
         if alibi_slopes is not None:
             raise NotImplementedError("ascend_ext attention does not support ALiBi; set ASCEND_EXT_DISABLE=1")
         if attn_type != AttentionType.DECODER:
@@ -163,6 +215,24 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         self.window_size = (sliding_window - 1, 0) if sliding_window else (-1, -1)
         self.attn_type = attn_type
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        if sinks is not None and tuple(sinks.shape) != (num_heads,):
+            raise ValueError(f"ascend_ext attention: sinks must have one logit per query head ({num_heads}), "
+                             f"got shape {tuple(sinks.shape)}")
+        self.sinks = sinks                      # the layer's parameter (its values arrive with the weights)
+        self._sinks32: torch.Tensor | None = None
+        self._sinks_version = -1
+
+    def _float_sinks(self) -> torch.Tensor | None:
+        """The sinks as float32 (the ops' contract), re-converted only when the parameter changed
+        (weight loading writes it in place, which bumps its version counter)."""
+        if self.sinks is None:
+            return None
+        if self.sinks.dtype == torch.float32:
+            return self.sinks
+        if self._sinks32 is None or self._sinks_version != self.sinks._version:
+            self._sinks32 = self.sinks.detach().float()
+            self._sinks_version = self.sinks._version
+        return self._sinks32
 
     def _caches(self, layer, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(k_cache, v_cache) op views of vLLM's combined cache and the scale arguments."""
@@ -197,12 +267,21 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         max_seq_len = attn_metadata.max_seq_len
         if max_seq_len is None:   # CUDA-graph capture: the most keys any replay can have
             max_seq_len = attn_metadata.block_table.shape[1] * k_cache.shape[1]
+        sinks = self._float_sinks()
         with ops.trusted_inputs():
+            plan = cascade_plan(attn_metadata) if self.window_size == (-1, -1) else None
+            if plan is not None:
+                trace.note("cascade")
+                ops.cascade_attention(
+                    query[:n], k_cache, v_cache, plan, attn_metadata.query_start_loc, attn_metadata.max_query_len,
+                    softmax_scale=self.scale, softcap=self.softcap, out=output[:n], max_seqlen_k=max_seq_len,
+                    sinks=sinks, **scales)
+                return output
             ops.paged_attention(
                 query[:n], k_cache, v_cache, attn_metadata.block_table, attn_metadata.seq_lens,
                 attn_metadata.query_start_loc, attn_metadata.max_query_len,
                 softmax_scale=self.scale, causal=attn_metadata.causal, window_size=self.window_size,
-                softcap=self.softcap, out=output[:n], max_seqlen_k=max_seq_len, **scales)
+                softcap=self.softcap, out=output[:n], max_seqlen_k=max_seq_len, sinks=sinks, **scales)
         return output
 
 

@@ -111,10 +111,19 @@ class AscendExtMoEMethod(UnquantizedFusedMoEMethod):
             num_expert_group=layer.num_expert_group if grouped else None,
             topk_group=layer.topk_group if grouped else None, correction_bias=layer.e_score_correction_bias,
             routed_scaling_factor=layer.routed_scaling_factor, capacity=share,
-            max_graph_capacity=-(-self._graph_tokens // self._world), timeout_s=self._timeout_s)
+            max_graph_capacity=-(-self._graph_tokens // self._world), timeout_s=self._timeout_s,
+            score_dtype=vllm_score_dtype(grouped, router_logits))
         out = torch.zeros_like(x)
         out[lo:hi] = mine
         return out
+
+
+def vllm_score_dtype(grouped: bool, router_logits: torch.Tensor) -> torch.dtype | None:
+    """The dtype vLLM's own router scores in, so that tokens pick vLLM's experts: its grouped
+    top-k (DeepSeek-V2/V3) on GPUs works in the router logits' dtype; its CPU router and its
+    plain softmax top-k upcast to float32 (None, the ops' default). ``layer.routed_scaling_factor``
+    is vLLM's router factor (1.0 where vLLM scales the output instead), so it is passed as is."""
+    return router_logits.dtype if grouped and router_logits.device.type != "cpu" else None
 
 
 def _largest_graph_batch() -> int:

@@ -21,7 +21,6 @@ def unsupported_reason(selected_backend, config) -> str | None:
         return f"MLA kv_cache_dtype {config.kv_cache_dtype} is not supported by ascend_ext MLA"
     checks = (
         (config.attn_type != "decoder", f"attention type {config.attn_type}"),
-        (config.has_sink, "attention sinks"),
         (config.use_sparse, "sparse attention"),
         (config.use_mm_prefix, "multimodal prefix-LM masks"),
         (config.kv_cache_dtype not in _SUPPORTED_CACHE_DTYPES,
@@ -35,17 +34,18 @@ def unsupported_reason(selected_backend, config) -> str | None:
     return None
 
 
-def require_quantised_cache(kv_cache_dtype: str | None, device_type: str) -> None:
+def require_paged_features(kv_cache_dtype: str | None, has_sink: bool, device_type: str) -> None:
     """Raise a clear NotImplementedError when the paged_attention implementation bound on this
     device cannot read the quantised cache ``kv_cache_dtype`` asks for (e.g. the native CPU
-    kernels with fp8), naming the implementations that can - at backend selection, before any
-    cache is allocated."""
+    kernels with fp8) or take attention sinks, naming the implementations that can - at
+    backend selection, before any cache is allocated."""
     kind = QUANT_KV_CACHE_DTYPES.get(kv_cache_dtype)
-    if kind is None:
+    if kind is None and not has_sink:
         return
     from ..ops import _contract, _dispatch
 
-    _contract.require(_dispatch.bound("paged_attention", device_type), device_type, kv_quant=kind)
+    _contract.require(_dispatch.bound("paged_attention", device_type), device_type, kv_quant=kind,
+                      sinks=has_sink)
 
 
 def attention_backend_path(selected_backend, config) -> str | None:
@@ -57,6 +57,6 @@ def attention_backend_path(selected_backend, config) -> str | None:
     if not config.use_mla:
         from vllm.platforms import current_platform
 
-        require_quantised_cache(config.kv_cache_dtype, current_platform.device_type)
+        require_paged_features(config.kv_cache_dtype, bool(config.has_sink), current_platform.device_type)
     register_backends()
     return MLA_BACKEND_PATH if config.use_mla else ATTENTION_BACKEND_PATH

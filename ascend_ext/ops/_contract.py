@@ -45,16 +45,19 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Implementation signatures (positional-or-keyword, then keyword-only parameters).
 # An implementation may add trailing keyword-only parameters with defaults (tuning knobs).
 def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                       softmax_scale, window, mask, softcap, out, return_lse):
-    """-> lse [Hq, Tq] or None; writes out [Tq, Hq, Dv]."""
+                       softmax_scale, window, mask, softcap, out, return_lse, sinks):
+    """-> lse [Hq, Tq] or None; writes out [Tq, Hq, Dv].
+
+    sinks: None or float32 [Hq] sink logits (one extra denominator term per row, lse included)."""
 
 
 def _paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k, kv_scales):
+                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k, kv_scales, sinks):
     """-> lse [Hq, Tq] or None; writes out [Tq, Hq, Dv].
 
     kv_scales: None (caches in the dtype of q), or the :class:`~.attention.kv_quant.KVScales`
-    of float8_e4m3fn / int8 caches (dequantise on load)."""
+    of float8_e4m3fn / int8 caches (dequantise on load). sinks: as for flash_attn_varlen (a
+    split-KV implementation joins it once, when it combines the splits)."""
 
 
 def _reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales):
@@ -79,8 +82,8 @@ def _concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):
 
 
 def _moe_route(router_logits, top_k, *, scoring, renormalize, num_expert_group, topk_group,
-               correction_bias, routed_scaling_factor):
-    """-> (topk_weights float32 [T, k], topk_ids int32 [T, k])."""
+               correction_bias, routed_scaling_factor, score_dtype):
+    """-> (topk_weights float32 [T, k], topk_ids int32 [T, k]); score_dtype None = float32 scores."""
 
 
 def _moe_experts(x, w13, w2, expert_offsets, tokens_per_expert, *, scales, out_dtype):
@@ -139,12 +142,12 @@ SCHEMAS: dict[str, str] = {
         "SymInt max_seqlen_q, SymInt max_seqlen_k, float softmax_scale, int window_left, int window_right, "
         "float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? mask_row_ptr=None, "
         "Tensor? mask_run_start=None, Tensor? mask_run_len=None, Tensor? mask_run_pool=None, "
-        "Tensor? mask_pool=None, int[] mask_meta=[], int[] mask_kind=[]) -> ()",
+        "Tensor? mask_pool=None, int[] mask_meta=[], int[] mask_kind=[], Tensor? sinks=None) -> ()",
     "paged_attention":
         "paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, SymInt max_seqlen_q, SymInt max_seqlen_k, float softmax_scale, int window_left, "
         "int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? k_scale=None, "
-        "Tensor? v_scale=None, Tensor? k_offset=None, Tensor? v_offset=None) -> ()",
+        "Tensor? v_scale=None, Tensor? k_offset=None, Tensor? v_offset=None, Tensor? sinks=None) -> ()",
     "reshape_and_cache":
         "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
         "Tensor slot_mapping, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
@@ -158,7 +161,8 @@ SCHEMAS: dict[str, str] = {
         "concat_and_cache_mla(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()",
     "moe_route":
         "moe_route(Tensor router_logits, int top_k, str scoring, bool renormalize, int num_expert_group, "
-        "int topk_group, Tensor? correction_bias, float routed_scaling_factor) -> (Tensor, Tensor)",
+        "int topk_group, Tensor? correction_bias, float routed_scaling_factor, ScalarType? score_dtype=None) "
+        "-> (Tensor, Tensor)",
     "moe_experts":
         "moe_experts(Tensor x, Tensor w13, Tensor w2, Tensor expert_offsets, Tensor tokens_per_expert, "
         "Tensor? scales, ScalarType out_dtype) -> Tensor",
@@ -168,7 +172,8 @@ SCHEMAS: dict[str, str] = {
     "ep_moe":
         "ep_moe(Tensor x, Tensor router_logits, Tensor w13, Tensor w2, Tensor? correction_bias, int top_k, "
         "str scoring, bool renormalize, int num_expert_group, int topk_group, float routed_scaling_factor, "
-        "str group_name, SymInt capacity, int max_graph_capacity, float timeout_s) -> Tensor",
+        "str group_name, SymInt capacity, int max_graph_capacity, float timeout_s, ScalarType? score_dtype=None) "
+        "-> Tensor",
 }
 """ep_moe is the composite route -> dispatch -> experts -> combine step (no implementation
 table of its own: it calls the bound implementations of its parts).
@@ -189,6 +194,7 @@ class Supports:
     max_s_q: int | None = None                 # MLA queries per sequence
     fp8_cache: bool = True                     # an FP8 (e4m3) latent cache with kv_scale
     kv_quant: tuple[str, ...] = ("fp8", "int8")  # quantised paged KV caches (attention/kv_quant.py)
+    sinks: bool = True                         # attention-sink logits (gpt-oss)
     note: str = ""
     everything: bool = field(init=False, default=False)
     """True when nothing above is restricted (then :func:`require` returns at once)."""
@@ -196,11 +202,11 @@ class Supports:
     def __post_init__(self):
         object.__setattr__(self, "everything", self.dtypes == FLOAT_DTYPES and self.head_dims is None
                            and self.softcap and self.mask and self.window and self.max_s_q is None
-                           and self.fp8_cache and set(self.kv_quant) == {"fp8", "int8"})
+                           and self.fp8_cache and set(self.kv_quant) == {"fp8", "int8"} and self.sinks)
 
 
 def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, mask=False, window=(-1, 0),
-            s_q=None, fp8_cache=False, kv_quant=None) -> None:
+            s_q=None, fp8_cache=False, kv_quant=None, sinks=False) -> None:
     """Raise NotImplementedError when ``impl`` (a bound Impl) cannot serve the request."""
     sup = impl.supports
     if sup.everything:
@@ -222,6 +228,8 @@ def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, m
         missing = "an FP8 cache"
     elif kv_quant and kv_quant not in sup.kv_quant:
         missing = f"a quantised KV cache ({kv_quant}; supported: {list(sup.kv_quant) or 'none'})"
+    elif sinks and not sup.sinks:
+        missing = "attention sinks"
     if missing is None:
         return
     from ._dispatch import implementations

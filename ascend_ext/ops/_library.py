@@ -76,12 +76,13 @@ def mask_from_args(row_ptr, run_start, run_len, run_pool, pool, meta, kind):
 # ------------------------------------------------------------------------ attention
 def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
                        window_left, window_right, softcap, out, lse, mask_row_ptr=None, mask_run_start=None,
-                       mask_run_len=None, mask_run_pool=None, mask_pool=None, mask_meta=(), mask_kind=()):
+                       mask_run_len=None, mask_run_pool=None, mask_pool=None, mask_meta=(), mask_kind=(), sinks=None):
     mask = mask_from_args(mask_row_ptr, mask_run_start, mask_run_len, mask_run_pool, mask_pool, mask_meta,
                           mask_kind)
     result = bound("flash_attn_varlen", q.device.type).fn(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=softmax_scale,
-        window=(window_left, window_right), mask=mask, softcap=softcap, out=out, return_lse=lse is not None)
+        window=(window_left, window_right), mask=mask, softcap=softcap, out=out, return_lse=lse is not None,
+        sinks=sinks)
     _copy_lse(lse, result)
 
 
@@ -93,11 +94,12 @@ def _kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset):
 
 def _paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
                      softmax_scale, window_left, window_right, softcap, out, lse, k_scale=None, v_scale=None,
-                     k_offset=None, v_offset=None):
+                     k_offset=None, v_offset=None, sinks=None):
     result = bound("paged_attention", q.device.type).fn(
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, softmax_scale=softmax_scale,
         window=(window_left, window_right), softcap=softcap, out=out, return_lse=lse is not None,
-        max_seqlen_k=_opt(max_seqlen_k), kv_scales=_kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset))
+        max_seqlen_k=_opt(max_seqlen_k), kv_scales=_kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset),
+        sinks=sinks)
     _copy_lse(lse, result)
 
 
@@ -131,14 +133,15 @@ def _concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):
 
 # ------------------------------------------------------------------------ MoE
 def _moe_route(router_logits, top_k, scoring, renormalize, num_expert_group, topk_group, correction_bias,
-               routed_scaling_factor):
+               routed_scaling_factor, score_dtype=None):
     return bound("moe_route", router_logits.device.type).fn(
         router_logits, top_k, scoring=scoring, renormalize=renormalize, num_expert_group=_opt(num_expert_group),
-        topk_group=_opt(topk_group), correction_bias=correction_bias, routed_scaling_factor=routed_scaling_factor)
+        topk_group=_opt(topk_group), correction_bias=correction_bias, routed_scaling_factor=routed_scaling_factor,
+        score_dtype=score_dtype)
 
 
 def _moe_route_fake(router_logits, top_k, scoring, renormalize, num_expert_group, topk_group, correction_bias,
-                    routed_scaling_factor):
+                    routed_scaling_factor, score_dtype=None):
     tokens = router_logits.shape[0]
     return (router_logits.new_empty((tokens, top_k), dtype=torch.float32),
             router_logits.new_empty((tokens, top_k), dtype=torch.int32))

@@ -123,6 +123,24 @@ def window(window_size, causal: bool) -> tuple[int, int]:
     return left, right
 
 
+def sinks(value, q: torch.Tensor) -> torch.Tensor | None:
+    """Attention-sink logits: None, or float32 [Hq] on q's device (value check: none NaN or +inf)."""
+    if value is None:
+        return None
+    hq = q.shape[1]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"sinks must be a float32 tensor [Hq] = [{hq}] (or None), got {type(value).__name__}")
+    if value.dtype != torch.float32:
+        raise TypeError(f"sinks must be float32 [Hq] = [{hq}], got {str(value.dtype).replace('torch.', '')}")
+    if tuple(value.shape) != (hq,):
+        raise ValueError(f"sinks must have shape [Hq] = [{hq}] (one logit per query head), got {tuple(value.shape)}")
+    if value.device != q.device:
+        raise ValueError(f"sinks must be on the device of q ({q.device}), got {value.device}")
+    if value_checks_enabled() and bool((torch.isnan(value) | (value == float("inf"))).any()):
+        raise ValueError(f"sinks must be finite or -inf (= no sink), got {value.tolist()[:8]}")
+    return value
+
+
 def cu_seqlens(name: str, cu: torch.Tensor, total: int, batch: int | None = None) -> int:
     """Check an int32 [B+1] offsets tensor; returns B."""
     tensor(name, cu, ndim=1, dtypes=(torch.int32,))
@@ -162,17 +180,12 @@ def output(name: str, out: torch.Tensor | None, shape: tuple[int, ...], like: to
 
 
 def paged_values(block_table: torch.Tensor, seq_lens: torch.Tensor, num_blocks: int, block_size: int, *,
-                 q_lens: torch.Tensor | None = None, max_seqlen_k: int | None = None) -> None:
-    """Value checks of paged-cache metadata (syncs with the device)."""
+                 max_seqlen_k: int | None = None) -> None:
+    """Value checks of paged-cache metadata (syncs with the device). A sequence may have more
+    queries than keys (bottom-right alignment: causal rows before the first key see none)."""
     lens = seq_lens.cpu()
     if bool((lens < 0).any()):
         raise ValueError(f"seq_lens must be >= 0, got {lens.tolist()}")
-    if q_lens is not None:
-        q_lens = q_lens.cpu()
-        if bool((q_lens > lens).any()):
-            b = int((q_lens > lens).nonzero()[0])
-            raise ValueError(f"sequence {b} has {int(q_lens[b])} queries but seq_lens[{b}] = {int(lens[b])} "
-                             "keys; queries are the last positions of their sequence, so Lq <= seq_len")
     if max_seqlen_k is not None and lens.numel() and int(lens.max()) > max_seqlen_k:
         raise ValueError(f"max_seqlen_k ({max_seqlen_k}) is smaller than max(seq_lens) ({int(lens.max())})")
     needed = (lens + block_size - 1) // block_size

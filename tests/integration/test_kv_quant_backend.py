@@ -91,7 +91,7 @@ def test_int8_cache_uses_c8_scales(rng):
 
 def test_int8_without_c8_scales_and_unknown_dtypes_are_refused(rng):
     from ascend_ext.integration.attention_backend import AscendExtAttentionImpl
-    from ascend_ext.integration.selection import require_quantised_cache, unsupported_reason
+    from ascend_ext.integration.selection import require_paged_features, unsupported_reason
 
     with pytest.raises(NotImplementedError, match="C8 KV-cache scales.*k_cache_scale"):
         _step("int8", SimpleNamespace(), _combined(torch.int8), 5, rng)
@@ -104,9 +104,9 @@ def test_int8_without_c8_scales_and_unknown_dtypes_are_refused(rng):
     from ascend_ext import ops
 
     with ops.use_impl(paged_attention="reference"):
-        require_quantised_cache("fp8", "cpu")        # the reference reads fp8 caches
+        require_paged_features("fp8", False, "cpu")        # the reference reads fp8 caches
     from ascend_ext.ops import _dispatch
     native = _dispatch.implementations("paged_attention", "cpu").get("native")
     if native is not None and native.unavailable_reason("cpu") is None:
         with ops.use_impl(paged_attention="native"), pytest.raises(NotImplementedError, match="quantised KV cache"):
-            require_quantised_cache("fp8", "cpu")
+            require_paged_features("fp8", False, "cpu")

@@ -75,8 +75,10 @@ def _allowed(sq: int, sk: int, sparse_mode: int, pre: int, nxt: int, mask) -> to
     raise RuntimeError(f"sparse_mode {sparse_mode} is not emulated")
 
 
-def _attention(q, k, v, scale, allowed, q_rope=None, k_rope=None):
-    """q [Sq, N, D], k [Sk, Nkv, D], v [Sk, Nkv, Dv] -> out [Sq, N, Dv], lse [Sq, N] (fp32)."""
+def _attention(q, k, v, scale, allowed, q_rope=None, k_rope=None, sink=None):
+    """q [Sq, N, D], k [Sk, Nkv, D], v [Sk, Nkv, Dv] -> out [Sq, N, Dv], lse [Sq, N] (fp32).
+    sink [N]: one more logit per head in the softmax, value 0 (the docs' reference: append
+    the sink column, softmax, drop it); lse is taken over the keys and the sink."""
     sq, n, _ = q.shape
     sk, nkv, dv = v.shape
     group = n // nkv
@@ -86,6 +88,9 @@ def _attention(q, k, v, scale, allowed, q_rope=None, k_rope=None):
     if q_rope is not None:
         s = s + torch.einsum("qnd,knd->nqk", q_rope.float(), k_rope.float().repeat_interleave(group, dim=1))
     s = (s * scale).masked_fill(~allowed.to(s.device), float("-inf"))
+    if sink is not None:
+        s = torch.cat([s, sink.float().view(n, 1, 1).expand(n, sq, 1)], dim=-1)
+        vv = torch.cat([vv, vv.new_zeros(1, n, dv)])
     lse = torch.logsumexp(s, dim=-1)                                  # [N, Sq]
     p = torch.where(torch.isfinite(lse)[..., None], torch.exp(s - lse[..., None]), torch.zeros_like(s))
     out = torch.einsum("nqk,knd->qnd", p, vv)
@@ -108,7 +113,7 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
                                     input_layout="BSH", num_key_value_heads=0, sparse_mode=0, inner_precise=0,
                                     block_size=0, antiquant_mode=0, softmax_lse_flag=False, key_antiquant_scale=None,
                                     key_antiquant_offset=None, value_antiquant_scale=None, value_antiquant_offset=None,
-                                    key_antiquant_mode=0, value_antiquant_mode=0, **unsupported):
+                                    key_antiquant_mode=0, value_antiquant_mode=0, _learnable_sink=None, **unsupported):
     """Emulates the op for input_layout TND (varlen; paged through block_table), BSND and BNSD.
 
     Paged TND: key/value are caches [num_blocks, block_size, Nkv*D], actual_seq_lengths the
@@ -138,6 +143,11 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
         raise RuntimeError(f"page attention block_size must be 128-512 in multiples of 128, got {block_size}")
     if block_table is not None and query_rope is not None and block_size not in (16, 128):
         raise RuntimeError(f"page attention with rope (MLA) takes block_size 16 or 128, got {block_size}")
+    learnable_sink = _learnable_sink   # an argument of the _v2 op only
+    if learnable_sink is not None and (input_layout != "TND" or learnable_sink.dtype != torch.bfloat16
+                                       or tuple(learnable_sink.shape) != (num_heads,)
+                                       or value.shape[-1] // nkv > 128):
+        raise RuntimeError("learnable_sink: bfloat16 (Q_N,), input_layout TND only, value D <= 128")
     if input_layout == "TND":
         if query.dim() != 3 or query.shape[1] != num_heads:
             raise RuntimeError(f"TND query must be [T, num_heads={num_heads}, D], got {tuple(query.shape)}")
@@ -167,7 +177,7 @@ def npu_fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_
                 kr = None if key_rope is None else key_rope[k0:k1]
             allowed = _allowed(q1 - q0, k.shape[0], sparse_mode, pre_tokens, next_tokens, atten_mask)
             o, l_ = _attention(query[q0:q1], k, v, scale, allowed,
-                               None if query_rope is None else query_rope[q0:q1], kr)
+                               None if query_rope is None else query_rope[q0:q1], kr, learnable_sink)
             out[q0:q1] = o.to(out.dtype)
             lse[q0:q1, :, 0] = l_
         return out, (lse if softmax_lse_flag else torch.zeros(1))
@@ -247,7 +257,7 @@ def npu_fused_infer_attention_score_v2(query, key, value, *, query_rope=None, ke
                                        num_query_heads=1, num_key_value_heads=0, softmax_scale=1.0,
                                        pre_tokens=2147483647, next_tokens=2147483647, input_layout="BSH",
                                        sparse_mode=0, block_size=0, inner_precise=0, return_softmax_lse=False,
-                                       **unsupported):
+                                       learnable_sink=None, **unsupported):
     """The _v2 op: renamed arguments of npu_fused_infer_attention_score (TND emulated). With
     query_rope (MLA) its docs require 1-16 query tokens per batch, num_query_heads in
     1/2/4/.../128, key N 1 with D 512, rope D 64, page attention with block_size 16 or 128."""
@@ -269,13 +279,14 @@ def npu_fused_infer_attention_score_v2(query, key, value, *, query_rope=None, ke
         actual_seq_lengths=actual_seq_qlen, actual_seq_lengths_kv=actual_seq_kvlen, block_table=block_table,
         num_heads=num_query_heads, num_key_value_heads=num_key_value_heads, scale=softmax_scale,
         pre_tokens=pre_tokens, next_tokens=next_tokens, input_layout=input_layout, sparse_mode=sparse_mode,
-        block_size=block_size, inner_precise=inner_precise, softmax_lse_flag=return_softmax_lse, **unsupported)
+        block_size=block_size, inner_precise=inner_precise, softmax_lse_flag=return_softmax_lse,
+        _learnable_sink=learnable_sink, **unsupported)
 
 
 def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None, padding_mask=None, atten_mask=None,
                          scale=1.0, keep_prob=1.0, pre_tockens=2147483647, next_tockens=2147483647, inner_precise=0,
                          prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0,
-                         gen_mask_parallel=True, sync=False, softmax_layout=""):
+                         gen_mask_parallel=True, sync=False, softmax_layout="", sink=None):
     """Emulates TND (varlen; cumulative actual_seq_qlen/actual_seq_kvlen), BSND and BNSD.
 
     Returns the documented 7 outputs: (attention_out, softmax_max, softmax_sum,
@@ -284,9 +295,13 @@ def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None,
     [N, T, 8] data in the [T, N, 8]-shaped buffer the meta function declares). Varlen masks
     (sparse_mode 1) must not hide a whole row. The real op gives the row max of the scaled scores and the sum of
     exp(s - max); here the pair is (lse, 1), which has the same lse = max + log(sum).
+    sink (float32 [N], the docs' example): one more logit per head in each row's softmax, value 0;
+    that max/sum include it is our reading (unverified without hardware).
     """
     if keep_prob != 1.0 or pse is not None or prefix is not None:
         raise RuntimeError("dropout, pse and prefix are not emulated")
+    if sink is not None and (sink.dtype != torch.float32 or tuple(sink.shape) != (head_num,)):
+        raise RuntimeError(f"sink must be float32 [head_num={head_num}], got {sink.dtype} {tuple(sink.shape)}")
     if input_layout == "TND":
         if actual_seq_qlen is None or actual_seq_kvlen is None:
             raise RuntimeError("TND requires actual_seq_qlen and actual_seq_kvlen")
@@ -302,7 +317,7 @@ def npu_fusion_attention(query, key, value, head_num, input_layout, *, pse=None,
             allowed = _allowed(q1 - q0, k1 - k0, sparse_mode, pre_tockens, next_tockens, atten_mask)
             if sparse_mode == 1 and not bool(allowed.any(dim=1).all()):
                 raise RuntimeError("varlen atten_mask must not mask a whole row")
-            o, l_ = _attention(query[q0:q1], key[k0:k1], value[k0:k1], scale, allowed)
+            o, l_ = _attention(query[q0:q1], key[k0:k1], value[k0:k1], scale, allowed, sink=sink)
             out[q0:q1] = o.to(out.dtype)
             lse[q0:q1] = l_
         # documented outputs carry max and sum; lse = max + log(sum). Rows that see no key:

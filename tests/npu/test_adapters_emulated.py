@@ -101,6 +101,87 @@ def test_infer_attention_paged_adapter(window, seqs, dtype, block_size, rng):
     torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=1e-3)
 
 
+@pytest.mark.parametrize("window", [(-1, 0), (-1, -1)])
+def test_fusion_attention_adapter_sinks(window, rng):
+    """npu_fusion_attention's float32 ``sink`` [N] (the wheel's documented example)."""
+    lens_q, lens_k = [7, 1, 30], [7, 9, 30]
+    q = randn((sum(lens_q), 8, 64), torch.bfloat16, rng)
+    k, v = (randn((sum(lens_k), 2, 64), torch.bfloat16, rng) for _ in range(2))
+    sinks = torch.randn(8, generator=rng) * 2
+    out = torch.full_like(q, float("nan"))
+    lse = npu_attention.flash_attn_varlen(q, k, v, cu(lens_q), cu(lens_k), 30, 30, softmax_scale=0.125,
+                                          window=window, mask=None, softcap=0.0, out=out, return_lse=True,
+                                          sinks=sinks)
+    with ops.use_impl(attention="reference"):
+        ref, ref_lse = ops.flash_attn_varlen(q, k, v, cu(lens_q), cu(lens_k), 30, 30, softmax_scale=0.125,
+                                             causal=window[1] == 0, return_lse=True, sinks=sinks)
+    torch.testing.assert_close(out, ref, **TOL[torch.bfloat16])
+    torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("window", [(-1, 0), (6, 0), (-1, -1)])
+def test_infer_attention_paged_adapter_sinks(window, rng):
+    """Sinks move the paged call to npu_fused_infer_attention_score_v2 (learnable_sink: bfloat16,
+    TND); gpt-oss's bfloat16 sinks pass through exactly."""
+    hq, hkv, d, dtype = 8, 2, 64, torch.bfloat16
+    seqs = [(200, 1), (300, 7), (17, 17)]
+    keys = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    values = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, 128, rng)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), dtype, rng)
+    sinks = (torch.randn(hq, generator=rng) * 2).to(torch.bfloat16).float()
+    out = torch.full_like(q, float("nan"))
+    lse = npu_attention.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens),
+                                        softmax_scale=0.125, window=window, softcap=0.0, out=out, return_lse=True,
+                                        sinks=sinks)
+    with ops.use_impl(attention="reference"):
+        ref, ref_lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens),
+                                           softmax_scale=0.125, window_size=window, causal=window[1] == 0,
+                                           return_lse=True, sinks=sinks)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    torch.testing.assert_close(lse, ref_lse, atol=2e-2, rtol=1e-3)
+
+
+def test_infer_attention_paged_more_queries_than_keys(rng):
+    """Non-causal: every query sees all keys of its sequence (cascade's shared-prefix pass);
+    causal rows that would see no key are refused by name (the op does not document them)."""
+    hq, hkv, d, dtype = 4, 1, 64, torch.float16
+    keys = [randn((5, hkv, d), dtype, rng), randn((130, hkv, d), dtype, rng)]
+    k_cache, v_cache, table, lens = paged_cache(keys, keys, 128, rng)
+    q = randn((12, hq, d), dtype, rng)
+    out = torch.full_like(q, float("nan"))
+    lse = npu_attention.paged_attention(q, k_cache, v_cache, table, lens, cu([9, 3]), 9, softmax_scale=0.125,
+                                        window=(-1, -1), softcap=0.0, out=out, return_lse=True)
+    with ops.use_impl(attention="reference"):
+        ref, ref_lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu([9, 3]), 9, softmax_scale=0.125,
+                                           causal=False, return_lse=True)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="sequence 0 has 9 queries over 5 keys"):
+        npu_attention.paged_attention(q, k_cache, v_cache, table, lens, cu([9, 3]), 9, softmax_scale=0.125,
+                                      window=(-1, 0), softcap=0.0, out=out, return_lse=False)
+
+
+def test_paged_sinks_refusals(rng):
+    """learnable_sink's documented limits (value D <= 128) and sinks with an int8 cache: clear errors."""
+    q = randn((2, 4, 256), torch.bfloat16, rng)
+    keys = [randn((20, 1, 256), torch.bfloat16, rng)] * 2
+    k_cache, v_cache, table, lens = paged_cache(keys, keys, 128, rng)
+    with pytest.raises(ValueError, match="learnable_sink only with value head dims <= 128"):
+        npu_attention.paged_attention(q, k_cache, v_cache, table, lens, cu([1, 1]), 1, softmax_scale=0.1,
+                                      window=(-1, 0), softcap=0.0, out=torch.empty_like(q), return_lse=False,
+                                      sinks=torch.zeros(4))
+    from ascend_ext.ops.attention import kv_quant
+
+    k8 = torch.zeros(2, 128, 1, 256, dtype=torch.int8)
+    scales = kv_quant.normalize(k8, k8, torch.ones(1), torch.ones(1))
+    with pytest.raises(NotImplementedError, match="attention sinks with an int8 KV cache"):
+        npu_attention.paged_attention(q, k8, k8, table, lens, cu([1, 1]), 1, softmax_scale=0.1, window=(-1, 0),
+                                      softcap=0.0, out=torch.empty_like(q), return_lse=False, kv_scales=scales,
+                                      sinks=torch.zeros(4))
+
+
 @pytest.mark.parametrize("s_q,heads", [(1, 16), (2, 4), (3, 130)])
 def test_mla_adapter(s_q, heads, rng):
     """Latent 512 + rope 64 (the op's documented MLA shape); 4 and 130 heads are padded to the

@@ -37,11 +37,15 @@ def allowed(lq: int, lk: int, causal: bool, window, dense=None, device="cpu") ->
     return ok
 
 
-def attention_f64(q, k, v, scale, ok, softcap=0.0):
+def attention_f64(q, k, v, scale, ok, softcap=0.0, sinks=None):
     """q [Lq,Hq,D], k [Lk,Hkv,D], v [Lk,Hkv,Dv], ok bool [Lq,Lk] -> out f64 [Lq,Hq,Dv], lse f64 [Hq,Lq].
 
     Computed on q's device in float64: scores for all heads (K/V heads repeated per
-    group), -inf where not allowed, softmax over rows that see any key."""
+    group), -inf where not allowed, softmax over rows that see any key. With sinks [Hq],
+    a zero-valued key with logit sinks[h] is appended to every row of head h (visible
+    always), so out = sum p_j v_j / (sum p_j + e^sink) and lse includes the sink."""
+    if sinks is not None:   # append the sink as one more key: logit fixed, value 0
+        return _with_sink_key(q, k, v, scale, ok, softcap, sinks)
     lq, hq, _ = q.shape
     lk, hkv, dv = v.shape
     group = hq // hkv if hkv else 1
@@ -64,13 +68,35 @@ def attention_f64(q, k, v, scale, ok, softcap=0.0):
     return out.transpose(0, 1).contiguous(), lse
 
 
-def varlen_f64(q, k, v, seqlens, scale, causal, window, dense=None, softcap=0.0):
+def _with_sink_key(q, k, v, scale, ok, softcap, sinks):
+    """Sinks spelled out as data: per query head h, K/V get one extra key whose score is
+    forced to sinks[h] (a huge-magnitude trick would lose precision, so the score matrix is
+    built here directly) and whose value is 0."""
+    lq, hq, _ = q.shape
+    lk, hkv, dv = v.shape
+    group = hq // hkv
+    qd = q.double().transpose(0, 1)
+    kd = k.double().repeat_interleave(group, dim=1).transpose(0, 1)
+    vd = v.double().repeat_interleave(group, dim=1).transpose(0, 1)
+    s = qd @ kd.transpose(1, 2) * scale                                   # [Hq, Lq, Lk]
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~ok.to(s.device), -math.inf)
+    sink_col = sinks.double().to(s.device).view(hq, 1, 1).expand(hq, lq, 1)
+    s = torch.cat([s, sink_col], dim=2)
+    vd = torch.cat([vd, vd.new_zeros(hq, 1, dv)], dim=1)
+    lse = torch.logsumexp(s, dim=-1)                                      # [Hq, Lq]
+    p = torch.where(torch.isfinite(lse)[..., None], torch.exp(s - lse[..., None]), torch.zeros_like(s))
+    return (p @ vd).transpose(0, 1).contiguous(), lse
+
+
+def varlen_f64(q, k, v, seqlens, scale, causal, window, dense=None, softcap=0.0, sinks=None):
     """Packed batch reference: seqlens list of (Lq, Lk)."""
     outs, lses = [], []
     q0 = k0 = 0
     for lq, lk in seqlens:
         ok = allowed(lq, lk, causal, window, dense, device=q.device)
-        o, l = attention_f64(q[q0:q0 + lq], k[k0:k0 + lk], v[k0:k0 + lk], scale, ok, softcap)
+        o, l = attention_f64(q[q0:q0 + lq], k[k0:k0 + lk], v[k0:k0 + lk], scale, ok, softcap, sinks)
         outs.append(o)
         lses.append(l)
         q0 += lq

@@ -83,6 +83,13 @@ def test_opcheck_attention(rng):
     qd = randn((2, 4, 32), torch.float32, rng)
     _opcheck("paged_attention", (qd, k_cache, v_cache, table, seq_lens, cu([1, 1], "cpu"), 1, -1, 0.2, -1, 0,
                                  0.0, torch.empty_like(qd), torch.empty(4, 2)))
+    sinks = {"sinks": torch.randn(4, generator=rng)}   # attention sinks (every CPU impl takes them)
+    _opcheck("flash_attn_varlen", (q, k, v, cuq, cuq, mx, mx, 0.2, -1, 0, 0.0, out, lse), sinks)
+    _opcheck("paged_attention", (qd, k_cache, v_cache, table, seq_lens, cu([1, 1], "cpu"), 1, -1, 0.2, -1, 0,
+                                 0.0, torch.empty_like(qd), torch.empty(4, 2)), sinks)
+    qg = randn((9, 4, 32), torch.float32, rng)   # more queries than keys (7 and 2), non-causal
+    _opcheck("paged_attention", (qg, k_cache, v_cache, table, seq_lens, cu([7, 2], "cpu"), 7, -1, 0.2, -1, -1,
+                                 0.0, torch.empty_like(qg), torch.empty(4, 9)), sinks)
     new_k, new_v = randn((3, 2, 32), torch.float32, rng), randn((3, 2, 32), torch.float32, rng)
     _opcheck("reshape_and_cache", (new_k, new_v, k_cache.clone(), v_cache.clone(),
                                    torch.tensor([0, 9, -1], dtype=torch.int64)))
@@ -134,7 +141,11 @@ class _AllAttentionOps(torch.nn.Module):
         ops.reshape_and_cache(k[:2], v[:2], k_cache, v_cache, slots)
         out, lse = ops.flash_attn_varlen(q, k, v, cuq, cuq, 9, 9, causal=True, return_lse=True)
         dec, dec_lse = ops.paged_attention(qd, k_cache, v_cache, table, seq_lens, cud, 1, return_lse=True)
-        merged, merged_lse = ops.merge_attn_states(dec, dec_lse, dec * 0.5, dec_lse - 1.0)
+        sinks = torch.linspace(-1.0, 2.0, q.shape[1])
+        sunk, sunk_lse = ops.paged_attention(qd, k_cache, v_cache, table, seq_lens, cud, 1, return_lse=True,
+                                             sinks=sinks)
+        out = out + ops.flash_attn_varlen(q, k, v, cuq, cuq, 9, 9, causal=True, sinks=sinks)
+        merged, merged_lse = ops.merge_attn_states(dec, dec_lse, sunk * 0.5, sunk_lse - 1.0)
         ops.concat_and_cache_mla(kv_c, k_pe, mla_cache, slots)
         mla, mla_lse = ops.mla_decode(mla_q, mla_cache, mla_table, mla_lens, kv_lora_rank=32, softmax_scale=0.3,
                                       return_lse=True)

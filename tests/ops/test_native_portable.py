@@ -14,7 +14,9 @@ import torch
 
 from ascend_ext.backends.cpu import native
 
+from . import test_attention_edges as edges
 from . import test_attention_parity as parity
+from . import test_attention_sinks as sinks
 from . import test_cooperative as cooperative
 from . import test_mla as mla
 from . import test_native_attention as native_tests
@@ -68,6 +70,17 @@ def test_portable_flash_attn_varlen(use_portable, case, rng):
 @pytest.mark.parametrize("case", _every(parity._paged_cases(), 3))
 def test_portable_paged_attention(use_portable, case, rng):
     parity.test_paged_attention("native", *case, rng)
+
+
+@pytest.mark.parametrize("case", _every(sinks._paged_cases(), 4))
+def test_portable_paged_sinks(use_portable, case, rng):
+    sinks.test_paged_attention_sinks("native", *case, rng)
+
+
+def test_portable_sinks_splits_and_more_queries_than_keys(use_portable, threads, rng):
+    sinks.test_paged_sinks_long_context_splits("native", [(1500, 1)], threads, rng)
+    case = edges._q_gt_k_cases()[4]
+    edges.test_paged_more_queries_than_keys("native", *case.values, rng)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

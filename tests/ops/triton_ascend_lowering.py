@@ -103,13 +103,13 @@ def cases():
     def cu(lens):
         return torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)
 
-    def flash(d, dtype, window, mask=None):
+    def flash(d, dtype, window, mask=None, sinks=None):
         q, k, v = rnd(40, 8, d, dtype=dtype), rnd(40, 2, d, dtype=dtype), rnd(40, 2, d, dtype=dtype)
         flash_attention.flash_attn_varlen(q, k, v, cu([40]), cu([40]), 40, 40, softmax_scale=d ** -0.5, window=window,
                                           mask=mask, softcap=0.0, out=torch.empty_like(q), return_lse=True,
-                                          configs=npu_configs)
+                                          sinks=sinks, configs=npu_configs)
 
-    def paged(d, dtype, splits, int8=False):
+    def paged(d, dtype, splits, int8=False, sinks=None):
         k_cache, v_cache = rnd(6, 128, 2, d, dtype=dtype), rnd(6, 128, 2, d, dtype=dtype)
         q = rnd(3, 8, d, dtype=dtype)
         scales = None
@@ -123,7 +123,7 @@ def cases():
         paged_attention.paged_attention(q, k_cache, v_cache, table, torch.tensor([300, 40, 1], dtype=torch.int32),
                                         cu([1, 1, 1]), 1, softmax_scale=0.1, window=(-1, 0), softcap=0.0,
                                         out=torch.empty_like(q), return_lse=True, max_seqlen_k=300,
-                                        configs=npu_configs, num_splits=splits, kv_scales=scales)
+                                        configs=npu_configs, num_splits=splits, kv_scales=scales, sinks=sinks)
 
     def mla(heads, s_q):
         cache = rnd(4, 128, 576)
@@ -167,6 +167,10 @@ def cases():
     yield "paged d128 bf16 split", lambda: paged(128, torch.bfloat16, 2)
     yield "paged d64 fp16", lambda: paged(64, torch.float16, 1)
     yield "paged d128 bf16 int8 cache", lambda: paged(128, torch.bfloat16, 2, int8=True)
+    # attention sinks (HAS_SINK): joined at the store, or in the split combine
+    yield "flash d64 bf16 sinks", lambda: flash(64, torch.bfloat16, (-1, 0), sinks=rnd(8, dtype=torch.float32))
+    yield "paged d64 bf16 sinks", lambda: paged(64, torch.bfloat16, 1, sinks=rnd(8, dtype=torch.float32))
+    yield "paged d64 bf16 split sinks", lambda: paged(64, torch.bfloat16, 2, sinks=rnd(8, dtype=torch.float32))
     yield "mla 16 heads", lambda: mla(16, 1)
     yield "mla 128 heads s_q 2", lambda: mla(128, 2)
     yield "moe bf16", lambda: moe(False)

@@ -2,7 +2,7 @@
 
 The extension ``ascend_ext._native`` is built at install time when torch and a C++
 compiler are present (see setup.py). Its kernels accumulate in float32 and cover
-causal/window/softcap/lse; they take no :class:`TileMask` (declared in
+causal/window/softcap/lse/attention sinks; they take no :class:`TileMask` (declared in
 ``backends/cpu/__init__.py``: a masked request raises, naming the implementations that can).
 ``mla_decode`` runs float16/bfloat16/float32 latent caches natively (csrc/mla_decode.cpp) and
 hands FP8 caches to the reference.
@@ -64,28 +64,32 @@ def _last_dim_contiguous(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
 
+def _contiguous(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return tensor if tensor is None or tensor.is_contiguous() else tensor.contiguous()
+
+
 def _lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor | None:
     return torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32) if return_lse else None
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                      softmax_scale, window, mask, softcap, out, return_lse):
+                      softmax_scale, window, mask, softcap, out, return_lse, sinks=None):
     lse = _lse_buffer(q, return_lse)
     _ops().flash_attn_varlen(
         _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cu_seqlens_q, cu_seqlens_k,
-        softmax_scale, window[0], window[1], softcap, out, lse)
+        softmax_scale, window[0], window[1], softcap, out, lse, _contiguous(sinks))
     return lse
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None):
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None):
     if kv_scales is not None:   # declared in backends/cpu/__init__.py; reached only by direct torch.ops calls
         raise NotImplementedError(f"the native CPU paged_attention does not read {kv_scales.kind} KV caches; "
                                   "use ASCEND_EXT_IMPL=paged_attention=reference")
     lse = _lse_buffer(q, return_lse)
     _ops().paged_attention(
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
-        softmax_scale, window[0], window[1], softcap, out, lse)
+        softmax_scale, window[0], window[1], softcap, out, lse, _contiguous(sinks))
     return lse
 
 

@@ -10,11 +10,18 @@ back to sparse_mode 1 with a dense [S, S] mask - O(S^2) memory, the only form th
 accepts for arbitrary patterns. Rows a varlen dense mask hides completely (the op forbids
 them) attend to key 0 inside the op and are then written as 0 with lse -inf, the op-layer
 convention. Documented limits are checked first (:mod:`.constraints`).
+
+Attention sinks: npu_fusion_attention takes them as ``sink`` (float32 [N]); the paged path
+switches to npu_fused_infer_attention_score_v2, whose ``learnable_sink`` is bfloat16 [Q_N]
+(lossless for gpt-oss, whose sinks are bfloat16 parameters) in the TND layout with value
+head dims up to 128. Whether either op's lse includes the sink term (ours does) cannot be
+checked without an NPU (docs/ascend.md).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 
@@ -58,18 +65,20 @@ def _lse_from_max_sum(softmax_max, softmax_sum) -> torch.Tensor:
     return lse.transpose(0, 1).contiguous()
 
 
-def _check_no_empty_rows(cu_q: list[int], cu_k: list[int], right: int) -> None:
-    """npu_fusion_attention forbids rows with no visible key in varlen (TND) calls: with the
-    bottom-right aligned causal/band modes these are the first Sq - Skv - right queries."""
+def _check_no_empty_rows(cu_q: list[int], cu_k: list[int], right: int, op: str = "npu_fusion_attention") -> None:
+    """npu_fusion_attention forbids rows with no visible key in varlen (TND) calls (and
+    npu_fused_infer_attention_score does not document them): with the bottom-right aligned
+    causal/band modes these are the first Sq - Skv - right queries."""
     for b in range(len(cu_q) - 1):
         sq, sk = cu_q[b + 1] - cu_q[b], cu_k[b + 1] - cu_k[b]
         if sq > 0 and (sk == 0 or sq > sk + right):
-            raise ValueError(f"npu_fusion_attention forbids fully masked query rows in varlen calls: sequence {b} "
-                             f"has {sq} queries over {sk} keys (window right edge {right})")
+            raise ValueError(f"{op} forbids fully masked query rows in varlen calls: sequence {b} "
+                             f"has {sq} queries over {sk} keys (window right edge {right}); more queries "
+                             "than keys need causal=False here, or another implementation")
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                      softmax_scale, window, mask, softcap, out, return_lse):
+                      softmax_scale, window, mask, softcap, out, return_lse, sinks=None):
     if softcap:
         raise NotImplementedError("npu_fusion_attention has no logit softcap; use another implementation")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -97,6 +106,8 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             allowed[empty_rows, 0] = True
         args = dict(sparse_mode=1, atten_mask=~allowed)
     pre, nxt = args.pop("pre_tokens", INT_MAX), args.pop("next_tokens", INT_MAX)
+    if sinks is not None:
+        args["sink"] = sinks
     result = torch_npu().npu_fusion_attention(
         q.contiguous(), k.contiguous(), v.contiguous(), q.shape[1], "TND", scale=softmax_scale, pre_tockens=pre,
         next_tockens=nxt, actual_seq_qlen=cu_q[1:], actual_seq_kvlen=cu_k[1:], softmax_layout="TND", **args)
@@ -107,17 +118,25 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         rows = rows[rows < q.shape[0]]
         out[rows] = 0
         if lse is not None:
-            lse[:, rows] = float("-inf")
+            lse[:, rows] = float("-inf") if sinks is None else sinks[:, None].expand(-1, rows.numel())
     return lse
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None):
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None):
     if softcap:
         raise NotImplementedError("npu_fused_infer_attention_score has no logit softcap")
+    if sinks is not None and kv_scales is not None:
+        raise NotImplementedError("the 'npu' paged_attention does not combine attention sinks with an int8 KV cache "
+                                  "(npu_fused_infer_attention_score_v2's learnable_sink path takes float caches); "
+                                  "use ASCEND_EXT_IMPL=paged_attention=triton or reference")
+    host_q, host_k = cu_seqlens_q.tolist(), seq_lens.tolist()   # the op takes host lists
+    if window != (-1, -1):   # rows before a sequence's first key: the op's result is not documented
+        _check_no_empty_rows(host_q, [0, *itertools.accumulate(host_k)], INT_MAX if window[1] < 0 else window[1],
+                             "npu_fused_infer_attention_score")
     if kv_scales is not None:
         if max_seqlen_q == 1 and q.shape[0] == block_table.shape[0] and window == (-1, 0):
-            return _int8_decode(q, k_cache, v_cache, block_table, seq_lens, kv_scales, softmax_scale, out,
+            return _int8_decode(q, k_cache, v_cache, block_table, host_k, kv_scales, softmax_scale, out,
                                 return_lse)
         # the op dequantises per channel only for one query per sequence: dequantise the blocks
         # this batch reads (as vllm-ascend does for chunked prefill) and attend over them
@@ -131,13 +150,19 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         _warn_copy()
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
     args = _mask_args(window, q.device)
-    pre, nxt = args.pop("pre_tokens", INT_MAX), args.pop("next_tokens", INT_MAX)
-    result, lse = torch_npu().npu_fused_infer_attention_score(
-        q.contiguous(), k_cache.view(num_blocks, block_size, hkv * d), v_cache.view(num_blocks, block_size, -1),
-        block_table=block_table, block_size=block_size, input_layout="TND",
-        actual_seq_lengths=cu_seqlens_q[1:].tolist(), actual_seq_lengths_kv=seq_lens.tolist(),
-        num_heads=q.shape[1], num_key_value_heads=hkv, scale=softmax_scale, pre_tokens=pre, next_tokens=nxt,
-        softmax_lse_flag=return_lse, **args)
+    args.update(pre_tokens=args.pop("pre_tokens", INT_MAX), next_tokens=args.pop("next_tokens", INT_MAX),
+                block_table=block_table, block_size=block_size, input_layout="TND", num_key_value_heads=hkv)
+    caches = (k_cache.view(num_blocks, block_size, hkv * d), v_cache.view(num_blocks, block_size, -1))
+    if sinks is None:
+        result, lse = torch_npu().npu_fused_infer_attention_score(
+            q.contiguous(), *caches, actual_seq_lengths=host_q[1:], actual_seq_lengths_kv=host_k,
+            num_heads=q.shape[1], scale=softmax_scale, softmax_lse_flag=return_lse, **args)
+    else:   # learnable_sink is an argument of the _v2 op only (bfloat16 [Q_N], TND, value D <= 128)
+        constraints.check_learnable_sink(v_cache.shape[3])
+        result, lse = torch_npu().npu_fused_infer_attention_score_v2(
+            q.contiguous(), *caches, actual_seq_qlen=host_q[1:], actual_seq_kvlen=host_k,
+            num_query_heads=q.shape[1], softmax_scale=softmax_scale, return_softmax_lse=return_lse,
+            learnable_sink=sinks.to(torch.bfloat16), **args)
     out.copy_(result)
     return lse[..., 0].float().transpose(0, 1).contiguous() if return_lse else None
 
@@ -147,7 +172,7 @@ def _antiquant(t: torch.Tensor, dtype) -> torch.Tensor:
     return t.to(dtype).reshape(1, t.shape[0], 1, t.shape[1]).contiguous()
 
 
-def _int8_decode(q, k_cache, v_cache, block_table, seq_lens, kv_scales, softmax_scale, out, return_lse):
+def _int8_decode(q, k_cache, v_cache, block_table, host_k, kv_scales, softmax_scale, out, return_lse):
     """One query per sequence over an int8 cache: BNSD with per-channel key/value antiquant
     parameters (antiquant mode 0), the call vllm-ascend's C8 decode makes."""
     num_blocks, block_size, hkv, d = k_cache.shape
@@ -161,7 +186,7 @@ def _int8_decode(q, k_cache, v_cache, block_table, seq_lens, kv_scales, softmax_
     result, lse = torch_npu().npu_fused_infer_attention_score(
         q.unsqueeze(2).contiguous(), k_cache.view(num_blocks, block_size, hkv * d),
         v_cache.view(num_blocks, block_size, -1), block_table=block_table, block_size=block_size,
-        input_layout="BNSD", actual_seq_lengths_kv=seq_lens.tolist(), num_heads=q.shape[1],
+        input_layout="BNSD", actual_seq_lengths_kv=host_k, num_heads=q.shape[1],
         num_key_value_heads=hkv, scale=softmax_scale, key_antiquant_scale=_antiquant(kv_scales.k_scale, q.dtype),
         value_antiquant_scale=_antiquant(kv_scales.v_scale, q.dtype), key_antiquant_mode=0,
         value_antiquant_mode=0, sparse_mode=0, softmax_lse_flag=return_lse, **offsets)

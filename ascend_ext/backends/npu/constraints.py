@@ -73,6 +73,16 @@ def check_int8_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, block_siz
                          f"of {INT8_HEAD_DIM_ALIGN}, got {head_dim}")
 
 
+# npu_fused_infer_attention_score_v2 learnable_sink: "仅支持TND、NTD_TND; 仅支持value的d小于等于128"
+SINK_MAX_VALUE_DIM = 128
+
+
+def check_learnable_sink(value_dim: int) -> None:
+    if value_dim > SINK_MAX_VALUE_DIM:
+        raise ValueError(f"npu_fused_infer_attention_score_v2 takes learnable_sink only with value head dims <= "
+                         f"{SINK_MAX_VALUE_DIM}, got {value_dim}")
+
+
 def check_mla_decode(q: torch.Tensor, kv_cache: torch.Tensor, kv_lora_rank: int, block_size: int) -> None:
     op = "npu_fused_infer_attention_score_v2 (MLA)"
     check_dtype("q", q, INFER_DTYPES, op)

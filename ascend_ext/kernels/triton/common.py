@@ -3,6 +3,8 @@
 Conventions inside kernels: scores are kept in log2 units (the softmax scale is
 multiplied by log2(e) once), so exponentials are ``exp2``; a row that has seen no
 key keeps running max ``-inf`` and sum 0, and finishes with output 0, lse -inf.
+Attention sinks (HAS_SINK) join a row's state once, when it is stored (:func:`add_sink`):
+a sink only adds a denominator term, so the key loops never see it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ def dot_flags(dtype: torch.dtype) -> dict:
     upcast of bf16 operands under the interpreter (whose bf16 dot is wrong in triton 3.9)."""
     return {"IEEE": dtype == torch.float32,
             "DOT_F32": dtype == torch.bfloat16 and interpreting()}
+
+
+def sink_flag(sinks) -> dict:
+    """The HAS_SINK constexpr of a launch: absent without sinks, so those kernels keep
+    their existing specialisation (and cache key)."""
+    return {} if sinks is None else {"HAS_SINK": True}
 
 
 def head_dim_bucket(head_dim: int) -> int:
@@ -151,6 +159,22 @@ def finish_rows(acc, m_i, l_i):
     lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453,
                    float("-inf"))
     return out, lse
+
+
+@triton.jit
+def add_sink(acc, m_i, l_i, SINKS, heads, HAS_SINK: tl.constexpr):
+    """Join the sink logit of each row's head (SINKS float32 [Hq], natural log; a virtual key
+    of value 0) to finished softmax states: the sum gains exp(sink - max), the accumulator is
+    rescaled to the new max. A row that saw no key then gives out 0 and lse = sink."""
+    if HAS_SINK:
+        sink = tl.load(SINKS + heads) * 1.4426950408889634
+        m_new = tl.maximum(m_i, sink)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        keep = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * keep + tl.math.exp2(sink - m_safe)
+        acc = acc * keep[:, None]
+        m_i = m_new
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -397,8 +421,11 @@ def load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, E
 
 @triton.jit
 def store_rows(O, LSE, acc, m_i, l_i, tokens, heads, valid, stride_ot, stride_oh, stride_lse_h,
-               offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr):
-    """Normalise and store rows: row i goes to O[tokens[i], heads[i]] and LSE[heads[i], tokens[i]]."""
+               offs_dv, HEAD_DIM_V, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, SINKS,
+               HAS_SINK: tl.constexpr):
+    """Normalise and store rows: row i goes to O[tokens[i], heads[i]] and LSE[heads[i], tokens[i]];
+    with HAS_SINK the heads' sinks join first (:func:`add_sink`)."""
+    acc, m_i, l_i = add_sink(acc, m_i, l_i, SINKS, heads, HAS_SINK)
     out, lse = finish_rows(acc, m_i, l_i)
     o_ptrs = O + tokens.to(tl.int64)[:, None] * stride_ot + heads[:, None] * stride_oh + offs_dv[None, :]
     if EVEN_D:

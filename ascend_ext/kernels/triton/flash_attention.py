@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, block_segments, clipped_run, dot_flags, launch, load_rows, next_pow2, row_bounds,
-                     run_run, run_visible, scan_full_runs, softmax_step, store_rows, walk_full_runs)
+                     run_run, run_visible, scan_full_runs, sink_flag, softmax_step, store_rows, walk_full_runs)
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def tile_segments(tile, q_len, k_len, window_left, window_right, BLOCK_M: tl.con
 
 @triton.jit
 def flash_varlen_fwd_kernel(
-        Q, K, V, O, LSE, CU_Q, CU_K,
+        Q, K, V, O, LSE, CU_Q, CU_K, SINKS,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
         stride_ot, stride_oh, stride_lse_h,
         scale_log2, softcap, window_left, window_right,
@@ -75,7 +75,8 @@ def flash_varlen_fwd_kernel(
         SUB_M: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
-        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True):
+        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True,
+        HAS_SINK: tl.constexpr = False):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
     tile, head, q_start, q_len, k_start, k_len = program_tile(CU_Q, CU_K, GROUP)
     if tile * BLOCK_M >= q_len:
@@ -155,10 +156,10 @@ def flash_varlen_fwd_kernel(
             False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
 
     store_rows(O, LSE, acc0, m0, l0, q_start + rows0, heads, rows0 < q_len,
-               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
+               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D, SINKS, HAS_SINK)
     if NUM_SUB == 2:
         store_rows(O, LSE, acc1, m1, l1, q_start + rows1, heads, rows1 < q_len,
-                   stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D)
+                   stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, EVEN_D, SINKS, HAS_SINK)
 
 
 @triton.jit
@@ -178,13 +179,13 @@ def tma_blocks(acc, m_i, l_i, q, n_from, n_to, k_row0, K_DESC, V_DESC, k_col, v_
 
 @triton.jit
 def flash_varlen_fwd_tma_kernel(
-        Q, K_DESC, V_DESC, O, LSE, CU_Q, CU_K,
+        Q, K_DESC, V_DESC, O, LSE, CU_Q, CU_K, SINKS,
         stride_qt, stride_qh, stride_ot, stride_oh, stride_lse_h,
         scale_log2, softcap, window_left, window_right, HEAD_DIM, HEAD_DIM_V,
         GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr,
-        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr):
+        IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, HAS_SINK: tl.constexpr = False):
     """Hopper path of :func:`flash_varlen_fwd_kernel` (no tiling-mask, head dims a power of
     two): K/V tiles come through tensor descriptors over [tokens, heads * D] (the bulk tensor
     copy engine, no address arithmetic per element), and the mask-free body may be
@@ -218,7 +219,7 @@ def flash_varlen_fwd_tma_kernel(
     acc, m_i, l_i = tma_blocks(acc, m_i, l_i, q, free_to, end, k_start, K_DESC, V_DESC, k_col, v_col, lo, hi,
                                offs_n, scale_log2, softcap, True, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32, False)
     store_rows(O, LSE, acc, m_i, l_i, q_start + rows, heads, rows < q_len,
-               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, True)
+               stride_ot, stride_oh, stride_lse_h, offs_dv, HEAD_DIM_V, WRITE_LSE, True, SINKS, HAS_SINK)
 
 
 def _rows_descriptor(x: torch.Tensor, block_rows: int):
@@ -231,7 +232,7 @@ def _rows_descriptor(x: torch.Tensor, block_rows: int):
 
 
 def _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
-               return_lse) -> None:
+               return_lse, sinks=None) -> None:
     d, dv = q.shape[2], v.shape[2]
     k_desc = _rows_descriptor(k, cfg["BLOCK_N"])
     v_desc = _rows_descriptor(v, cfg["BLOCK_N"])
@@ -239,13 +240,13 @@ def _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax
     ws = cfg.get("WS", False)
     if ws and (d, dv, cfg["BLOCK_N"], cfg["num_warps"]) in _WS_FAILED:
         ws = False
-    args = (q, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k,
+    args = (q, k_desc, v_desc, out, lse, cu_seqlens_q, cu_seqlens_k, cu_seqlens_q if sinks is None else sinks,
             q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
             softmax_scale * LOG2E, softcap, left, right, d, dv)
     kwargs = dict(GROUP=q.shape[1] // k.shape[1], BLOCK_M=cfg["SUB_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=d,
                   BLOCK_DV=dv, HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
                   WRITE_LSE=return_lse, **dot_flags(q.dtype), num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"])
+                  num_stages=cfg["num_stages"], **sink_flag(sinks))
     if ws:
         try:
             launch(flash_varlen_fwd_tma_kernel, grid, *args, WARP_SPEC=True, **kwargs)
@@ -287,7 +288,7 @@ def _meet(a: int, b: int) -> int:
 
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                      softmax_scale, window, mask, softcap, out, return_lse, configs=None, config=None):
+                      softmax_scale, window, mask, softcap, out, return_lse, sinks=None, configs=None, config=None):
     """Triton implementation behind :func:`ascend_ext.ops.flash_attn_varlen` (validated args).
 
     ``configs``: the backend's tile-config module (``flash_config``); ``config`` (dict with
@@ -312,7 +313,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             cu_docs, longest = _document_seqlens(tuple(mask.kind[1]), batch, q.device)
             return flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, softmax_scale=softmax_scale,
                                      window=window, mask=None, softcap=softcap, out=out, return_lse=return_lse,
-                                     configs=configs, config=config)
+                                     sinks=sinks, configs=configs, config=config)
     if mask is not None:   # the tiling-mask fixes the first-level tile shape
         if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
             cfg["NUM_SUB"] = 1
@@ -330,11 +331,11 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     grid = (triton.cdiv(max(max_seqlen_q, 1), block_m) * group, k.shape[1], batch)
     if cfg.get("TMA", False) and cfg["NUM_SUB"] == 1 and tma_eligible(q, k, v, mask):
         _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
-                   return_lse)
+                   return_lse, sinks)
         return lse if return_lse else None
     left, right = window
     launch(flash_varlen_fwd_kernel, grid,
-           q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+           q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, cu_seqlens_q if sinks is None else sinks,
            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
            out.stride(0), out.stride(1), lse.stride(0) if return_lse else 0,
            softmax_scale * LOG2E, softcap, left, right, *mask_args, d, dv,
@@ -343,5 +344,5 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
            HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
            HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
            EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False), WALK=cfg.get("WALK", True),
-           **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+           **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **sink_flag(sinks))
     return lse if return_lse else None

@@ -203,9 +203,9 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
     o_split = O + split * stride_o_split
     lse_split = LSE + split * stride_lse_split
     store_rows(o_split, lse_split, acc0 * kv_scale, m_i, l_i, tokens, heads, valid,
-               stride_ot, stride_oh, stride_lse_h, offs_c0, rank, WRITE_LSE, EVEN)
+               stride_ot, stride_oh, stride_lse_h, offs_c0, rank, WRITE_LSE, EVEN, LSE, False)
     store_rows(o_split, lse_split, acc1 * kv_scale, m_i, l_i, tokens, heads, valid,
-               stride_ot, stride_oh, stride_lse_h, offs_c1, rank, False, EVEN)
+               stride_ot, stride_oh, stride_lse_h, offs_c1, rank, False, EVEN, LSE, False)
 
 
 def _descriptors(kv_cache, plan):

@@ -22,12 +22,12 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, row_bounds,
-                            run_visible, store_rows)
+                     run_visible, sink_flag, store_rows)
 
 
 @triton.jit
 def paged_attn_kernel(
-        Q, K_CACHE, V_CACHE, BLOCK_TABLE, SEQ_LENS, CU_Q, O, LSE,
+        Q, K_CACHE, V_CACHE, BLOCK_TABLE, SEQ_LENS, CU_Q, O, LSE, SINKS,
         stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
         stride_bt, stride_ot, stride_oh, stride_lse_h, stride_o_split, stride_lse_split,
         scale_log2, softcap, window_left, window_right, cache_block, keys_per_split, num_splits,
@@ -38,7 +38,7 @@ def paged_attn_kernel(
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-        KV_QUANT: tl.constexpr = 0, HAS_OFFSET: tl.constexpr = False):
+        KV_QUANT: tl.constexpr = 0, HAS_OFFSET: tl.constexpr = False, HAS_SINK: tl.constexpr = False):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2) // num_splits
@@ -82,7 +82,7 @@ def paged_attn_kernel(
                               stride_voh, stride_vod, offs_dv, HEAD_DIM_V, KV_QUANT, HAS_OFFSET)
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
-               HEAD_DIM_V, WRITE_LSE, EVEN_D)
+               HEAD_DIM_V, WRITE_LSE, EVEN_D, SINKS, HAS_SINK)
 
 
 @triton.jit
@@ -132,23 +132,33 @@ def dequant_values(acc, m_i, l_i, shift_log2, V_SCALE, V_OFF, kv_head, stride_vs
 
 
 @triton.jit
-def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
+def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
                           stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
                           stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
-                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr):
-    """out[t, h] = sum_s w_s * part[s, t, h] / sum_s w_s with w_s = exp(lse_s - max lse).
+                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
+                          HAS_SINK: tl.constexpr = False):
+    """out[t, h] = sum_s w_s * part[s, t, h] / (sum_s w_s [+ w_sink]) with w_s = exp(lse_s - m),
+    m the largest lse (and sink); with HAS_SINK head h's sink joins the denominator once.
 
-    Splits whose lse is -inf are skipped by selection, so their outputs may hold anything."""
+    Splits whose lse is -inf or +inf (vLLM's mark of an empty split) are skipped by selection,
+    so their outputs may hold anything."""
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_s = offs_s < num_splits
     lse = tl.load(PART_LSE + offs_s * stride_pls + h * stride_plh + t, mask=in_s, other=float("-inf"))
+    lse = tl.where(lse == float("inf"), float("-inf"), lse)
     m = tl.max(lse, 0)
+    sink = m
+    if HAS_SINK:
+        sink = tl.load(SINKS + h)
+        m = tl.maximum(m, sink)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m_safe))
     total = tl.sum(w, 0)
+    if HAS_SINK:
+        total += tl.exp(sink - m_safe)
     parts = tl.load(PART_O + offs_s[:, None] * stride_ps + t * stride_pt + h * stride_ph + offs_dv[None, :],
                     mask=(w > 0)[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0).to(tl.float32)
     out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
@@ -158,17 +168,18 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, num_splits,
                  tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
 
 
-def combine_splits(part_o, part_lse, out, lse) -> None:
-    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None."""
+def combine_splits(part_o, part_lse, out, lse, sinks=None) -> None:
+    """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None;
+    sinks float32 [H] or None join the denominators here (the splits carry none)."""
     splits, tokens, heads, dv = part_o.shape
     if tokens == 0:
         return
     lse_arg = lse if lse is not None else part_lse
     combine_splits_kernel[(tokens, heads)](
-        part_o, part_lse, out, lse_arg, splits,
+        part_o, part_lse, out, lse_arg, part_lse if sinks is None else sinks, splits,
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1), lse_arg.stride(0), dv,
-        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None)
+        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None, **sink_flag(sinks))
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,7 +239,7 @@ def _quant_args(kv_scales, softcap, dummy) -> tuple[list, dict]:
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None,
-                    configs=None, config=None, num_splits=None):
+                    sinks=None, configs=None, config=None, num_splits=None):
     """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args).
 
     ``configs``: the backend's tile-config module (``paged_config``); ``config`` / ``num_splits``
@@ -253,6 +264,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     left, right = window
     paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
+        dest_lse if sinks is None else sinks,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
@@ -262,9 +274,10 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags,
+        **sink_flag(sinks if num_splits == 1 else None))   # split-KV: the sink joins in the combine
     if num_splits > 1:
-        combine_splits(dest_o, dest_lse, out, lse)
+        combine_splits(dest_o, dest_lse, out, lse, sinks)
     return lse
 
 

@@ -15,7 +15,7 @@ from .tile_mask import TileMask
 
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                       softmax_scale=None, causal=False, window_size=(-1, -1),
-                      mask: TileMask | None = None, return_lse=False, softcap=0.0, out=None):
+                      mask: TileMask | None = None, return_lse=False, softcap=0.0, out=None, sinks=None):
     """Attention over packed variable-length sequences (no KV cache).
 
     Args:
@@ -33,10 +33,15 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         return_lse: also return float32 natural-log logsumexp [Hq, Tq].
         softcap: if > 0, scores become softcap * tanh(scores / softcap).
         out: optional preallocated [Tq, Hq, Dv] output (dtype of q).
+        sinks: optional float32 [Hq] attention-sink logits (gpt-oss): a virtual key per
+            query head with logit sinks[h] (natural log, compared with the scaled, softcapped
+            scores; -inf = none) and value 0. It joins each row's softmax denominator only:
+            out = sum_j e^{s_j} v_j / (sum_j e^{s_j} + e^{sink}), lse = log(sum_j e^{s_j} + e^{sink}).
 
     Returns:
         out [Tq, Hq, Dv] (dtype of q), plus lse when ``return_lse``. Rows that see no
-        key give out 0 and lse -inf.
+        key give out 0 and lse -inf (lse = the sink with sinks: the merge of such a
+        result with another over disjoint keys stays exact).
     """
     check.tensor("q", q, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("k", k, ndim=3)
@@ -54,6 +59,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     scale = check.softmax_scale(softmax_scale, q.shape[2])
     window = check.window(window_size, causal)
     softcap = _softcap(softcap)
+    sinks = check.sinks(sinks, q)
     if mask is not None:
         _check_mask(mask, q, cu_seqlens_q, cu_seqlens_k)
         mask = mask if mask.device == q.device else mask.to(q.device)
@@ -61,21 +67,22 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if compiling():
         lse = _lse_buffer(q, return_lse)
         torch.ops.ascend_ext.flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                               scale, window[0], window[1], softcap, out, lse, **mask_to_args(mask))
+                                               scale, window[0], window[1], softcap, out, lse, sinks=sinks,
+                                               **mask_to_args(mask))
     else:
         impl = bound("flash_attn_varlen", q.device.type)
         require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, mask=mask is not None,
-                window=window)
+                window=window, sinks=sinks is not None)
         lse = impl.fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                       softmax_scale=scale, window=window, mask=mask, softcap=softcap,
-                      out=out, return_lse=return_lse)
+                      out=out, return_lse=return_lse, sinks=sinks)
     return (out, lse) if return_lse else out
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale=None, causal=True, window_size=(-1, -1), return_lse=False,
                     softcap=0.0, out=None, max_seqlen_k=None, k_scale=None, v_scale=None, k_offset=None,
-                    v_offset=None):
+                    v_offset=None, sinks=None):
     """Attention of new queries over a paged KV cache (decode and chunked prefill).
 
     Args:
@@ -87,9 +94,11 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
             optional ``k_offset`` / ``v_offset``): see :mod:`.kv_quant` for the schemes.
         block_table: int32 [B, max_blocks]; entries past a sequence's last block are ignored.
         seq_lens: int32 [B], keys of each sequence, the new ones included (already cached).
-        cu_seqlens_q: int32 [B+1] query offsets; Lq_b <= seq_lens[b].
+        cu_seqlens_q: int32 [B+1] query offsets. Lq_b may exceed seq_lens[b] (as in
+            :func:`flash_attn_varlen`): without causal/window every row sees all keys (e.g. the
+            shared-prefix pass of cascade attention); causal rows before the first key see none.
         max_seqlen_q: upper bound of Lq_b. max_seqlen_k: optional upper bound of seq_lens.
-        causal, window_size, softmax_scale, softcap, return_lse, out: as in
+        causal, window_size, softmax_scale, softcap, return_lse, out, sinks: as in
             :func:`flash_attn_varlen` (causal bottom-right, so decode sees the whole cache).
 
     Returns:
@@ -102,6 +111,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     scale = check.softmax_scale(softmax_scale, q.shape[2])
     window = check.window(window_size, causal)
     softcap = _softcap(softcap)
+    sinks = check.sinks(sinks, q)
     if out is None or not fast:
         out = check.output("out", out, (q.shape[0], q.shape[1], v_cache.shape[3]), q)
     scales = None
@@ -113,15 +123,15 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         lse = _lse_buffer(q, return_lse)
         torch.ops.ascend_ext.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                                              -1 if max_seqlen_k is None else max_seqlen_k, scale, window[0],
-                                             window[1], softcap, out, lse,
+                                             window[1], softcap, out, lse, sinks=sinks,
                                              **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
         impl = bound("paged_attention", q.device.type)
         require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, window=window,
-                kv_quant=scales and scales.kind)
+                kv_quant=scales and scales.kind, sinks=sinks is not None)
         lse = impl.fn(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                       softmax_scale=scale, window=window, softcap=softcap, out=out,
-                      return_lse=return_lse, max_seqlen_k=max_seqlen_k, kv_scales=scales)
+                      return_lse=return_lse, max_seqlen_k=max_seqlen_k, kv_scales=scales, sinks=sinks)
     return (out, lse) if return_lse else out
 
 
@@ -167,8 +177,7 @@ def _check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_s
     if max_seqlen_k is not None:
         check.positive_int("max_seqlen_k", max_seqlen_k, allow_zero=True)
     if check.value_checks_enabled():
-        check.paged_values(block_table, seq_lens, k_cache.shape[0], k_cache.shape[1],
-                           q_lens=cu_seqlens_q[1:] - cu_seqlens_q[:-1], max_seqlen_k=max_seqlen_k)
+        check.paged_values(block_table, seq_lens, k_cache.shape[0], k_cache.shape[1], max_seqlen_k=max_seqlen_k)
 
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=None, v_scale=None, k_offset=None,
@@ -207,9 +216,13 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=Non
 def merge_attn_states(out_a, lse_a, out_b, lse_b):
     """Merge two attention results over disjoint key sets into the full one.
 
-    out_* [T, H, D] (same float dtype), lse_* float32 [H, T] (natural log, -inf =
-    no key seen; the matching out rows are then ignored, even if NaN).
-    Returns (out [T, H, D] in the dtype of out_a, lse float32 [H, T]).
+    out_* [T, H, D] (same float dtype), lse_* float32 [H, T] (natural log). An empty side
+    (no key seen) is marked lse -inf (ours) or +inf (vLLM's and FlashMLA's convention for
+    an empty split): both are accepted, and the matching out rows are then ignored, even if
+    NaN. A NaN lse raises ValueError (a value check: skipped inside ``trusted_inputs()``,
+    where the result for such rows is undefined).
+    Returns (out [T, H, D] in the dtype of out_a, lse float32 [H, T]); rows empty on both
+    sides give out 0 and lse -inf (never +inf).
     """
     check.tensor("out_a", out_a, ndim=3, dtypes=check.FLOAT_DTYPES)
     check.tensor("out_b", out_b, ndim=3, dtypes=check.FLOAT_DTYPES)
@@ -223,6 +236,10 @@ def merge_attn_states(out_a, lse_a, out_b, lse_b):
     for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         if tuple(lse.shape) != expected:
             raise ValueError(f"{name} must have shape [H, T] = {list(expected)}, got {tuple(lse.shape)}")
+        if check.value_checks_enabled() and bool(torch.isnan(lse).any()):
+            h, t = (int(i) for i in torch.isnan(lse).nonzero()[0])
+            raise ValueError(f"{name}[{h}, {t}] is NaN; an lse is finite, -inf or +inf (both infinities mark an "
+                             "empty side)")
     if compiling():
         return torch.ops.ascend_ext.merge_attn_states(out_a, lse_a, out_b, lse_b)
     return bound("merge_attn_states", out_a.device.type).fn(out_a, lse_a, out_b, lse_b)

@@ -18,20 +18,25 @@ _SCORE_BUDGET = 1 << 24
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-           visible: torch.Tensor | None, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+           visible: torch.Tensor | None, softcap: float = 0.0,
+           sinks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one sequence.
 
     q [Lq, Hq, D], k [Lk, Hkv, D], v [Lk, Hkv, Dv] (any float dtype), visible bool
-    [Lq, Lk] or None (all visible). Returns out float32 [Lq, Hq, Dv] and lse float32
-    [Hq, Lq]; rows that see no key get out 0 and lse -inf.
+    [Lq, Lk] or None (all visible), sinks float32 [Hq] or None (one extra logit per head in
+    every row's denominator, value 0). Returns out float32 [Lq, Hq, Dv] and lse float32
+    [Hq, Lq]; rows that see no key get out 0 and lse -inf (the sink with sinks).
     """
     lq, hq, _ = q.shape
     lk, hkv, dv = v.shape
     group = hq // hkv
     out = q.new_zeros((lq, hq, dv), dtype=torch.float32)
     lse = q.new_full((hq, lq), float("-inf"), dtype=torch.float32)
+    if sinks is not None:
+        lse[:] = sinks.float()[:, None]
     if lq == 0 or lk == 0:
         return out, lse
+    sink = None if sinks is None else sinks.float().reshape(hkv, group, 1, 1)
     kf = k.float().permute(1, 2, 0)            # [Hkv, D, Lk]
     vf = v.float().permute(1, 0, 2)            # [Hkv, Lk, Dv]
     rows = max(1, _SCORE_BUDGET // max(1, lk * hq))
@@ -44,9 +49,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
         if visible is not None:
             scores = scores.masked_fill(~visible[start:stop], float("-inf"))
         row_max = scores.amax(dim=-1, keepdim=True)
+        if sink is not None:
+            row_max = torch.maximum(row_max, sink)
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
         p = torch.exp(scores - row_max)
         denom = p.sum(dim=-1, keepdim=True)
+        if sink is not None:   # the sink's term: denominator only
+            denom = denom + torch.exp(sink - row_max)
         o = torch.matmul(p, vf.unsqueeze(1))                         # [Hkv, G, r, Dv]
         o = torch.where(denom > 0, o / denom.clamp_min(1e-30), torch.zeros_like(o))
         out[start:stop] = o.permute(2, 0, 1, 3).reshape(stop - start, hq, dv)
@@ -54,9 +63,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     return out, lse
 
 
+def _lse_buffer(q, return_lse: bool, sinks) -> torch.Tensor | None:
+    """lse [Hq, Tq] preset to what rows of empty sequences get: -inf, or the sink."""
+    if not return_lse:
+        return None
+    lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32)
+    if sinks is not None:
+        lse[:] = sinks.float()[:, None]
+    return lse
+
+
 def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                      softmax_scale, window, mask, softcap, out, return_lse):
-    lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32) if return_lse else None
+                      softmax_scale, window, mask, softcap, out, return_lse, sinks=None):
+    lse = _lse_buffer(q, return_lse, sinks)
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
     dense = mask.dense().to(q.device) if mask is not None else None
@@ -65,7 +84,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         visible = visible_mask(q1 - q0, k1 - k0, window, q.device)
         if dense is not None:
             visible = dense if visible is None else visible & dense
-        o, l = attend(q[q0:q1], k[k0:k1], v[k0:k1], softmax_scale, visible, softcap)
+        o, l = attend(q[q0:q1], k[k0:k1], v[k0:k1], softmax_scale, visible, softcap, sinks)
         out[q0:q1] = o.to(out.dtype)
         if lse is not None:
             lse[:, q0:q1] = l
@@ -80,8 +99,8 @@ def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torc
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None):
-    lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32) if return_lse else None
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None):
+    lse = _lse_buffer(q, return_lse, sinks)
     cq = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
     for b, length in enumerate(lens):
@@ -94,7 +113,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
             k = dequantize(k, kv_scales.k_scale, kv_scales.k_offset)
             v = dequantize(v, kv_scales.v_scale, kv_scales.v_offset)
         visible = visible_mask(q1 - q0, length, window, q.device)
-        o, l = attend(q[q0:q1], k, v, softmax_scale, visible, softcap)
+        o, l = attend(q[q0:q1], k, v, softmax_scale, visible, softcap, sinks)
         out[q0:q1] = o.to(out.dtype)
         if lse is not None:
             lse[:, q0:q1] = l
@@ -118,8 +137,8 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=N
 
 
 def merge_attn_states(out_a, lse_a, out_b, lse_b):
-    """Exact merge of two partial softmax results over disjoint key sets."""
-    la, lb = lse_a.float(), lse_b.float()
+    """Exact merge of two partial softmax results over disjoint key sets (lse +inf or -inf: empty side)."""
+    la, lb = (torch.where(x == float("inf"), float("-inf"), x.float()) for x in (lse_a, lse_b))
     lse = torch.logaddexp(la, lb)
     finite = torch.isfinite(lse)
     safe = torch.where(finite, lse, torch.zeros_like(lse))

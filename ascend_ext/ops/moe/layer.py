@@ -14,12 +14,12 @@ from .. import _comm as comm
 from .. import _validate as check
 from .._library import compiling
 from .api import ep_combine, ep_dispatch, moe_experts
-from .routing import moe_route
+from .routing import check_score_dtype, moe_route
 
 
 def run_ep_moe(x, router_logits, w13, w2, correction_bias, top_k: int, scoring: str, renormalize: bool,
                num_expert_group: int, topk_group: int, routed_scaling_factor: float, group_name: str,
-               capacity: int, max_graph_capacity: int, timeout_s: float) -> torch.Tensor:
+               capacity: int, max_graph_capacity: int, timeout_s: float, score_dtype=None) -> torch.Tensor:
     """Body of ``torch.ops.ascend_ext.ep_moe`` (validated, tensor-only args; -1 = none).
 
     Fixed-capacity dispatch (no host sync, graph-capturable) when ``capacity`` >= 0 and
@@ -30,7 +30,8 @@ def run_ep_moe(x, router_logits, w13, w2, correction_bias, top_k: int, scoring: 
         weights, ids = moe_route(router_logits, top_k, scoring=scoring, renormalize=renormalize,
                                  num_expert_group=None if num_expert_group < 0 else num_expert_group,
                                  topk_group=None if topk_group < 0 else topk_group,
-                                 correction_bias=correction_bias, routed_scaling_factor=routed_scaling_factor)
+                                 correction_bias=correction_bias, routed_scaling_factor=routed_scaling_factor,
+                                 score_dtype=score_dtype)
         capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
         fixed = capacity >= 0 and (capacity <= max_graph_capacity or capturing)
         result = ep_dispatch(x, ids, weights, w13.shape[0] * _world(group), group,
@@ -46,14 +47,14 @@ def _world(group) -> int:
 
 def ep_moe(x, router_logits, w13, w2, top_k, group=None, *, scoring="softmax", renormalize=True,
            num_expert_group=None, topk_group=None, correction_bias=None, routed_scaling_factor=1.0,
-           capacity=None, max_graph_capacity=0, timeout_s=None) -> torch.Tensor:
+           capacity=None, max_graph_capacity=0, timeout_s=None, score_dtype=None) -> torch.Tensor:
     """Expert-parallel MoE forward of this rank's tokens (collective: every rank calls it).
 
     Args:
         x: [T, H] float tokens of this rank; router_logits: [T, E] (E = all experts).
         w13: [E_local, 2*I, H] gate and up rows of this rank's experts; w2: [E_local, H, I].
         top_k, scoring, renormalize, num_expert_group, topk_group, correction_bias,
-            routed_scaling_factor: as in :func:`ascend_ext.ops.moe_route`.
+            routed_scaling_factor, score_dtype: as in :func:`ascend_ext.ops.moe_route`.
         group: torch.distributed group or its ``group_name`` (None: the world / no group).
         capacity: tokens per peer of the fixed-capacity mode (every rank passes the same
             value; None: dynamic mode). It is used when ``capacity <= max_graph_capacity``
@@ -74,7 +75,7 @@ def ep_moe(x, router_logits, w13, w2, top_k, group=None, *, scoring="softmax", r
     args = (x, router_logits, w13, w2, correction_bias, top_k, scoring, renormalize,
             -1 if num_expert_group is None else num_expert_group, -1 if topk_group is None else topk_group,
             float(routed_scaling_factor), group if isinstance(group, str) else comm.group_name(group),
-            -1 if capacity is None else capacity, max_graph_capacity, timeout_s)
+            -1 if capacity is None else capacity, max_graph_capacity, timeout_s, check_score_dtype(score_dtype))
     if compiling():
         return torch.ops.ascend_ext.ep_moe(*args)
     return run_ep_moe(*args)
