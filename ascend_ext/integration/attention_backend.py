@@ -20,8 +20,10 @@ Attention sinks (gpt-oss): the layer's ``sinks`` parameter goes to every call as
 shared prefixes (``common_prefix_len`` is always 0), so the first layer of an eager step
 looks at the block table itself (:func:`~ascend_ext.ops.shared_prefix_blocks`, one host
 read, skipped when the batch is too small to pay) and, where ``cascade_pays``, every layer
-of the step runs :func:`~ascend_ext.ops.cascade_attention`. ``ASCEND_EXT_CASCADE=off``
-disables it, ``always`` uses any shared block (tests, benchmarks). Graph replays never see it.
+of the step runs :func:`~ascend_ext.ops.cascade_attention`. ``auto`` (the default) plans on
+CPU only, where the read is free; on accelerators it would be a device sync every eager
+step, so there only ``ASCEND_EXT_CASCADE=always`` (any shared block; tests, benchmarks)
+turns it on. ``off`` disables it. Graph replays never see it.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def cascade_plan(md: AscendExtAttentionMetadata) -> ops.CascadePlan | None:
     md.cascade_planned = True
     batch = md.seq_lens.shape[0]
     always = md.cascade_mode == "always"
+    if not always and md.block_table.device.type != "cpu":   # auto: finding the prefix would sync the device
+        return None
     if md.cascade_mode == "off" or not md.causal or md.max_seq_len is None or md.block_size <= 0 or not always and (
             not ops.cascade_pays(batch, md.max_seq_len)):   # host-side bounds first: no device read
         return None
