@@ -5,7 +5,8 @@ heads, head dim 128, KV block 128) in the paged cache of each implementation (ou
 filled by ``ops.reshape_and_cache``, vLLM's by ``cpu_attn_reshape_and_cache``, its
 packed layout). Both caches use head-major block interiors (vLLM's CPU layout). Cases:
 
-* decode: batch 1-64 x context 512-16k, one new token per sequence;
+* decode: batch 1-64 x context 512-16k, one new token per sequence (``--quick``: six cases from
+  cache-resident 2 MiB to 256 MiB), the sides alternated over ``--rounds`` rounds (median);
 * prefill: one prompt of 512-4096 tokens, causal (paged form for all three, and
   our ``flash_attn_varlen`` too);
 * chunked prefill: 512 new tokens over an 8k context.
@@ -14,8 +15,10 @@ Reported: median ms per call of the public op (``ascend_ext.ops.paged_attention`
 validation off as in the vLLM backend; vLLM's ``cpu_attention_with_kv_cache`` with
 scheduler metadata built once, as its backend does per step), KV bytes read per
 second, the ratio vLLM time / native time (> 1 = native faster), and the largest
-output difference between native and vLLM (both against the same inputs). The host
-read bandwidth measured in the same run is the roofline for decode.
+output difference between native and vLLM (both against the same inputs). Decode's roofline
+is measured per case in the same run: a plain sum over as many bytes as the case's K/V, same
+threads (``read_GBps``; cache bandwidth for cache-resident cases), and each side's share of it
+(``*_pct_of_read_bw``); the 512 MiB host read is reported too.
 
     python benchmarks/cpu_attention.py [--quick] [--dtype bfloat16|float32|float16]
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -126,23 +130,29 @@ class Case:
         return run
 
 
-def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls) -> dict:
+def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls, rounds: int = 3) -> dict:
+    """One case: each side timed ``rounds`` times, the sides alternated (native, vLLM, native, ...),
+    median of the rounds' medians; decode rows also get the read roofline of the same size."""
     case = Case(contexts, q_lens, dtype, vops)
-    row = {"kind": kind, "batch": len(contexts), "context": contexts[0], "new_tokens": q_lens[0]}
+    row = {"kind": kind, "batch": len(contexts), "context": contexts[0], "new_tokens": q_lens[0],
+           "kv_MiB": case.kv_bytes / 2**20}
     causal_pairs = sum(lq * (ctx - lq) + lq * (lq + 1) // 2 for ctx, lq in zip(contexts, q_lens))
     flops = 4 * HQ * HEAD_DIM * causal_pairs
-    for impl in impls:
-        if impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES:
-            continue
-        row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl))
-    ours_out = None
-    if "native" in impls:
-        case.ours("native")()
-        ours_out = case.out.float().clone()
+    sides = {impl: case.ours(impl) for impl in impls
+             if not (impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES)}
     if vops is not None:
-        row["vllm_ms"] = bench_cpu_ms(case.theirs())
-        if ours_out is not None:
-            row["max_diff_vs_vllm"] = float((case.vout.float() - ours_out).abs().max())
+        sides["vllm"] = case.theirs()
+    times = {name: [] for name in sides}
+    for _ in range(rounds if kind == "decode" else 1):
+        for name, fn in sides.items():
+            times[name].append(bench_cpu_ms(fn))
+    for name, ms in times.items():
+        row[f"{name}_ms"] = statistics.median(ms)
+    if "native" in impls and vops is not None:
+        case.ours("native")()
+        row["max_diff_vs_vllm"] = float((case.vout.float() - case.out.float()).abs().max())
+    if kind == "decode":   # the same number of bytes read by a plain sum, same threads, this run
+        row["read_GBps"] = host_read_gbps(case.kv_bytes)
     if kind == "prefill" and "native" in impls:
         row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native())
     for key in [k for k in row if k.endswith("_ms")]:
@@ -151,6 +161,9 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         row[f"{name}_GFLOPs"] = flops / row[key] / 1e6
     if "native_ms" in row and "vllm_ms" in row:
         row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
+    for name in ("native", "vllm"):
+        if kind == "decode" and f"{name}_GBps" in row:
+            row[f"{name}_pct_of_read_bw"] = 100 * row[f"{name}_GBps"] / row["read_GBps"]
     return row
 
 
@@ -180,6 +193,7 @@ def plot(result: dict, path: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated timing rounds per decode case (median)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -189,14 +203,15 @@ def main() -> int:
     if vops is None:
         print("vLLM's CPU attention kernels are not installed: comparing native and reference only")
 
-    batches = [1, 16] if args.quick else [1, 4, 16, 64]
-    contexts = [512, 4096] if args.quick else [512, 2048, 8192, 16384]
+    if args.quick:   # cache-resident (2-8 MiB), LLC-sized (32 MiB) and past the LLC (64-256 MiB)
+        decode_cases = [(1, 512), (1, 2048), (16, 512), (1, 16384), (4, 16384), (16, 4096)]
+    else:
+        decode_cases = [(b, c) for b in (1, 4, 16, 64) for c in (512, 2048, 8192, 16384)]
     prompts = [512, 2048] if args.quick else [512, 2048, 4096]
     rows = []
-    for batch in batches:
-        for ctx in contexts:
-            rows.append(measure("decode", [ctx] * batch, [1] * batch, dtype, vops, impls))
-            print(f"decode b{batch} ctx{ctx}: " + ", ".join(f"{k}={rows[-1][k]:.3g}" for k in rows[-1]
+    for batch, ctx in decode_cases:
+        rows.append(measure("decode", [ctx] * batch, [1] * batch, dtype, vops, impls, args.rounds))
+        print(f"decode b{batch} ctx{ctx}: " + ", ".join(f"{k}={rows[-1][k]:.3g}" for k in rows[-1]
                                                              if k.endswith("_ms")), flush=True)
     for prompt in prompts:
         rows.append(measure("prefill", [prompt], [prompt], dtype, vops, impls))
@@ -209,8 +224,8 @@ def main() -> int:
     print_table(f"decode, {args.dtype}, {result['threads']} threads, host read roofline "
                 f"{result['host_read_GBps']:.0f} GB/s",
                 [r for r in rows if r["kind"] == "decode"],
-                ["batch", "context", "native_ms", "vllm_ms", "reference_ms", "native_GBps", "vllm_GBps",
-                 "vllm_over_native", "max_diff_vs_vllm"])
+                ["batch", "context", "kv_MiB", "native_ms", "vllm_ms", "native_GBps", "vllm_GBps", "read_GBps",
+                 "native_pct_of_read_bw", "vllm_pct_of_read_bw", "vllm_over_native", "max_diff_vs_vllm"])
     print_table("prefill / chunked prefill", [r for r in rows if r["kind"] != "decode"],
                 ["kind", "context", "new_tokens", "native_ms", "native_varlen_ms", "vllm_ms", "reference_ms",
                  "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "max_diff_vs_vllm"])
