@@ -131,28 +131,33 @@ class Case:
 
 
 def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls, rounds: int = 3) -> dict:
-    """One case: each side timed ``rounds`` times, the sides alternated (native, vLLM, native, ...),
-    median of the rounds' medians; decode rows also get the read roofline of the same size."""
+    """One case: native, vLLM and (decode) a plain read of the same byte count timed ``rounds``
+    times, alternated, median of the rounds' medians (the host's memory bandwidth drifts between
+    runs, so the roofline is measured beside the kernels); the reference once."""
     case = Case(contexts, q_lens, dtype, vops)
     row = {"kind": kind, "batch": len(contexts), "context": contexts[0], "new_tokens": q_lens[0],
            "kv_MiB": case.kv_bytes / 2**20}
     causal_pairs = sum(lq * (ctx - lq) + lq * (lq + 1) // 2 for ctx, lq in zip(contexts, q_lens))
     flops = 4 * HQ * HEAD_DIM * causal_pairs
-    sides = {impl: case.ours(impl) for impl in impls
-             if not (impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES)}
+    sides = {impl: case.ours(impl) for impl in impls if impl != "reference"}
+    if "reference" in impls and case.kv_bytes <= REFERENCE_MAX_KV_BYTES:   # slow: timed once, not alternated
+        row["reference_ms"] = bench_cpu_ms(case.ours("reference"), min_reps=3, min_s=0.1)
     if vops is not None:
         sides["vllm"] = case.theirs()
+    if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
+        plain = torch.ones(case.kv_bytes // 4)
+        sides["read"] = plain.sum
     times = {name: [] for name in sides}
     for _ in range(rounds if kind == "decode" else 1):
         for name, fn in sides.items():
             times[name].append(bench_cpu_ms(fn))
     for name, ms in times.items():
         row[f"{name}_ms"] = statistics.median(ms)
+    if kind == "decode":
+        row["read_GBps"] = case.kv_bytes / row.pop("read_ms") / 1e6
     if "native" in impls and vops is not None:
         case.ours("native")()
         row["max_diff_vs_vllm"] = float((case.vout.float() - case.out.float()).abs().max())
-    if kind == "decode":   # the same number of bytes read by a plain sum, same threads, this run
-        row["read_GBps"] = host_read_gbps(case.kv_bytes)
     if kind == "prefill" and "native" in impls:
         row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native())
     for key in [k for k in row if k.endswith("_ms")]:
