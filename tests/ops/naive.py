@@ -104,6 +104,22 @@ def varlen_f64(q, k, v, seqlens, scale, causal, window, dense=None, softcap=0.0,
     return torch.cat(outs), torch.cat(lses, dim=1)
 
 
+def paged_f64(q, keys, values, seqs, scale, causal=True, window=(-1, -1), softcap=0.0, sinks=None, device=None):
+    """Reference of a paged batch: seqs list of (keys, new queries) per sequence, keys/values
+    the per-sequence [Lk, Hkv, D] tensors; the queries are the last Lq positions. Computed on
+    ``device`` (default: the keys'); returns out [Tq, Hq, Dv] and lse [Hq, Tq] in float64."""
+    outs, lses, q0 = [], [], 0
+    for (lk, lq), kk, vv in zip(seqs, keys, values):
+        dev = device or kk.device
+        ok = allowed(lq, lk, causal, window, device=dev)
+        o, l = attention_f64(q[q0:q0 + lq].to(dev), kk.to(dev), vv.to(dev), scale, ok, softcap,
+                             None if sinks is None else sinks.to(dev))
+        outs.append(o)
+        lses.append(l)
+        q0 += lq
+    return torch.cat(outs), torch.cat(lses, dim=1)
+
+
 def cu(lengths, device="cpu") -> torch.Tensor:
     out = [0]
     for n in lengths:

@@ -15,7 +15,7 @@ import torch
 from ascend_ext import ops
 
 from .impls import DEVICE, interpreter, runnable
-from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, randn, varlen_f64
+from .naive import assert_close, assert_lse_close, cu, paged_cache, paged_f64, randn, varlen_f64
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 VARLEN_SETS = {
@@ -82,14 +82,7 @@ def _paged_cases():
 
 
 def _paged_reference(q, keys, values, seqs, causal, window, sinks, d, softcap=0.0):
-    refs, lses, q0 = [], [], 0
-    for (length, lq), kk, vv in zip(seqs, keys, values):
-        o, l = attention_f64(q[q0:q0 + lq].cpu(), kk, vv, d ** -0.5, allowed(lq, length, causal, window),
-                             softcap, None if sinks is None else sinks.cpu())
-        refs.append(o)
-        lses.append(l)
-        q0 += lq
-    return torch.cat(refs), torch.cat(lses, dim=1)
+    return paged_f64(q, keys, values, seqs, d ** -0.5, causal, window, softcap, sinks)
 
 
 def _paged_inputs(seqs, block_size, hq, hkv, d, dtype, rng):

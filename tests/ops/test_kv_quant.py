@@ -11,7 +11,7 @@ from ascend_ext import ops
 from ascend_ext.ops import _dispatch
 
 from .impls import DEVICE
-from .naive import LSE_TOL, allowed, assert_close, attention_f64, cu, randn
+from .naive import LSE_TOL, assert_close, cu, paged_f64, randn
 
 FP8 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -121,14 +121,8 @@ def test_paged_attention_on_quantised_cache(kind, gran, offs, seqs, hq, hkv, d, 
     k_cache, v_cache, table, lens = _quant_paged(keys, values, 16, cache_dtype, kq, vq, rng)
     q_lens = [lq for _, lq in seqs]
     q = randn((sum(q_lens), hq, d), dtype, rng, DEVICE)
-    refs, ref_lses, q0 = [], [], 0
-    for (length, lq), kk, vv in zip(seqs, keys, values):
-        kd = _dequantize(_quantize(kk, *kq, cache_dtype), *kq)
-        vd = _dequantize(_quantize(vv, *vq, cache_dtype), *vq)
-        o, l = attention_f64(q[q0:q0 + lq].cpu(), kd, vd, d ** -0.5, allowed(lq, length, True, (-1, -1)))
-        refs.append(o)
-        ref_lses.append(l)
-        q0 += lq
+    ref, ref_lse = paged_f64(q, [_dequantize(_quantize(kk, *kq, cache_dtype), *kq) for kk in keys],
+                             [_dequantize(_quantize(vv, *vq, cache_dtype), *vq) for vv in values], seqs, d ** -0.5)
     scale_args = dict(k_scale=kq[0].to(DEVICE), v_scale=vq[0].to(DEVICE),
                       k_offset=None if kq[1] is None else kq[1].to(DEVICE),
                       v_offset=None if vq[1] is None else vq[1].to(DEVICE))
@@ -137,8 +131,8 @@ def test_paged_attention_on_quantised_cache(kind, gran, offs, seqs, hq, hkv, d, 
         with ops.use_impl(paged_attention=impl):
             _, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), max(q_lens),
                                          return_lse=True, out=out, **scale_args)
-        assert_close(out, torch.cat(refs), dtype, what=f"{impl} out")
-        _assert_lse_close(lse, torch.cat(ref_lses, dim=1), dtype)
+        assert_close(out, ref, dtype, what=f"{impl} out")
+        _assert_lse_close(lse, ref_lse, dtype)
 
 
 def _assert_lse_close(actual, expected, dtype):
@@ -203,16 +197,12 @@ def test_fp8_split_kv_and_softcap(rng):
     k_cache, v_cache, table, lens = _quant_paged(keys, values, 16, FP8, kq, vq, rng)
     q_lens = [lq for _, lq in seqs]
     q = randn((sum(q_lens), hq, d), dtype, rng, DEVICE, scale=3.0)
-    refs, q0 = [], 0
-    for (length, lq), kk, vv in zip(seqs, keys, values):
-        kd, vd = _dequantize(_quantize(kk, *kq, FP8), *kq), _dequantize(_quantize(vv, *vq, FP8), *vq)
-        refs.append(attention_f64(q[q0:q0 + lq].cpu(), kd, vd, d ** -0.5, allowed(lq, length, True, (-1, -1)),
-                                  softcap=5.0)[0])
-        q0 += lq
+    ref, _ = paged_f64(q, [_dequantize(_quantize(kk, *kq, FP8), *kq) for kk in keys],
+                       [_dequantize(_quantize(vv, *vq, FP8), *vq) for vv in values], seqs, d ** -0.5, softcap=5.0)
     with ops.use_impl(paged_attention=impl):
         got = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), 3, softcap=5.0,
                                   k_scale=kq[0].to(DEVICE), v_scale=vq[0].to(DEVICE))
-    assert_close(got, torch.cat(refs), dtype)
+    assert_close(got, ref, dtype)
     if impl == "triton":
         import importlib
 
@@ -226,7 +216,7 @@ def test_fp8_split_kv_and_softcap(rng):
             triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), 3,
                                          softmax_scale=d ** -0.5, window=(-1, 0), softcap=5.0, out=out,
                                          return_lse=False, kv_scales=scales, num_splits=splits, configs=configs)
-            assert_close(out, torch.cat(refs), dtype, what=f"{splits} splits")
+            assert_close(out, ref, dtype, what=f"{splits} splits")
 
 
 # ------------------------------------------------------------------------- bad input

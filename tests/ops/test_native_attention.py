@@ -7,7 +7,7 @@ import torch
 from ascend_ext import ops
 from ascend_ext.backends.cpu.native import native_available
 
-from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, randn
+from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, paged_f64, randn
 
 pytestmark = pytest.mark.skipif(native_available("cpu") is not None,
                                 reason=str(native_available("cpu")))
@@ -36,14 +36,9 @@ def test_paged_long_context_kv_splits(num_threads, dtype, window, threads, rng):
     with ops.use_impl(attention="native"):
         got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 2,
                                        window_size=window, return_lse=True)
-    refs, lses, q0 = [], [], 0
-    for (n, lq), kk, vv in zip(seqs, keys, values):
-        o, l = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, True, window))
-        refs.append(o)
-        lses.append(l)
-        q0 += lq
-    assert_close(got, torch.cat(refs), dtype)
-    assert_lse_close(lse, torch.cat(lses, dim=1), dtype)
+    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5, True, window)
+    assert_close(got, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
 
 
 @pytest.mark.parametrize("num_threads", [1, 3])
@@ -109,14 +104,9 @@ def test_paged_streaming_path(dtype, hq, hkv, monkeypatch, rng):
     q = randn((sum(q_lens), hq, d), dtype, rng)
     with ops.use_impl(attention="native"):
         got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 5, return_lse=True)
-    refs, lses, q0 = [], [], 0
-    for (n, lq), kk, vv in zip(seqs, keys, values):
-        o, l = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, True, (-1, -1)))
-        refs.append(o)
-        lses.append(l)
-        q0 += lq
-    assert_close(got, torch.cat(refs), dtype)
-    assert_lse_close(lse, torch.cat(lses, dim=1), dtype)
+    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
+    assert_close(got, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
 
 
 def test_paged_context_larger_than_the_cache_hierarchy(rng):
@@ -131,11 +121,6 @@ def test_paged_context_larger_than_the_cache_hierarchy(rng):
     q = randn((sum(q_lens), hq, d), torch.bfloat16, rng)
     with ops.use_impl(attention="native"):
         got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 3, return_lse=True)
-    refs, lses, q0 = [], [], 0
-    for (n, lq), kk, vv in zip(seqs, keys, values):
-        o, l = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, True, (-1, -1)))
-        refs.append(o)
-        lses.append(l)
-        q0 += lq
-    assert_close(got, torch.cat(refs), torch.bfloat16)
-    assert_lse_close(lse, torch.cat(lses, dim=1), torch.bfloat16)
+    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
+    assert_close(got, ref, torch.bfloat16)
+    assert_lse_close(lse, ref_lse, torch.bfloat16)

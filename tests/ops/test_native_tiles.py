@@ -10,7 +10,7 @@ import torch
 from ascend_ext import ops
 from ascend_ext.backends.cpu.native import native_available
 
-from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, randn
+from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, paged_f64, randn
 
 pytestmark = pytest.mark.skipif(native_available("cpu") is not None,
                                 reason=str(native_available("cpu")))
@@ -28,13 +28,8 @@ def _paged_case(seqs, hq, hkv, d, dv, dtype, causal, window, softcap, rng, block
     with ops.use_impl(attention="native"):
         got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens), causal=causal,
                                        window_size=window, softcap=softcap, return_lse=True)
-    refs, lses, q0 = [], [], 0
-    for (n, lq), kk, vv in zip(seqs, keys, values):
-        o, lse_ref = attention_f64(q[q0:q0 + lq], kk, vv, d ** -0.5, allowed(lq, n, causal, window), softcap)
-        refs.append(o)
-        lses.append(lse_ref)
-        q0 += lq
-    return (got, lse), (torch.cat(refs), torch.cat(lses, dim=1))
+    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5, causal, window, softcap)
+    return (got, lse), (ref, ref_lse)
 
 
 def _check(result, reference, dtype):
