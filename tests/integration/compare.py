@@ -19,3 +19,16 @@ def check_logprobs_close(ours: list[dict], theirs: list[dict], *, chosen_atol: f
             diff = abs(a["logprobs"][pos] - b["logprobs"][pos])
             assert diff <= chosen_atol, f"prompt {i} position {pos}: logprob differs by {diff}"
     return diverged
+
+
+def assert_same_tokens(ours: list[dict], theirs: list[dict], *, chosen_atol: float) -> float:
+    """Per prompt: identical greedy tokens, a non-degenerate output (more than three distinct
+    tokens), chosen-token logprobs within ``chosen_atol``. Returns the largest difference."""
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a["token_ids"] == b["token_ids"], f"prompt {i}: {a['token_ids']} != {b['token_ids']}"
+        assert len(set(a["token_ids"])) > 3, "degenerate model output proves nothing"
+        worst = max(worst, max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])))
+    print(f"max |logprob difference| = {worst:.3g}")
+    assert worst < chosen_atol, f"chosen-token logprobs differ by {worst}"
+    return worst
