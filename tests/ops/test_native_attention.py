@@ -20,25 +20,30 @@ def threads():
     torch.set_num_threads(before)
 
 
+def _check_native_paged(seqs, hq, hkv, d, dtype, block_size, rng, window=(-1, -1)):
+    """Native paged attention of a packed batch ((keys, new queries) per sequence) against
+    the float64 reference, lse included."""
+    keys = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    values = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, block_size, rng)
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), dtype, rng)
+    with ops.use_impl(attention="native"):
+        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens),
+                                       window_size=window, return_lse=True)
+    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5, True, window)
+    assert_close(got, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+
+
 @pytest.mark.parametrize("num_threads", [1, 2, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("window", [(-1, -1), (700, 0)])
 def test_paged_long_context_kv_splits(num_threads, dtype, window, threads, rng):
     """Few work items x long context: the kernel cuts the keys into splits merged by lse."""
     threads(num_threads)
-    seqs = [(3001, 1), (1537, 2)]            # (keys, new queries): decode and a 2-token chunk
-    hq, hkv, d = 4, 1, 64
-    keys = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
-    values = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
-    k_cache, v_cache, table, lens = paged_cache(keys, values, 16, rng)
-    q_lens = [lq for _, lq in seqs]
-    q = randn((sum(q_lens), hq, d), dtype, rng)
-    with ops.use_impl(attention="native"):
-        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 2,
-                                       window_size=window, return_lse=True)
-    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5, True, window)
-    assert_close(got, ref, dtype)
-    assert_lse_close(lse, ref_lse, dtype)
+    # (keys, new queries): decode and a 2-token chunk
+    _check_native_paged([(3001, 1), (1537, 2)], 4, 1, 64, dtype, 16, rng, window)
 
 
 @pytest.mark.parametrize("num_threads", [1, 3])
@@ -95,32 +100,10 @@ def test_paged_streaming_path(dtype, hq, hkv, monkeypatch, rng):
     bursts otherwise), forced on small inputs: prefetches are hints, results must not change. Odd
     lengths (block tails, a 1-key sequence), permuted block table, chunked queries."""
     monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "0")
-    seqs = [(1001, 1), (129, 2), (1, 1), (64, 1), (257, 5)]
-    d = 128
-    keys = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
-    values = [randn((n, hkv, d), dtype, rng) for n, _ in seqs]
-    k_cache, v_cache, table, lens = paged_cache(keys, values, 16, rng)
-    q_lens = [lq for _, lq in seqs]
-    q = randn((sum(q_lens), hq, d), dtype, rng)
-    with ops.use_impl(attention="native"):
-        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 5, return_lse=True)
-    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
-    assert_close(got, ref, dtype)
-    assert_lse_close(lse, ref_lse, dtype)
+    _check_native_paged([(1001, 1), (129, 2), (1, 1), (64, 1), (257, 5)], hq, hkv, 128, dtype, 16, rng)
 
 
 def test_paged_context_larger_than_the_cache_hierarchy(rng):
     """~51 MiB of bf16 K/V, GQA 4: past a typical last-level cache, where the kernel streams
     with software prefetch on its own (no override)."""
-    seqs = [(100_003, 1), (300, 3)]
-    hq, hkv, d = 4, 1, 128
-    keys = [randn((n, hkv, d), torch.bfloat16, rng) for n, _ in seqs]
-    values = [randn((n, hkv, d), torch.bfloat16, rng) for n, _ in seqs]
-    k_cache, v_cache, table, lens = paged_cache(keys, values, 64, rng)
-    q_lens = [lq for _, lq in seqs]
-    q = randn((sum(q_lens), hq, d), torch.bfloat16, rng)
-    with ops.use_impl(attention="native"):
-        got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), 3, return_lse=True)
-    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
-    assert_close(got, ref, torch.bfloat16)
-    assert_lse_close(lse, ref_lse, torch.bfloat16)
+    _check_native_paged([(100_003, 1), (300, 3)], 4, 1, 128, torch.bfloat16, 64, rng)
