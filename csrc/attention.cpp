@@ -227,6 +227,21 @@ void stage_rows(const T* const* rows, int64_t n, int64_t dim, int64_t padded, Ro
 }
 
 #if defined(__AVX512BF16__)
+// p.V of rows r0 .. r0 + R over interleaved value pairs, their probabilities s[u] (n keys)
+// split into bfloat16 hi + lo in the group's scratch slots 0 .. R - 1.
+template <int R>
+void accumulate_rows_pairs(RowGroup& g, int64_t r0, float* const* s, int64_t n) {
+  float* acc[R];
+  const uint16_t *hi[R], *lo[R];
+  for (int u = 0; u < R; ++u) {
+    acc[u] = g.acc.data() + (r0 + u) * g.dvp;
+    hi[u] = g.p_hi.data() + u * g.keys;
+    lo[u] = g.p_lo.data() + u * g.keys;
+    rows::split_bf16(s[u], g.p_hi.data() + u * g.keys, g.p_lo.data() + u * g.keys, round_up(n, kLanes));
+  }
+  rows::accumulate_pairs<R>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+}
+
 // R rows (2..4) of a bfloat16 cache over one block: every key and value chunk is loaded once
 // for the R rows (a GQA group of 7 runs as 4 + 3, not 4 + 1 + 1 + 1).
 template <int R>
@@ -241,16 +256,7 @@ void attend_rows_bf16(RowGroup& g, int64_t r0, int64_t n0, int64_t n, const c10:
   rows::scores_rows_bf16<R>(qb, k_raw, g.dim, n, kscale, s[0], g.keys, k_ahead, n_ahead);
   bool any = false;
   for (int u = 0; u < R; ++u) any |= softmax_row(g, r0 + u, s[u], n0, n, softcap);
-  if (!any) return;
-  float* acc[R];
-  const uint16_t *hi[R], *lo[R];
-  for (int u = 0; u < R; ++u) {
-    acc[u] = g.acc.data() + (r0 + u) * g.dvp;
-    hi[u] = g.p_hi.data() + u * g.keys;
-    lo[u] = g.p_lo.data() + u * g.keys;
-    rows::split_bf16(s[u], g.p_hi.data() + u * g.keys, g.p_lo.data() + u * g.keys, round_up(n, kLanes));
-  }
-  rows::accumulate_pairs<R>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+  if (any) accumulate_rows_pairs<R>(g, r0, s, n);
 }
 #endif
 
@@ -291,20 +297,11 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
     bool any = false;
     for (int u = 0; u < QUAD; ++u) any |= softmax_row(g, r0 + u, s[u], n0, n, softcap);
     if (!any) return;
+#if defined(__AVX512BF16__)
+    if (bf16_values) return accumulate_rows_pairs<QUAD>(g, r0, s, n);
+#endif
     float* acc[QUAD];
     for (int u = 0; u < QUAD; ++u) acc[u] = g.acc.data() + (r0 + u) * g.dvp;
-#if defined(__AVX512BF16__)
-    if (bf16_values) {
-      const uint16_t *hi[QUAD], *lo[QUAD];
-      for (int u = 0; u < QUAD; ++u) {
-        hi[u] = g.p_hi.data() + u * g.keys;
-        lo[u] = g.p_lo.data() + u * g.keys;
-        rows::split_bf16(s[u], g.p_hi.data() + u * g.keys, g.p_lo.data() + u * g.keys, round_up(n, kLanes));
-      }
-      rows::accumulate_pairs<QUAD>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
-      return;
-    }
-#endif
     const float* ps[QUAD] = {s[0], s[1], s[2], s[3]};
     rows::accumulate4(acc, ps, g.v_rows, g.dvp, n);
     return;
@@ -320,16 +317,13 @@ void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n,
 #endif
     if (!bf16_keys) rows::scores(g.q.data() + r * g.dp, g.k_rows, g.dp, n, kscale, s[u]);
     if (!softmax_row(g, r, s[u], n0, n, softcap)) continue;
-    float* acc = g.acc.data() + r * g.dvp;
 #if defined(__AVX512BF16__)
     if (bf16_values) {
-      rows::split_bf16(s[u], g.p_hi.data(), g.p_lo.data(), round_up(n, kLanes));
-      const uint16_t *hi = g.p_hi.data(), *lo = g.p_lo.data();
-      rows::accumulate_pairs<1>(&acc, &hi, &lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+      accumulate_rows_pairs<1>(g, r, &s[u], n);
       continue;
     }
 #endif
-    rows::accumulate(acc, s[u], g.v_rows, g.dvp, n);
+    rows::accumulate(g.acc.data() + r * g.dvp, s[u], g.v_rows, g.dvp, n);
   }
 }
 
