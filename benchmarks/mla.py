@@ -172,7 +172,8 @@ SWEEP = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TRANS": T
 SPLIT_VARIANTS = {"memory": [(16, 64, 8, 2, {"TRANS": True}), (32, 64, 8, 2, {"TRANS": True})],
                   "compute": [(64, 64, 8, 2, {"TRANS": True})]}
 FP8_VARIANTS = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TRANS": True})],
-                "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 2, {"TRANS": True})]}
+                "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 3, {"TRANS": False}),
+                            (64, 64, 8, 2, {"TRANS": True})]}
 
 
 # part "splits": split counts around the plan's for the planned tiles of these shapes

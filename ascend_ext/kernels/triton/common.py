@@ -410,13 +410,27 @@ def and_in_range(mask, offs, limit, EVEN: tl.constexpr):
 
 
 @triton.jit
-def load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D: tl.constexpr):
-    """Query rows: row i is Q[tokens[i], heads[i], :]; invalid rows read as 0."""
+def fp16_operand(q):
+    """A bfloat16 query as the float16 MMA operand of an e4m3 cache (e4m3 widens to fp16 exactly
+    in one conversion per pair; to bf16 it takes three per element): exact within fp16's range
+    (clamped to +-65504) and normal range (below 6e-5 fewer bits survive). Others pass through."""
+    if q.dtype == tl.bfloat16:
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+    return q
+
+
+@triton.jit
+def load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D: tl.constexpr,
+              VOLATILE: tl.constexpr = False):
+    """Query rows: row i is Q[tokens[i], heads[i], :]; invalid rows read as 0.
+
+    ``VOLATILE`` loads are never merged with an earlier load of the same rows (a second,
+    short-lived copy instead of one kept alive across a loop)."""
     ptrs = Q + tokens.to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
     if EVEN_D:
-        return tl.load(ptrs, mask=valid[:, None], other=0.0)
+        return tl.load(ptrs, mask=valid[:, None], other=0.0, volatile=VOLATILE)
     else:
-        return tl.load(ptrs, mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        return tl.load(ptrs, mask=valid[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0, volatile=VOLATILE)
 
 
 @triton.jit

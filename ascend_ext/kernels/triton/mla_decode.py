@@ -22,7 +22,8 @@ pointer loads, so their tiles stay small: with the body's 64-key tiles they push
 the compute path over 255 registers (spills), the body alone fits in 231.
 
 FP8 (e4m3) caches carry one per-tensor scale: it is folded into the softmax scale and
-into the final output, and tiles are widened to the query dtype before the MMAs.
+into the final output; 16-bit queries become float16 (:func:`fp16_operand`) and the tiles
+are widened to float16 before the MMAs (exact, one conversion per pair).
 
 Split-KV count and tiles come from the backend's ``configs.mla_plan`` (per-device
 tables, with the paths and the split cost model of :mod:`.mla_plan`); the merge
@@ -35,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, block_segments, dot, dot_flags, launch, load_rows, row_bounds, softmax_stats, store_rows
+from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, launch, load_rows, row_bounds,
+                     softmax_stats, store_rows)
 from .paged_attention import combine_splits, split_destinations
 
 
@@ -140,7 +142,7 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
                       WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
                       WARP_SPEC: tl.constexpr, TRANS: tl.constexpr, IEEE: tl.constexpr,
-                      DOT_F32: tl.constexpr):
+                      DOT_F32: tl.constexpr, FP8: tl.constexpr = False):
     """Grid (row tiles, batch x splits). O/LSE are the final output (one split) or the
     fp32 per-split partials [S, T, H, C] / [S, H, T] that :func:`combine_splits` merges."""
     HALF_C: tl.constexpr = BLOCK_C // 2
@@ -156,13 +158,7 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
     offs_c0 = tl.arange(0, HALF_C)
     offs_c1 = HALF_C + tl.arange(0, HALF_C)
     offs_r = tl.arange(0, BLOCK_R)
-    q_c0 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c0, rank, EVEN)
-    q_c1 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c1, rank, EVEN)
-    q_r = load_rows(Q + rank, tokens, heads, valid, stride_qt, stride_qh, offs_r, rope, EVEN)
     if TRANS:
-        q_c0 = tl.trans(q_c0)
-        q_c1 = tl.trans(q_c1)
-        q_r = tl.trans(q_r)
         acc0 = tl.zeros((HALF_C, BLOCK_M), tl.float32)
         acc1 = tl.zeros((HALF_C, BLOCK_M), tl.float32)
     else:
@@ -174,29 +170,37 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
     lo_f, hi_f = row_bounds((tile * BLOCK_M) // HEADS, s_q, k_len, 0, 0, False, CAUSAL)
     lo_l, hi_l = row_bounds(t_last, s_q, k_len, 0, 0, False, CAUSAL)
     n_begin = split * keys_per_split
-    start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin,
-                                                      tl.minimum(n_begin + keys_per_split, k_len), BLOCK_N)
+    # every row starts at key 0 (no window) and splits start on tile boundaries, so the masked
+    # head of block_segments is always empty here: a mask-free body, then a masked tail
+    _, body_start, body_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin,
+                                                  tl.minimum(n_begin + keys_per_split, k_len), BLOCK_N)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     table = BLOCK_TABLE + seq * stride_bt
-    # masked head, mask-free body, masked tail; the masked parts (< 2 tiles) step by MASK_N keys
-    # with pointer loads (keys past the sequence read as 0, never a NaN-poisoned slot) and keep
-    # their tiles small, so they add no register pressure to the body's big tiles.
-    for part in tl.static_range(3):
-        if part == 0:
-            n_from = start
-            n_to = full_start
-        elif part == 1:
-            n_from = full_start
-            n_to = full_end
-        else:
-            n_from = full_end
-            n_to = end
+    # The tail (< 1 body tile) steps by MASK_N keys with pointer loads (keys past the sequence read
+    # as 0, never a NaN-poisoned slot), so its small tiles add no register pressure to the body's big
+    # ones. Each part loads its own queries: the transposed form keeps them in shared memory in each
+    # loop's MMA layout, and two copies alive at once left no room for a second pipeline stage at 64
+    # rows; the tail's volatile reload starts its copy after the body's has died.
+    for part in tl.static_range(2):
+        if part == 0 or TRANS:
+            q_c0 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c0, rank, EVEN, part == 1)
+            q_c1 = load_rows(Q, tokens, heads, valid, stride_qt, stride_qh, offs_c1, rank, EVEN, part == 1)
+            q_r = load_rows(Q + rank, tokens, heads, valid, stride_qt, stride_qh, offs_r, rope, EVEN, part == 1)
+            if FP8:   # e4m3 tiles widen to fp16 in one conversion per pair (to bf16: three per element)
+                q_c0 = fp16_operand(q_c0)
+                q_c1 = fp16_operand(q_c1)
+                q_r = fp16_operand(q_r)
+            if TRANS:
+                q_c0 = tl.trans(q_c0)
+                q_c1 = tl.trans(q_c1)
+                q_r = tl.trans(q_r)
         acc0, acc1, m_i, l_i = _mla_blocks(
-            acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACHE, C_DESC, R_DESC, table, cache_block,
+            acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, body_start if part == 0 else body_end,
+            body_end if part == 0 else end, k_len, CACHE, C_DESC, R_DESC, table, cache_block,
             stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
-            part != 1, EVEN, TMA and part == 1, HALF_C, WARP_SPEC and part == 1,
-            BLOCK_N if part == 1 else MASK_N, TRANS, IEEE, DOT_F32)
+            part == 1, EVEN, TMA and part == 0, HALF_C, WARP_SPEC and part == 0,
+            BLOCK_N if part == 0 else MASK_N, TRANS, IEEE, DOT_F32)
     if TRANS:
         acc0 = tl.trans(acc0)
         acc1 = tl.trans(acc1)
@@ -251,7 +255,8 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
         HEADS=hq, BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_C=plan["BLOCK_C"],
         BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
         TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"], TRANS=plan["TRANS"],
-        **dot_flags(q.dtype), num_warps=plan["num_warps"], num_stages=plan["num_stages"])
+        **dot_flags(q.dtype), FP8=kv_cache.dtype == torch.float8_e4m3fn, num_warps=plan["num_warps"],
+        num_stages=plan["num_stages"])
     if splits > 1:
         combine_splits(dest_o, dest_lse, out2, lse)
     return lse

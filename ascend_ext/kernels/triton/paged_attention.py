@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot_flags, load_rows, next_pow2, row_bounds,
+from .common import (LOG2E, block_segments, dot_flags, fp16_operand, load_rows, next_pow2, row_bounds,
                      run_visible, sink_flag, store_rows)
 
 
@@ -93,8 +93,7 @@ def dequant_keys(q, scale_log2, K_SCALE, K_OFF, kv_head, stride_ksh, stride_ksd,
     KV_QUANT 1 (fp8, one scale per KV head): the scale joins the softmax scale (exact), and
     16-bit queries become float16 so both dots run in fp16: e4m3 widens to fp16 exactly in one
     conversion per pair (to bf16 it takes three per element, and the conversions, not the
-    bytes, bounded fp8 decode on an H100: BENCHMARKS.md). bf16 queries convert exactly within
-    fp16's range (clamped to +-65504) and normal range (below 6e-5 they keep fewer bits).
+    bytes, bounded fp8 decode on an H100: BENCHMARKS.md); see :func:`fp16_operand`.
     KV_QUANT 2 (int8, per-channel scale and offset): q becomes q * scale per channel, so raw
     scores are q_s . stored; the offset makes every score of a row larger by
     shift = q_s . offset, which the softmax ignores and the lse removes (dequant_values).
@@ -102,8 +101,7 @@ def dequant_keys(q, scale_log2, K_SCALE, K_OFF, kv_head, stride_ksh, stride_ksd,
     shift = tl.zeros((q.shape[0],), tl.float32)
     if KV_QUANT == 1:
         scale_log2 = scale_log2 * tl.load(K_SCALE + kv_head * stride_ksh)
-        if q.dtype == tl.bfloat16:
-            q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+        q = fp16_operand(q)
     elif KV_QUANT == 2:
         in_d = offs_d < HEAD_DIM
         ks = tl.load(K_SCALE + kv_head * stride_ksh + offs_d * stride_ksd, mask=in_d, other=0.0)
