@@ -317,14 +317,18 @@ def clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, BLOCK_N: tl.constexpr):
+def scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, full_start, full_end, BLOCK_N: tl.constexpr):
     """Full runs of one query-tile row that keep key blocks inside [start, end).
 
-    Returns (walkable, tiles, first run): walkable when those runs are consecutive in the
-    run list (the builder stores a row's full runs before its partial ones), so one loop
-    can walk all their tiles (:func:`walk_full_runs`)."""
+    Returns (walkable, tiles, first run, masked head, masked tail): walkable when those runs
+    are consecutive in the run list (the builder stores a row's full runs before its partial
+    ones), so one walk can visit all their tiles (:func:`walk_full_runs`); of the ``tiles``
+    blocks, the first ``head`` lie before the rules' mask-free range [full_start, full_end)
+    and the last ``tail`` reach past it (both block-aligned), so only those need the row rules."""
     tiles = r0 * 0
     runs = r0 * 0
+    head = r0 * 0
+    free = r0 * 0
     r_first = r1
     r_last = r0 - 1
     offs = tl.arange(0, 32)
@@ -336,27 +340,31 @@ def scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, BLOCK_N: tl
         last = tl.minimum((run_first + tl.load(RUN_LEN + r, mask=in_row, other=0)) * BLOCK_N, end)
         full = in_row & (tl.load(RUN_POOL + r, mask=in_row, other=0) < 0) & (last > first)
         nt = tl.where(full, (last - first + BLOCK_N - 1) // BLOCK_N, 0)
+        before = tl.minimum(tl.maximum((full_start - first) // BLOCK_N, 0), nt)     # blocks n < full_start
+        inside = tl.minimum(tl.maximum((full_end - first) // BLOCK_N, 0), nt)       # blocks n + N <= full_end
         tiles += tl.sum(nt, 0)
+        head += tl.sum(before, 0)
+        free += tl.sum(tl.maximum(inside - before, 0), 0)
         runs += tl.sum(full.to(tl.int32), 0)
         r_first = tl.minimum(r_first, tl.min(tl.where(full, r, r1), 0))
         r_last = tl.maximum(r_last, tl.max(tl.where(full, r, r0 - 1), 0))
-    return (runs > 0) & (runs == r_last - r_first + 1), tiles, r_first
+    return (runs > 0) & (runs == r_last - r_first + 1), tiles, r_first, head, tiles - head - free
 
 
 @triton.jit
-def walk_full_runs(acc0, m0, l0, acc1, m1, l1, q0, q1, tiles, r, start, end, full_start, full_end, k_len,
+def walk_full_runs(acc0, m0, l0, acc1, m1, l1, q0, q1, n, r, run_end, i_from, i_to, tiles, start, end, k_len,
                    RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
-                   HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
+                   HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, MASKED: tl.constexpr,
                    NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
                    HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """All ``tiles`` full key blocks of the consecutive runs from r on (clipped to
-    [start, end)) in ONE software-pipelined loop, like a block-sparse index walk: the next
-    block's position is carried, so short runs cost no pipeline refill. Blocks outside the
-    rules' mask-free range [full_start, full_end) apply the row rules."""
-    n, run_end = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
-    for i in range(tiles):
+    """Blocks i_from .. i_to-1 of the ``tiles`` full key blocks of consecutive runs (clipped to
+    [start, end)) in ONE software-pipelined loop, like a block-sparse index walk: the walk's
+    position (block n in run r, which ends at run_end) is carried, so short runs cost no
+    pipeline refill, and returned for the next segment. MASKED applies the row rules (the
+    segments before / after their mask-free range); the mask-free segment has no branch."""
+    for i in range(i_from, i_to):
         acc0, m0, l0, acc1, m1, l1 = tile_step(
-            acc0, m0, l0, acc1, m1, l1, q0, q1, n, (n < full_start) | (n + BLOCK_N > full_end), k_len,
+            acc0, m0, l0, acc1, m1, l1, q0, q1, n, MASKED, k_len,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, K, False, offs_n, offs_n,
             NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
@@ -366,7 +374,7 @@ def walk_full_runs(acc0, m0, l0, acc1, m1, l1, q0, q1, tiles, r, start, end, ful
         next_first, next_end = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
         n = tl.where(step, next_first, n)
         run_end = tl.where(step, next_end, run_end)
-    return acc0, m0, l0, acc1, m1, l1
+    return acc0, m0, l0, acc1, m1, l1, n, r, run_end
 
 
 @triton.jit

@@ -117,9 +117,12 @@ def flash_varlen_fwd_kernel(
         r1 = tl.load(ROW_PTR + tile + 1)
         walk = r0 < 0
         tiles = r0 * 0
+        head_tiles = r0 * 0
+        tail_tiles = r0 * 0
         r_walk = r0
         if WALK:
-            walk, tiles, r_walk = scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, BLOCK_N)
+            walk, tiles, r_walk, head_tiles, tail_tiles = scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start,
+                                                                         end, full_start, full_end, BLOCK_N)
         for r in range(r0, r1):
             first, last = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
             last = tl.maximum(last, first)
@@ -143,11 +146,23 @@ def flash_varlen_fwd_kernel(
                     K, V, K, 1, 0, stride_kt, 0, stride_vt,
                     lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                     False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
-        if walk:
-            acc0, m0, l0, acc1, m1, l1 = walk_full_runs(
-                acc0, m0, l0, acc1, m1, l1, q0, q1, tiles, r_walk, start, end, full_start, full_end, k_len,
-                RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
-                HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+        if walk:   # the walked blocks before, inside and after the rules' mask-free range
+            n, run_end = clipped_run(RUN_START, RUN_LEN, r_walk, start, end, BLOCK_N)
+            for seg in tl.static_range(3):
+                if seg == 0:
+                    i_from = head_tiles * 0
+                    i_to = head_tiles
+                elif seg == 1:
+                    i_from = head_tiles
+                    i_to = tiles - tail_tiles
+                else:
+                    i_from = tiles - tail_tiles
+                    i_to = tiles
+                acc0, m0, l0, acc1, m1, l1, n, r_walk, run_end = walk_full_runs(
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, n, r_walk, run_end, i_from, i_to, tiles, start, end, k_len,
+                    RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
+                    HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, seg != 1, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
+                    IEEE, DOT_F32)
     else:
         acc0, m0, l0, acc1, m1, l1 = run_visible(
             acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
