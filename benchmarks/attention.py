@@ -394,7 +394,7 @@ def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
 
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
-    for b, ctx in ((1, 32768), (32, 4096), (128, 4096), (64, 16384)):
+    for b, ctx in ((1, 32768), (8, 4096), (8, 16384), (32, 4096), (128, 4096), (64, 16384)):
         k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
         for kv in kv_dtypes:
             kc, vc, scales = _kv_caches(kv, k_cache, v_cache)
