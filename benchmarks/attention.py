@@ -169,6 +169,10 @@ WINDOW_TILES = {"M128N64": dict(BLOCK_N=64), "M64N128w4": dict(SUB_M=64, num_war
                 "M128N128s2": dict(num_stages=2)}
 
 
+# block-sparse walk variants (the 128 x 128 mask tiles fix SUB_M * NUM_SUB and BLOCK_N)
+SPARSE_TILES = {"sub2x64": dict(NUM_SUB=2, SUB_M=64), "s2": dict(num_stages=2), "s4": dict(num_stages=4)}
+
+
 def masks() -> list[dict]:
     """Tiling-mask cases against flex_attention with the equivalent BlockMask (16k tokens,
     16 heads, d128, bf16): 8 causal documents, the same with a 512-key sliding window,
@@ -209,8 +213,8 @@ def masks() -> list[dict]:
                                                       return_lse=False, config=cfg_runs, configs=cuda_configs)
             if name != "block-sparse":   # block-sparse (a dense-kind mask) always walks runs
                 row["runs_ms"] = bench_ms(runs)
-            if name == "window+documents":   # tile shapes for short per-tile key spans
-                for label, extra in WINDOW_TILES.items():
+            if name in ("window+documents", "block-sparse"):   # other tile shapes / pipelines
+                for label, extra in (WINDOW_TILES if name == "window+documents" else SPARSE_TILES).items():
                     cfg = dict(cuda_configs.flash_config(q.device, d, q.dtype), **extra)
                     row[f"tiles_{label}_ms"] = bench_ms(lambda: triton_flash.flash_attn_varlen(
                         q, k, v, cu_full, cu_full, s, s, softmax_scale=d ** -0.5, window=window, mask=tm, softcap=0.0,
@@ -520,7 +524,7 @@ def main() -> int:
          ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
-          "flex_TF", "vs_flex", "max_diff_vs_flex"] + [f"tiles_{label}_ms" for label in WINDOW_TILES]),
+          "flex_TF", "vs_flex", "max_diff_vs_flex"] + [f"tiles_{label}_ms" for label in {**WINDOW_TILES, **SPARSE_TILES}]),
         ("decode", "decode", lambda: decode(args.quick, kv_dtypes),
          f"paged decode, bf16 queries (32 q / 8 kv heads, d128, block 16), KV cache {'/'.join(kv_dtypes)}; "
          f"copy bandwidth {result['ceilings']['copy_GBps']:.0f} GB/s; us = CUDA-graph replay, eager_us = plain "

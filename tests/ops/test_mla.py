@@ -196,6 +196,9 @@ def test_mla_plan_memory32_tile():
     assert not plan(heads=16, s_q=2, q_dtype=torch.bfloat16, kv_dtype=torch.float8_e4m3fn)["TRANS"]
     assert not plan(heads=16, s_q=2, q_dtype=torch.float32, kv_dtype=torch.float32)["TRANS"]
     assert plan(heads=128, s_q=1, q_dtype=torch.bfloat16, kv_dtype=torch.bfloat16)["path"] == "compute"
+    # FP8 caches on the compute path take three stages (fp8 boxes are half the bytes)
+    assert plan(heads=128, s_q=1, q_dtype=torch.bfloat16, kv_dtype=torch.bfloat16)["num_stages"] == 2
+    assert plan(heads=128, s_q=1, q_dtype=torch.bfloat16, kv_dtype=torch.float8_e4m3fn)["num_stages"] == 3
 
 
 @pytest.mark.parametrize("device", ["cpu", "npu"])

@@ -315,8 +315,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else out.new_empty(1, dtype=torch.float32)
     if tq == 0 or batch == 0:
         return lse if return_lse else None
-    cfg = dict(config or configs.flash_config(q.device, d, q.dtype))
-    if mask is not None and not cfg.get("TILE_RUNS", False):
+    if mask is not None and not (config or {}).get("TILE_RUNS", False):
         # masks of a known kind take their native form (what TileMask.kind is for): a
         # window mask is the window rule; a document mask on equal-length sequences is the
         # varlen batch of its documents (square documents: the rules act per document
@@ -329,6 +328,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             return flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, softmax_scale=softmax_scale,
                                      window=window, mask=None, softcap=softcap, out=out, return_lse=return_lse,
                                      sinks=sinks, configs=configs, config=config)
+    cfg = dict(config or configs.flash_config(q.device, d, q.dtype, window_left=window[0]))
     if mask is not None:   # the tiling-mask fixes the first-level tile shape
         if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
             cfg["NUM_SUB"] = 1

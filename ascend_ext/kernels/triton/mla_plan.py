@@ -82,12 +82,15 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
     """Everything the launch needs: tiles, constexpr switches, row tiles, split count.
 
     ``tiles``: path -> dict(BLOCK_M, BLOCK_N, num_warps, num_stages[, TRANS]) of the device
-    (optional ``memory32``: the memory path's tiles for 17-32 rows, 16-bit q and cache);
+    (optional ``memory32``: the memory path's tiles for 17-32 rows, 16-bit q and cache;
+    optional ``compute8``: the compute path's tiles for 8-bit caches);
     ``tma``: the device has Hopper tensor-memory copies (used where the tile allows);
     ``config`` / ``num_splits`` override the plan (tests, benchmarks)."""
     path = choose_path(heads, s_q, q_dtype)
     sixteen_bit = q_dtype != torch.float32 and torch.empty((), dtype=kv_dtype).element_size() == 2
     key = "memory32" if path == "memory" and 16 < heads * s_q <= 32 and sixteen_bit and "memory32" in tiles else path
+    if path == "compute" and torch.empty((), dtype=kv_dtype).element_size() == 1 and "compute8" in tiles:
+        key = "compute8"
     plan = dict({"TRANS": False, **tiles[key]}, TMA=False, WARP_SPEC=False)
     plan["MASK_N"] = min(16, plan["BLOCK_N"])
     if q_dtype == torch.float32:   # fp32 MMAs: small tiles keep registers in check
