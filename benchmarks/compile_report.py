@@ -28,7 +28,7 @@ KERNELS = {
     "flash": ("ascend_ext.kernels.triton.flash_attention", "flash_varlen_fwd_kernel",
               dict(GROUP=1, BLOCK_D=128, BLOCK_DV=128, SUB_M=128, NUM_SUB=1, BLOCK_N=128, HAS_LEFT=False,
                    HAS_RIGHT=True, HAS_MASK=False, HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False,
-                   DOT_F32=False, WARP_SPEC=False, WALK=True, num_warps=8, num_stages=3)),
+                   DOT_F32=False, WARP_SPEC=False, WALK=True, WALK_RUNS=32, num_warps=8, num_stages=3)),
     "paged": ("ascend_ext.kernels.triton.paged_attention", "paged_attn_kernel",
               dict(GROUP=4, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
                    HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False, KV_QUANT=0,

@@ -317,64 +317,56 @@ def clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start, end, full_start, full_end, BLOCK_N: tl.constexpr):
-    """Full runs of one query-tile row that keep key blocks inside [start, end).
-
-    Returns (walkable, tiles, first run, masked head, masked tail): walkable when those runs
-    are consecutive in the run list (the builder stores a row's full runs before its partial
-    ones), so one walk can visit all their tiles (:func:`walk_full_runs`); of the ``tiles``
-    blocks, the first ``head`` lie before the rules' mask-free range [full_start, full_end)
-    and the last ``tail`` reach past it (both block-aligned), so only those need the row rules."""
-    tiles = r0 * 0
-    runs = r0 * 0
-    head = r0 * 0
-    free = r0 * 0
-    r_first = r1
-    r_last = r0 - 1
-    offs = tl.arange(0, 32)
-    for chunk in range(r0, r1, 32):   # 32 runs per step: one round of loads, not one per run
-        r = chunk + offs
-        in_row = r < r1
-        run_first = tl.load(RUN_START + r, mask=in_row, other=0)
-        first = tl.maximum(run_first * BLOCK_N, start)
-        last = tl.minimum((run_first + tl.load(RUN_LEN + r, mask=in_row, other=0)) * BLOCK_N, end)
-        full = in_row & (tl.load(RUN_POOL + r, mask=in_row, other=0) < 0) & (last > first)
-        nt = tl.where(full, (last - first + BLOCK_N - 1) // BLOCK_N, 0)
-        before = tl.minimum(tl.maximum((full_start - first) // BLOCK_N, 0), nt)     # blocks n < full_start
-        inside = tl.minimum(tl.maximum((full_end - first) // BLOCK_N, 0), nt)       # blocks n + N <= full_end
-        tiles += tl.sum(nt, 0)
-        head += tl.sum(before, 0)
-        free += tl.sum(tl.maximum(inside - before, 0), 0)
-        runs += tl.sum(full.to(tl.int32), 0)
-        r_first = tl.minimum(r_first, tl.min(tl.where(full, r, r1), 0))
-        r_last = tl.maximum(r_last, tl.max(tl.where(full, r, r0 - 1), 0))
-    return (runs > 0) & (runs == r_last - r_first + 1), tiles, r_first, head, tiles - head - free
+def chunk_full_runs(RUN_START, RUN_LEN, RUN_POOL, chunk, r1, start, end, full_start, full_end,
+                    BLOCK_N: tl.constexpr, RUNS: tl.constexpr):
+    """The full runs among runs chunk .. chunk+RUNS-1 of one query-tile row (those < r1),
+    clipped to [start, end), as vectors over the chunk: each run's first key, its block count
+    (0 for partial runs and runs clipped away) and the blocks of the runs before it, so the
+    chunk's block i lies in the run with before <= i < before + count (:func:`walk_blocks`).
+    Also returns the chunk's block total and how many of its blocks come before / after the
+    rules' mask-free range [full_start, full_end): blocks are walked in run order, so these are
+    a prefix and a suffix when the full runs are sorted by key (the builder sorts them);
+    otherwise every block counts as masked (correct, just slower)."""
+    offs = tl.arange(0, RUNS)
+    r = chunk + offs
+    in_row = r < r1
+    run_first = tl.load(RUN_START + r, mask=in_row, other=0)
+    first = tl.maximum(run_first * BLOCK_N, start)
+    last = tl.minimum((run_first + tl.load(RUN_LEN + r, mask=in_row, other=0)) * BLOCK_N, end)
+    full = in_row & (tl.load(RUN_POOL + r, mask=in_row, other=0) < 0) & (last > first)
+    count = tl.where(full, (last - first + BLOCK_N - 1) // BLOCK_N, 0)
+    earlier = offs[None, :] < offs[:, None]                          # [run, earlier run]
+    before = tl.sum(tl.where(earlier, count[None, :], 0), 1)
+    prev_last = tl.max(tl.where(earlier & full[None, :], last[None, :], -1), 1)
+    ordered = tl.sum((full & (first < prev_last)).to(tl.int32), 0) == 0
+    total = tl.sum(count, 0)
+    head = tl.sum(tl.minimum(tl.maximum((full_start - first) // BLOCK_N, 0), count), 0)
+    inside = tl.sum(tl.minimum(tl.maximum((full_end - first) // BLOCK_N, 0), count), 0)   # n + N <= full_end
+    head = tl.where(ordered, head, 0)
+    tail = tl.where(ordered, total - inside, total)
+    return first, count, before, total, head, tail
 
 
 @triton.jit
-def walk_full_runs(acc0, m0, l0, acc1, m1, l1, q0, q1, n, r, run_end, i_from, i_to, tiles, start, end, k_len,
-                   RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
-                   HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, MASKED: tl.constexpr,
-                   NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-                   HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
-    """Blocks i_from .. i_to-1 of the ``tiles`` full key blocks of consecutive runs (clipped to
-    [start, end)) in ONE software-pipelined loop, like a block-sparse index walk: the walk's
-    position (block n in run r, which ends at run_end) is carried, so short runs cost no
-    pipeline refill, and returned for the next segment. MASKED applies the row rules (the
-    segments before / after their mask-free range); the mask-free segment has no branch."""
+def walk_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, first, count, before, i_from, i_to, k_len,
+                K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
+                HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, MASKED: tl.constexpr,
+                NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """Blocks i_from .. i_to-1 of a chunk of full runs (:func:`chunk_full_runs`) in ONE
+    software-pipelined loop, like a block-sparse index walk: block i's key offset is a
+    function of i and the chunk's vectors (a select + sum), never of the previous iteration,
+    so the pipeline can issue the loads of later blocks early. MASKED applies the row rules
+    (the blocks before / after their mask-free range); the mask-free segment has no branch."""
     for i in range(i_from, i_to):
+        mine = (before <= i) & (i < before + count)
+        n = tl.sum(tl.where(mine, first + (i - before) * BLOCK_N, 0), 0)
         acc0, m0, l0, acc1, m1, l1 = tile_step(
             acc0, m0, l0, acc1, m1, l1, q0, q1, n, MASKED, k_len,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, K, False, offs_n, offs_n,
             NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-        n += BLOCK_N   # branch-free advance (r stays on a walked run): keeps the loop pipelinable
-        step = (n >= run_end) & (i + 1 < tiles)
-        r = tl.where(step, r + 1, r)
-        next_first, next_end = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
-        n = tl.where(step, next_first, n)
-        run_end = tl.where(step, next_end, run_end)
-    return acc0, m0, l0, acc1, m1, l1, n, r, run_end
+    return acc0, m0, l0, acc1, m1, l1
 
 
 @triton.jit

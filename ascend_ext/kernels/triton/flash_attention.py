@@ -13,8 +13,8 @@ tile split into a masked head, a mask-free body and a masked tail
 (:func:`block_segments`); fully masked blocks are never visited. A :class:`TileMask`
 of a known kind takes its native form (window masks: the window rule; document masks:
 the varlen batch of the documents). Any other mask: the program walks its query-tile
-row's runs: empty tiles are absent, all full tiles go through one pipelined loop
-(:func:`walk_full_runs`), partial runs load one pool tile.
+row's runs: empty tiles are absent, all full tiles go through one pipelined index walk
+(:func:`walk_blocks`), partial runs load one pool tile.
 
 Hopper path (:func:`flash_varlen_fwd_tma_kernel`, chosen by the CUDA config's ``TMA``):
 K/V tiles by tensor descriptor (bulk tensor copies) and a warp-specialised mask-free
@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, block_segments, clipped_run, dot_flags, launch, load_rows, next_pow2, row_bounds,
-                     run_run, run_visible, scan_full_runs, sink_flag, softmax_step, store_rows, walk_full_runs)
+                     run_run, run_visible, chunk_full_runs, sink_flag, softmax_step, store_rows, walk_blocks)
 
 
 @triton.jit
@@ -76,7 +76,7 @@ def flash_varlen_fwd_kernel(
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
         IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True,
-        HAS_SINK: tl.constexpr = False):
+        HAS_SINK: tl.constexpr = False, WALK_RUNS: tl.constexpr = 32):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
     tile, head, q_start, q_len, k_start, k_len = program_tile(CU_Q, CU_K, GROUP)
     if tile * BLOCK_M >= q_len:
@@ -110,59 +110,49 @@ def flash_varlen_fwd_kernel(
 
     if HAS_MASK:
         # tiling-mask: this query tile's runs (empty tiles are absent), each clipped to the
-        # causal/window range. Full runs: with WALK, all their tiles in one pipelined loop
-        # (when they are consecutive in the run list); else one mask-free loop per run.
-        # Partial runs: element mask from the pool (few; unpipelined loop).
+        # causal/window range. Full runs: with WALK, 32 runs at a time, all their tiles in one
+        # pipelined index walk per segment (before / inside / after the rules' mask-free range);
+        # else one pipelined loop per run. Partial runs: element mask from the pool (few;
+        # unpipelined loop).
         r0 = tl.load(ROW_PTR + tile)
         r1 = tl.load(ROW_PTR + tile + 1)
-        walk = r0 < 0
-        tiles = r0 * 0
-        head_tiles = r0 * 0
-        tail_tiles = r0 * 0
-        r_walk = r0
         if WALK:
-            walk, tiles, r_walk, head_tiles, tail_tiles = scan_full_runs(RUN_START, RUN_LEN, RUN_POOL, r0, r1, start,
-                                                                         end, full_start, full_end, BLOCK_N)
+            for chunk in range(r0, r1, WALK_RUNS):
+                first, count, before, total, head, tail = chunk_full_runs(
+                    RUN_START, RUN_LEN, RUN_POOL, chunk, r1, start, end, full_start, full_end, BLOCK_N, WALK_RUNS)
+                for seg in tl.static_range(3):
+                    if seg == 0:
+                        i_from = head * 0
+                        i_to = head
+                    elif seg == 1:
+                        i_from = head
+                        i_to = total - tail
+                    else:
+                        i_from = total - tail
+                        i_to = total
+                    acc0, m0, l0, acc1, m1, l1 = walk_blocks(
+                        acc0, m0, l0, acc1, m1, l1, q0, q1, first, count, before, i_from, i_to, k_len,
+                        K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
+                        HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, seg != 1, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
+                        IEEE, DOT_F32)
         for r in range(r0, r1):
-            first, last = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
-            last = tl.maximum(last, first)
+            first_key, last_key = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
+            last_key = tl.maximum(last_key, first_key)
             pool_id = tl.load(RUN_POOL + r)
             partial = pool_id >= 0
-            if WALK:   # full runs go here only when the row cannot be walked
-                by_run = partial | (walk == 0)   # no `not tensor`: triton-ascend's interpreter lacks int1 constants
-            else:
-                by_run = partial
-            if by_run:   # unpipelined: partial tiles mask from the pool, full ones by the rules
+            if partial:   # unpipelined: the pool tile's element mask and the row rules
                 acc0, m0, l0, acc1, m1, l1 = run_run(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, tl.where(partial, last, full_start),
-                    tl.where(partial, last, full_end), k_len,
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first_key, last_key, last_key, last_key, k_len,
                     K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
                     scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), partial,
                     rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
                     NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1)
-            elif not WALK:   # one pipelined mask-free loop per full run
+            elif not WALK:   # one pipelined loop per full run
                 acc0, m0, l0, acc1, m1, l1 = run_visible(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, full_end, k_len,
+                    acc0, m0, l0, acc1, m1, l1, q0, q1, first_key, last_key, full_start, full_end, k_len,
                     K, V, K, 1, 0, stride_kt, 0, stride_vt,
                     lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                     False, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC)
-        if walk:   # the walked blocks before, inside and after the rules' mask-free range
-            n, run_end = clipped_run(RUN_START, RUN_LEN, r_walk, start, end, BLOCK_N)
-            for seg in tl.static_range(3):
-                if seg == 0:
-                    i_from = head_tiles * 0
-                    i_to = head_tiles
-                elif seg == 1:
-                    i_from = head_tiles
-                    i_to = tiles - tail_tiles
-                else:
-                    i_from = tiles - tail_tiles
-                    i_to = tiles
-                acc0, m0, l0, acc1, m1, l1, n, r_walk, run_end = walk_full_runs(
-                    acc0, m0, l0, acc1, m1, l1, q0, q1, n, r_walk, run_end, i_from, i_to, tiles, start, end, k_len,
-                    RUN_START, RUN_LEN, K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
-                    HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, seg != 1, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
-                    IEEE, DOT_F32)
     else:
         acc0, m0, l0, acc1, m1, l1 = run_visible(
             acc0, m0, l0, acc1, m1, l1, q0, q1, start, end, full_start, full_end, k_len,
