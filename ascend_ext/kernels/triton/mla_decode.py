@@ -16,10 +16,11 @@ Two load paths of the same source, chosen by constexpr:
   sequence are zeroed in the (masked) boundary tile only.
 * pointer loads (any block size, the interpreter, non-Hopper GPUs, Ascend).
 
-The key range of a program is cut into a masked head, a mask-free body and a masked
-tail (:func:`block_segments`); the masked parts step by ``MASK_N`` (16) keys with
-pointer loads, so their tiles stay small: with the body's 64-key tiles they pushed
-the compute path over 255 registers (spills), the body alone fits in 231.
+The key range of a program is a mask-free body and a masked tail (:func:`block_segments`;
+its masked head is always empty here: every row starts at key 0 and splits start on tile
+boundaries). The tail steps by ``MASK_N`` (16) keys with pointer loads, so its tiles stay
+small: with the body's 64-key tiles it pushed the compute path over 255 registers (spills),
+the body alone fits in 231.
 
 FP8 (e4m3) caches carry one per-tensor scale: it is folded into the softmax scale and
 into the final output; 16-bit queries become float16 (:func:`fp16_operand`) and the tiles
