@@ -309,11 +309,12 @@ def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to,
 
 
 @triton.jit
-def clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N: tl.constexpr):
-    """Keys [first, last) of run r clipped to [start, end) (last <= first: nothing left)."""
-    run_first = tl.load(RUN_START + r)
+def clipped_run(RUN_START, RUN_LEN, r, in_row, start, end, BLOCK_N: tl.constexpr):
+    """Keys [first, last) of run r (a scalar or a vector of runs) clipped to [start, end)
+    (last <= first: nothing left); runs where ``in_row`` is false read as empty."""
+    run_first = tl.load(RUN_START + r, mask=in_row, other=0)
     first = tl.maximum(run_first * BLOCK_N, start)
-    return first, tl.minimum((run_first + tl.load(RUN_LEN + r)) * BLOCK_N, end)
+    return first, tl.minimum((run_first + tl.load(RUN_LEN + r, mask=in_row, other=0)) * BLOCK_N, end)
 
 
 @triton.jit
@@ -330,9 +331,7 @@ def chunk_full_runs(RUN_START, RUN_LEN, RUN_POOL, chunk, r1, start, end, full_st
     offs = tl.arange(0, RUNS)
     r = chunk + offs
     in_row = r < r1
-    run_first = tl.load(RUN_START + r, mask=in_row, other=0)
-    first = tl.maximum(run_first * BLOCK_N, start)
-    last = tl.minimum((run_first + tl.load(RUN_LEN + r, mask=in_row, other=0)) * BLOCK_N, end)
+    first, last = clipped_run(RUN_START, RUN_LEN, r, in_row, start, end, BLOCK_N)
     full = in_row & (tl.load(RUN_POOL + r, mask=in_row, other=0) < 0) & (last > first)
     count = tl.where(full, (last - first + BLOCK_N - 1) // BLOCK_N, 0)
     earlier = offs[None, :] < offs[:, None]                          # [run, earlier run]

@@ -136,7 +136,7 @@ def flash_varlen_fwd_kernel(
                         HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, seg != 1, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
                         IEEE, DOT_F32)
         for r in range(r0, r1):
-            first_key, last_key = clipped_run(RUN_START, RUN_LEN, r, start, end, BLOCK_N)
+            first_key, last_key = clipped_run(RUN_START, RUN_LEN, r, r < r1, start, end, BLOCK_N)
             last_key = tl.maximum(last_key, first_key)
             pool_id = tl.load(RUN_POOL + r)
             partial = pool_id >= 0
