@@ -87,9 +87,10 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
     ``tma``: the device has Hopper tensor-memory copies (used where the tile allows);
     ``config`` / ``num_splits`` override the plan (tests, benchmarks)."""
     path = choose_path(heads, s_q, q_dtype)
-    sixteen_bit = q_dtype != torch.float32 and torch.empty((), dtype=kv_dtype).element_size() == 2
+    kv_bytes = torch.empty((), dtype=kv_dtype).element_size()
+    sixteen_bit = q_dtype != torch.float32 and kv_bytes == 2
     key = "memory32" if path == "memory" and 16 < heads * s_q <= 32 and sixteen_bit and "memory32" in tiles else path
-    if path == "compute" and torch.empty((), dtype=kv_dtype).element_size() == 1 and "compute8" in tiles:
+    if path == "compute" and kv_bytes == 1 and "compute8" in tiles:
         key = "compute8"
     plan = dict({"TRANS": False, **tiles[key]}, TMA=False, WARP_SPEC=False)
     plan["MASK_N"] = min(16, plan["BLOCK_N"])
@@ -99,7 +100,6 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
     plan["BLOCK_C"] = next_pow2(rank, 32)
     plan["BLOCK_R"] = next_pow2(rope)
     plan["EVEN"] = plan["BLOCK_C"] == rank and plan["BLOCK_R"] == rope
-    kv_bytes = torch.empty((), dtype=kv_dtype).element_size()
     if "TMA" not in (config or {}):
         plan["TMA"] = (tma and plan["EVEN"] and cache_block % plan["BLOCK_N"] == 0
                        and ((rank + rope) * kv_bytes) % 16 == 0)
