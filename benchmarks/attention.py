@@ -391,30 +391,41 @@ def ablation(quick: bool) -> list[dict]:
 
 
 PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (16, 128, 4, 2), (16, 128, 4, 3),
-               (16, 128, 8, 3), (16, 64, 8, 4)]
+               (16, 128, 8, 3), (16, 64, 8, 4), (16, 32, 4, 3)]
+# register caps tried with the 8-bit caches (a 4th program per SM needs <= 128 registers at 4 warps)
+PAGED_SWEEP_CAPPED = [(16, 64, 4, 2, 128), (16, 64, 4, 3, 128), (16, 128, 8, 3, 128)]
+# (batch, context, split counts tried besides the automatic one)
+PAGED_SWEEP_SHAPES = [(1, 32768, ()), (8, 4096, (16,)), (8, 16384, (16, 32)), (32, 4096, (4,)), (32, 16384, (4,)),
+                      (128, 4096, (2,)), (64, 16384, ())]
 
 
 def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
+    """Tile configs x split counts of the paged decode (graph replay); 'splits' marks the automatic
+    count with '*'; the 8-bit caches also try register caps (maxnreg)."""
     from ascend_ext.ops.attention import kv_quant
 
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
-    for b, ctx in ((1, 32768), (8, 4096), (8, 16384), (32, 4096), (128, 4096), (64, 16384)):
+    for b, ctx, split_opts in PAGED_SWEEP_SHAPES:
         k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
         for kv in kv_dtypes:
             kc, vc, scales = _kv_caches(kv, k_cache, v_cache)
             kv_scales = kv_quant.normalize(kc, vc, scales.get("k_scale"), scales.get("v_scale"))
-            for block_m, block_n, warps, stages in PAGED_SWEEP:
-                cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
-
-                def run():
-                    return triton_paged.paged_attention(q, kc, vc, table, lens, cu, 1, softmax_scale=d ** -0.5,
-                                                        window=(-1, 0), softcap=0.0, out=out, return_lse=False,
-                                                        max_seqlen_k=ctx, kv_scales=kv_scales, config=cfg,
-                                                        configs=cuda_configs)
-                t = bench_graph_ms(run)
-                rows.append({"B": b, "ctx": ctx, "kv": kv, "cfg": f"M{block_m} N{block_n} w{warps} s{stages}",
-                             "us": t * 1e3, "GBps": 2 * b * ctx * hkv * d * kc.element_size() / t / 1e6})
+            cfgs = [c + (0,) for c in PAGED_SWEEP] + (PAGED_SWEEP_CAPPED if kc.element_size() == 1 else [])
+            for block_m, block_n, warps, stages, cap in cfgs:
+                cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, maxnreg=cap)
+                auto = triton_paged.choose_splits(q.device, b * hkv, ctx, block_n)
+                for splits in (None,) + tuple(x for x in split_opts if x != auto):
+                    def run():
+                        return triton_paged.paged_attention(q, kc, vc, table, lens, cu, 1, softmax_scale=d ** -0.5,
+                                                            window=(-1, 0), softcap=0.0, out=out, return_lse=False,
+                                                            max_seqlen_k=ctx, kv_scales=kv_scales, config=cfg,
+                                                            configs=cuda_configs, num_splits=splits or auto)
+                    t = bench_graph_ms(run)
+                    rows.append({"B": b, "ctx": ctx, "kv": kv,
+                                 "cfg": f"M{block_m} N{block_n} w{warps} s{stages}" + (f" r{cap}" if cap else ""),
+                                 "splits": f"{splits or auto}{'*' if splits is None else ''}", "us": t * 1e3,
+                                 "GBps": 2 * b * ctx * hkv * d * kc.element_size() / t / 1e6})
             del kc, vc
         del k_cache, v_cache
         torch.cuda.empty_cache()
@@ -520,7 +531,7 @@ def main() -> int:
     print(result["env"], result["ceilings"])
     sections = [
         ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
-         ["B", "ctx", "kv", "cfg", "us", "GBps"]),
+         ["B", "ctx", "kv", "cfg", "splits", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
          ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",

@@ -30,7 +30,7 @@ KERNELS = {
                    HAS_RIGHT=True, HAS_MASK=False, HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False,
                    DOT_F32=False, WARP_SPEC=False, WALK=True, WALK_RUNS=32, num_warps=8, num_stages=3)),
     "paged": ("ascend_ext.kernels.triton.paged_attention", "paged_attn_kernel",
-              dict(GROUP=4, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
+              dict(GROUP=4, CACHE_BLOCK=16, BLOCK_M=16, BLOCK_N=64, BLOCK_D=128, BLOCK_DV=128, HAS_LEFT=False, HAS_RIGHT=True,
                    HAS_SOFTCAP=False, WRITE_LSE=False, EVEN_D=True, IEEE=False, DOT_F32=False, KV_QUANT=0,
                    HAS_OFFSET=False, num_warps=4, num_stages=2)),
     "mla": ("ascend_ext.kernels.triton.mla_decode", "mla_decode_kernel",
@@ -55,6 +55,8 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
     kernel = getattr(__import__(module, fromlist=[attr]), attr)
     cfg = dict(defaults, **overrides)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    if "maxnreg" in cfg:   # register cap (ptxas --maxrregcount), as the launch option
+        options["maxnreg"] = cfg.pop("maxnreg")
     kv = cfg.pop("KV", dtype)   # cache dtype (e.g. fp8e4nv, i8) of CACHE / K_CACHE / V_CACHE (MLA: descriptors)
     params = list(inspect.signature(kernel.fn).parameters)
     signature, attrs = {}, {}

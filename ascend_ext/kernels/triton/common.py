@@ -41,6 +41,12 @@ def head_dim_bucket(head_dim: int) -> int:
     return 64 if head_dim <= 64 else 128 if head_dim <= 128 else 256
 
 
+def register_cap(cfg: dict) -> dict:
+    """The ``maxnreg`` launch option of a config that sets one (registers per thread, so that
+    more programs fit an SM; NVIDIA only), else nothing."""
+    return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
+
+
 @functools.lru_cache(maxsize=None)
 def next_pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, triton.next_power_of_2(n))
@@ -225,12 +231,13 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
                lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                MASKED: tl.constexpr, PAGED: tl.constexpr, NUM_SUB: tl.constexpr,
                BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-               IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr = False):
+               IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr = False, v_mul=1.0):
     """Stream key blocks [n_from, n_to) through one or two query sub-tiles.
 
     Each K/V tile is loaded once and used by every sub-tile (the two-level tiling).
     MASKED applies the row intervals [lo, hi) (which also bound keys to k_len).
     WARP_SPEC asks Triton to warp-specialise the loop (Hopper+, mask-free loops only).
+    An fp8 V tile is widened and multiplied by ``v_mul`` (see :func:`fp8_value_factors`).
     """
     for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
         k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
@@ -241,7 +248,7 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
                 v = v.to(tl.float32).to(q0.dtype)
             else:
                 k_t = k_t.to(q0.dtype)
-                v = v.to(q0.dtype)
+                v = v.to(q0.dtype) * v_mul
         cols = n + offs_n
         vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
         acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
@@ -374,9 +381,9 @@ def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, ful
                 lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
                 PAGED: tl.constexpr, NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
                 HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-                WARP_SPEC: tl.constexpr = False):
+                WARP_SPEC: tl.constexpr = False, v_mul=1.0):
     """Key blocks [first, last) under the row rules only: the blocks inside
-    [full_start, full_end) take the mask-free path, the rest are masked."""
+    [full_start, full_end) take the mask-free path, the rest are masked (``v_mul``: run_blocks)."""
     free_from = tl.minimum(tl.maximum(full_start, first), last)
     free_to = tl.maximum(tl.minimum(full_end, last), free_from)
     for part in tl.static_range(3):
@@ -393,7 +400,7 @@ def run_visible(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, full_start, ful
             acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
             K, V, TABLE, cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
             lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-            part != 1, PAGED, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC and part == 1)
+            part != 1, PAGED, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, WARP_SPEC and part == 1, v_mul)
     return acc0, m0, l0, acc1, m1, l1
 
 
@@ -416,6 +423,22 @@ def fp16_operand(q):
     if q.dtype == tl.bfloat16:
         q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
     return q
+
+
+@triton.jit
+def fp8_value_factors(v_scale):
+    """Split an fp8 V scale (fp32 scalar) into v_mul, its significand cut to 7 bits as float16
+    (in [1, 2)), and the float32 rest = v_scale / v_mul, so that v_scale = v_mul * rest.
+
+    The widened V tile is multiplied by v_mul in float16 exactly (an e4m3 significand of 4 bits
+    times 7 bits fits float16's 11, within its normal range), the accumulator by rest at the
+    end. The multiply is there for the compiler: Triton 3.6 (sm90, mma.sync) feeds a bare
+    ``fp8.to(fp16)`` V tile to the MMA through byte loads of the shared tile (64 LDS.U8 per
+    thread per 64-key tile), a scaled one through one widening and an ldmatrix transpose
+    (benchmarks/NOTES.md)."""
+    bits = v_scale.to(tl.int32, bitcast=True)
+    v_mul = ((bits & 0x007E0000) | 0x3F800000).to(tl.float32, bitcast=True)
+    return v_mul.to(tl.float16), v_scale / v_mul
 
 
 @triton.jit

@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot_flags, fp16_operand, load_rows, next_pow2, row_bounds,
-                     run_visible, sink_flag, store_rows)
+from .common import (LOG2E, block_segments, register_cap, dot_flags, fp8_value_factors, fp16_operand, load_rows, next_pow2,
+                     row_bounds, run_visible, sink_flag, store_rows)
 
 
 @triton.jit
@@ -30,11 +30,11 @@ def paged_attn_kernel(
         Q, K_CACHE, V_CACHE, BLOCK_TABLE, SEQ_LENS, CU_Q, O, LSE, SINKS,
         stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
         stride_bt, stride_ot, stride_oh, stride_lse_h, stride_o_split, stride_lse_split,
-        scale_log2, softcap, window_left, window_right, cache_block, keys_per_split, num_splits,
+        scale_log2, softcap, window_left, window_right, keys_per_split, num_splits,
         HEAD_DIM, HEAD_DIM_V,
         K_SCALE, V_SCALE, K_OFF, V_OFF, stride_ksh, stride_ksd, stride_vsh, stride_vsd,
         stride_koh, stride_kod, stride_voh, stride_vod,
-        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        GROUP: tl.constexpr, CACHE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
@@ -59,6 +59,9 @@ def paged_attn_kernel(
     q = load_rows(Q, q_start + tokens, heads, valid, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
     q, scale_log2, shift = dequant_keys(q, scale_log2, K_SCALE, K_OFF, kv_head, stride_ksh, stride_ksd,
                                         stride_koh, stride_kod, offs_d, HEAD_DIM, KV_QUANT, HAS_OFFSET)
+    v_mul, v_rest = 1.0, 1.0
+    if KV_QUANT == 1:
+        v_mul, v_rest = fp8_value_factors(tl.load(V_SCALE + kv_head * stride_vsh))
 
     lo, hi = row_bounds(tokens, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     t_first = (tile * BLOCK_M) // GROUP
@@ -75,11 +78,11 @@ def paged_attn_kernel(
     acc, m_i, l_i, _, _, _ = run_visible(
         acc, m_i, l_i, acc, m_i, l_i, q, q, start, end, full_start, full_end, k_len,
         K_CACHE + kv_head * stride_kh, V_CACHE + kv_head * stride_vh, BLOCK_TABLE + seq * stride_bt,
-        cache_block, stride_kb, stride_kt, stride_vb, stride_vt,
+        CACHE_BLOCK, stride_kb, stride_kt, stride_vb, stride_vt,
         lo, hi, lo, hi, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
-        True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
-    acc, m_i = dequant_values(acc, m_i, l_i, shift * scale_log2, V_SCALE, V_OFF, kv_head, stride_vsh, stride_vsd,
-                              stride_voh, stride_vod, offs_dv, HEAD_DIM_V, KV_QUANT, HAS_OFFSET)
+        True, 1, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, False, v_mul)
+    acc, m_i = dequant_values(acc, m_i, l_i, shift * scale_log2, v_rest, V_SCALE, V_OFF, kv_head, stride_vsh,
+                              stride_vsd, stride_voh, stride_vod, offs_dv, HEAD_DIM_V, KV_QUANT, HAS_OFFSET)
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
                HEAD_DIM_V, WRITE_LSE, EVEN_D, SINKS, HAS_SINK)
@@ -113,12 +116,13 @@ def dequant_keys(q, scale_log2, K_SCALE, K_OFF, kv_head, stride_ksh, stride_ksd,
 
 
 @triton.jit
-def dequant_values(acc, m_i, l_i, shift_log2, V_SCALE, V_OFF, kv_head, stride_vsh, stride_vsd, stride_voh,
+def dequant_values(acc, m_i, l_i, shift_log2, v_rest, V_SCALE, V_OFF, kv_head, stride_vsh, stride_vsd, stride_voh,
                    stride_vod, offs_dv, HEAD_DIM_V, KV_QUANT: tl.constexpr, HAS_OFFSET: tl.constexpr):
     """Apply the V dequantisation to the unnormalised accumulator (sum_j p_j stored_j, l = sum_j p_j):
-    acc -> (acc - offset * l) * scale, and remove the key shift from the running max."""
+    acc -> (acc - offset * l) * scale, and remove the key shift from the running max. For fp8 the
+    tiles were already multiplied by v_mul (:func:`fp8_value_factors`): acc -> acc * v_rest."""
     if KV_QUANT == 1:
-        acc = acc * tl.load(V_SCALE + kv_head * stride_vsh)
+        acc = acc * v_rest
     elif KV_QUANT == 2:
         in_dv = offs_dv < HEAD_DIM_V
         if HAS_OFFSET:
@@ -266,13 +270,13 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
-        softmax_scale * LOG2E, softcap, left, right, k_cache.shape[1], keys_per_split, num_splits, d, dv,
-        *quant_args, GROUP=group, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        softmax_scale * LOG2E, softcap, left, right, keys_per_split, num_splits, d, dv,
+        *quant_args, GROUP=group, CACHE_BLOCK=k_cache.shape[1], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags, **register_cap(cfg),
         **sink_flag(sinks if num_splits == 1 else None))   # split-KV: the sink joins in the combine
     if num_splits > 1:
         combine_splits(dest_o, dest_lse, out, lse, sinks)
