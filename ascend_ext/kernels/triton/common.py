@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 
 import torch
 import triton
@@ -237,7 +238,7 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
     Each K/V tile is loaded once and used by every sub-tile (the two-level tiling).
     MASKED applies the row intervals [lo, hi) (which also bound keys to k_len).
     WARP_SPEC asks Triton to warp-specialise the loop (Hopper+, mask-free loops only).
-    An fp8 V tile is widened and multiplied by ``v_mul`` (see :func:`fp8_value_factors`).
+    An fp8 V tile is widened and multiplied by ``v_mul`` (see :func:`fp8_scale_factors`).
     """
     for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
         k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
@@ -248,7 +249,7 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
                 v = v.to(tl.float32).to(q0.dtype)
             else:
                 k_t = k_t.to(q0.dtype)
-                v = v.to(q0.dtype) * v_mul
+                v = widen(v, q0.dtype, v_mul)
         cols = n + offs_n
         vis0 = (cols[None, :] >= lo0[:, None]) & (cols[None, :] < hi0[:, None])
         acc0, m0, l0 = softmax_step(acc0, m0, l0, q0, k_t, v, vis0, scale_log2, softcap,
@@ -425,20 +426,38 @@ def fp16_operand(q):
     return q
 
 
+# An fp8 scale splits as scale = mul * rest, mul its significand cut to 7 bits (exact in float16,
+# in [1, 2)). Widened e4m3 tiles are multiplied by mul in float16 exactly (4 significand bits
+# times 7 fit float16's 11, inside its normal range) and the fp32 side takes rest. The multiply
+# is there for the compiler: Triton 3.6 (sm90, mma.sync) feeds a bare ``fp8.to(fp16)`` tile that
+# is an MMA operand along its strided axis (V in p @ V) through byte loads of the shared tile (64
+# LDS.U8 per thread per 64-key paged tile), a scaled one through one widening and an ldmatrix
+# transpose (benchmarks/NOTES.md, issue 18).
+FP8_MUL_MASK, ONE_BITS = 0x007E0000, 0x3F800000
+
+
+def fp8_scale_factors(scale: float) -> tuple[float, float]:
+    """(mul, rest) of a host-side fp8 scale (see above)."""
+    bits = struct.unpack("<I", struct.pack("<f", scale))[0]
+    mul = struct.unpack("<f", struct.pack("<I", (bits & FP8_MUL_MASK) | ONE_BITS))[0]
+    return mul, scale / mul
+
+
 @triton.jit
 def fp8_value_factors(v_scale):
-    """Split an fp8 V scale (fp32 scalar) into v_mul, its significand cut to 7 bits as float16
-    (in [1, 2)), and the float32 rest = v_scale / v_mul, so that v_scale = v_mul * rest.
+    """(mul as float16, rest as float32) of an fp8 scale held on the device (see above)."""
+    bits = v_scale.to(tl.int32, bitcast=True)   # the masks of FP8_MUL_MASK and ONE_BITS
+    mul = ((bits & 0x007E0000) | 0x3F800000).to(tl.float32, bitcast=True)
+    return mul.to(tl.float16), v_scale / mul
 
-    The widened V tile is multiplied by v_mul in float16 exactly (an e4m3 significand of 4 bits
-    times 7 bits fits float16's 11, within its normal range), the accumulator by rest at the
-    end. The multiply is there for the compiler: Triton 3.6 (sm90, mma.sync) feeds a bare
-    ``fp8.to(fp16)`` V tile to the MMA through byte loads of the shared tile (64 LDS.U8 per
-    thread per 64-key tile), a scaled one through one widening and an ldmatrix transpose
-    (benchmarks/NOTES.md)."""
-    bits = v_scale.to(tl.int32, bitcast=True)
-    v_mul = ((bits & 0x007E0000) | 0x3F800000).to(tl.float32, bitcast=True)
-    return v_mul.to(tl.float16), v_scale / v_mul
+
+@triton.jit
+def widen(x, dtype, mul):
+    """A quantised (fp8) tile widened to the MMA dtype and multiplied by ``mul`` (the scale's
+    7-bit significand, exact: see fp8_scale_factors); a tile already in ``dtype`` passes."""
+    if x.dtype != dtype:
+        x = x.to(dtype) * tl.cast(mul, dtype)
+    return x
 
 
 @triton.jit

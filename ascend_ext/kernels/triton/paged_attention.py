@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, register_cap, dot_flags, fp8_value_factors, fp16_operand, load_rows, next_pow2,
-                     row_bounds, run_visible, sink_flag, store_rows)
+from .common import (LOG2E, block_segments, dot_flags, fp8_value_factors, fp16_operand, load_rows, next_pow2,
+                     register_cap, row_bounds, run_visible, sink_flag, store_rows)
 
 
 @triton.jit
