@@ -395,8 +395,8 @@ PAGED_SWEEP = [(16, 32, 4, 2), (16, 64, 4, 2), (16, 64, 4, 3), (16, 64, 4, 4), (
 # register caps tried with the 8-bit caches (a 4th program per SM needs <= 128 registers at 4 warps)
 PAGED_SWEEP_CAPPED = [(16, 64, 4, 2, 128), (16, 64, 4, 3, 128), (16, 128, 8, 3, 128)]
 # (batch, context, split counts tried besides the automatic one)
-PAGED_SWEEP_SHAPES = [(1, 32768, ()), (8, 4096, (16,)), (8, 16384, (16, 32)), (32, 4096, (4,)), (32, 16384, (4,)),
-                      (128, 4096, (2,)), (64, 16384, ())]
+PAGED_SWEEP_SHAPES = [(32, 4096, (4,)), (128, 4096, (2,)), (8, 16384, (16, 32)), (8, 4096, (16,)), (32, 16384, (4,)),
+                      (1, 32768, ()), (64, 16384, ())]
 
 
 def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
@@ -426,6 +426,7 @@ def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
                                  "cfg": f"M{block_m} N{block_n} w{warps} s{stages}" + (f" r{cap}" if cap else ""),
                                  "splits": f"{splits or auto}{'*' if splits is None else ''}", "us": t * 1e3,
                                  "GBps": 2 * b * ctx * hkv * d * kc.element_size() / t / 1e6})
+                    print(rows[-1], flush=True)
             del kc, vc
         del k_cache, v_cache
         torch.cuda.empty_cache()
