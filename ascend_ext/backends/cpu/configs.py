@@ -19,7 +19,7 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     return dict(_FLASH)
 
 
-def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None) -> dict:
     return dict(_PAGED)
 
 

@@ -50,6 +50,7 @@ _GENERIC = {
     256: dict(SUB_M=32, NUM_SUB=1, BLOCK_N=32, num_warps=4, num_stages=1),
 }
 _PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
+_PAGED_SM90_8BIT = dict(_PAGED_SM90)
 _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
 
 
@@ -84,9 +85,12 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     return cfg
 
 
-def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None) -> dict:
+    """Tiles of the paged kernel for queries of ``dtype`` over a cache of ``cache_dtype``
+    (None: the same); 8-bit caches have their own Hopper entry."""
     major, _ = _capability(device)
-    cfg = dict(_PAGED_SM90 if major >= 9 else _PAGED_GENERIC)
+    eight_bit = cache_dtype is not None and cache_dtype.itemsize == 1
+    cfg = dict((_PAGED_SM90_8BIT if eight_bit else _PAGED_SM90) if major >= 9 else _PAGED_GENERIC)
     if head_dim > 128 or dtype == torch.float32:
         cfg.update(BLOCK_N=32, num_stages=2)
     return cfg

@@ -39,7 +39,7 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     return dict(ASCEND_910B_CANDIDATES[head_dim_bucket(head_dim)])
 
 
-def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype) -> dict:
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None) -> dict:
     return dict(PAGED_910B_CANDIDATE)
 
 

@@ -253,7 +253,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else None
     if tq == 0 or batch == 0:
         return lse
-    cfg = dict(config or configs.paged_config(q.device, d, q.dtype))
+    cfg = dict(config or configs.paged_config(q.device, d, q.dtype, k_cache.dtype))
     if config is None:   # grow the row tile for chunked prefill (many rows per sequence)
         cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
     if max_seqlen_k is None:
