@@ -314,3 +314,19 @@ def test_quantised_cache_ops_compile_fullgraph(kind, rng):
     torch.testing.assert_close(got, expected)
     for e, g in zip(caches, got_caches):
         assert torch.equal(e.view(torch.uint8), g.view(torch.uint8))
+
+
+@pytest.mark.parametrize("scale", [0.02, 1.0, 1.9999999, 3.0e4, 7.3e-6, 1.0e-30, 0.1234567])
+def test_fp8_scale_split_is_exact(scale):
+    """The Triton kernels scale widened e4m3 tiles by the 7-bit significand of the fp8 scale in
+    float16 and apply the rest in float32: every e4m3 value times the significand must be exact in
+    float16, and significand * rest must give the scale back (float32 rounding)."""
+    from ascend_ext.kernels.triton.common import fp8_scale_factors
+
+    mul, rest = fp8_scale_factors(scale)
+    assert 1.0 <= mul < 2.0 and torch.tensor(mul, dtype=torch.float16).item() == mul
+    every = torch.arange(256, dtype=torch.uint8).view(FP8).float()
+    every = every[every.isfinite()]
+    exact = every.double() * mul
+    assert torch.equal((every.half() * torch.tensor(mul, dtype=torch.float16)).double(), exact)
+    assert abs(mul * rest - scale) <= 2 * torch.finfo(torch.float32).eps * abs(scale)
