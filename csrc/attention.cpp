@@ -526,9 +526,11 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
     const auto [keys, values] = rows_of(it.b, it.h);
-    const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, g.q_raw.data(), g.lo.data(), g.hi.data(),
-                                g.m.data(), g.l.data(), g.acc.data()};
-    if (!tiles::attend<T>(tile_item, k0, k1, keys, values, q_scale, p.softcap))  // many rows: tile kernel
+    // the tile kernel takes raw 16-bit queries, or the float32 ones already scaled
+    constexpr bool raw_q = sizeof(T) == sizeof(uint16_t);
+    const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data(),
+                                raw_q ? p.dim : g.dp, g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
+    if (!tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap))  // many rows: tiles
       attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     for (int64_t r = 0; r < rows; ++r) {
       if (splits > 1) {  // the sink joins once, in the merge

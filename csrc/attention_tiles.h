@@ -1,5 +1,6 @@
 // Register-blocked tile kernel of the native attention for work items with many query
-// rows (prefill, chunked prefill) over bfloat16 caches, on CPUs with AVX512-BF16.
+// rows (prefill, chunked prefill) over bfloat16 caches on CPUs with AVX512-BF16, and over
+// float32 caches on CPUs with AVX512F (the float32 form is described at the end of this list).
 //
 // Layout: the item's query rows sit in vector lanes (16 rows per vector, row r = lane
 // r % 16 of row vector r / 16), so every softmax step is a vertical vector operation
@@ -23,6 +24,9 @@
 // Causal / window masks cost a compare per key only on blocks a row vector sees partly.
 // The result is left in the caller's per-row state (base-2 max m, sum l, unnormalised
 // output acc), so the caller's normalisation and KV-split merge apply unchanged.
+// float32 caches: queries one float per lane (qf[i][rv] = 16 rows of q[r][i], pre-scaled),
+// S^T by FMAs of each key's broadcast element, P.V by FMAs of each value's broadcast element
+// with p in float32: 8 + 8 FMAs per (row, key) at d128, no interleave and no hi / lo split.
 #pragma once
 
 #include <algorithm>
@@ -41,7 +45,8 @@ namespace tiles {
 // and fills (m, l, acc). acc must be zero and m -inf on entry.
 struct Item {
   int64_t rows, dim, dim_v, acc_stride;
-  const uint16_t* q;                // [rows][dim] raw 16-bit query rows (unscaled)
+  const void* q;                    // [rows][q_stride] query rows: raw 16-bit (unscaled) for bfloat16
+  int64_t q_stride;                 //   caches, float32 pre-scaled by the softmax scale for float32 ones
   const int64_t *lo, *hi;           // visible keys [lo[r], hi[r]) of row r
   float *m, *l, *acc;               // base-2 running max, sum of p, unnormalised output [rows][acc_stride]
 };
@@ -51,7 +56,7 @@ struct Item {
 constexpr int64_t MIN_ROWS = 32;
 constexpr int64_t MAX_ROWS = 128;  // rows per work item when the tile kernel serves a call
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 constexpr int64_t BLOCK = 32;     // keys per block (16 key pairs)
 constexpr int LANES = 16;
 constexpr float RESCALE_SLACK = 8.f;  // log2 units
@@ -65,23 +70,16 @@ struct Scratch {
   std::vector<uint32_t> phi, plo;          // [BLOCK / 2][row vectors][16] probability pairs
   std::vector<uint16_t> vp;                // [BLOCK / 2][2 * dim_v] value pairs
   std::vector<uint16_t> zero;              // a zero row of max(dim, dim_v)
+  std::vector<float> qf;                   // float32 caches: [dim][row vectors][16] queries
+  std::vector<float> p;                    // float32 caches: [BLOCK][row vectors][16] probabilities
 };
-
-inline __m512bh as_bh(__m512i x) { return reinterpret_cast<__m512bh>(x); }
-
-inline __m512 dot(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, as_bh(a), as_bh(b)); }
 
 // Pins a loaded vector to a register: without it GCC re-loads the operand before every
 // use (one load per vdpbf16ps, which makes the tiles load-bound).
-inline __m512i in_register(__m512i x) {
+template <typename V>
+inline V in_register(V x) {
   asm("" : "+v"(x));
   return x;
-}
-
-inline __m512i broadcast_pair(const void* p) {
-  int32_t x;
-  std::memcpy(&x, p, sizeof(x));
-  return _mm512_set1_epi32(x);
 }
 
 // 2^x per lane, 0 for x <= -150 (and -inf): round-to-nearest range reduction, a degree-6
@@ -126,6 +124,17 @@ inline void transpose16(const void* src, int64_t src_stride, void* dst, int64_t 
   }
 }
 
+#if defined(__AVX512BF16__)
+inline __m512bh as_bh(__m512i x) { return reinterpret_cast<__m512bh>(x); }
+
+inline __m512 dot(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, as_bh(a), as_bh(b)); }
+
+inline __m512i broadcast_pair(const void* p) {
+  int32_t x;
+  std::memcpy(&x, p, sizeof(x));
+  return _mm512_set1_epi32(x);
+}
+
 // s[j][rv] = q[rv] . k[j] (raw float32 dots) for KT keys x RV row vectors, over npairs dim pairs.
 template <int KT, int RV>
 inline void scores_tile(const uint32_t* qp, int64_t rvs, const c10::BFloat16* const* k, int64_t npairs, float* s) {
@@ -167,6 +176,43 @@ inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, c
   for (int c = 0; c < C; ++c)
     for (int v = 0; v < RV; ++v) _mm512_storeu_ps(ot + ((c0 + c) * rvs + v) * LANES, acc[c][v]);
 }
+#endif  // __AVX512BF16__
+
+// float32 caches: s[j][rv] = q[rv] . k[j] for KT keys x RV row vectors over dim elements.
+template <int KT, int RV>
+inline void scores_tile(const float* qf, int64_t rvs, const float* const* k, int64_t dim, float* s) {
+  __m512 acc[KT][RV];
+  for (int j = 0; j < KT; ++j)
+    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < dim; ++i) {
+    __m512 q[RV];
+    for (int v = 0; v < RV; ++v) q[v] = in_register(_mm512_loadu_ps(qf + (i * rvs + v) * LANES));
+    for (int j = 0; j < KT; ++j) {
+      const __m512 kk = _mm512_set1_ps(k[j][i]);
+      for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_fmadd_ps(q[v], kk, acc[j][v]);
+    }
+  }
+  for (int j = 0; j < KT; ++j)
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(s + (j * rvs + v) * LANES, acc[j][v]);
+}
+
+// float32 caches: ot[c][rv] += sum over keys j < n of p[j][rv] * v[j][c] for C dims from c0.
+template <int C, int RV>
+inline void values_tile(const float* p, int64_t rvs, const float* const* v_rows, int64_t n, int64_t c0, float* ot) {
+  __m512 acc[C][RV];
+  for (int c = 0; c < C; ++c)
+    for (int v = 0; v < RV; ++v) acc[c][v] = _mm512_loadu_ps(ot + ((c0 + c) * rvs + v) * LANES);
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 pj[RV];
+    for (int v = 0; v < RV; ++v) pj[v] = in_register(_mm512_loadu_ps(p + (j * rvs + v) * LANES));
+    for (int c = 0; c < C; ++c) {
+      const __m512 vv = _mm512_set1_ps(v_rows[j][c0 + c]);
+      for (int v = 0; v < RV; ++v) acc[c][v] = _mm512_fmadd_ps(pj[v], vv, acc[c][v]);
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(ot + ((c0 + c) * rvs + v) * LANES, acc[c][v]);
+}
 
 // Row vectors go through the tiles in groups of 4, 2 or 1; a group computes the keys
 // [0, reach) of the block, reach = the most any of its row vectors sees (causal diagonal).
@@ -176,43 +222,62 @@ inline int64_t group_reach(const int64_t* reach, int64_t v, int64_t size) {
   return *std::max_element(reach + v, reach + v + size);
 }
 
-// Raw scores of the block's keys for row vectors [v0, v1) (reach[v]: keys row vector v needs).
-inline void block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach,
-                         const c10::BFloat16* const* k, int64_t npairs) {
+// Raw scores of the block's keys for row vectors [v0, v1) (reach[v]: keys row vector v needs);
+// q: the packed queries (bfloat16 pairs as uint32, or floats), depth: dim pairs or dims.
+template <typename T, typename Q>
+inline void block_scores(Scratch& w, const Q* q, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach,
+                         const T* const* k, int64_t depth) {
   for (int64_t v = v0; v < v1;) {
     const int64_t size = group_size(v1 - v), n = group_reach(reach, v, size);
-    const uint32_t* qp = w.qp.data() + v * LANES;
+    const Q* qv = q + v * LANES;
     float* s = w.s.data() + v * LANES;
     if (size == 4) {
-      for (int64_t j = 0; j < n; j += 4) scores_tile<4, 4>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
+      for (int64_t j = 0; j < n; j += 4) scores_tile<4, 4>(qv, rvs, k + j, depth, s + j * rvs * LANES);
     } else if (size == 2) {
-      for (int64_t j = 0; j < n; j += 8) scores_tile<8, 2>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
+      for (int64_t j = 0; j < n; j += 8) scores_tile<8, 2>(qv, rvs, k + j, depth, s + j * rvs * LANES);
     } else {
-      for (int64_t j = 0; j < n; j += 8) scores_tile<8, 1>(qp, rvs, k + j, npairs, s + j * rvs * LANES);
+      for (int64_t j = 0; j < n; j += 8) scores_tile<8, 1>(qv, rvs, k + j, depth, s + j * rvs * LANES);
     }
     v += size;
   }
 }
 
-// P.V of the block for row vectors [v0, v1) (key pairs past a group's reach hold p = 0).
-inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach, int64_t dv) {
+// P.V of the block for row vectors [v0, v1): bfloat16 caches over the interleaved value pairs
+// (key pairs past a group's reach hold p = 0), float32 ones over the value rows.
+template <typename T>
+inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach, int64_t dv,
+                         const T* const* v_rows) {
   for (int64_t v = v0; v < v1;) {
-    const int64_t size = group_size(v1 - v), npairs = (group_reach(reach, v, size) + 1) / 2;
-    const uint32_t *phi = w.phi.data() + v * LANES, *plo = w.plo.data() + v * LANES;
+    const int64_t size = group_size(v1 - v), n = group_reach(reach, v, size);
     float* ot = w.ot.data() + v * LANES;
+    auto tile = [&](auto c_dims, auto row_vectors, int64_t c) {
+      constexpr int C = decltype(c_dims)::value, RV = decltype(row_vectors)::value;
+      if constexpr (std::is_same_v<T, float>) {
+        values_tile<C, RV>(w.p.data() + v * LANES, rvs, v_rows, n, c, ot);
+      } else {
+#if defined(__AVX512BF16__)
+        values_tile<C, RV>(w.phi.data() + v * LANES, w.plo.data() + v * LANES, rvs, w.vp.data(), dv, (n + 1) / 2,
+                           c, ot);
+#endif
+      }
+    };
+    using I4 = std::integral_constant<int, 4>;
+    using I8 = std::integral_constant<int, 8>;
     if (size == 4) {
-      for (int64_t c = 0; c < dv; c += 4) values_tile<4, 4>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
+      for (int64_t c = 0; c < dv; c += 4) tile(I4{}, I4{}, c);
     } else if (size == 2) {
-      for (int64_t c = 0; c < dv; c += 8) values_tile<8, 2>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
+      for (int64_t c = 0; c < dv; c += 8) tile(I8{}, std::integral_constant<int, 2>{}, c);
     } else {
-      for (int64_t c = 0; c < dv; c += 16) values_tile<16, 1>(phi, plo, rvs, w.vp.data(), dv, npairs, c, ot);
+      for (int64_t c = 0; c < dv; c += 16) tile(std::integral_constant<int, 16>{}, std::integral_constant<int, 1>{}, c);
     }
     v += size;
   }
 }
 
 // Online-softmax step of row vector v over keys n0 + [0, n) of the block: masks, running
-// max (rescaling ot and l when it grows), p = 2^(s * scale - m) into hi/lo key pairs.
+// max (rescaling ot and l when it grows), p = 2^(s * scale - m) into hi/lo key pairs
+// (PAIRS, bfloat16 caches) or float32 p[j] (float32 caches).
+template <bool PAIRS>
 inline void block_softmax(Scratch& w, int64_t rvs, int64_t v, int64_t n0, int64_t n, int64_t dv, float q_scale) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512i lo = _mm512_loadu_si512(w.lo.data() + v * LANES), hi = _mm512_loadu_si512(w.hi.data() + v * LANES);
@@ -264,13 +329,19 @@ inline void block_softmax(Scratch& w, int64_t rvs, int64_t v, int64_t n0, int64_
       const __m512 p = j + t < n ? exp2(_mm512_fmsub_ps(_mm512_loadu_ps(s + (j + t) * rvs * LANES), scale, m_sub))
                                  : _mm512_setzero_ps();
       sum = _mm512_add_ps(sum, p);
-      hb[t] = _mm512_add_epi32(_mm512_castps_si512(p), half);
-      const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_and_si512(hb[t], upper)));
-      lb[t] = _mm512_add_epi32(_mm512_castps_si512(rest), half);
+      if constexpr (PAIRS) {
+        hb[t] = _mm512_add_epi32(_mm512_castps_si512(p), half);
+        const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_and_si512(hb[t], upper)));
+        lb[t] = _mm512_add_epi32(_mm512_castps_si512(rest), half);
+      } else if (j + t < n) {
+        _mm512_storeu_ps(w.p.data() + ((j + t) * rvs + v) * LANES, p);
+      }
     }
-    const int64_t at = (j / 2 * rvs + v) * LANES;
-    _mm512_storeu_si512(w.phi.data() + at, _mm512_permutex2var_epi16(hb[0], pick, hb[1]));
-    _mm512_storeu_si512(w.plo.data() + at, _mm512_permutex2var_epi16(lb[0], pick, lb[1]));
+    if constexpr (PAIRS) {
+      const int64_t at = (j / 2 * rvs + v) * LANES;
+      _mm512_storeu_si512(w.phi.data() + at, _mm512_permutex2var_epi16(hb[0], pick, hb[1]));
+      _mm512_storeu_si512(w.plo.data() + at, _mm512_permutex2var_epi16(lb[0], pick, lb[1]));
+    }
   }
   _mm512_storeu_ps(w.l.data() + v * LANES, sum);
 }
@@ -282,12 +353,12 @@ inline Scratch& thread_scratch() {
   return scratch;
 }
 
-template <typename Rows>
-void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale) {
+template <typename T, typename Rows>
+void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale) {
+  constexpr bool BF16 = !std::is_same_v<T, float>;
   Scratch& w = thread_scratch();
   const int64_t rows = item.rows, d = item.dim, dv = item.dim_v;
   const int64_t rvs = (rows + LANES - 1) / LANES, npairs = d / 2, width = rvs * LANES;
-  w.qp.assign(npairs * width, 0u);
   w.s.resize(BLOCK * width);
   w.ot.assign(dv * width, 0.f);
   w.m.assign(width, -std::numeric_limits<float>::infinity());
@@ -296,17 +367,29 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
   // their queries are zero and their results are never read
   w.lo.assign(width, 0);
   w.hi.assign(width, std::numeric_limits<int32_t>::max());
-  w.phi.resize(BLOCK / 2 * width);
-  w.plo.resize(BLOCK / 2 * width);
-  w.vp.resize(BLOCK * dv);
-  w.zero.assign(std::max(d, dv), 0);
+  w.zero.assign(std::max(d, dv) * (BF16 ? 1 : 2), 0);
   int32_t *lo = w.lo.data(), *hi = w.hi.data();
-  uint32_t* qp = w.qp.data();
   const int64_t full_rows = rows / LANES * LANES;  // whole row vectors move by 16 x 16 transposes
+  // queries in lanes: 32-bit words (bfloat16 pairs or floats), word i of row r at packed[i][r]
+  const int64_t words = BF16 ? npairs : d, q_words = BF16 ? item.q_stride / 2 : item.q_stride;
+  uint32_t* packed;
+  if constexpr (BF16) {
+    w.qp.assign(words * width, 0u);
+    w.phi.resize(BLOCK / 2 * width);
+    w.plo.resize(BLOCK / 2 * width);
+    w.vp.resize(BLOCK * dv);
+    packed = w.qp.data();
+  } else {
+    w.qf.assign(words * width, 0.f);
+    w.p.resize(BLOCK * width);
+    packed = reinterpret_cast<uint32_t*>(w.qf.data());
+  }
+  const auto* q_rows = static_cast<const uint32_t*>(item.q);
   for (int64_t r = 0; r < full_rows; r += LANES)
-    for (int64_t i = 0; i < npairs; i += LANES) transpose16(item.q + r * d + 2 * i, npairs, qp + i * width + r, width);
+    for (int64_t i = 0; i < words; i += LANES) transpose16(q_rows + r * q_words + i, q_words, packed + i * width + r,
+                                                           width);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; r >= full_rows && i < npairs; ++i) std::memcpy(qp + i * width + r, item.q + r * d + 2 * i, 4);
+    for (int64_t i = 0; r >= full_rows && i < words; ++i) packed[i * width + r] = q_rows[r * q_words + i];
     lo[r] = static_cast<int32_t>(std::max(item.lo[r], begin));
     hi[r] = static_cast<int32_t>(std::min(item.hi[r], end));
   }
@@ -319,9 +402,9 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
   }
   const int64_t first = *std::min_element(vec_lo.begin(), vec_lo.end());
   const int64_t last = *std::max_element(vec_hi.begin(), vec_hi.end());
-  const auto* zero = reinterpret_cast<const c10::BFloat16*>(w.zero.data());
-  const c10::BFloat16* k_rows[BLOCK];
-  const c10::BFloat16* v_rows[BLOCK];
+  const auto* zero = reinterpret_cast<const T*>(w.zero.data());
+  const T* k_rows[BLOCK];
+  const T* v_rows[BLOCK];
   for (int64_t n0 = first; n0 < last; n0 += BLOCK) {
     const int64_t n = std::min(BLOCK, last - n0);
     // row vectors that see any key of the block (contiguous for causal and window masks)
@@ -334,12 +417,16 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
     keys.fill(n0, n, k_rows);
     values.fill(n0, n, v_rows);
     for (int64_t j = n; j < BLOCK; ++j) k_rows[j] = zero;
-    for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
-                                                             w.vp.data() + j * dv, dv);
-    block_scores(w, rvs, v0, v1, reach.data(), k_rows, npairs);
+    if constexpr (BF16) {
+      for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
+                                                               w.vp.data() + j * dv, dv);
+      block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, npairs);
+    } else {
+      block_scores(w, w.qf.data(), rvs, v0, v1, reach.data(), k_rows, d);
+    }
     // scores past a group's reach are stale, but every lane masks those keys
-    for (int64_t v = v0; v < v1; ++v) block_softmax(w, rvs, v, n0, n, dv, q_scale);
-    block_values(w, rvs, v0, v1, reach.data(), dv);
+    for (int64_t v = v0; v < v1; ++v) block_softmax<BF16>(w, rvs, v, n0, n, dv, q_scale);
+    block_values(w, rvs, v0, v1, reach.data(), dv, v_rows);
   }
   const float* ot = w.ot.data();
   for (int64_t r = 0; r < full_rows; r += LANES)
@@ -352,16 +439,20 @@ void attend_bf16(const Item& item, int64_t begin, int64_t end, const Rows& keys,
     for (int64_t c = 0; r >= full_rows && c < dv; ++c) acc[c] = ot[c * width + r];
   }
 }
-#endif  // __AVX512BF16__
+#endif  // __AVX512F__
 
-// Whether the tile kernel serves a call: bfloat16 caches on an AVX512-BF16 build, head
-// dims that are multiples of 32, no softcap.
+// Whether the tile kernel serves a call: bfloat16 caches on an AVX512-BF16 build, float32
+// caches on an AVX512F build; head dims that are multiples of 32, no softcap.
 template <typename T>
 bool serves(int64_t dim, int64_t dim_v, float softcap) {
+  bool built = false;
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>) return softcap <= 0.f && dim % 32 == 0 && dim_v % 32 == 0;
+  built = built || std::is_same_v<T, c10::BFloat16>;
 #endif
-  return false;
+#if defined(__AVX512F__)
+  built = built || std::is_same_v<T, float>;
+#endif
+  return built && softcap <= 0.f && dim % 32 == 0 && dim_v % 32 == 0;
 }
 
 // Query rows per work item for a call: more where the tile kernel serves it (each key
@@ -372,13 +463,17 @@ int64_t item_rows(int64_t dim, int64_t dim_v, float softcap, int64_t default_row
 }
 
 // Runs the tile kernel on an item of a call it serves with at least MIN_ROWS rows;
-// returns false to let the caller's row kernels run instead.
+// returns false to let the caller's row kernels run instead. item.q: raw bfloat16 rows, or
+// float32 rows pre-scaled by q_scale (then pass q_scale 1).
 template <typename T, typename Rows>
 bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
             float softcap) {
   if (!serves<T>(item.dim, item.dim_v, softcap) || item.rows < MIN_ROWS) return false;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale);
+#endif
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_bf16(item, begin, end, keys, values, q_scale);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_tiles<T>(item, begin, end, keys, values, q_scale);
 #endif
   return true;
 }

@@ -1,7 +1,7 @@
 """Native CPU attention, many-row work items (prefill and chunked prefill): the shapes the
-tile kernel of csrc/attention_tiles.h serves on AVX512-BF16 hosts (bf16, head dims that are
-multiples of 32, >= 32 query rows per item), and the neighbours that must fall back to the
-row kernels (softcap, fp32/fp16, head dim 48, few rows). Checked against a float64
+tile kernel of csrc/attention_tiles.h serves (bf16 caches on AVX512-BF16 hosts, fp32 caches on
+AVX512F hosts; head dims that are multiples of 32, >= 32 query rows per item), and the
+neighbours that must fall back to the row kernels (softcap, fp16, head dim 48, few rows). Checked against a float64
 reference on NaN-poisoned paged caches with permuted block tables."""
 
 import pytest
@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(native_available("cpu") is not None,
                                 reason=str(native_available("cpu")))
 
 BF16 = torch.bfloat16
+TILE_DTYPES = [BF16, torch.float32]   # the caches the tile kernel serves
 
 
 def _paged_case(seqs, hq, hkv, d, dv, dtype, causal, window, softcap, rng, block_size=16, scale=1.0):
@@ -42,36 +43,41 @@ def _check(result, reference, dtype):
 @pytest.mark.parametrize("d", [32, 64, 128])
 @pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (37, 0)),
                                            (False, (20, 9))])
-def test_prefill_tiles_bf16(hq, hkv, d, causal, window, rng):
+@pytest.mark.parametrize("dtype", TILE_DTYPES)
+def test_prefill_tiles(hq, hkv, d, causal, window, dtype, rng):
     """Prompts and chunks of odd lengths (tails of 1-31 keys in a 32-key block, partial
     16-row vectors, row vectors that see nothing of a block) in one batch."""
     seqs = [(77, 77), (203, 45), (33, 1), (150, 150), (90, 9)]
-    _check(*_paged_case(seqs, hq, hkv, d, d, BF16, causal, window, 0.0, rng), BF16)
+    _check(*_paged_case(seqs, hq, hkv, d, d, dtype, causal, window, 0.0, rng), dtype)
 
 
 @pytest.mark.parametrize("d,dv", [(96, 64), (64, 160)])
-def test_prefill_tiles_value_dim_differs(d, dv, rng):
-    _check(*_paged_case([(130, 70)], 8, 2, d, dv, BF16, True, (-1, -1), 0.0, rng), BF16)
+@pytest.mark.parametrize("dtype", TILE_DTYPES)
+def test_prefill_tiles_value_dim_differs(d, dv, dtype, rng):
+    _check(*_paged_case([(130, 70)], 8, 2, d, dv, dtype, True, (-1, -1), 0.0, rng), dtype)
 
 
-def test_prefill_tiles_large_scores(rng):
+@pytest.mark.parametrize("dtype", TILE_DTYPES)
+def test_prefill_tiles_large_scores(dtype, rng):
     """Scores spread over many powers of two: the running max moves by more than the
     rescale slack several times within a row."""
-    _check(*_paged_case([(300, 300)], 8, 2, 64, 64, BF16, True, (-1, -1), 0.0, rng, scale=4.0), BF16)
+    _check(*_paged_case([(300, 300)], 8, 2, 64, 64, dtype, True, (-1, -1), 0.0, rng, scale=4.0), dtype)
 
 
 @pytest.mark.parametrize("num_threads", [1, 3])
-def test_prefill_tiles_kv_splits(num_threads, rng):
+@pytest.mark.parametrize("dtype", TILE_DTYPES)
+def test_prefill_tiles_kv_splits(num_threads, dtype, rng):
     """Few long items: the keys are cut into splits merged through their lse."""
     before = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
-        _check(*_paged_case([(2600, 40)], 8, 1, 128, 128, BF16, True, (-1, -1), 0.0, rng, block_size=64), BF16)
+        _check(*_paged_case([(2600, 40)], 8, 1, 128, 128, dtype, True, (-1, -1), 0.0, rng, block_size=64), dtype)
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("dtype,d,softcap", [(torch.float32, 64, 0.0), (torch.float16, 64, 0.0),
+@pytest.mark.parametrize("dtype,d,softcap", [(torch.float32, 48, 0.0), (torch.float32, 64, 30.0),
+                                             (torch.float16, 64, 0.0),
                                              (BF16, 64, 30.0), (BF16, 48, 0.0)])
 def test_prefill_row_kernel_neighbours(dtype, d, softcap, rng):
     """Calls the tile kernel does not serve keep their row-kernel results."""
