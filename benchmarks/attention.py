@@ -336,6 +336,7 @@ def decode(quick: bool, kv_dtypes=("bf16",)) -> list[dict]:
                     row["max_err_vs_naive"] = (ref.float() - out.float()).abs().max().item()
                     row["naive_us"] = bench_ms(naive) * 1e3
                 rows.append(row)
+                print(row, flush=True)
                 del kc, vc
             del k_cache, v_cache
             torch.cuda.empty_cache()
