@@ -6,8 +6,11 @@ The quantiser and dequantiser here are written from the documented formulas, not
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from ascend_ext import ops
+from ascend_ext.kernels.triton.common import fp8_value_factors, widen
 from ascend_ext.ops import _dispatch
 
 from .impls import DEVICE
@@ -316,17 +319,26 @@ def test_quantised_cache_ops_compile_fullgraph(kind, rng):
         assert torch.equal(e.view(torch.uint8), g.view(torch.uint8))
 
 
-@pytest.mark.parametrize("scale", [0.02, 1.0, 1.9999999, 3.0e4, 7.3e-6, 1.0e-30, 0.1234567])
-def test_fp8_scale_split_is_exact(scale):
-    """The Triton kernels scale widened e4m3 tiles by the 7-bit significand of the fp8 scale in
-    float16 and apply the rest in float32: every e4m3 value times the significand must be exact in
-    float16, and significand * rest must give the scale back (float32 rounding)."""
-    from ascend_ext.kernels.triton.common import fp8_scale_factors
+@triton.jit
+def _scaled_widen_kernel(X, SCALE, OUT, REST, N: tl.constexpr):
+    mul, rest = fp8_value_factors(tl.load(SCALE))
+    offs = tl.arange(0, N)
+    tl.store(OUT + offs, widen(tl.load(X + offs), tl.float16, mul))
+    tl.store(REST, rest)
 
-    mul, rest = fp8_scale_factors(scale)
-    assert 1.0 <= mul < 2.0 and torch.tensor(mul, dtype=torch.float16).item() == mul
-    every = torch.arange(256, dtype=torch.uint8).view(FP8).float()
-    every = every[every.isfinite()]
-    exact = every.double() * mul
-    assert torch.equal((every.half() * torch.tensor(mul, dtype=torch.float16)).double(), exact)
-    assert abs(mul * rest - scale) <= 2 * torch.finfo(torch.float32).eps * abs(scale)
+
+@pytest.mark.parametrize("scale", [0.02, 1.0, 1.9999999, 3.0e4, 7.3e-6, 1.0e-30, 0.1234567])
+def test_fp8_value_scale_split_is_exact(scale):
+    """The paged kernel widens e4m3 V tiles and multiplies them by the 7-bit significand of
+    the V scale in float16, the rest going to the float32 accumulator: every e4m3 value times
+    the significand must come out exact, and significand * rest must give the scale back."""
+    every = torch.arange(256, dtype=torch.uint8).view(FP8)
+    every = every[every.float().isfinite()].to(DEVICE)
+    n = triton.next_power_of_2(every.numel())
+    x = torch.cat([every, torch.zeros(n - every.numel(), dtype=FP8, device=DEVICE)])
+    out = torch.empty(n, dtype=torch.float16, device=DEVICE)
+    rest = torch.empty(1, dtype=torch.float32, device=DEVICE)
+    _scaled_widen_kernel[(1,)](x, torch.tensor([scale], dtype=torch.float32, device=DEVICE), out, rest, N=n)
+    mul = (out.double() / x.float().double())[x.float() != 0].unique()
+    assert mul.numel() == 1 and 1.0 <= mul.item() < 2.0   # one exact factor for every value
+    assert abs(mul.item() * rest.item() - scale) <= 2 * torch.finfo(torch.float32).eps * scale

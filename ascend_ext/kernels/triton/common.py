@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 
 import torch
 import triton
@@ -238,7 +237,7 @@ def run_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, n_from, n_to, k_len,
     Each K/V tile is loaded once and used by every sub-tile (the two-level tiling).
     MASKED applies the row intervals [lo, hi) (which also bound keys to k_len).
     WARP_SPEC asks Triton to warp-specialise the loop (Hopper+, mask-free loops only).
-    An fp8 V tile is widened and multiplied by ``v_mul`` (see :func:`fp8_scale_factors`).
+    An fp8 V tile is widened and multiplied by ``v_mul`` (see :func:`fp8_value_factors`).
     """
     for n in tl.range(n_from, n_to, BLOCK_N, warp_specialize=WARP_SPEC):
         k_t, v = load_kv(K, V, n, k_len, TABLE, cache_block, stride_kb, stride_kt, stride_vb,
@@ -426,27 +425,21 @@ def fp16_operand(q):
     return q
 
 
-# An fp8 scale splits as scale = mul * rest, mul its significand cut to 7 bits (exact in float16,
-# in [1, 2)). Widened e4m3 tiles are multiplied by mul in float16 exactly (4 significand bits
-# times 7 fit float16's 11, inside its normal range) and the fp32 side takes rest. The multiply
-# is there for the compiler: Triton 3.6 (sm90, mma.sync) feeds a bare ``fp8.to(fp16)`` tile that
-# is an MMA operand along its strided axis (V in p @ V) through byte loads of the shared tile (64
-# LDS.U8 per thread per 64-key paged tile), a scaled one through one widening and an ldmatrix
-# transpose (benchmarks/NOTES.md, issue 18).
-FP8_MUL_MASK, ONE_BITS = 0x007E0000, 0x3F800000
-
-
-def fp8_scale_factors(scale: float) -> tuple[float, float]:
-    """(mul, rest) of a host-side fp8 scale (see above)."""
-    bits = struct.unpack("<I", struct.pack("<f", scale))[0]
-    mul = struct.unpack("<f", struct.pack("<I", (bits & FP8_MUL_MASK) | ONE_BITS))[0]
-    return mul, scale / mul
+# An fp8 V scale splits as scale = mul * rest, mul its significand cut to 7 bits (exact in float16,
+# in [1, 2)). Widened e4m3 V tiles are multiplied by mul in float16 exactly (4 significand bits
+# times 7 fit float16's 11, inside its normal range) and the fp32 accumulator by rest. The
+# multiply is there for the compiler: Triton 3.6 (sm90, mma.sync) feeds a bare
+# ``fp8.to(fp16)`` tile that is an MMA operand along its strided axis (V in p @ V) through byte
+# loads of the shared tile (64 LDS.U8 per thread per 64-key paged tile), a scaled one through
+# one widening and an ldmatrix transpose (benchmarks/NOTES.md, issue 18: B 32 ctx 4k fp8 decode
+# 165 -> 116 us on H100). The MLA kernel does not take it: there the widened latent tile then
+# sits in shared memory (92 -> 226 KiB) and the memory path lost 35% (same notes).
 
 
 @triton.jit
 def fp8_value_factors(v_scale):
-    """(mul as float16, rest as float32) of an fp8 scale held on the device (see above)."""
-    bits = v_scale.to(tl.int32, bitcast=True)   # the masks of FP8_MUL_MASK and ONE_BITS
+    """(mul as float16, rest as float32) of an fp8 V scale (float32 scalar; see above)."""
+    bits = v_scale.to(tl.int32, bitcast=True)
     mul = ((bits & 0x007E0000) | 0x3F800000).to(tl.float32, bitcast=True)
     return mul.to(tl.float16), v_scale / mul
 
@@ -454,7 +447,7 @@ def fp8_value_factors(v_scale):
 @triton.jit
 def widen(x, dtype, mul):
     """A quantised (fp8) tile widened to the MMA dtype and multiplied by ``mul`` (the scale's
-    7-bit significand, exact: see fp8_scale_factors); a tile already in ``dtype`` passes."""
+    7-bit significand, exact: see fp8_value_factors); a tile already in ``dtype`` passes."""
     if x.dtype != dtype:
         x = x.to(dtype) * tl.cast(mul, dtype)
     return x

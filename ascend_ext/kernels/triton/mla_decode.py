@@ -37,8 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot, dot_flags, fp8_scale_factors, fp16_operand, launch, load_rows,
-                     row_bounds, softmax_stats, store_rows, widen)
+from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, launch, load_rows, row_bounds,
+                     softmax_stats, store_rows)
 from .paged_attention import combine_splits, split_destinations
 
 
@@ -89,7 +89,7 @@ def _latent_tile(CACHE, C_DESC, R_DESC, TABLE, n, k_len, cache_block, stride_b, 
 
 @triton.jit
 def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACHE, C_DESC, R_DESC, TABLE,
-                cache_block, stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2, c_mul,
+                cache_block, stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
                 MASKED: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, HALF_C: tl.constexpr,
                 WARP_SPEC: tl.constexpr, BLOCK_N: tl.constexpr, TRANS: tl.constexpr, IEEE: tl.constexpr,
                 DOT_F32: tl.constexpr):
@@ -108,20 +108,20 @@ def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACH
         dt = q_c0.dtype
         if TRANS:
             # FP8 caches: widened to the MMA dtype per use (no-op otherwise)
-            s = dot(widen(c0, dt, c_mul), q_c0, tl.zeros((BLOCK_N, q_c0.shape[1]), tl.float32), IEEE, DOT_F32)
-            s = dot(widen(c1, dt, c_mul), q_c1, s, IEEE, DOT_F32)
-            s = dot(widen(k_pe, dt, c_mul), q_r, s, IEEE, DOT_F32)
+            s = dot(c0.to(dt), q_c0, tl.zeros((BLOCK_N, q_c0.shape[1]), tl.float32), IEEE, DOT_F32)
+            s = dot(c1.to(dt), q_c1, s, IEEE, DOT_F32)
+            s = dot(k_pe.to(dt), q_r, s, IEEE, DOT_F32)
             if MASKED:
                 s = tl.where((cols[:, None] >= lo[None, :]) & (cols[:, None] < hi[None, :]), s, float("-inf"))
             p, alpha, m_i, l_i = softmax_stats(m_i, l_i, s, scale_log2, MASKED, 0)
             p = p.to(dt)
-            acc0 = dot(widen(tl.trans(c0), dt, c_mul), p, acc0 * alpha[None, :], IEEE, DOT_F32)
-            acc1 = dot(widen(tl.trans(c1), dt, c_mul), p, acc1 * alpha[None, :], IEEE, DOT_F32)
+            acc0 = dot(tl.trans(c0).to(dt), p, acc0 * alpha[None, :], IEEE, DOT_F32)
+            acc1 = dot(tl.trans(c1).to(dt), p, acc1 * alpha[None, :], IEEE, DOT_F32)
         else:
             # FP8 caches: widened once (per use was 10-20% slower for 64-row tiles on H100)
-            c0 = widen(c0, dt, c_mul)
-            c1 = widen(c1, dt, c_mul)
-            k_pe = widen(k_pe, dt, c_mul)
+            c0 = c0.to(dt)
+            c1 = c1.to(dt)
+            k_pe = k_pe.to(dt)
             s = dot(q_c0, tl.trans(c0), tl.zeros((q_c0.shape[0], BLOCK_N), tl.float32), IEEE, DOT_F32)
             s = dot(q_c1, tl.trans(c1), s, IEEE, DOT_F32)
             s = dot(q_r, tl.trans(k_pe), s, IEEE, DOT_F32)
@@ -138,7 +138,7 @@ def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACH
 def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       stride_qt, stride_qh, stride_b, stride_t, stride_bt, stride_ot, stride_oh, stride_lse_h,
                       stride_o_split, stride_lse_split,
-                      scale_log2, kv_scale, c_mul, cache_block, keys_per_split, num_splits, s_q, rank, rope,
+                      scale_log2, kv_scale, cache_block, keys_per_split, num_splits, s_q, rank, rope,
                       HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
                       WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
@@ -199,7 +199,7 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
         acc0, acc1, m_i, l_i = _mla_blocks(
             acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, body_start if part == 0 else body_end,
             body_end if part == 0 else end, k_len, CACHE, C_DESC, R_DESC, table, cache_block,
-            stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2, c_mul,
+            stride_b, stride_t, lo, hi, offs_c0, offs_c1, offs_r, rank, rope, scale_log2,
             part == 1, EVEN, TMA and part == 0, HALF_C, WARP_SPEC and part == 0,
             BLOCK_N if part == 0 else MASK_N, TRANS, IEEE, DOT_F32)
     if TRANS:
@@ -247,12 +247,12 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     splits = plan["num_splits"]
     keys_per_split, dest_o, dest_lse = split_destinations(splits, max_len, plan["BLOCK_N"], out2, lse)
     c_desc, r_desc = _descriptors(kv_cache, plan)
-    c_mul, scale = (1.0, 1.0) if kv_scale is None else fp8_scale_factors(float(kv_scale))
+    scale = 1.0 if kv_scale is None else float(kv_scale)
     launch(mla_decode_kernel, (plan["row_tiles"], batch * splits),   # retries fewer stages if smem overflows
         q2, kv_cache, c_desc, r_desc, block_table, seq_lens, dest_o, dest_lse,
         q2.stride(0), q2.stride(1), kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
-        softmax_scale * scale * LOG2E, scale, c_mul, kv_cache.shape[1], keys_per_split, splits, s_q, rank, rope,
+        softmax_scale * scale * LOG2E, scale, kv_cache.shape[1], keys_per_split, splits, s_q, rank, rope,
         HEADS=hq, BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_C=plan["BLOCK_C"],
         BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
         TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"], TRANS=plan["TRANS"],

@@ -194,19 +194,25 @@ def _sm_count(device_index: int) -> int:
 # wave: B=8 ctx 16k ran at 82% of copy bandwidth with 9 splits vs 94% with 5). A split never
 # holds fewer than SPLIT_MIN_TILES key blocks (B=1 ctx 1k: 8 splits of 128 keys, 8.7 us, vs
 # 4 of 256, 11.8 us); more splits than that gained nothing at B=1 (H100, 2026-11-25 sweep).
-SPLIT_PER_SM, SPLIT_MIN_TILES, MAX_SPLITS = 2, 2, 128
+# A config may set SPLIT_WAVES instead (8-bit caches): as many splits as fill at most that many
+# waves of RESIDENT_PER_SM programs per SM (fp8, H100 2026-12-06: B 8 ctx 16k 120 us with 16
+# splits vs 148 with the rule above; B 128 ctx 4k 425 us with 1 vs 440 with 2).
+SPLIT_PER_SM, SPLIT_MIN_TILES, MAX_SPLITS, RESIDENT_PER_SM = 2, 2, 128, 4
 
 
-def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int) -> int:
+def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int, waves: int = 0) -> int:
     """KV splits per sequence so that ``programs`` (batch × KV heads × row tiles) × splits
-    fills the device once (SM count read from the device properties, cached)."""
+    fills the device once (SM count read from the device properties, cached), or with
+    ``waves`` > 0 fills at most that many waves of resident programs."""
     if device.type == "cuda":
-        target, min_keys = SPLIT_PER_SM * _sm_count(device.index or 0), SPLIT_MIN_TILES * block_n
+        sms, min_keys = _sm_count(device.index or 0), SPLIT_MIN_TILES * block_n
+        target = waves * RESIDENT_PER_SM * sms if waves else SPLIT_PER_SM * sms
     else:   # interpreter / NPU: small numbers that still exercise the split path
         target, min_keys = 16, 2 * block_n
     if programs >= target or max_seqlen_k < 2 * min_keys:
         return 1
-    return max(1, min(triton.cdiv(target, programs), max_seqlen_k // min_keys, MAX_SPLITS))
+    splits = target // programs if waves else triton.cdiv(target, programs)
+    return max(1, min(splits, max_seqlen_k // min_keys, MAX_SPLITS))
 
 
 def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tensor, lse):
@@ -260,7 +266,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         max_seqlen_k = int(seq_lens.max())
     row_tiles = triton.cdiv(max(max_seqlen_q, 1) * group, cfg["BLOCK_M"])
     if num_splits is None:
-        num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"])
+        num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"],
+                                   cfg.get("SPLIT_WAVES", 0))
     keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
     quant_args, quant_flags = _quant_args(kv_scales, softcap, dest_lse)
     left, right = window
