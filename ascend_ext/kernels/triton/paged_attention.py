@@ -196,8 +196,10 @@ def _sm_count(device_index: int) -> int:
 # 4 of 256, 11.8 us); more splits than that gained nothing at B=1 (H100, 2026-11-25 sweep).
 # A config may set SPLIT_WAVES instead (8-bit caches): as many splits as fill at most that many
 # waves of RESIDENT_PER_SM programs per SM (fp8, H100 2026-12-06: B 8 ctx 16k 120 us with 16
-# splits vs 148 with the rule above; B 128 ctx 4k 425 us with 1 vs 440 with 2).
-SPLIT_PER_SM, SPLIT_MIN_TILES, MAX_SPLITS, RESIDENT_PER_SM = 2, 2, 128, 4
+# splits vs 148 with the rule above; B 128 ctx 4k 425 us with 1 vs 440 with 2), at most
+# WAVE_MAX_SPLITS: at B=1 the rule would ask for ~130, and 64-128 splits were slower than 16-32
+# for bf16 (2026-11-25); not measured for 8-bit caches.
+SPLIT_PER_SM, SPLIT_MIN_TILES, MAX_SPLITS, RESIDENT_PER_SM, WAVE_MAX_SPLITS = 2, 2, 128, 4, 32
 
 
 def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int, waves: int = 0) -> int:
@@ -211,7 +213,7 @@ def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_
         target, min_keys = 16, 2 * block_n
     if programs >= target or max_seqlen_k < 2 * min_keys:
         return 1
-    splits = target // programs if waves else triton.cdiv(target, programs)
+    splits = min(target // programs, WAVE_MAX_SPLITS) if waves else triton.cdiv(target, programs)
     return max(1, min(splits, max_seqlen_k // min_keys, MAX_SPLITS))
 
 
