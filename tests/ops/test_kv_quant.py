@@ -342,3 +342,17 @@ def test_fp8_value_scale_split_is_exact(scale):
     mul = (out.double() / x.float().double())[x.float() != 0].unique()
     assert mul.numel() == 1 and 1.0 <= mul.item() < 2.0   # one exact factor for every value
     assert abs(mul.item() * rest.item() - scale) <= 2 * torch.finfo(torch.float32).eps * scale
+
+
+def test_split_counts_of_the_eight_bit_rule(monkeypatch):
+    """The split counts the H100 sweep of 2026-12-06 chose for fp8 caches (32 q / 8 KV heads,
+    64-key tiles), from the SPLIT_WAVES rule, next to the bf16 rule's (benchmarks/NOTES.md)."""
+    from ascend_ext.kernels.triton import paged_attention as triton_paged
+
+    monkeypatch.setattr(triton_paged, "_sm_count", lambda index: 132)
+    h100 = torch.device("cuda", 0)
+    assert triton_paged.choose_splits(h100, 8 * 8, 16384, 64, waves=2) == 16     # B 8: 120 us vs 148 with 5
+    assert triton_paged.choose_splits(h100, 8 * 8, 16384, 64) == 5
+    assert triton_paged.choose_splits(h100, 128 * 8, 4096, 64, waves=2) == 1     # B 128: one wave pair already
+    assert triton_paged.choose_splits(h100, 1 * 8, 16384, 64, waves=2) == 32     # B 1: capped
+    assert triton_paged.choose_splits(h100, 1 * 8, 1024, 64, waves=2) == 8       # 2 tiles per split at least
