@@ -528,8 +528,9 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const auto [keys, values] = rows_of(it.b, it.h);
     // the tile kernel takes raw 16-bit queries, or the float32 ones already scaled
     constexpr bool raw_q = sizeof(T) == sizeof(uint16_t);
-    const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data(),
-                                raw_q ? p.dim : g.dp, g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
+    const void* tile_q = raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data();
+    const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, tile_q, raw_q ? p.dim : g.dp,
+                                g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
     if (!tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap))  // many rows: tiles
       attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     for (int64_t r = 0; r < rows; ++r) {

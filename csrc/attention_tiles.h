@@ -82,6 +82,19 @@ inline V in_register(V x) {
   return x;
 }
 
+// Register tiles of A x RV accumulators over rows first + a of a [.][row vectors][16] array.
+template <int A, int RV>
+inline void load_tile(__m512 (&acc)[A][RV], const float* base, int64_t rvs, int64_t first) {
+  for (int a = 0; a < A; ++a)
+    for (int v = 0; v < RV; ++v) acc[a][v] = _mm512_loadu_ps(base + ((first + a) * rvs + v) * LANES);
+}
+
+template <int A, int RV>
+inline void store_tile(const __m512 (&acc)[A][RV], float* base, int64_t rvs, int64_t first) {
+  for (int a = 0; a < A; ++a)
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(base + ((first + a) * rvs + v) * LANES, acc[a][v]);
+}
+
 // 2^x per lane, 0 for x <= -150 (and -inf): round-to-nearest range reduction, a degree-6
 // polynomial fitted to 2^r on |r| <= 0.5 (relative error < 1e-7), vscalefps for 2^n.
 inline __m512 exp2(__m512 x) {
@@ -138,9 +151,7 @@ inline __m512i broadcast_pair(const void* p) {
 // s[j][rv] = q[rv] . k[j] (raw float32 dots) for KT keys x RV row vectors, over npairs dim pairs.
 template <int KT, int RV>
 inline void scores_tile(const uint32_t* qp, int64_t rvs, const c10::BFloat16* const* k, int64_t npairs, float* s) {
-  __m512 acc[KT][RV];
-  for (int j = 0; j < KT; ++j)
-    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  __m512 acc[KT][RV] = {};
   for (int64_t i = 0; i < npairs; ++i) {
     __m512i q[RV];
     for (int v = 0; v < RV; ++v) q[v] = in_register(_mm512_loadu_si512(qp + (i * rvs + v) * LANES));
@@ -149,8 +160,7 @@ inline void scores_tile(const uint32_t* qp, int64_t rvs, const c10::BFloat16* co
       for (int v = 0; v < RV; ++v) acc[j][v] = dot(acc[j][v], q[v], kk);
     }
   }
-  for (int j = 0; j < KT; ++j)
-    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(s + (j * rvs + v) * LANES, acc[j][v]);
+  store_tile(acc, s, rvs, 0);
 }
 
 // ot[c][rv] += sum over key pairs i of (hi + lo)[i][rv] . (v[2i][c], v[2i+1][c]) for C dims
@@ -159,8 +169,7 @@ template <int C, int RV>
 inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, const uint16_t* vp, int64_t dv,
                         int64_t npairs, int64_t c0, float* ot) {
   __m512 acc[C][RV];
-  for (int c = 0; c < C; ++c)
-    for (int v = 0; v < RV; ++v) acc[c][v] = _mm512_loadu_ps(ot + ((c0 + c) * rvs + v) * LANES);
+  load_tile(acc, ot, rvs, c0);
   for (int64_t i = 0; i < npairs; ++i) {
     __m512i h[RV], l[RV];
     for (int v = 0; v < RV; ++v) {
@@ -173,17 +182,14 @@ inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, c
       for (int v = 0; v < RV; ++v) acc[c][v] = dot(dot(acc[c][v], h[v], vv), l[v], vv);
     }
   }
-  for (int c = 0; c < C; ++c)
-    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(ot + ((c0 + c) * rvs + v) * LANES, acc[c][v]);
+  store_tile(acc, ot, rvs, c0);
 }
 #endif  // __AVX512BF16__
 
 // float32 caches: s[j][rv] = q[rv] . k[j] for KT keys x RV row vectors over dim elements.
 template <int KT, int RV>
 inline void scores_tile(const float* qf, int64_t rvs, const float* const* k, int64_t dim, float* s) {
-  __m512 acc[KT][RV];
-  for (int j = 0; j < KT; ++j)
-    for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_setzero_ps();
+  __m512 acc[KT][RV] = {};
   for (int64_t i = 0; i < dim; ++i) {
     __m512 q[RV];
     for (int v = 0; v < RV; ++v) q[v] = in_register(_mm512_loadu_ps(qf + (i * rvs + v) * LANES));
@@ -192,16 +198,14 @@ inline void scores_tile(const float* qf, int64_t rvs, const float* const* k, int
       for (int v = 0; v < RV; ++v) acc[j][v] = _mm512_fmadd_ps(q[v], kk, acc[j][v]);
     }
   }
-  for (int j = 0; j < KT; ++j)
-    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(s + (j * rvs + v) * LANES, acc[j][v]);
+  store_tile(acc, s, rvs, 0);
 }
 
 // float32 caches: ot[c][rv] += sum over keys j < n of p[j][rv] * v[j][c] for C dims from c0.
 template <int C, int RV>
 inline void values_tile(const float* p, int64_t rvs, const float* const* v_rows, int64_t n, int64_t c0, float* ot) {
   __m512 acc[C][RV];
-  for (int c = 0; c < C; ++c)
-    for (int v = 0; v < RV; ++v) acc[c][v] = _mm512_loadu_ps(ot + ((c0 + c) * rvs + v) * LANES);
+  load_tile(acc, ot, rvs, c0);
   for (int64_t j = 0; j < n; ++j) {
     __m512 pj[RV];
     for (int v = 0; v < RV; ++v) pj[v] = in_register(_mm512_loadu_ps(p + (j * rvs + v) * LANES));
@@ -210,8 +214,7 @@ inline void values_tile(const float* p, int64_t rvs, const float* const* v_rows,
       for (int v = 0; v < RV; ++v) acc[c][v] = _mm512_fmadd_ps(pj[v], vv, acc[c][v]);
     }
   }
-  for (int c = 0; c < C; ++c)
-    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(ot + ((c0 + c) * rvs + v) * LANES, acc[c][v]);
+  store_tile(acc, ot, rvs, c0);
 }
 
 // Row vectors go through the tiles in groups of 4, 2 or 1; a group computes the keys
@@ -242,33 +245,33 @@ inline void block_scores(Scratch& w, const Q* q, int64_t rvs, int64_t v0, int64_
   }
 }
 
-// P.V of the block for row vectors [v0, v1): bfloat16 caches over the interleaved value pairs
-// (key pairs past a group's reach hold p = 0), float32 ones over the value rows.
+// P.V tile of C dims from c x RV row vectors from v over the block's first n keys: bfloat16
+// caches over the interleaved value pairs (key pairs past n hold p = 0), float32 ones over the
+// value rows.
+template <int C, int RV, typename T>
+inline void value_tile(Scratch& w, int64_t rvs, int64_t v, int64_t n, int64_t dv, int64_t c, const T* const* v_rows) {
+  float* ot = w.ot.data() + v * LANES;
+  if constexpr (std::is_same_v<T, float>) {
+    values_tile<C, RV>(w.p.data() + v * LANES, rvs, v_rows, n, c, ot);
+  } else {
+#if defined(__AVX512BF16__)
+    values_tile<C, RV>(w.phi.data() + v * LANES, w.plo.data() + v * LANES, rvs, w.vp.data(), dv, (n + 1) / 2, c, ot);
+#endif
+  }
+}
+
+// P.V of the block for row vectors [v0, v1).
 template <typename T>
 inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach, int64_t dv,
                          const T* const* v_rows) {
   for (int64_t v = v0; v < v1;) {
     const int64_t size = group_size(v1 - v), n = group_reach(reach, v, size);
-    float* ot = w.ot.data() + v * LANES;
-    auto tile = [&](auto c_dims, auto row_vectors, int64_t c) {
-      constexpr int C = decltype(c_dims)::value, RV = decltype(row_vectors)::value;
-      if constexpr (std::is_same_v<T, float>) {
-        values_tile<C, RV>(w.p.data() + v * LANES, rvs, v_rows, n, c, ot);
-      } else {
-#if defined(__AVX512BF16__)
-        values_tile<C, RV>(w.phi.data() + v * LANES, w.plo.data() + v * LANES, rvs, w.vp.data(), dv, (n + 1) / 2,
-                           c, ot);
-#endif
-      }
-    };
-    using I4 = std::integral_constant<int, 4>;
-    using I8 = std::integral_constant<int, 8>;
     if (size == 4) {
-      for (int64_t c = 0; c < dv; c += 4) tile(I4{}, I4{}, c);
+      for (int64_t c = 0; c < dv; c += 4) value_tile<4, 4>(w, rvs, v, n, dv, c, v_rows);
     } else if (size == 2) {
-      for (int64_t c = 0; c < dv; c += 8) tile(I8{}, std::integral_constant<int, 2>{}, c);
+      for (int64_t c = 0; c < dv; c += 8) value_tile<8, 2>(w, rvs, v, n, dv, c, v_rows);
     } else {
-      for (int64_t c = 0; c < dv; c += 16) tile(std::integral_constant<int, 16>{}, std::integral_constant<int, 1>{}, c);
+      for (int64_t c = 0; c < dv; c += 16) value_tile<16, 1>(w, rvs, v, n, dv, c, v_rows);
     }
     v += size;
   }
@@ -358,7 +361,7 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   constexpr bool BF16 = !std::is_same_v<T, float>;
   Scratch& w = thread_scratch();
   const int64_t rows = item.rows, d = item.dim, dv = item.dim_v;
-  const int64_t rvs = (rows + LANES - 1) / LANES, npairs = d / 2, width = rvs * LANES;
+  const int64_t rvs = (rows + LANES - 1) / LANES, width = rvs * LANES;
   w.s.resize(BLOCK * width);
   w.ot.assign(dv * width, 0.f);
   w.m.assign(width, -std::numeric_limits<float>::infinity());
@@ -367,11 +370,11 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   // their queries are zero and their results are never read
   w.lo.assign(width, 0);
   w.hi.assign(width, std::numeric_limits<int32_t>::max());
-  w.zero.assign(std::max(d, dv) * (BF16 ? 1 : 2), 0);
+  w.zero.assign(std::max(d, dv) * sizeof(T) / sizeof(uint16_t), 0);
   int32_t *lo = w.lo.data(), *hi = w.hi.data();
   const int64_t full_rows = rows / LANES * LANES;  // whole row vectors move by 16 x 16 transposes
   // queries in lanes: 32-bit words (bfloat16 pairs or floats), word i of row r at packed[i][r]
-  const int64_t words = BF16 ? npairs : d, q_words = BF16 ? item.q_stride / 2 : item.q_stride;
+  const int64_t words = d * sizeof(T) / sizeof(uint32_t), q_words = item.q_stride * sizeof(T) / sizeof(uint32_t);
   uint32_t* packed;
   if constexpr (BF16) {
     w.qp.assign(words * width, 0u);
@@ -420,9 +423,9 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     if constexpr (BF16) {
       for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
                                                                w.vp.data() + j * dv, dv);
-      block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, npairs);
+      block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, words);
     } else {
-      block_scores(w, w.qf.data(), rvs, v0, v1, reach.data(), k_rows, d);
+      block_scores(w, w.qf.data(), rvs, v0, v1, reach.data(), k_rows, words);
     }
     // scores past a group's reach are stale, but every lane masks those keys
     for (int64_t v = v0; v < v1; ++v) block_softmax<BF16>(w, rvs, v, n0, n, dv, q_scale);
