@@ -29,6 +29,12 @@ def pytest_report_header(config):
     return f"ascend_ext test seed: {SEED} (replay with ASCEND_EXT_TEST_SEED={SEED})"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The seed again at the end, where a CI log's tail shows it next to the failures."""
+    if exitstatus != 0:
+        terminalreporter.write_line(f"ascend_ext test seed: {SEED} (replay with ASCEND_EXT_TEST_SEED={SEED})")
+
+
 @pytest.fixture
 def rng(request):
     """A torch.Generator seeded per test from the session seed and the test id."""

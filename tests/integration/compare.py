@@ -32,3 +32,24 @@ def assert_same_tokens(ours: list[dict], theirs: list[dict], *, chosen_atol: flo
     print(f"max |logprob difference| = {worst:.3g}")
     assert worst < chosen_atol, f"chosen-token logprobs differ by {worst}"
     return worst
+
+
+def agreeing_prefixes(ours: list[dict], theirs: list[dict], *, chosen_atol: float) -> list[int]:
+    """Per prompt: how many leading positions agree (same greedy token, chosen-token logprobs
+    within ``chosen_atol``). Where they stop agreeing on the token, each engine's token must be
+    among the other's top-k logprobs (a near-tie or a small-number flip, not a wrong model)."""
+    lengths = []
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        n = 0
+        for pos, (ta, tb) in enumerate(zip(a["token_ids"], b["token_ids"])):
+            if ta != tb:
+                top_a, top_b = a["top_logprobs"][pos], b["top_logprobs"][pos]
+                assert str(tb) in top_a and str(ta) in top_b, (
+                    f"prompt {i} position {pos}: tokens {ta} vs {tb} are not among each other's top "
+                    f"(ours top {top_a}, theirs top {top_b})")
+                break
+            if abs(a["logprobs"][pos] - b["logprobs"][pos]) > chosen_atol:
+                break
+            n += 1
+        lengths.append(n)
+    return lengths

@@ -1,13 +1,19 @@
 """vLLM ``--kv-cache-dtype fp8`` on CPU through this plugin. With the reference paged
 attention (the native CPU kernels read no quantised cache) the engine writes an e4m3 cache and
-attends over it: its first-step distribution stays within fp8 rounding of the float-cache
-run (e4m3 keeps 3 mantissa bits, so this tiny random model's logprobs move by up to ~0.5; a
-cache read wrongly moves them by whole units). vLLM's own CPU fp8 kernel is not a bit-exact
-reference (its conversion is its own; seen: 4 of 12 greedy tokens differ from ours, both
-within that noise of the float run). With the native kernels bound, engine start fails at
-backend selection, naming the implementation to select."""
+attends over it: its first-step distributions stay within fp8 rounding of the float-cache run.
+
+This tiny random model is chaotic: e4m3 keeps 3 mantissa bits, and per prompt the first-step
+logprobs move by 0.1-1.0 (median 0.3) from the float cache's, with vLLM's own CPU fp8 kernel
+just as much (measured over 72 prompts, 2026-12-07: max shift above 0.5 in 22% of prompts,
+mean top-5 overlap 4.2, per-prompt spread 0.7). So the checks are on 24 prompts together, not
+on each prompt. What this catches is a wrong read (block, head, layout: logprobs move by whole
+units on most prompts); a 30% value-scale error fails it (mean overlap 3.2-3.4), a 20% one does
+not (3.9), so scales are checked exactly by the op tests (tests/ops/test_kv_quant.py), not here.
+vLLM's own fp8 kernel is not a bit-exact reference (its conversion is its own). With the native kernels
+bound, engine start fails at backend selection, naming the implementation to select."""
 
 import random
+import statistics
 
 import pytest
 
@@ -24,7 +30,7 @@ pytestmark = [pytest.mark.e2e, needs_vllm]
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     rng = random.Random(SEED)
-    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (5, 40, 70)]
+    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (5, 40, 70) * 8]
     model = build_tiny_llama(str(tmp_path_factory.mktemp("tiny_llama_fp8kv")), seed=0)
     return {"model": model, "prompts": prompts, "max_tokens": 16, "logprobs": 5,
             "llm": {"dtype": "float32", "block_size": 32, "kv_cache_dtype": "fp8", "enforce_eager": True,
@@ -36,14 +42,20 @@ def test_fp8_kv_cache_stays_within_fp8_rounding_of_the_float_cache(spec):
     ours = run_vllm(spec, disable_plugin=False, extra_env={"ASCEND_EXT_IMPL": "paged_attention=reference"})
     assert ours["attention_backends"] == [attention_backend_name()]
     assert "impl paged_attention=reference" in ours["trace"], ours["trace"]
-    for i, (a, b) in enumerate(zip(ours["outputs"], float_run["outputs"])):
+    overlaps, shifts, top1_kept = [], [], 0
+    for a, b in zip(ours["outputs"], float_run["outputs"]):
         assert len(set(a["token_ids"])) > 3, "degenerate model output proves nothing"
         first_a, first_b = a["top_logprobs"][0], b["top_logprobs"][0]
-        assert str(a["token_ids"][0]) in first_b, f"prompt {i}: fp8 picked {a['token_ids'][0]}, float top-5 {first_b}"
+        top1_kept += str(a["token_ids"][0]) in first_b
         shared = set(first_a) & set(first_b)
-        assert len(shared) >= 3, f"prompt {i}: top-5 sets {first_a} vs {first_b}"
-        worst = max(abs(first_a[t] - first_b[t]) for t in shared)
-        assert worst < 1.0, f"prompt {i}: first-step logprobs differ by {worst:.3g} (fp8 rounding moves ~0.5)"
+        overlaps.append(len(shared))
+        shifts.append(max((abs(first_a[t] - first_b[t]) for t in shared), default=float("inf")))
+    print(f"first step, fp8 vs float cache: top-5 overlaps {overlaps}, "
+          f"max logprob shifts {[round(x, 2) for x in shifts]}, fp8 top-1 in float top-5: {top1_kept}")
+    n = len(shifts)
+    assert top1_kept >= 0.75 * n, f"fp8 top-1 in the float run's top-5 for only {top1_kept} of {n} prompts"
+    assert statistics.mean(overlaps) >= 3.7, f"mean top-5 overlap {statistics.mean(overlaps):.3g} < 3.7"
+    assert statistics.median(shifts) <= 0.5, f"median first-step logprob shift {statistics.median(shifts):.3g} > 0.5"
 
 
 @pytest.mark.skipif(native_available("cpu") is not None, reason="the native CPU extension is not built")
