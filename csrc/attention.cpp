@@ -40,6 +40,7 @@
 
 #include "attention_rows.h"
 #include "attention_tiles.h"
+#include "kv_dequant.h"
 #include "ops_namespace.h"
 #include "vec.h"
 
@@ -635,12 +636,17 @@ std::vector<int64_t> to_vec(const at::Tensor& t) {
 
 // Structural checks of the raw op (the Python layer validates values and gives the
 // friendlier messages; these keep direct torch.ops calls from reading out of bounds).
+bool is_quantised(at::ScalarType type) { return type == at::kFloat8_e4m3fn || type == at::kChar; }
+
 void check_tensors(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t kv_dims,
                    const at::Tensor& out, const std::optional<at::Tensor>& lse) {
+  const bool quantised = is_quantised(k.scalar_type());
   for (const at::Tensor* t : {&q, &k, &v, &out}) {
     TORCH_CHECK(t->device().is_cpu(), "ascend_ext native attention: tensors must be on the CPU");
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "q, caches and out must share one dtype, got ",
-                t->scalar_type(), " and ", q.scalar_type());
+    const bool cache = t == &k || t == &v;
+    const at::ScalarType want = quantised && cache ? k.scalar_type() : q.scalar_type();
+    TORCH_CHECK(t->scalar_type() == want, "q and out must share one dtype, and the caches too (or both be ",
+                "float8_e4m3fn / int8), got ", t->scalar_type(), " and ", want);
     TORCH_CHECK(t->stride(-1) == 1, "q, k, v and out need a contiguous last (head) dim");
   }
   TORCH_CHECK(q.dim() == 3 && out.dim() == 3, "q and out must be [T, H, D]");
@@ -687,18 +693,88 @@ float* lse_ptr(const std::optional<at::Tensor>& lse) {
   return lse->data_ptr<float>();
 }
 
+// Per-channel float32 [Hkv, dim] dequantisation parameters (kv_quant's normalised form).
+const float* channel_params(const std::optional<at::Tensor>& t, int64_t hkv, int64_t dim, const char* name) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 &&
+                  t->size(0) == hkv && t->size(1) == dim,
+              name, " must be contiguous float32 [Hkv, D] = [", hkv, ", ", dim, "] on the CPU");
+  return t->data_ptr<float>();
+}
+
+// A float8_e4m3fn or int8 cache: rows dequantised into float32 staging on load
+// (kv_dequant.h), queries and outputs in float32 around the float32 kernels. No software
+// prefetch: a prefetched row would be dequantised twice.
+void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                               const at::Tensor& block_table, const std::vector<int64_t>& lens,
+                               const std::vector<int64_t>& cu, double scale, int64_t window_left,
+                               int64_t window_right, double softcap, at::Tensor& out,
+                               const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks,
+                               const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
+                               const std::optional<at::Tensor>& k_offset, const std::optional<at::Tensor>& v_offset) {
+  const int64_t hkv = k_cache.size(2), dim = k_cache.size(3), dim_v = v_cache.size(3);
+  TORCH_CHECK(k_scale.has_value() && v_scale.has_value(), "a quantised cache needs k_scale and v_scale");
+  TORCH_CHECK(k_offset.has_value() == v_offset.has_value(), "give both k_offset and v_offset, or neither");
+  TORCH_CHECK(k_cache.scalar_type() == at::kChar || !k_offset.has_value(), "float8_e4m3fn caches take no offsets");
+  const float* ks = channel_params(k_scale, hkv, dim, "k_scale");
+  const float* vs = channel_params(v_scale, hkv, dim_v, "v_scale");
+  const float* ko = channel_params(k_offset, hkv, dim, "k_offset");
+  const float* vo = channel_params(v_offset, hkv, dim_v, "v_offset");
+  const at::Tensor q32 = q.to(at::kFloat).contiguous();
+  at::Tensor out32 = at::empty(out.sizes(), q32.options());
+  Problem p = make_problem(q32, hkv, dim_v, out32, scale, window_left, window_right, softcap);
+  p.sinks = sinks_ptr(sinks, p.hq);
+  std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
+  for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
+  const auto table = block_table.to(at::kInt).contiguous();
+  const int32_t* tab = table.data_ptr<int32_t>();
+  const int64_t width = table.size(1), block = k_cache.size(1);
+  const int64_t ks0 = k_cache.stride(0), ks1 = k_cache.stride(1), ks2 = k_cache.stride(2);
+  const int64_t vs0 = v_cache.stride(0), vs1 = v_cache.stride(1), vs2 = v_cache.stride(2);
+  auto with_storage = [&](auto tag) {
+    using C = decltype(tag);
+    using Source = PagedRows<C>;
+    using Rows = kv_dequant::DequantRows<C, Source>;
+    const C* kb = static_cast<const C*>(k_cache.data_ptr());
+    const C* vb = static_cast<const C*>(v_cache.data_ptr());
+    auto rows_of = [&](int64_t b, int64_t h) {
+      thread_local std::vector<float> k_staging, v_staging;   // one block of rows per thread
+      k_staging.resize(MAX_BLOCK_KEYS * dim);
+      v_staging.resize(MAX_BLOCK_KEYS * dim_v);
+      return std::pair{Rows{Source{kb + h * ks2, tab + b * width, block, ks0, ks1}, ks + h * dim,
+                            ko != nullptr ? ko + h * dim : nullptr, dim, k_staging.data()},
+                       Rows{Source{vb + h * vs2, tab + b * width, block, vs0, vs1}, vs + h * dim_v,
+                            vo != nullptr ? vo + h * dim_v : nullptr, dim_v, v_staging.data()}};
+    };
+    run<float>(p, q32.data_ptr<float>(), out32.data_ptr<float>(), lse_ptr(lse), q.size(0), q_start, q_len, lens,
+               rows_of);
+  };
+  if (k_cache.scalar_type() == at::kFloat8_e4m3fn)
+    with_storage(kv_dequant::E4M3{});
+  else
+    with_storage(int8_t{});
+  out.copy_(out32);
+}
+
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                      const at::Tensor& block_table, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
                      double scale, int64_t window_left, int64_t window_right, double softcap, at::Tensor& out,
-                     const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks) {
+                     const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks,
+                     const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
+                     const std::optional<at::Tensor>& k_offset, const std::optional<at::Tensor>& v_offset) {
   check_tensors(q, k_cache, v_cache, 4, out, lse);
   TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == seq_lens.numel() &&
                   cu_seqlens_q.numel() == seq_lens.numel() + 1,
               "block_table [B, W], seq_lens [B] and cu_seqlens_q [B + 1] disagree on B");
-  Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
-  p.sinks = sinks_ptr(sinks, p.hq);
   const auto cu = to_vec(cu_seqlens_q);
   const auto lens = to_vec(seq_lens);
+  if (is_quantised(k_cache.scalar_type()))
+    return paged_attention_quantised(q, k_cache, v_cache, block_table, lens, cu, scale, window_left, window_right,
+                                     softcap, out, lse, sinks, k_scale, v_scale, k_offset, v_offset);
+  TORCH_CHECK(!k_scale.has_value() && !v_scale.has_value() && !k_offset.has_value() && !v_offset.has_value(),
+              "k_scale / v_scale / k_offset / v_offset apply to float8_e4m3fn / int8 caches only");
+  Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
+  p.sinks = sinks_ptr(sinks, p.hq);
   p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
   std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
   for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
@@ -725,6 +801,8 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        double softcap, at::Tensor& out, const std::optional<at::Tensor>& lse,
                        const std::optional<at::Tensor>& sinks) {
   check_tensors(q, k, v, 3, out, lse);
+  TORCH_CHECK(!is_quantised(k.scalar_type()), "flash_attn_varlen: packed K / V must be in the query dtype, got ",
+              k.scalar_type());
   TORCH_CHECK(cu_seqlens_q.numel() == cu_seqlens_k.numel() && cu_seqlens_q.numel() >= 1,
               "cu_seqlens_q and cu_seqlens_k must both be [B + 1]");
   Problem p = make_problem(q, k.size(1), v.size(2), out, scale, window_left, window_right, softcap);
@@ -757,7 +835,8 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
-        "Tensor(b!)? lse, Tensor? sinks=None) -> ()");
+        "Tensor(b!)? lse, Tensor? sinks=None, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
+        "Tensor? v_offset=None) -> ()");
   m.def("flash_attn_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, float scale, "
         "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? sinks=None) -> ()");
 }

@@ -36,8 +36,8 @@ def unsupported_reason(selected_backend, config) -> str | None:
 
 def require_paged_features(kv_cache_dtype: str | None, has_sink: bool, device_type: str) -> None:
     """Raise a clear NotImplementedError when the paged_attention implementation bound on this
-    device cannot read the quantised cache ``kv_cache_dtype`` asks for (e.g. the native CPU
-    kernels with fp8) or take attention sinks, naming the implementations that can - at
+    device cannot read the quantised cache ``kv_cache_dtype`` asks for (e.g. triton-ascend's
+    interpreter with fp8) or take attention sinks, naming the implementations that can - at
     backend selection, before any cache is allocated."""
     kind = QUANT_KV_CACHE_DTYPES.get(kv_cache_dtype)
     if kind is None and not has_sink:

@@ -108,5 +108,19 @@ def test_int8_without_c8_scales_and_unknown_dtypes_are_refused(rng):
     from ascend_ext.ops import _dispatch
     native = _dispatch.implementations("paged_attention", "cpu").get("native")
     if native is not None and native.unavailable_reason("cpu") is None:
-        with ops.use_impl(paged_attention="native"), pytest.raises(NotImplementedError, match="quantised KV cache"):
-            require_paged_features("fp8", False, "cpu")
+        with ops.use_impl(paged_attention="native"):
+            require_paged_features("fp8", False, "cpu")         # the native kernels dequantise on load
+            require_paged_features("int8", False, "cpu")
+
+
+def test_selection_names_the_implementations_that_read_a_quantised_cache():
+    """An implementation that declares no quantised caches fails at selection with the others named."""
+    from dataclasses import replace
+
+    from ascend_ext.ops import _contract, _dispatch
+
+    impl = _dispatch.implementations("paged_attention", "cpu")["reference"]
+    plain = SimpleNamespace(op=impl.op, name="plain", supports=replace(impl.supports, kv_quant=()))
+    with pytest.raises(NotImplementedError, match=r"does not support a quantised KV cache \(fp8; supported: none\)"
+                                                 r".*'reference'.*ASCEND_EXT_IMPL=paged_attention=<name>"):
+        _contract.require(plain, "cpu", kv_quant="fp8")

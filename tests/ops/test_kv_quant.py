@@ -266,16 +266,36 @@ def test_bad_cache_pairs_are_rejected():
         ops.paged_attention(*i8, 2, k_scale=torch.ones(1), v_scale=torch.ones(1), k_offset=torch.ones(1))
 
 
-def test_native_cpu_declares_quantised_caches_unsupported():
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+def test_native_cpu_dequantises_every_code_exactly(kind, rng):
+    """The native kernel widens cache bytes itself (no e4m3 instruction on CPUs): all 256 codes
+    of a value row (e4m3fn subnormals, +-448, NaN; int8 -128..127 with a per-channel offset)
+    come back as the reference's dequantised floats, exactly, through one visible key."""
     native = _dispatch.implementations("paged_attention", "cpu").get("native")
     if native is None or native.unavailable_reason("cpu") is not None:
         pytest.skip("the native CPU extension is not built here")
-    assert native.supports.kv_quant == ()
-    q, k_cache, v_cache, table, lens, cuq = _small()
+    codes = torch.arange(256, dtype=torch.int32)
+    stored = (codes.to(torch.uint8).view(FP8) if kind == "fp8" else (codes - 128).to(torch.int8)).view(1, 1, 1, 256)
+    d = 32
+    k_cache = torch.zeros(2, 16, 1, d).to(stored.dtype)
+    v_cache = torch.zeros(2, 16, 1, 256).to(stored.dtype)
+    v_cache[1, 3] = stored[0, 0]                       # the sequence's 4th key, in its (permuted) 1st block
+    table = torch.tensor([[1, 0]], dtype=torch.int32)
+    v_scale = torch.rand(256, generator=rng) + 0.5 if kind == "int8" else torch.tensor([0.75])
+    v_offset = torch.randint(-6, 7, (256,), generator=rng).float() if kind == "int8" else None
+    q = torch.randn(1, 2, d, generator=rng)
+    out = torch.full((1, 2, 256), 7.0)
+    args = dict(k_scale=torch.ones(1), v_scale=v_scale, k_offset=None if v_offset is None else torch.zeros(1),
+                v_offset=v_offset)
+    # window_size (0, 0): the query (position 3) sees key 3 only, so the output is that key's value row
     with ops.use_impl(paged_attention="native"):
-        with pytest.raises(NotImplementedError, match="does not support a quantised KV cache"):
-            ops.paged_attention(q, k_cache, v_cache, table, lens, cuq, 2, k_scale=torch.ones(1),
-                                v_scale=torch.ones(1))
+        ops.paged_attention(q, k_cache, v_cache, table, torch.tensor([4], dtype=torch.int32), cu([1]), 1,
+                            window_size=(0, 0), out=out, **args)
+    expected = _dequantize(stored.view(1, 256), v_scale if kind == "int8" else v_scale.expand(1), v_offset).float()
+    for head in range(2):
+        torch.testing.assert_close(out[0, head], expected[0], rtol=0, atol=0, equal_nan=True)
+    if kind == "fp8":
+        assert out[0, 0].isnan().sum() == 2           # 0x7f and 0xff, e4m3fn's only NaNs
 
 
 @pytest.mark.skipif("triton" not in _impls("int8"), reason="Triton cannot run here")

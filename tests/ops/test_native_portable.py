@@ -18,6 +18,7 @@ from . import test_attention_edges as edges
 from . import test_attention_parity as parity
 from . import test_attention_sinks as sinks
 from . import test_cooperative as cooperative
+from . import test_kv_quant as kv_quant
 from . import test_mla as mla
 from . import test_native_attention as native_tests
 
@@ -104,3 +105,10 @@ def threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+def test_portable_quantised_caches(use_portable, kind, rng):
+    kv_quant.test_native_cpu_dequantises_every_code_exactly(kind, rng)
+    case = next(c for c in kv_quant._cases() if c.values[0] == kind and c.values[2] == (kind == "int8"))
+    kv_quant.test_paged_attention_on_quantised_cache(*case.values, rng)

@@ -9,8 +9,9 @@ from .._triton import register_triton
 
 NATIVE_OPS = ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "mla_decode", "concat_and_cache_mla")
 NATIVE_SUPPORTS = Supports(mask=False, note="the native kernels apply causal/window rules, not TileMask tiles")
-NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=(),
-                                 note="the native kernels read caches in the query dtype only (no fp8/int8 KV cache)")
+NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=("fp8", "int8"),
+                                 note="the native kernels apply causal/window rules, not TileMask tiles; fp8 / int8 "
+                                      "caches are dequantised to float32 rows on load")
 
 
 def _native_available(device: str) -> str | None:

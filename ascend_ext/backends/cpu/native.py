@@ -83,14 +83,20 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None):
-    if kv_scales is not None:   # declared in backends/cpu/__init__.py; reached only by direct torch.ops calls
-        raise NotImplementedError(f"the native CPU paged_attention does not read {kv_scales.kind} KV caches; "
-                                  "use ASCEND_EXT_IMPL=paged_attention=reference")
     lse = _lse_buffer(q, return_lse)
     _ops().paged_attention(
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
-        softmax_scale, window[0], window[1], softcap, out, lse, _contiguous(sinks))
+        softmax_scale, window[0], window[1], softcap, out, lse, _contiguous(sinks), *_channel_scales(kv_scales))
     return lse
+
+
+def _channel_scales(kv_scales) -> tuple:
+    """k_scale, v_scale, k_offset, v_offset as the kernel takes them: contiguous float32
+    [Hkv, D] (kv_quant's normalised views materialised; a few KiB), or four Nones."""
+    if kv_scales is None:
+        return (None,) * 4
+    return tuple(None if t is None else t.contiguous() for t in
+                 (kv_scales.k_scale, kv_scales.v_scale, kv_scales.k_offset, kv_scales.v_offset))
 
 
 def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse,

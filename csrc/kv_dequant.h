@@ -1,0 +1,98 @@
+// Quantised paged KV caches for the native CPU attention: rows of a float8_e4m3fn cache
+// (stored as bytes) or an int8 cache are dequantised on load into float32 staging rows,
+// x = (stored - offset) * scale per channel (ascend_ext.ops.attention.kv_quant: the scales
+// arrive normalised to float32 [Hkv, D]; fp8 has no offset), and the float32 kernels run on
+// them. Vector code from vec.h only, so the portable build takes the same path.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "vec.h"
+
+namespace ascend_ext {
+namespace kv_dequant {
+
+using vec::f16x;
+using vec::kLanes;
+using vec::u16x;
+
+typedef uint8_t u8x16 __attribute__((vector_size(16), aligned(1)));
+typedef int8_t i8x16 __attribute__((vector_size(16), aligned(1)));
+
+// Storage tag of a float8_e4m3fn cache (the bytes; no arithmetic type of its own).
+struct E4M3 {
+  uint8_t bits;
+};
+
+// 16 e4m3fn bytes -> float32, exactly: normals by moving exponent and mantissa into float32
+// position and rebiasing (7 -> 127), subnormals as m * 2^-9 (no float32 denormals, so a
+// flush-to-zero mode cannot change them), 0x7f / 0xff as NaN (e4m3fn has no infinity).
+inline f16x load16(const E4M3* p) {
+  u8x16 raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  const u16x b = __builtin_convertvector(raw, u16x);
+  const u16x magnitude = b & 0x7fu;
+  const u16x normal = (magnitude << 20) + (120u << 23);
+  const f16x subnormal = __builtin_convertvector(magnitude & 0x7u, f16x) * 0x1p-9f;
+  u16x bits = (b & 0x78u) == 0u ? vec::as_bits(subnormal) : normal;
+  bits = magnitude == 0x7fu ? u16x{} + 0x7fc00000u : bits;
+  return vec::as_float(bits | ((b & 0x80u) << 24));
+}
+
+inline f16x load16(const int8_t* p) {
+  i8x16 raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  return __builtin_convertvector(raw, f16x);
+}
+
+// Tail of a row (n < 16 elements): the remaining bytes copied into a zeroed vector first.
+template <typename C>
+inline f16x load16_tail(const C* p, int64_t n) {
+  C padded[kLanes] = {};
+  std::memcpy(padded, p, n * sizeof(C));
+  return load16(padded);
+}
+
+// dst[0:dim) = (src - offset) * scale over one cache row (offset may be null).
+template <typename C>
+inline void dequantize_row(const C* src, const float* scale, const float* offset, int64_t dim, float* dst) {
+  int64_t i = 0;
+  for (; i + kLanes <= dim; i += kLanes) {
+    const f16x o = offset != nullptr ? vec::load(offset + i) : f16x{};
+    vec::store(dst + i, (load16(src + i) - o) * vec::load(scale + i));
+  }
+  if (i < dim) {
+    const f16x x = load16_tail(src + i, dim - i);
+    for (int64_t c = 0; i + c < dim; ++c) dst[i + c] = (x[c] - (offset != nullptr ? offset[i + c] : 0.f)) * scale[i + c];
+  }
+}
+
+// Rows of one KV head of one sequence in a quantised paged cache, served as float32: each
+// fill dequantises its rows into a staging buffer of at least n * dim floats (the caller's,
+// per thread and per K / V), valid until the next fill.
+template <typename C, typename Source>
+struct DequantRows {
+  Source source;          // row pointers into the cache (PagedRows<C>)
+  const float* scale;     // [dim] of this head
+  const float* offset;    // [dim] of this head, or null
+  int64_t dim;
+  float* staging;
+
+  void fill(int64_t first, int64_t n, const float** out) const {
+    constexpr int64_t kChunk = 64;
+    const C* raw[kChunk];
+    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+      const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
+      source.fill(first + j0, m, raw);
+      for (int64_t j = 0; j < m; ++j) {
+        float* row = staging + (j0 + j) * dim;
+        dequantize_row(raw[j], scale, offset, dim, row);
+        out[j0 + j] = row;
+      }
+    }
+  }
+};
+
+}  // namespace kv_dequant
+}  // namespace ascend_ext
