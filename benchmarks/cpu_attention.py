@@ -20,9 +20,14 @@ is measured per case in the same run: a plain sum over as many bytes as the case
 threads (``read_GBps``; cache bandwidth for cache-resident cases), and each side's share of it
 (``*_pct_of_read_bw``); the 512 MiB host read is reported too.
 
-    python benchmarks/cpu_attention.py [--quick] [--dtype bfloat16|float32|float16]
+``--kv-cache-dtype fp8|int8``: our cache quantised by ``ops.reshape_and_cache`` (per-KV-head
+scales from the data's absmax); native and reference read it, and the native kernel over the
+float cache of the same data runs beside them (``native_float_ms``, ``float_over_native``:
+> 1 = the quantised cache is faster). vLLM's side is not run (its CPU fp8 path is not wired here).
 
-Writes cpu_attention_<dtype>.json and .png to $OUT (or benchmarks/results/).
+    python benchmarks/cpu_attention.py [--quick] [--dtype bfloat16|float32|float16] [--kv-cache-dtype fp8|int8]
+
+Writes cpu_attention_<dtype>[_<kv-cache-dtype>].json and .png to $OUT (or benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ def _vllm_isa(dtype: torch.dtype) -> str:
 class Case:
     """One batch of sequences with cached contexts and new queries, in both caches."""
 
-    def __init__(self, contexts: list[int], q_lens: list[int], dtype: torch.dtype, vops, seed: int = 0):
+    def __init__(self, contexts: list[int], q_lens: list[int], dtype: torch.dtype, vops, kv_quant: str | None = None,
+                 seed: int = 0):
         gen = torch.Generator().manual_seed(seed)
         self.contexts, self.q_lens, self.dtype, self.vops = contexts, q_lens, dtype, vops
         blocks = [-(-c // BLOCK) for c in contexts]
@@ -85,6 +91,16 @@ class Case:
         self.k_cache = torch.zeros(num_blocks, HKV, BLOCK, HEAD_DIM, dtype=dtype).transpose(1, 2)
         self.v_cache = torch.zeros(num_blocks, HKV, BLOCK, HEAD_DIM, dtype=dtype).transpose(1, 2)
         ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int())
+        self.scales = {}
+        self.float_caches = (self.k_cache, self.v_cache)
+        if kv_quant is not None:   # per-KV-head scales from the absmax; the float caches stay for comparison
+            cache_dtype, top = (torch.float8_e4m3fn, 448.0) if kv_quant == "fp8" else (torch.int8, 127.0)
+            self.scales = {"k_scale": key.float().abs().amax(dim=(0, 2)) / top,
+                           "v_scale": value.float().abs().amax(dim=(0, 2)) / top}
+            shape = (num_blocks, HKV, BLOCK, HEAD_DIM)
+            self.k_cache = torch.zeros(shape, dtype=cache_dtype).transpose(1, 2)
+            self.v_cache = torch.zeros(shape, dtype=cache_dtype).transpose(1, 2)
+            ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int(), **self.scales)
         self.seq_lens = torch.tensor(contexts, dtype=torch.int32)
         self.cu_q = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
         self.q = torch.randn(sum(q_lens), HQ, HEAD_DIM, generator=gen).to(dtype)
@@ -102,11 +118,14 @@ class Case:
             self.vout = torch.empty_like(self.q)
         del key, value
 
-    def ours(self, impl: str):
+    def ours(self, impl: str, float_cache: bool = False):
+        k_cache, v_cache = self.float_caches if float_cache else (self.k_cache, self.v_cache)
+        scales = {} if float_cache else self.scales
+
         def run():
             with ops.use_impl(attention=impl), ops.trusted_inputs():
-                ops.paged_attention(self.q, self.k_cache, self.v_cache, self.table, self.seq_lens, self.cu_q,
-                                    max(self.q_lens), out=self.out)
+                ops.paged_attention(self.q, k_cache, v_cache, self.table, self.seq_lens, self.cu_q,
+                                    max(self.q_lens), out=self.out, **scales)
         return run
 
     def theirs(self):
@@ -130,11 +149,12 @@ class Case:
         return run
 
 
-def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls, rounds: int = 3) -> dict:
+def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls, rounds: int = 3,
+            kv_quant: str | None = None) -> dict:
     """One case: native, vLLM and (decode) a plain read of the same byte count timed ``rounds``
     times, alternated, median of the rounds' medians (the host's memory bandwidth drifts between
     runs, so the roofline is measured beside the kernels); the reference once."""
-    case = Case(contexts, q_lens, dtype, vops)
+    case = Case(contexts, q_lens, dtype, vops, kv_quant)
     row = {"kind": kind, "batch": len(contexts), "context": contexts[0], "new_tokens": q_lens[0],
            "kv_MiB": case.kv_bytes / 2**20}
     causal_pairs = sum(lq * (ctx - lq) + lq * (lq + 1) // 2 for ctx, lq in zip(contexts, q_lens))
@@ -144,6 +164,8 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         row["reference_ms"] = bench_cpu_ms(case.ours("reference"), min_reps=3, min_s=0.1)
     if vops is not None:
         sides["vllm"] = case.theirs()
+    if kv_quant is not None and "native" in impls:
+        sides["native_float"] = case.ours("native", float_cache=True)
     if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
         plain = torch.ones(case.kv_bytes // 4)
         sides["read"] = plain.sum
@@ -166,6 +188,8 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         row[f"{name}_GFLOPs"] = flops / row[key] / 1e6
     if "native_ms" in row and "vllm_ms" in row:
         row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
+    if "native_ms" in row and "native_float_ms" in row:
+        row["float_over_native"] = row["native_float_ms"] / row["native_ms"]
     for name in ("native", "vllm"):
         if kind == "decode" and f"{name}_GBps" in row:
             row[f"{name}_pct_of_read_bw"] = 100 * row[f"{name}_GBps"] / row["read_GBps"]
@@ -177,15 +201,18 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    decode = [r for r in result["rows"] if r["kind"] == "decode" and "vllm_over_native" in r]
+    ratio = "float_over_native" if result.get("kv_cache_dtype") else "vllm_over_native"
+    other = "native_float" if ratio == "float_over_native" else "vllm"
+    decode = [r for r in result["rows"] if r["kind"] == "decode" and ratio in r]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for batch in sorted({r["batch"] for r in decode}):
         rows = [r for r in decode if r["batch"] == batch]
-        axes[0].plot([r["context"] for r in rows], [r["vllm_over_native"] for r in rows], "o-", label=f"batch {batch}")
+        axes[0].plot([r["context"] for r in rows], [r[ratio] for r in rows], "o-", label=f"batch {batch}")
         axes[1].plot([r["context"] for r in rows], [r["native_GBps"] for r in rows], "o-", label=f"native b{batch}")
-        axes[1].plot([r["context"] for r in rows], [r["vllm_GBps"] for r in rows], "x--", label=f"vLLM b{batch}")
+        axes[1].plot([r["context"] for r in rows], [r[f"{other}_GBps"] for r in rows], "x--", label=f"{other} b{batch}")
     axes[0].axhline(1.0, color="k", lw=0.8)
-    axes[0].set(xscale="log", xlabel="context", ylabel="vLLM time / native time", title="decode speedup vs vLLM CPU")
+    axes[0].set(xscale="log", xlabel="context", ylabel=f"{other} time / native time",
+                title=f"decode speedup vs {other}")
     axes[1].axhline(result["host_read_GBps"], color="r", lw=0.8, label="host read roofline")
     axes[1].set(xscale="log", xlabel="context", ylabel="KV GB/s", title="decode KV read rate")
     for ax in axes:
@@ -200,9 +227,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="alternated timing rounds per decode case (median)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--kv-cache-dtype", default=None, choices=["fp8", "int8"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    vops = _vllm()
+    kv_quant = args.kv_cache_dtype
+    vops = None if kv_quant else _vllm()
     impls = [name for name in ("native", "reference") if ops.selected_impl("paged_attention", "cpu") == "native"
              or name == "reference"]
     if vops is None:
@@ -215,26 +244,29 @@ def main() -> int:
     prompts = [512, 2048] if args.quick else [512, 2048, 4096]
     rows = []
     for batch, ctx in decode_cases:
-        rows.append(measure("decode", [ctx] * batch, [1] * batch, dtype, vops, impls, args.rounds))
+        rows.append(measure("decode", [ctx] * batch, [1] * batch, dtype, vops, impls, args.rounds, kv_quant))
         print(f"decode b{batch} ctx{ctx}: " + ", ".join(f"{k}={rows[-1][k]:.3g}" for k in rows[-1]
                                                              if k.endswith("_ms")), flush=True)
     for prompt in prompts:
-        rows.append(measure("prefill", [prompt], [prompt], dtype, vops, impls))
-    rows.append(measure("chunked", [8192], [512], dtype, vops, impls))
+        rows.append(measure("prefill", [prompt], [prompt], dtype, vops, impls, kv_quant=kv_quant))
+    rows.append(measure("chunked", [8192], [512], dtype, vops, impls, kv_quant=kv_quant))
 
-    result = {"environment": environment(), "dtype": args.dtype, "threads": torch.get_num_threads(),
+    result = {"environment": environment(), "dtype": args.dtype, "kv_cache_dtype": kv_quant,
+              "threads": torch.get_num_threads(),
               "cpu": _cpu_name(), "host_read_GBps": host_read_gbps(),
               "vllm_isa": _vllm_isa(dtype) if vops is not None else None,
               "shape": {"Hq": HQ, "Hkv": HKV, "head_dim": HEAD_DIM, "block": BLOCK}, "rows": rows}
     print_table(f"decode, {args.dtype}, {result['threads']} threads, host read roofline "
                 f"{result['host_read_GBps']:.0f} GB/s",
                 [r for r in rows if r["kind"] == "decode"],
-                ["batch", "context", "kv_MiB", "native_ms", "vllm_ms", "native_GBps", "vllm_GBps", "read_GBps",
-                 "native_pct_of_read_bw", "vllm_pct_of_read_bw", "vllm_over_native", "max_diff_vs_vllm"])
+                ["batch", "context", "kv_MiB", "native_ms", "vllm_ms", "native_float_ms", "native_GBps", "vllm_GBps",
+                 "read_GBps", "native_pct_of_read_bw", "vllm_pct_of_read_bw", "vllm_over_native", "float_over_native",
+                 "max_diff_vs_vllm"])
     print_table("prefill / chunked prefill", [r for r in rows if r["kind"] != "decode"],
-                ["kind", "context", "new_tokens", "native_ms", "native_varlen_ms", "vllm_ms", "reference_ms",
-                 "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "max_diff_vs_vllm"])
-    name = f"cpu_attention_{args.dtype}"
+                ["kind", "context", "new_tokens", "native_ms", "native_varlen_ms", "vllm_ms", "native_float_ms",
+                 "reference_ms", "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "float_over_native",
+                 "max_diff_vs_vllm"])
+    name = f"cpu_attention_{args.dtype}" + (f"_{kv_quant}" if kv_quant else "")
     print("\nwrote", write_json(f"{name}.json", result))
     plot(result, os.path.join(out_dir(), f"{name}.png"))
     return 0

@@ -434,6 +434,10 @@ struct Problem {
   Window window;
   bool prefetch;                  // the call's K/V outgrow the last-level cache: stream with software prefetch
   const float* sinks = nullptr;   // per query head sink logits (natural log), or none
+  // per KV head factors of a quantised cache read as its stored values (kv_dequant.h): the
+  // scores are multiplied by key_factor[h], the outputs by value_factor[h]; none = 1
+  const float* key_factor = nullptr;
+  const float* value_factor = nullptr;
 
   // base-2 sink of query head h (NEG_INF without sinks)
   float sink2(int64_t head) const { return sinks ? sinks[head] * LOG2E : NEG_INF; }
@@ -496,7 +500,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return work[a * splits].cost > work[b * splits].cost; });
-  const float q_scale = p.softcap > 0.f ? p.scale : p.scale * LOG2E;
+  const float call_q_scale = p.softcap > 0.f ? p.scale : p.scale * LOG2E;
   const int64_t max_rows = tokens_per_tile * p.group;
   std::vector<float> part_out(splits > 1 ? work.size() * max_rows * p.dim_v : 0);
   std::vector<float> part_lse(splits > 1 ? work.size() * max_rows : 0);
@@ -512,6 +516,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const int64_t w = order[i / splits] * splits + i % splits;
     const WorkItem& it = work[w];
     const int64_t rows = (it.t1 - it.t0) * p.group;
+    const float q_scale = p.key_factor != nullptr ? call_q_scale * p.key_factor[it.h] : call_q_scale;
     g.reset(rows, p.dim, p.dim_v, p.prefetch);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = it.t0 + r / p.group;
@@ -534,13 +539,17 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
                                 g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
     if (!tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap))  // many rows: tiles
       attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
+    const float value_factor = p.value_factor != nullptr ? p.value_factor[it.h] : 1.f;
     for (int64_t r = 0; r < rows; ++r) {
-      if (splits > 1) {  // the sink joins once, in the merge
-        part_lse[w * max_rows + r] = finish_row(g, r, part_out.data() + (w * max_rows + r) * p.dim_v, NEG_INF);
-      } else {
-        const float lse2 = finish_row(g, r, g.row_out.data(), p.sink2(it.h * p.group + r % p.group));
-        store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, g.row_out.data(), lse2);
-      }
+      float* row = splits > 1 ? part_out.data() + (w * max_rows + r) * p.dim_v : g.row_out.data();
+      // the sink joins once, in the merge of the splits
+      const float lse2 = finish_row(g, r, row, splits > 1 ? NEG_INF : p.sink2(it.h * p.group + r % p.group));
+      if (value_factor != 1.f)
+        for (int64_t c = 0; c < p.dim_v; ++c) row[c] *= value_factor;
+      if (splits > 1)
+        part_lse[w * max_rows + r] = lse2;
+      else
+        store_row(it.b, it.t0 + r / p.group, it.h * p.group + r % p.group, row, lse2);
     }
   });
   if (splits == 1) return;
@@ -702,9 +711,25 @@ const float* channel_params(const std::optional<at::Tensor>& t, int64_t hkv, int
   return t->data_ptr<float>();
 }
 
-// A float8_e4m3fn or int8 cache: rows dequantised into float32 staging on load
-// (kv_dequant.h), queries and outputs in float32 around the float32 kernels. No software
-// prefetch: a prefetched row would be dequantised twice.
+// Whether every head's row of a per-channel [hkv, dim] parameter holds one value (per tensor
+// or per KV head), and with `integral` a small integer (|x| <= 128: stored - x stays exact
+// in bfloat16 for int8 caches).
+bool constant_per_head(const float* t, int64_t hkv, int64_t dim, bool integral) {
+  for (int64_t h = 0; h < hkv; ++h) {
+    const float x = t[h * dim];
+    if (integral && (x != std::nearbyint(x) || std::fabs(x) > 128.f)) return false;
+    for (int64_t c = 1; c < dim; ++c)
+      if (t[h * dim + c] != x) return false;
+  }
+  return true;
+}
+
+// A float8_e4m3fn or int8 cache (kv_dequant.h). bfloat16 queries with scales constant per KV
+// head (fp8 always; int8 unless per channel) and integral offsets: the stored values minus
+// offset become bfloat16 rows (exact) for the bfloat16 kernels, the key scale multiplies the
+// scores and the value scale the outputs. Otherwise float32 rows, queries and outputs in
+// float32 around the float32 kernels. No software prefetch: a prefetched row would be
+// dequantised twice.
 void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                const at::Tensor& block_table, const std::vector<int64_t>& lens,
                                const std::vector<int64_t>& cu, double scale, int64_t window_left,
@@ -720,10 +745,16 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
   const float* vs = channel_params(v_scale, hkv, dim_v, "v_scale");
   const float* ko = channel_params(k_offset, hkv, dim, "k_offset");
   const float* vo = channel_params(v_offset, hkv, dim_v, "v_offset");
-  const at::Tensor q32 = q.to(at::kFloat).contiguous();
-  at::Tensor out32 = at::empty(out.sizes(), q32.options());
-  Problem p = make_problem(q32, hkv, dim_v, out32, scale, window_left, window_right, softcap);
+  const bool fold = q.scalar_type() == at::kBFloat16 && constant_per_head(ks, hkv, dim, false) &&
+                    constant_per_head(vs, hkv, dim_v, false) &&
+                    (ko == nullptr || (constant_per_head(ko, hkv, dim, true) && constant_per_head(vo, hkv, dim_v, true)));
+  std::vector<float> key_factor(hkv), value_factor(hkv);
+  for (int64_t h = 0; h < hkv; ++h) key_factor[h] = ks[h * dim], value_factor[h] = vs[h * dim_v];
+  const at::Tensor qx = fold ? q : q.to(at::kFloat).contiguous();
+  at::Tensor outx = fold ? out : at::empty(out.sizes(), qx.options());
+  Problem p = make_problem(qx, hkv, dim_v, outx, scale, window_left, window_right, softcap);
   p.sinks = sinks_ptr(sinks, p.hq);
+  if (fold) p.key_factor = key_factor.data(), p.value_factor = value_factor.data();
   std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
   for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
   const auto table = block_table.to(at::kInt).contiguous();
@@ -731,29 +762,34 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
   const int64_t width = table.size(1), block = k_cache.size(1);
   const int64_t ks0 = k_cache.stride(0), ks1 = k_cache.stride(1), ks2 = k_cache.stride(2);
   const int64_t vs0 = v_cache.stride(0), vs1 = v_cache.stride(1), vs2 = v_cache.stride(2);
-  auto with_storage = [&](auto tag) {
-    using C = decltype(tag);
+  auto with_types = [&](auto storage, auto staged) {
+    using C = decltype(storage);
+    using O = decltype(staged);
     using Source = PagedRows<C>;
-    using Rows = kv_dequant::DequantRows<C, Source>;
+    using Rows = kv_dequant::DequantRows<C, Source, O>;
     const C* kb = static_cast<const C*>(k_cache.data_ptr());
     const C* vb = static_cast<const C*>(v_cache.data_ptr());
+    const float* k_rows_scale = fold ? nullptr : ks;   // folded: applied to the scores / outputs
+    const float* v_rows_scale = fold ? nullptr : vs;
     auto rows_of = [&](int64_t b, int64_t h) {
-      thread_local std::vector<float> k_staging, v_staging;   // one block of rows per thread
+      thread_local std::vector<O> k_staging, v_staging;   // one block of rows per thread
       k_staging.resize(MAX_BLOCK_KEYS * dim);
       v_staging.resize(MAX_BLOCK_KEYS * dim_v);
-      return std::pair{Rows{Source{kb + h * ks2, tab + b * width, block, ks0, ks1}, ks + h * dim,
+      return std::pair{Rows{Source{kb + h * ks2, tab + b * width, block, ks0, ks1},
+                            k_rows_scale != nullptr ? k_rows_scale + h * dim : nullptr,
                             ko != nullptr ? ko + h * dim : nullptr, dim, k_staging.data()},
-                       Rows{Source{vb + h * vs2, tab + b * width, block, vs0, vs1}, vs + h * dim_v,
+                       Rows{Source{vb + h * vs2, tab + b * width, block, vs0, vs1},
+                            v_rows_scale != nullptr ? v_rows_scale + h * dim_v : nullptr,
                             vo != nullptr ? vo + h * dim_v : nullptr, dim_v, v_staging.data()}};
     };
-    run<float>(p, q32.data_ptr<float>(), out32.data_ptr<float>(), lse_ptr(lse), q.size(0), q_start, q_len, lens,
-               rows_of);
+    run<O>(p, qx.data_ptr<O>(), outx.data_ptr<O>(), lse_ptr(lse), q.size(0), q_start, q_len, lens, rows_of);
   };
-  if (k_cache.scalar_type() == at::kFloat8_e4m3fn)
-    with_storage(kv_dequant::E4M3{});
-  else
-    with_storage(int8_t{});
-  out.copy_(out32);
+  const bool fp8 = k_cache.scalar_type() == at::kFloat8_e4m3fn;
+  if (fold && fp8) with_types(kv_dequant::E4M3{}, c10::BFloat16{});
+  if (fold && !fp8) with_types(int8_t{}, c10::BFloat16{});
+  if (!fold && fp8) with_types(kv_dequant::E4M3{}, float{});
+  if (!fold && !fp8) with_types(int8_t{}, float{});
+  if (!fold) out.copy_(outx);
 }
 
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,

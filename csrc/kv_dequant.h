@@ -1,8 +1,11 @@
 // Quantised paged KV caches for the native CPU attention: rows of a float8_e4m3fn cache
-// (stored as bytes) or an int8 cache are dequantised on load into float32 staging rows,
+// (stored as bytes) or an int8 cache are dequantised on load into staging rows,
 // x = (stored - offset) * scale per channel (ascend_ext.ops.attention.kv_quant: the scales
-// arrive normalised to float32 [Hkv, D]; fp8 has no offset), and the float32 kernels run on
-// them. Vector code from vec.h only, so the portable build takes the same path.
+// arrive normalised to float32 [Hkv, D]; fp8 has no offset). Two forms (attention.cpp picks):
+// float32 rows for the float32 kernels, or - bfloat16 queries, scales constant per KV head,
+// integral offsets - the stored values minus offset as bfloat16 rows (exact) for the bfloat16
+// kernels, with the scales applied to the scores and the outputs instead. Vector code from
+// vec.h only, so the portable build takes the same path.
 #pragma once
 
 #include <cstdint>
@@ -54,39 +57,45 @@ inline f16x load16_tail(const C* p, int64_t n) {
   return load16(padded);
 }
 
-// dst[0:dim) = (src - offset) * scale over one cache row (offset may be null).
-template <typename C>
-inline void dequantize_row(const C* src, const float* scale, const float* offset, int64_t dim, float* dst) {
+// dst[0:dim) = (src - offset) * scale over one cache row, per channel (offset null = 0, scale
+// null = 1), stored as float32 or rounded to bfloat16 (exact where the caller folds the scales
+// out: e4m3 values and small integers are bfloat16 numbers).
+template <typename C, typename O>
+inline void dequantize_row(const C* src, const float* scale, const float* offset, int64_t dim, O* dst) {
   int64_t i = 0;
   for (; i + kLanes <= dim; i += kLanes) {
-    const f16x o = offset != nullptr ? vec::load(offset + i) : f16x{};
-    vec::store(dst + i, (load16(src + i) - o) * vec::load(scale + i));
+    f16x x = load16(src + i);
+    if (offset != nullptr) x -= vec::load(offset + i);
+    if (scale != nullptr) x *= vec::load(scale + i);
+    vec::store_as(dst + i, x);
   }
   if (i < dim) {
     const f16x x = load16_tail(src + i, dim - i);
-    for (int64_t c = 0; i + c < dim; ++c) dst[i + c] = (x[c] - (offset != nullptr ? offset[i + c] : 0.f)) * scale[i + c];
+    for (int64_t c = 0; i + c < dim; ++c)
+      dst[i + c] = static_cast<O>((x[c] - (offset != nullptr ? offset[i + c] : 0.f)) * (scale != nullptr ? scale[i + c] : 1.f));
   }
 }
 
-// Rows of one KV head of one sequence in a quantised paged cache, served as float32: each
-// fill dequantises its rows into a staging buffer of at least n * dim floats (the caller's,
+// Rows of one KV head of one sequence in a quantised paged cache, served as rows of O
+// (float32, or bfloat16 when the caller folds the scales into the scores and outputs): each
+// fill dequantises its rows into a staging buffer of at least n * dim elements (the caller's,
 // per thread and per K / V), valid until the next fill.
-template <typename C, typename Source>
+template <typename C, typename Source, typename O>
 struct DequantRows {
   Source source;          // row pointers into the cache (PagedRows<C>)
-  const float* scale;     // [dim] of this head
+  const float* scale;     // [dim] of this head, or null (folded out)
   const float* offset;    // [dim] of this head, or null
   int64_t dim;
-  float* staging;
+  O* staging;
 
-  void fill(int64_t first, int64_t n, const float** out) const {
+  void fill(int64_t first, int64_t n, const O** out) const {
     constexpr int64_t kChunk = 64;
     const C* raw[kChunk];
     for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
       const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
       source.fill(first + j0, m, raw);
       for (int64_t j = 0; j < m; ++j) {
-        float* row = staging + (j0 + j) * dim;
+        O* row = staging + (j0 + j) * dim;
         dequantize_row(raw[j], scale, offset, dim, row);
         out[j0 + j] = row;
       }

@@ -267,10 +267,13 @@ def test_bad_cache_pairs_are_rejected():
 
 
 @pytest.mark.parametrize("kind", ["fp8", "int8"])
-def test_native_cpu_dequantises_every_code_exactly(kind, rng):
+@pytest.mark.parametrize("q_dtype", [torch.float32, torch.bfloat16], ids=["float32_rows", "bf16_rows"])
+def test_native_cpu_dequantises_every_code_exactly(kind, q_dtype, rng):
     """The native kernel widens cache bytes itself (no e4m3 instruction on CPUs): all 256 codes
-    of a value row (e4m3fn subnormals, +-448, NaN; int8 -128..127 with a per-channel offset)
-    come back as the reference's dequantised floats, exactly, through one visible key."""
+    of a value row (e4m3fn subnormals, +-448, NaN; int8 -128..127 minus an offset) come back as
+    the reference's dequantised floats, exactly (rounded once to the output dtype), through one
+    visible key. float32 queries take the float32 rows with per-channel int8 parameters;
+    bfloat16 queries with per-tensor ones take the bfloat16 rows, the scales folded out."""
     native = _dispatch.implementations("paged_attention", "cpu").get("native")
     if native is None or native.unavailable_reason("cpu") is not None:
         pytest.skip("the native CPU extension is not built here")
@@ -281,17 +284,18 @@ def test_native_cpu_dequantises_every_code_exactly(kind, rng):
     v_cache = torch.zeros(2, 16, 1, 256).to(stored.dtype)
     v_cache[1, 3] = stored[0, 0]                       # the sequence's 4th key, in its (permuted) 1st block
     table = torch.tensor([[1, 0]], dtype=torch.int32)
-    v_scale = torch.rand(256, generator=rng) + 0.5 if kind == "int8" else torch.tensor([0.75])
-    v_offset = torch.randint(-6, 7, (256,), generator=rng).float() if kind == "int8" else None
-    q = torch.randn(1, 2, d, generator=rng)
-    out = torch.full((1, 2, 256), 7.0)
+    per_channel = kind == "int8" and q_dtype == torch.float32
+    v_scale = torch.rand(256 if per_channel else 1, generator=rng) + 0.5
+    v_offset = torch.randint(-6, 7, (256 if per_channel else 1,), generator=rng).float() if kind == "int8" else None
+    q = torch.randn(1, 2, d, generator=rng).to(q_dtype)
+    out = torch.full((1, 2, 256), 7.0, dtype=q_dtype)
     args = dict(k_scale=torch.ones(1), v_scale=v_scale, k_offset=None if v_offset is None else torch.zeros(1),
                 v_offset=v_offset)
     # window_size (0, 0): the query (position 3) sees key 3 only, so the output is that key's value row
     with ops.use_impl(paged_attention="native"):
         ops.paged_attention(q, k_cache, v_cache, table, torch.tensor([4], dtype=torch.int32), cu([1]), 1,
                             window_size=(0, 0), out=out, **args)
-    expected = _dequantize(stored.view(1, 256), v_scale if kind == "int8" else v_scale.expand(1), v_offset).float()
+    expected = _dequantize(stored.view(1, 256), v_scale, v_offset).float().to(q_dtype)
     for head in range(2):
         torch.testing.assert_close(out[0, head], expected[0], rtol=0, atol=0, equal_nan=True)
     if kind == "fp8":

@@ -109,6 +109,7 @@ def threads():
 
 @pytest.mark.parametrize("kind", ["fp8", "int8"])
 def test_portable_quantised_caches(use_portable, kind, rng):
-    kv_quant.test_native_cpu_dequantises_every_code_exactly(kind, rng)
+    for q_dtype in (torch.float32, torch.bfloat16):
+        kv_quant.test_native_cpu_dequantises_every_code_exactly(kind, q_dtype, rng)
     case = next(c for c in kv_quant._cases() if c.values[0] == kind and c.values[2] == (kind == "int8"))
     kv_quant.test_paged_attention_on_quantised_cache(*case.values, rng)
