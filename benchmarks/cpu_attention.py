@@ -180,7 +180,7 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     if "native" in impls and vops is not None:
         case.ours("native")()
         row["max_diff_vs_vllm"] = float((case.vout.float() - case.out.float()).abs().max())
-    if kind == "prefill" and "native" in impls:
+    if kind == "prefill" and "native" in impls and kv_quant is None:   # varlen takes float K / V only
         row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native())
     for key in [k for k in row if k.endswith("_ms")]:
         name = key[:-3]

@@ -31,10 +31,19 @@ struct E4M3 {
 // 16 e4m3fn bytes -> float32, exactly: normals by moving exponent and mantissa into float32
 // position and rebiasing (7 -> 127), subnormals as m * 2^-9 (no float32 denormals, so a
 // flush-to-zero mode cannot change them), 0x7f / 0xff as NaN (e4m3fn has no infinity).
-inline f16x load16(const E4M3* p) {
+inline u16x widen_bytes(const void* p) {
+#if defined(__AVX512F__)
+  // one vpmovzxbd (GCC lowers the generic conversion to 16 scalar inserts)
+  return reinterpret_cast<u16x>(_mm512_cvtepu8_epi32(_mm_loadu_si128(static_cast<const __m128i*>(p))));
+#else
   u8x16 raw;
   std::memcpy(&raw, p, sizeof(raw));
-  const u16x b = __builtin_convertvector(raw, u16x);
+  return __builtin_convertvector(raw, u16x);
+#endif
+}
+
+inline f16x load16(const E4M3* p) {
+  const u16x b = widen_bytes(p);
   const u16x magnitude = b & 0x7fu;
   const u16x normal = (magnitude << 20) + (120u << 23);
   const f16x subnormal = __builtin_convertvector(magnitude & 0x7u, f16x) * 0x1p-9f;
@@ -44,9 +53,13 @@ inline f16x load16(const E4M3* p) {
 }
 
 inline f16x load16(const int8_t* p) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<f16x>(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+#else
   i8x16 raw;
   std::memcpy(&raw, p, sizeof(raw));
   return __builtin_convertvector(raw, f16x);
+#endif
 }
 
 // Tail of a row (n < 16 elements): the remaining bytes copied into a zeroed vector first.
@@ -75,6 +88,32 @@ inline void dequantize_row(const C* src, const float* scale, const float* offset
       dst[i + c] = static_cast<O>((x[c] - (offset != nullptr ? offset[i + c] : 0.f)) * (scale != nullptr ? scale[i + c] : 1.f));
   }
 }
+
+#if defined(__AVX512BW__)
+// 32 e4m3fn bytes -> 32 bfloat16 (every e4m3fn value is a bfloat16 number, so exactly), in
+// 16-bit lanes: normals by shifting exponent and mantissa into place and rebiasing
+// (7 -> 127), the 7 subnormals from a table, 0x7f / 0xff as NaN, then the sign.
+inline __m512i e4m3_to_bf16x32(const E4M3* p) {
+  alignas(64) static const uint16_t subnormals[32] = {0x0000, 0x3b00, 0x3b80, 0x3bc0, 0x3c00, 0x3c20, 0x3c40, 0x3c60};
+  const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  const __m512i magnitude = _mm512_and_si512(b, _mm512_set1_epi16(0x7f));
+  __m512i bits = _mm512_add_epi16(_mm512_slli_epi16(magnitude, 4), _mm512_set1_epi16(120 << 7));
+  const __mmask32 subnormal = _mm512_testn_epi16_mask(b, _mm512_set1_epi16(0x78));
+  bits = _mm512_mask_permutexvar_epi16(bits, subnormal, magnitude, _mm512_load_si512(subnormals));
+  bits = _mm512_mask_mov_epi16(bits, _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7f)),
+                               _mm512_set1_epi16(0x7fc0));
+  return _mm512_or_si512(bits, _mm512_slli_epi16(_mm512_and_si512(b, _mm512_set1_epi16(0x80)), 8));
+}
+
+// The folded form of an fp8 row (no scale, no offset): 32 lanes per step.
+inline void dequantize_row(const E4M3* src, const float* scale, const float* offset, int64_t dim, c10::BFloat16* dst) {
+  int64_t i = 0;
+  if (scale == nullptr && offset == nullptr)
+    for (; i + 32 <= dim; i += 32) _mm512_storeu_si512(dst + i, e4m3_to_bf16x32(src + i));
+  if (i < dim) dequantize_row<E4M3, c10::BFloat16>(src + i, scale ? scale + i : nullptr, offset ? offset + i : nullptr,
+                                                   dim - i, dst + i);
+}
+#endif
 
 // Rows of one KV head of one sequence in a quantised paged cache, served as rows of O
 // (float32, or bfloat16 when the caller folds the scales into the scores and outputs): each
