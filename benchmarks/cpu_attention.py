@@ -106,6 +106,7 @@ class Case:
         self.q = torch.randn(sum(q_lens), HQ, HEAD_DIM, generator=gen).to(dtype)
         self.out = torch.empty_like(self.q)
         self.kv_bytes = sum(contexts) * HKV * HEAD_DIM * 2 * self.k_cache.element_size()
+        self.float_kv_bytes = sum(contexts) * HKV * HEAD_DIM * 2 * self.float_caches[0].element_size()
         if vops is not None:
             self.isa = _vllm_isa(dtype)
             combined = torch.zeros(num_blocks, HKV, 2 * BLOCK, HEAD_DIM, dtype=dtype)
@@ -184,7 +185,7 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native())
     for key in [k for k in row if k.endswith("_ms")]:
         name = key[:-3]
-        row[f"{name}_GBps"] = case.kv_bytes / row[key] / 1e6
+        row[f"{name}_GBps"] = (case.float_kv_bytes if name == "native_float" else case.kv_bytes) / row[key] / 1e6
         row[f"{name}_GFLOPs"] = flops / row[key] / 1e6
     if "native_ms" in row and "vllm_ms" in row:
         row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
@@ -217,7 +218,8 @@ def plot(result: dict, path: str) -> None:
     axes[1].set(xscale="log", xlabel="context", ylabel="KV GB/s", title="decode KV read rate")
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.suptitle(f"CPU attention, {result['dtype']}, {result['threads']} threads, {result['environment']['date']}")
+    cache = f", {result['kv_cache_dtype']} cache" if result.get("kv_cache_dtype") else ""
+    fig.suptitle(f"CPU attention, {result['dtype']}{cache}, {result['threads']} threads, {result['environment']['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -234,7 +236,7 @@ def main() -> int:
     vops = None if kv_quant else _vllm()
     impls = [name for name in ("native", "reference") if ops.selected_impl("paged_attention", "cpu") == "native"
              or name == "reference"]
-    if vops is None:
+    if vops is None and not kv_quant:
         print("vLLM's CPU attention kernels are not installed: comparing native and reference only")
 
     if args.quick:   # cache-resident (2-8 MiB), LLC-sized (32 MiB) and past the LLC (64-256 MiB)
@@ -256,7 +258,8 @@ def main() -> int:
               "cpu": _cpu_name(), "host_read_GBps": host_read_gbps(),
               "vllm_isa": _vllm_isa(dtype) if vops is not None else None,
               "shape": {"Hq": HQ, "Hkv": HKV, "head_dim": HEAD_DIM, "block": BLOCK}, "rows": rows}
-    print_table(f"decode, {args.dtype}, {result['threads']} threads, host read roofline "
+    cache = f", {kv_quant} cache" if kv_quant else ""
+    print_table(f"decode, {args.dtype}{cache}, {result['threads']} threads, host read roofline "
                 f"{result['host_read_GBps']:.0f} GB/s",
                 [r for r in rows if r["kind"] == "decode"],
                 ["batch", "context", "kv_MiB", "native_ms", "vllm_ms", "native_float_ms", "native_GBps", "vllm_GBps",
