@@ -342,9 +342,17 @@ inline void prefetch_each(const void* const* rows, int64_t n, int64_t bytes) {
 // a block starts and its values when it ends. Measured on one thread, b4 x ctx 16k, 32/8
 // heads, d128 (benchmarks/NOTES.md): 11.6 GB/s before, 14-17 with per-block bursts, 18 with
 // the spread (24 with transparent huge pages); NTA hints and two blocks ahead were slower.
+// Row sources whose fill() writes staging rows (kv_dequant::DequantRows): they prefetch the
+// stored rows through prefetch(first, n), in one burst per block.
+template <typename R, typename = void>
+struct is_staged : std::false_type {};
+template <typename R>
+struct is_staged<R, std::void_t<decltype(R::kStaged)>> : std::true_type {};
+
 template <typename T, typename Rows>
 void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
                   float softcap, bool prefetch) {
+  constexpr bool staged = is_staged<Rows>::value;
   int64_t min_lo = end, max_hi = begin;
   for (int64_t r = 0; r < g.rows; ++r) {
     if (g.hi[r] > g.lo[r]) {
@@ -360,7 +368,7 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   const T* k_ahead[MAX_BLOCK_KEYS];
   const T* v_ahead[MAX_BLOCK_KEYS];
   // spread prefetch: keys by the multi-row bf16 scores, values by the pair interleave
-  const bool spread = g.rows > 1 && kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16;
+  const bool spread = !staged && g.rows > 1 && kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16;
   const int64_t k_bytes = g.dim * sizeof(T), v_bytes = g.dim_v * sizeof(T);
   for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
     const int64_t n = std::min(g.keys, end - n0);
@@ -368,9 +376,14 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     values.fill(n0, n, v_raw);
     const int64_t n_ahead = prefetch ? std::clamp<int64_t>(end - n0 - n, 0, g.keys) : 0;
     if (n_ahead > 0) {
-      keys.fill(n0 + n, n_ahead, k_ahead);
-      values.fill(n0 + n, n_ahead, v_ahead);
-      if (!spread) prefetch_each(reinterpret_cast<const void* const*>(k_ahead), n_ahead, k_bytes);
+      if constexpr (staged) {
+        keys.prefetch(n0 + n, n_ahead);
+        values.prefetch(n0 + n, n_ahead);
+      } else {
+        keys.fill(n0 + n, n_ahead, k_ahead);
+        values.fill(n0 + n, n_ahead, v_ahead);
+        if (!spread) prefetch_each(reinterpret_cast<const void* const*>(k_ahead), n_ahead, k_bytes);
+      }
     }
     if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
     if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
@@ -394,7 +407,7 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
       if (any) attend_block<T>(g, r0, count, n0, n, k_raw, kpath, vpath, q_scale, softcap, k_ahead,
                                spread && r0 == 0 ? n_ahead : 0);
     }
-    if (!spread) prefetch_each(reinterpret_cast<const void* const*>(v_ahead), n_ahead, v_bytes);
+    if (!staged && !spread) prefetch_each(reinterpret_cast<const void* const*>(v_ahead), n_ahead, v_bytes);
   }
 }
 
@@ -728,8 +741,8 @@ bool constant_per_head(const float* t, int64_t hkv, int64_t dim, bool integral) 
 // head (fp8 always; int8 unless per channel) and integral offsets: the stored values minus
 // offset become bfloat16 rows (exact) for the bfloat16 kernels, the key scale multiplies the
 // scores and the value scale the outputs. Otherwise float32 rows, queries and outputs in
-// float32 around the float32 kernels. No software prefetch: a prefetched row would be
-// dequantised twice.
+// float32 around the float32 kernels. Past the cache threshold each block prefetches the next
+// block's stored rows in one burst.
 void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                const at::Tensor& block_table, const std::vector<int64_t>& lens,
                                const std::vector<int64_t>& cu, double scale, int64_t window_left,
@@ -755,6 +768,7 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
   Problem p = make_problem(qx, hkv, dim_v, outx, scale, window_left, window_right, softcap);
   p.sinks = sinks_ptr(sinks, p.hq);
   if (fold) p.key_factor = key_factor.data(), p.value_factor = value_factor.data();
+  p.prefetch = kv_outgrows_cache(lens, hkv, dim, dim_v, k_cache.element_size());
   std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
   for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
   const auto table = block_table.to(at::kInt).contiguous();

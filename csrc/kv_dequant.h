@@ -121,6 +121,7 @@ inline void dequantize_row(const E4M3* src, const float* scale, const float* off
 // per thread and per K / V), valid until the next fill.
 template <typename C, typename Source, typename O>
 struct DequantRows {
+  static constexpr bool kStaged = true;   // fill() writes staging: prefetch through prefetch()
   Source source;          // row pointers into the cache (PagedRows<C>)
   const float* scale;     // [dim] of this head, or null (folded out)
   const float* offset;    // [dim] of this head, or null
@@ -138,6 +139,17 @@ struct DequantRows {
         dequantize_row(raw[j], scale, offset, dim, row);
         out[j0 + j] = row;
       }
+    }
+  }
+
+  // Software prefetch of the cache rows first .. first + n (the stored bytes, not staging).
+  void prefetch(int64_t first, int64_t n) const {
+    constexpr int64_t kChunk = 64;
+    const C* raw[kChunk];
+    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+      const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
+      source.fill(first + j0, m, raw);
+      for (int64_t j = 0; j < m; ++j) vec::prefetch_lines(raw[j], dim * static_cast<int64_t>(sizeof(C)));
     }
   }
 };

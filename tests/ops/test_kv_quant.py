@@ -380,3 +380,14 @@ def test_split_counts_of_the_eight_bit_rule(monkeypatch):
     assert triton_paged.choose_splits(h100, 128 * 8, 4096, 64, waves=2) == 1     # B 128: one wave pair already
     assert triton_paged.choose_splits(h100, 1 * 8, 16384, 64, waves=2) == 32     # B 1: capped
     assert triton_paged.choose_splits(h100, 1 * 8, 1024, 64, waves=2) == 8       # 2 tiles per split at least
+
+
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+def test_native_quantised_cache_streaming_prefetch(kind, monkeypatch, rng):
+    """Past the cache threshold the native kernel prefetches the next block's stored rows
+    (ASCEND_EXT_NATIVE_STREAM_BYTES=1 forces that mode): results unchanged."""
+    if "native" not in _impls(kind):
+        pytest.skip("the native CPU extension is not built here")
+    monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "1")
+    for case in [c for c in _cases() if c.values[0] == kind][:2]:
+        test_paged_attention_on_quantised_cache(*case.values, rng)
