@@ -161,8 +161,11 @@ def paged_cache(keys, values, block_size, rng, extra_blocks=3, device="cpu"):
     return k_cache.to(device), v_cache.to(device), table.to(device), lens.to(device)
 
 
-def assert_close(actual, expected, dtype, what="out"):
+def assert_close(actual, expected, dtype, what="out", atol_factor=1.0):
+    """Within TOL[dtype] of the float64 result (``atol_factor`` widens atol where the scores'
+    own magnitude scales the float rounding, e.g. inputs drawn with a large scale)."""
     atol, rtol = TOL[dtype]
+    atol *= atol_factor
     actual = actual.double().cpu()
     expected = expected.double().cpu()
     assert not torch.isnan(actual).any(), f"{what} holds NaN"

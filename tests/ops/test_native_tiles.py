@@ -33,9 +33,9 @@ def _paged_case(seqs, hq, hkv, d, dv, dtype, causal, window, softcap, rng, block
     return (got, lse), (ref, ref_lse)
 
 
-def _check(result, reference, dtype):
+def _check(result, reference, dtype, atol_factor=1.0):
     (got, lse), (ref, ref_lse) = result, reference
-    assert_close(got, ref, dtype)
+    assert_close(got, ref, dtype, atol_factor=atol_factor)
     assert_lse_close(lse, ref_lse, dtype)
 
 
@@ -60,8 +60,12 @@ def test_prefill_tiles_value_dim_differs(d, dv, dtype, rng):
 @pytest.mark.parametrize("dtype", TILE_DTYPES)
 def test_prefill_tiles_large_scores(dtype, rng):
     """Scores spread over many powers of two: the running max moves by more than the
-    rescale slack several times within a row."""
-    _check(*_paged_case([(300, 300)], 8, 2, 64, 64, dtype, True, (-1, -1), 0.0, rng, scale=4.0), dtype)
+    rescale slack several times within a row. q and k drawn 4x larger make the scores 16x
+    larger, and their float32 rounding with them (seen: 3.6e-5 on float32 outputs for seed
+    1706649829, both before and after session 6's kernels), so atol scales by 16; a wrong
+    rescale is off by O(1)."""
+    _check(*_paged_case([(300, 300)], 8, 2, 64, 64, dtype, True, (-1, -1), 0.0, rng, scale=4.0), dtype,
+           atol_factor=16.0)
 
 
 @pytest.mark.parametrize("num_threads", [1, 3])
