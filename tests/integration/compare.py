@@ -1,6 +1,15 @@
 """Comparing greedy generations of two engines (vLLM's check_logprobs_close rule)."""
 
 
+def _assert_within_top(i: int, pos: int, a: dict, b: dict, ta: int, tb: int) -> None:
+    """Where two generations first differ, each engine's token must be among the other's
+    top-k logprobs (a near-tie, not a wrong model)."""
+    top_a, top_b = a["top_logprobs"][pos], b["top_logprobs"][pos]
+    assert str(tb) in top_a and str(ta) in top_b, (
+        f"prompt {i} position {pos}: tokens {ta} vs {tb} are not a near-tie "
+        f"(ours top {top_a}, theirs top {top_b})")
+
+
 def check_logprobs_close(ours: list[dict], theirs: list[dict], *, chosen_atol: float) -> int:
     """Per prompt: tokens must match until a first divergence; there, each engine's token
     must be among the other's top-k logprobs (a near-tie, not a wrong model); comparison
@@ -10,10 +19,7 @@ def check_logprobs_close(ours: list[dict], theirs: list[dict], *, chosen_atol: f
     for i, (a, b) in enumerate(zip(ours, theirs)):
         for pos, (ta, tb) in enumerate(zip(a["token_ids"], b["token_ids"])):
             if ta != tb:
-                top_a, top_b = a["top_logprobs"][pos], b["top_logprobs"][pos]
-                assert str(tb) in top_a and str(ta) in top_b, (
-                    f"prompt {i} position {pos}: tokens {ta} vs {tb} are not a near-tie "
-                    f"(ours top {top_a}, theirs top {top_b})")
+                _assert_within_top(i, pos, a, b, ta, tb)
                 diverged += 1
                 break
             diff = abs(a["logprobs"][pos] - b["logprobs"][pos])
@@ -43,10 +49,7 @@ def agreeing_prefixes(ours: list[dict], theirs: list[dict], *, chosen_atol: floa
         n = 0
         for pos, (ta, tb) in enumerate(zip(a["token_ids"], b["token_ids"])):
             if ta != tb:
-                top_a, top_b = a["top_logprobs"][pos], b["top_logprobs"][pos]
-                assert str(tb) in top_a and str(ta) in top_b, (
-                    f"prompt {i} position {pos}: tokens {ta} vs {tb} are not among each other's top "
-                    f"(ours top {top_a}, theirs top {top_b})")
+                _assert_within_top(i, pos, a, b, ta, tb)
                 break
             if abs(a["logprobs"][pos] - b["logprobs"][pos]) > chosen_atol:
                 break
