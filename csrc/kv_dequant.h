@@ -129,27 +129,30 @@ struct DequantRows {
   O* staging;
 
   void fill(int64_t first, int64_t n, const O** out) const {
-    constexpr int64_t kChunk = 64;
-    const C* raw[kChunk];
-    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-      const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
-      source.fill(first + j0, m, raw);
-      for (int64_t j = 0; j < m; ++j) {
-        O* row = staging + (j0 + j) * dim;
-        dequantize_row(raw[j], scale, offset, dim, row);
-        out[j0 + j] = row;
-      }
-    }
+    each_row(first, n, [&](int64_t j, const C* stored) {
+      O* row = staging + j * dim;
+      dequantize_row(stored, scale, offset, dim, row);
+      out[j] = row;
+    });
   }
 
   // Software prefetch of the cache rows first .. first + n (the stored bytes, not staging).
   void prefetch(int64_t first, int64_t n) const {
+    each_row(first, n, [&](int64_t, const C* stored) {
+      vec::prefetch_lines(stored, dim * static_cast<int64_t>(sizeof(C)));
+    });
+  }
+
+ private:
+  // fn(j, stored row first + j) for j < n, the row pointers resolved in chunks.
+  template <typename Fn>
+  void each_row(int64_t first, int64_t n, Fn fn) const {
     constexpr int64_t kChunk = 64;
     const C* raw[kChunk];
     for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
       const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
       source.fill(first + j0, m, raw);
-      for (int64_t j = 0; j < m; ++j) vec::prefetch_lines(raw[j], dim * static_cast<int64_t>(sizeof(C)));
+      for (int64_t j = 0; j < m; ++j) fn(j0 + j, raw[j]);
     }
   }
 };
