@@ -715,6 +715,32 @@ float* lse_ptr(const std::optional<at::Tensor>& lse) {
   return lse->data_ptr<float>();
 }
 
+// The paged side of a call: per-sequence query starts and counts, the int32 block table and
+// the caches' strides; rows<C>(b, h) gives the (keys, values) row sources of sequence b, KV
+// head h over caches stored as C.
+struct PagedCall {
+  std::vector<int64_t> q_start, q_len;
+  at::Tensor table;  // int32 [B, W]: no copy for vLLM's table
+  const void *k, *v;
+  int64_t width, block, ks0, ks1, ks2, vs0, vs1, vs2;
+
+  PagedCall(const std::vector<int64_t>& cu, const at::Tensor& block_table, const at::Tensor& k_cache,
+            const at::Tensor& v_cache)
+      : q_start(cu.begin(), cu.end() - 1), q_len(cu.size() - 1), table(block_table.to(at::kInt).contiguous()),
+        k(k_cache.data_ptr()), v(v_cache.data_ptr()), width(table.size(1)), block(k_cache.size(1)),
+        ks0(k_cache.stride(0)), ks1(k_cache.stride(1)), ks2(k_cache.stride(2)), vs0(v_cache.stride(0)),
+        vs1(v_cache.stride(1)), vs2(v_cache.stride(2)) {
+    for (size_t b = 0; b < q_len.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
+  }
+
+  template <typename C>
+  std::pair<PagedRows<C>, PagedRows<C>> rows(int64_t b, int64_t h) const {
+    const int32_t* tab = table.data_ptr<int32_t>() + b * width;
+    return {PagedRows<C>{static_cast<const C*>(k) + h * ks2, tab, block, ks0, ks1},
+            PagedRows<C>{static_cast<const C*>(v) + h * vs2, tab, block, vs0, vs1}};
+  }
+};
+
 // Per-channel float32 [Hkv, dim] dequantisation parameters (kv_quant's normalised form).
 const float* channel_params(const std::optional<at::Tensor>& t, int64_t hkv, int64_t dim, const char* name) {
   if (!t.has_value()) return nullptr;
@@ -744,8 +770,7 @@ bool constant_per_head(const float* t, int64_t hkv, int64_t dim, bool integral) 
 // float32 around the float32 kernels. Past the cache threshold each block prefetches the next
 // block's stored rows in one burst.
 void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                               const at::Tensor& block_table, const std::vector<int64_t>& lens,
-                               const std::vector<int64_t>& cu, double scale, int64_t window_left,
+                               const PagedCall& call, const std::vector<int64_t>& lens, double scale, int64_t window_left,
                                int64_t window_right, double softcap, at::Tensor& out,
                                const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks,
                                const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
@@ -769,34 +794,24 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
   p.sinks = sinks_ptr(sinks, p.hq);
   if (fold) p.key_factor = key_factor.data(), p.value_factor = value_factor.data();
   p.prefetch = kv_outgrows_cache(lens, hkv, dim, dim_v, k_cache.element_size());
-  std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
-  for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
-  const auto table = block_table.to(at::kInt).contiguous();
-  const int32_t* tab = table.data_ptr<int32_t>();
-  const int64_t width = table.size(1), block = k_cache.size(1);
-  const int64_t ks0 = k_cache.stride(0), ks1 = k_cache.stride(1), ks2 = k_cache.stride(2);
-  const int64_t vs0 = v_cache.stride(0), vs1 = v_cache.stride(1), vs2 = v_cache.stride(2);
   auto with_types = [&](auto storage, auto staged) {
     using C = decltype(storage);
     using O = decltype(staged);
-    using Source = PagedRows<C>;
-    using Rows = kv_dequant::DequantRows<C, Source, O>;
-    const C* kb = static_cast<const C*>(k_cache.data_ptr());
-    const C* vb = static_cast<const C*>(v_cache.data_ptr());
+    using Rows = kv_dequant::DequantRows<C, PagedRows<C>, O>;
     const float* k_rows_scale = fold ? nullptr : ks;   // folded: applied to the scores / outputs
     const float* v_rows_scale = fold ? nullptr : vs;
     auto rows_of = [&](int64_t b, int64_t h) {
       thread_local std::vector<O> k_staging, v_staging;   // one block of rows per thread
       k_staging.resize(MAX_BLOCK_KEYS * dim);
       v_staging.resize(MAX_BLOCK_KEYS * dim_v);
-      return std::pair{Rows{Source{kb + h * ks2, tab + b * width, block, ks0, ks1},
-                            k_rows_scale != nullptr ? k_rows_scale + h * dim : nullptr,
+      const auto [keys, values] = call.rows<C>(b, h);
+      return std::pair{Rows{keys, k_rows_scale != nullptr ? k_rows_scale + h * dim : nullptr,
                             ko != nullptr ? ko + h * dim : nullptr, dim, k_staging.data()},
-                       Rows{Source{vb + h * vs2, tab + b * width, block, vs0, vs1},
-                            v_rows_scale != nullptr ? v_rows_scale + h * dim_v : nullptr,
+                       Rows{values, v_rows_scale != nullptr ? v_rows_scale + h * dim_v : nullptr,
                             vo != nullptr ? vo + h * dim_v : nullptr, dim_v, v_staging.data()}};
     };
-    run<O>(p, qx.data_ptr<O>(), outx.data_ptr<O>(), lse_ptr(lse), q.size(0), q_start, q_len, lens, rows_of);
+    run<O>(p, qx.data_ptr<O>(), outx.data_ptr<O>(), lse_ptr(lse), q.size(0), call.q_start, call.q_len, lens,
+           rows_of);
   };
   const bool fp8 = k_cache.scalar_type() == at::kFloat8_e4m3fn;
   if (fold && fp8) with_types(kv_dequant::E4M3{}, c10::BFloat16{});
@@ -818,31 +833,20 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
               "block_table [B, W], seq_lens [B] and cu_seqlens_q [B + 1] disagree on B");
   const auto cu = to_vec(cu_seqlens_q);
   const auto lens = to_vec(seq_lens);
+  const PagedCall call(cu, block_table, k_cache, v_cache);
   if (is_quantised(k_cache.scalar_type()))
-    return paged_attention_quantised(q, k_cache, v_cache, block_table, lens, cu, scale, window_left, window_right,
-                                     softcap, out, lse, sinks, k_scale, v_scale, k_offset, v_offset);
+    return paged_attention_quantised(q, k_cache, v_cache, call, lens, scale, window_left, window_right, softcap,
+                                     out, lse, sinks, k_scale, v_scale, k_offset, v_offset);
   TORCH_CHECK(!k_scale.has_value() && !v_scale.has_value() && !k_offset.has_value() && !v_offset.has_value(),
               "k_scale / v_scale / k_offset / v_offset apply to float8_e4m3fn / int8 caches only");
   Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
   p.sinks = sinks_ptr(sinks, p.hq);
   p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
-  std::vector<int64_t> q_start(cu.begin(), cu.end() - 1), q_len(lens.size());
-  for (size_t b = 0; b < lens.size(); ++b) q_len[b] = cu[b + 1] - cu[b];
-  const auto table = block_table.to(at::kInt).contiguous();  // no copy for vLLM's int32 table
-  const int32_t* tab = table.data_ptr<int32_t>();
-  const int64_t width = table.size(1), block = k_cache.size(1);
-  const int64_t ks0 = k_cache.stride(0), ks1 = k_cache.stride(1), ks2 = k_cache.stride(2);
-  const int64_t vs0 = v_cache.stride(0), vs1 = v_cache.stride(1), vs2 = v_cache.stride(2);
   dispatch_float_type(q.scalar_type(), "ascend_ext::paged_attention", [&](auto tag) {
     using scalar_t = decltype(tag);
-    const scalar_t* kb = k_cache.data_ptr<scalar_t>();
-    const scalar_t* vb = v_cache.data_ptr<scalar_t>();
-    auto rows_of = [&](int64_t b, int64_t h) {
-      return std::pair{PagedRows<scalar_t>{kb + h * ks2, tab + b * width, block, ks0, ks1},
-                       PagedRows<scalar_t>{vb + h * vs2, tab + b * width, block, vs0, vs1}};
-    };
-    run<scalar_t>(p, q.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse_ptr(lse), q.size(0), q_start, q_len, lens,
-                  rows_of);
+    auto rows_of = [&](int64_t b, int64_t h) { return call.rows<scalar_t>(b, h); };
+    run<scalar_t>(p, q.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse_ptr(lse), q.size(0), call.q_start,
+                  call.q_len, lens, rows_of);
   });
 }
 
