@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cascade  # noqa: E402
-from common import bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
+from common import split_breakdown, bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
@@ -275,10 +275,13 @@ def decode_splits() -> list[dict]:
                 if ref is None:
                     ref = out.clone()
                 t = bench_graph_ms(run)
-                rows.append({"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}",
-                             "splits": f"{splits or auto}{'*' if splits is None else ''}",
-                             "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
-                             "max_diff": float((out.float() - ref.float()).abs().max())})
+                row = {"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}",
+                       "splits": f"{splits or auto}{'*' if splits is None else ''}",
+                       "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
+                       "max_diff": float((out.float() - ref.float()).abs().max())}
+                if splits is None and cfg is base and (splits or auto) > 1:
+                    row.update(split_breakdown(triton_paged, run, auto, out))
+                rows.append(row)
         del k_cache, v_cache
         torch.cuda.empty_cache()
     return rows
@@ -535,7 +538,7 @@ def main() -> int:
         ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
          ["B", "ctx", "kv", "cfg", "splits", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
-         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "max_diff"]),
+         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "split_only_us", "combine_only_us", "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
           "flex_TF", "vs_flex", "max_diff_vs_flex"] + [f"tiles_{label}_ms" for label in {**WINDOW_TILES, **SPARSE_TILES}]),

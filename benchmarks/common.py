@@ -54,6 +54,22 @@ def bench_graph_ms(fn, replays: int = 20) -> float:
     return bench_ms(graph.replay) / replays
 
 
+def split_breakdown(module, run, splits: int, out) -> dict:
+    """Where a split-KV call's time goes (graph replay, us): ``run`` with ``module``'s
+    ``combine_splits`` skipped, and that combine alone over fp32 partials [splits, *out.shape]."""
+    combine = module.combine_splits
+    try:
+        module.combine_splits = lambda *args, **kwargs: None
+        split_only = bench_graph_ms(run)
+    finally:
+        module.combine_splits = combine
+    tokens, heads, dv = out.shape
+    part_o = torch.randn((splits, tokens, heads, dv), device=out.device)
+    part_lse = torch.randn((splits, heads, tokens), device=out.device)
+    combine_only = bench_graph_ms(lambda: combine(part_o, part_lse, out, None))
+    return {"split_only_us": split_only * 1e3, "combine_only_us": combine_only * 1e3}
+
+
 def device_ceilings() -> dict:
     """Measured copy bandwidth (bytes read + written) and bf16 matmul rate of this GPU."""
     src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)   # 512 MiB, far past L2

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
+from common import split_breakdown, bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.backends.cuda import configs as cuda_configs  # noqa: E402
@@ -201,6 +201,8 @@ def split_sweep(ceil: dict) -> list[dict]:
                          "cfg": f"{_label(dict(plan, num_splits=splits))}{' (plan)' if splits == auto else ''}",
                          "us": t * 1e3, "GBps": nbytes / t / 1e6, "pct_copy_bw": 100 * nbytes / t / 1e6 / ceil["copy_GBps"],
                          "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]})
+            if splits == auto and splits > 1:
+                rows[-1].update(split_breakdown(triton_decode, run, splits, out.view(b * s_q, hq, RANK)))
             print(rows[-1], flush=True)
         del cache
         torch.cuda.empty_cache()
@@ -287,7 +289,8 @@ def main() -> int:
             print_table("MLA tile sweep (graph replay; R = row-major MMAs, T = transposed)", result["sweep"], cols)
         elif part == "splits":
             result["splits"] = split_sweep(result["ceilings"])
-            print_table("MLA split-count sweep around the plan (graph replay)", result["splits"], cols)
+            print_table("MLA split-count sweep around the plan (graph replay)", result["splits"],
+                        cols + ["split_only_us", "combine_only_us"])
         elif part == "decode":
             result["decode"] = decode(result["ceilings"], args.quick,
                                       sink=lambda rows: write_json("mla.json", dict(result, decode=rows)))
