@@ -276,15 +276,33 @@ def ruled_update(acc, m_i, l_i, q, k_t, v, cols, lo, hi, need_mask, pool_ptr, ha
 
 
 @triton.jit
+def load_contiguous_kv(K, V, n, k_len, stride_kt, stride_vt, tma_row0, tma_k_col, tma_v_col,
+                       offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, EVEN_D: tl.constexpr, TMA: tl.constexpr):
+    """K^T [D, N] and V [N, Dv] of keys n .. n+N-1 of one sequence's contiguous K/V: pointers
+    (keys >= k_len read as 0), or with TMA tensor descriptors over [tokens, heads * D] (key
+    n at row tma_row0 + n; keys past the sequence come from the next one or as TMA's zero
+    fill, so the caller's row rules must mask them)."""
+    if TMA:
+        k_t = tl.trans(K.load([tma_row0 + n, tma_k_col]))
+        v = V.load([tma_row0 + n, tma_v_col])
+    else:
+        k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
+                         HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
+    return k_t, v
+
+
+@triton.jit
 def tile_step(acc0, m0, l0, acc1, m1, l1, q0, q1, n, need_mask, k_len, K, V, stride_kt, stride_vt,
               lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, scale_log2, softcap,
               pool_ptr, has_pool, pool_rows0, pool_rows1,
               NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-              HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+              HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+              tma_row0=0, tma_k_col=0, tma_v_col=0, TMA: tl.constexpr = False):
     """One contiguous-K/V key block at n through one or two query sub-tiles: the row rules
-    (and, with has_pool, the pool tile's element mask) apply only when need_mask."""
-    k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
-                     HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
+    (and, with has_pool, the pool tile's element mask) apply only when need_mask
+    (K/V: :func:`load_contiguous_kv`)."""
+    k_t, v = load_contiguous_kv(K, V, n, k_len, stride_kt, stride_vt, tma_row0, tma_k_col, tma_v_col,
+                                offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, EVEN_D, TMA)
     cols = n + offs_n
     acc0, m0, l0 = ruled_update(acc0, m0, l0, q0, k_t, v, cols, lo0, hi0, need_mask, pool_ptr, has_pool,
                                 pool_rows0, offs_n, scale_log2, softcap, BLOCK_N, HAS_SOFTCAP, IEEE, DOT_F32)
@@ -299,19 +317,21 @@ def run_run(acc0, m0, l0, acc1, m1, l1, q0, q1, first, last, free_from, free_to,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
             NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-            HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, STAGES: tl.constexpr):
+            HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, STAGES: tl.constexpr,
+            tma_row0=0, tma_k_col=0, tma_v_col=0, TMA: tl.constexpr = False):
     """One tiling-mask run: key blocks [first, last) of one class, in a single loop.
 
     Blocks in [free_from, free_to) skip masking; the others apply the row rules, and a
     partial run (has_pool) also its pool tile. STAGES sets the loop's own software
     pipelining depth (partial runs are short: 1 keeps them out of shared memory).
+    TMA / tma_*: :func:`load_contiguous_kv`.
     """
     for n in tl.range(first, last, BLOCK_N, num_stages=STAGES):
         acc0, m0, l0, acc1, m1, l1 = tile_step(
             acc0, m0, l0, acc1, m1, l1, q0, q1, n, (n < free_from) | (n >= free_to) | has_pool, k_len,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, pool_ptr, has_pool, pool_rows0, pool_rows1,
-            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, tma_row0, tma_k_col, tma_v_col, TMA)
     return acc0, m0, l0, acc1, m1, l1
 
 
@@ -358,12 +378,14 @@ def walk_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, first, count, before, i_from
                 K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
                 HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, MASKED: tl.constexpr,
                 NUM_SUB: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
-                HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+                HAS_SOFTCAP: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                tma_row0=0, tma_k_col=0, tma_v_col=0, TMA: tl.constexpr = False):
     """Blocks i_from .. i_to-1 of a chunk of full runs (:func:`chunk_full_runs`) in ONE
     software-pipelined loop, like a block-sparse index walk: block i's key offset is a
     function of i and the chunk's vectors (a select + sum), never of the previous iteration,
     so the pipeline can issue the loads of later blocks early. MASKED applies the row rules
-    (the blocks before / after their mask-free range); the mask-free segment has no branch."""
+    (the blocks before / after their mask-free range); the mask-free segment has no branch.
+    TMA / tma_*: :func:`load_contiguous_kv`."""
     for i in range(i_from, i_to):
         mine = (before <= i) & (i < before + count)
         n = tl.sum(tl.where(mine, first + (i - before) * BLOCK_N, 0), 0)
@@ -371,7 +393,7 @@ def walk_blocks(acc0, m0, l0, acc1, m1, l1, q0, q1, first, count, before, i_from
             acc0, m0, l0, acc1, m1, l1, q0, q1, n, MASKED, k_len,
             K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
             scale_log2, softcap, K, False, offs_n, offs_n,
-            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32)
+            NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, tma_row0, tma_k_col, tma_v_col, TMA)
     return acc0, m0, l0, acc1, m1, l1
 
 

@@ -76,7 +76,8 @@ def flash_varlen_fwd_kernel(
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
         HAS_SOFTCAP: tl.constexpr, WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr,
         IEEE: tl.constexpr, DOT_F32: tl.constexpr, WARP_SPEC: tl.constexpr, WALK: tl.constexpr = True,
-        HAS_SINK: tl.constexpr = False, WALK_RUNS: tl.constexpr = 32):
+        HAS_SINK: tl.constexpr = False, WALK_RUNS: tl.constexpr = 32,
+        K_DESC=None, V_DESC=None, TMA: tl.constexpr = False):
     BLOCK_M: tl.constexpr = SUB_M * NUM_SUB
     tile, head, q_start, q_len, k_start, k_len = program_tile(CU_Q, CU_K, GROUP)
     if tile * BLOCK_M >= q_len:
@@ -96,6 +97,10 @@ def flash_varlen_fwd_kernel(
         q1 = load_rows(Q, q_start + rows1, heads, rows1 < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
     K = K + k_start * stride_kt + kv_head * stride_kh
     V = V + k_start * stride_vt + kv_head * stride_vh
+    if TMA:   # tiling-mask tiles by tensor descriptor (Hopper): see load_contiguous_kv
+        tl.static_assert(HAS_MASK and WALK, "TMA tiles serve the tiling-mask walk only")
+        K = K_DESC
+        V = V_DESC
 
     acc0 = tl.zeros((SUB_M, BLOCK_DV), tl.float32)
     m0 = tl.full((SUB_M,), float("-inf"), tl.float32)
@@ -134,7 +139,7 @@ def flash_varlen_fwd_kernel(
                         acc0, m0, l0, acc1, m1, l1, q0, q1, first, count, before, i_from, i_to, k_len,
                         K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
                         HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, seg != 1, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
-                        IEEE, DOT_F32)
+                        IEEE, DOT_F32, k_start, kv_head * BLOCK_D, kv_head * BLOCK_DV, TMA)
         for r in range(r0, r1):
             first_key, last_key = clipped_run(RUN_START, RUN_LEN, r, r < r1, start, end, BLOCK_N)
             last_key = tl.maximum(last_key, first_key)
@@ -146,7 +151,8 @@ def flash_varlen_fwd_kernel(
                     K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
                     scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), partial,
                     rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
-                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1)
+                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1,
+                    k_start, kv_head * BLOCK_D, kv_head * BLOCK_DV, TMA)
             elif not WALK:   # one pipelined loop per full run
                 acc0, m0, l0, acc1, m1, l1 = run_visible(
                     acc0, m0, l0, acc1, m1, l1, q0, q1, first_key, last_key, full_start, full_end, k_len,
@@ -266,14 +272,13 @@ def _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax
 _WS_FAILED: set = set()
 
 
-def tma_eligible(q, k, v, mask) -> bool:
-    """The TMA path takes 16-bit q/k/v with power-of-two head dims, each K/V token's heads
-    contiguous and 16-byte aligned rows (a tensor descriptor's rules), and no tiling-mask
-    (compiled CUDA only)."""
+def tma_eligible(q, k, v) -> bool:
+    """TMA loads take 16-bit q/k/v with power-of-two head dims, each K/V token's heads
+    contiguous and 16-byte aligned rows (a tensor descriptor's rules); compiled CUDA only."""
     d, dv = q.shape[2], v.shape[2]
     rows_ok = all(x.stride(2) == 1 and x.stride(1) == x.shape[2] and (x.stride(0) * x.element_size()) % 16 == 0
                   and x.data_ptr() % 16 == 0 for x in (k, v))
-    return (mask is None and q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16)
+    return (q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16)
             and d == next_pow2(d) and dv == next_pow2(dv) and rows_ok)
 
 
@@ -334,10 +339,16 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
                          "split it or use ASCEND_EXT_IMPL=attention=reference")
     group = hq // k.shape[1]
     grid = (triton.cdiv(max(max_seqlen_q, 1), block_m) * group, k.shape[1], batch)
-    if cfg.get("TMA", False) and cfg["NUM_SUB"] == 1 and tma_eligible(q, k, v, mask):
+    tma = cfg.get("TMA", False) and tma_eligible(q, k, v)
+    if tma and mask is None and cfg["NUM_SUB"] == 1:
         _flash_tma(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, grid, cfg, softmax_scale, softcap, window,
                    return_lse, sinks)
         return lse if return_lse else None
+    walk = cfg.get("WALK", True)
+    descriptors = {}
+    if tma and mask is not None and walk:   # the tiling-mask walk reads its tiles through TMA too
+        descriptors = dict(K_DESC=_rows_descriptor(k, cfg["BLOCK_N"]), V_DESC=_rows_descriptor(v, cfg["BLOCK_N"]),
+                           TMA=True)
     left, right = window
     launch(flash_varlen_fwd_kernel, grid,
            q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, cu_seqlens_q if sinks is None else sinks,
@@ -348,6 +359,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
            SUB_M=cfg["SUB_M"], NUM_SUB=cfg["NUM_SUB"], BLOCK_N=cfg["BLOCK_N"],
            HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_MASK=mask is not None,
            HAS_SOFTCAP=softcap > 0, WRITE_LSE=return_lse,
-           EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False), WALK=cfg.get("WALK", True),
-           **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **sink_flag(sinks))
+           EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), WARP_SPEC=cfg.get("WS", False), WALK=walk,
+           **dot_flags(q.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **sink_flag(sinks),
+           **descriptors)
     return lse if return_lse else None
