@@ -45,9 +45,9 @@ def paged_attn_kernel(
     split = tl.program_id(2) % num_splits
     q_start = tl.load(CU_Q + seq)
     q_len = tl.load(CU_Q + seq + 1) - q_start
+    k_len = tl.load(SEQ_LENS + seq)   # issued with the query bounds: one round trip, not two, before the table
     if tile * BLOCK_M >= q_len * GROUP:
         return
-    k_len = tl.load(SEQ_LENS + seq)
 
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     tokens = rows // GROUP
