@@ -251,6 +251,16 @@ def _paged_case(b, ctx, hq, hkv, d, bs):
     return k_cache, v_cache, table, lens, q, cu, torch.empty_like(q)
 
 
+def _legacy_paged():
+    """The previous paged kernel module, when the run carries it as
+    ascend_ext/kernels/triton/_legacy_paged.py (a copy of an older paged_attention.py, not in git)."""
+    try:
+        from ascend_ext.kernels.triton import _legacy_paged
+        return _legacy_paged
+    except ImportError:
+        return None
+
+
 def decode_splits() -> list[dict]:
     """Split-KV count and tile config at small batch (CUDA-graph replay, us per call)."""
     hq, hkv, d, bs = 32, 8, 128, 16
@@ -281,6 +291,12 @@ def decode_splits() -> list[dict]:
                        "max_diff": float((out.float() - ref.float()).abs().max())}
                 if splits is None and cfg is base and (splits or auto) > 1:
                     row.update(split_breakdown(triton_paged, run, auto, out))
+                    legacy = _legacy_paged()
+                    if legacy is not None:
+                        row["legacy_us"] = 1e3 * bench_graph_ms(lambda: legacy.paged_attention(
+                            q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5, window=(-1, 0),
+                            softcap=0.0, out=out, return_lse=False, max_seqlen_k=ctx, config=cfg, configs=cuda_configs,
+                            num_splits=auto))
                 rows.append(row)
         del k_cache, v_cache
         torch.cuda.empty_cache()
@@ -538,7 +554,8 @@ def main() -> int:
         ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
          ["B", "ctx", "kv", "cfg", "splits", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
-         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "split_only_us", "combine_only_us", "max_diff"]),
+         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "split_only_us", "combine_only_us", "legacy_us",
+          "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",
           "flex_TF", "vs_flex", "max_diff_vs_flex"] + [f"tiles_{label}_ms" for label in {**WINDOW_TILES, **SPARSE_TILES}]),
