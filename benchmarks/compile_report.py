@@ -58,13 +58,23 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
     if "maxnreg" in cfg:   # register cap (ptxas --maxrregcount), as the launch option
         options["maxnreg"] = cfg.pop("maxnreg")
     kv = cfg.pop("KV", dtype)   # cache dtype (e.g. fp8e4nv, i8) of CACHE / K_CACHE / V_CACHE (MLA: descriptors)
-    params = list(inspect.signature(kernel.fn).parameters)
+    sig = inspect.signature(kernel.fn).parameters
+    params = list(sig)
+    for p in params:   # defaulted arguments the run does not set keep their defaults (as the launch does)
+        default = sig[p].default
+        if p not in cfg and default is not inspect.Parameter.empty and (default is None or "_DESC" not in p):
+            cfg[p] = default
     signature, attrs = {}, {}
     for i, p in enumerate(params):
+        if p.endswith("_DESC") and cfg.get(p, 0) is None:
+            if not cfg.get("TMA"):
+                continue
+            del cfg[p]
         if p in cfg:
             signature[p] = "constexpr"
-        elif p.endswith("_DESC"):   # MLA latent tiles: [BLOCK_N, C/2] and [BLOCK_N, R] boxes
-            box = cfg["BLOCK_C"] // 2 if p == "C_DESC" else cfg["BLOCK_R"]
+        elif p.endswith("_DESC"):   # MLA latent tiles [BLOCK_N, C/2] / [BLOCK_N, R]; flash K / V [BLOCK_N, D]
+            box = {"C_DESC": cfg.get("BLOCK_C", 0) // 2, "R_DESC": cfg.get("BLOCK_R"), "K_DESC": cfg.get("BLOCK_D"),
+                   "V_DESC": cfg.get("BLOCK_DV")}[p]
             signature[p] = f"tensordesc<{kv}[{cfg['BLOCK_N']}, {box}]>" if cfg.get("TMA") else f"*{kv}"
         elif p.isupper() and p not in UNALIGNED_INTS:
             signature[p] = {"LSE": "*fp32", "SCALES": "*fp32", "OFFSETS": "*i32", "COUNTS": "*i32", "CU_Q": "*i32", "CU_K": "*i32", "SEQ_LENS": "*i32",

@@ -282,9 +282,10 @@ def load_contiguous_kv(K, V, n, k_len, stride_kt, stride_vt, tma_row0, tma_k_col
     (keys >= k_len read as 0), or with TMA tensor descriptors over [tokens, heads * D] (key
     n at row tma_row0 + n; keys past the sequence come from the next one or as TMA's zero
     fill, so the caller's row rules must mask them)."""
-    if TMA:
-        k_t = tl.trans(K.load([tma_row0 + n, tma_k_col]))
-        v = V.load([tma_row0 + n, tma_v_col])
+    if TMA:   # descriptor coordinates are 32-bit
+        row = (tma_row0 + n).to(tl.int32)
+        k_t = tl.trans(K.load([row, tma_k_col]))
+        v = V.load([row, tma_v_col])
     else:
         k_t, v = load_kv(K, V, n, k_len, K, 1, 0, stride_kt, 0, stride_vt, offs_n, offs_d, offs_dv,
                          HEAD_DIM, HEAD_DIM_V, False, EVEN_D, True)
