@@ -141,13 +141,18 @@ def _shuffled_runs(tm: TileMask, rng) -> TileMask:
 
 
 @pytest.mark.skipif("triton" not in runnable("flash_attn_varlen", mask=True), reason="Triton cannot run here")
+@pytest.mark.parametrize("mask_tma", [False, True])
 @pytest.mark.parametrize("walk", [True, False])
 @pytest.mark.parametrize("kind", ["window+documents", "random", "random shuffled"])
-def test_triton_tile_mask_run_paths(walk, kind, rng):
+def test_triton_tile_mask_run_paths(walk, kind, mask_tma, rng):
     """The run/pool walk of the Triton kernel (forced also for document masks, which
     otherwise run from row intervals): full runs walked in one loop or run by run; runs in
-    any order (the walk falls back to run by run when a row's full runs are not consecutive)."""
+    any order (the walk falls back to run by run when a row's full runs are not consecutive).
+    mask_tma: the walk's tiles through tensor descriptors (Hopper configs with TMA; opt-in)."""
     import importlib
+
+    if mask_tma and DEVICE != "cuda":
+        pytest.skip("tensor-descriptor tiles exist on compiled CUDA only")
 
     from ascend_ext.kernels.triton import flash_attention as triton_flash
 
@@ -165,7 +170,7 @@ def test_triton_tile_mask_run_paths(walk, kind, rng):
         if kind == "random shuffled":
             tm = _shuffled_runs(tm, rng)
     q, k, v = (randn((s, h, d), dtype, rng, DEVICE) for h in (hq, hkv, hkv))
-    cfg = dict(configs.flash_config(torch.device(DEVICE), d, dtype), TILE_RUNS=True, WALK=walk)
+    cfg = dict(configs.flash_config(torch.device(DEVICE), d, dtype), TILE_RUNS=True, WALK=walk, MASK_TMA=mask_tma)
     out = torch.full_like(q, float("nan"))
     lse = triton_flash.flash_attn_varlen(q, k, v, cu([s], DEVICE), cu([s], DEVICE), s, s, softmax_scale=d ** -0.5,
                                          window=window, mask=tm.to(DEVICE), softcap=0.0, out=out, return_lse=True,
