@@ -161,8 +161,11 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
     total = tl.sum(w, 0)
     if HAS_SINK:
         total += tl.exp(sink - m_safe)
+    # the partials load does not wait for the lse (both in one round trip); empty splits are
+    # dropped by selection afterwards, so whatever they hold (NaN included) never reaches out
     parts = tl.load(PART_O + offs_s[:, None] * stride_ps + t * stride_pt + h * stride_ph + offs_dv[None, :],
-                    mask=(w > 0)[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0).to(tl.float32)
+                    mask=in_s[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0).to(tl.float32)
+    parts = tl.where((w > 0)[:, None], parts, 0.0)
     out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
     tl.store(O + t * stride_ot + h * stride_oh + offs_dv, out.to(O.dtype.element_ty), mask=offs_dv < HEAD_DIM_V)
     if WRITE_LSE:
