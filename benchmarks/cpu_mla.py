@@ -14,7 +14,10 @@ with Hq >= 16 MLA decode does ~200+ flops per cache byte, so on a CPU it is comp
 bound, not bandwidth bound), the ratio vLLM time / native time (> 1 = native faster) and
 the largest output difference between native and vLLM.
 
-    python benchmarks/cpu_mla.py [--quick | --smoke] [--dtype bfloat16|float16|float32]
+    python benchmarks/cpu_mla.py [--quick | --smoke] [--dtype bfloat16|float16|float32] [--fp8]
+
+--fp8 also times the same latents in a float8_e4m3fn cache (per-tensor kv_scale = amax / 448),
+native and reference, with fp8_speedup = native time on the 16-bit cache / on the fp8 cache.
 
 Writes cpu_mla_<dtype>.json and .png to $OUT (or benchmarks/results/).
 """
@@ -58,7 +61,7 @@ def host_matmul_gflops(dtype: torch.dtype, n: int = 1024) -> float:
 class Case:
     """B sequences of `context` cached latent rows in a shuffled paged cache, one query each."""
 
-    def __init__(self, batch: int, context: int, heads: int, dtype: torch.dtype):
+    def __init__(self, batch: int, context: int, heads: int, dtype: torch.dtype, fp8: bool = False):
         gen = torch.Generator().manual_seed(batch * 7919 + context + heads)
         per_seq = -(-context // BLOCK)
         self.cache = torch.randn(batch * per_seq, BLOCK, WIDTH, generator=gen).to(dtype)
@@ -71,25 +74,31 @@ class Case:
         self.q3 = self.q[:, 0].contiguous()
         self.kv_bytes = batch * context * WIDTH * self.cache.element_size()
         self.flops = 2 * batch * heads * context * (WIDTH + RANK)
+        self.kv_scale = float(self.cache.float().abs().amax()) / 448 if fp8 else None
+        self.cache8 = (self.cache.float() / self.kv_scale).to(torch.float8_e4m3fn) if fp8 else None
 
-    def ours(self, impl: str):
+    def ours(self, impl: str, fp8: bool = False):
+        cache = self.cache8 if fp8 else self.cache
+
         def call():
             with ops.use_impl(mla=impl), ops.trusted_inputs():
-                ops.mla_decode(self.q, self.cache, self.table, self.lens, kv_lora_rank=RANK,
-                               softmax_scale=self.scale, out=self.out)
+                ops.mla_decode(self.q, cache, self.table, self.lens, kv_lora_rank=RANK,
+                               softmax_scale=self.scale, out=self.out, kv_scale=self.kv_scale if fp8 else None)
         return call
 
     def theirs(self, vops):
         return lambda: vops.mla_decode_kvcache_cpu(self.vout, self.q3, self.cache, self.scale, self.table, self.lens)
 
 
-def measure(batch: int, context: int, heads: int, dtype, vops, impls) -> dict:
-    case = Case(batch, context, heads, dtype)
+def measure(batch: int, context: int, heads: int, dtype, vops, impls, fp8: bool = False) -> dict:
+    case = Case(batch, context, heads, dtype, fp8)
     row = {"heads": heads, "batch": batch, "context": context}
     for impl in impls:
         if impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES:
             continue
         row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl))
+        if fp8:
+            row[f"{impl}_fp8_ms"] = bench_cpu_ms(case.ours(impl, fp8=True))
     if vops is not None:
         row["vllm_ms"] = bench_cpu_ms(case.theirs(vops))
         if "native" in impls:
@@ -101,6 +110,8 @@ def measure(batch: int, context: int, heads: int, dtype, vops, impls) -> dict:
         row[f"{name}_GFLOPs"] = case.flops / row[key] / 1e6
     if "native_ms" in row and "vllm_ms" in row:
         row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
+    if "native_fp8_ms" in row:
+        row["fp8_speedup"] = row["native_ms"] / row["native_fp8_ms"]
     return row
 
 
@@ -152,7 +163,10 @@ def main() -> int:
     size.add_argument("--quick", action="store_true")
     size.add_argument("--smoke", action="store_true", help="two tiny cases: checks the script runs")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--fp8", action="store_true", help="also time an fp8 (e4m3) copy of each cache")
     args = parser.parse_args()
+    if args.fp8 and args.dtype == "float32":
+        parser.error("--fp8 takes float16 or bfloat16 queries")
     dtype = getattr(torch, args.dtype)
     vops = _vllm_mla()
     if vops is None:
@@ -161,7 +175,7 @@ def main() -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     rows = []
     for heads, batch, context in sweep(mode):
-        rows.append(measure(batch, context, heads, dtype, vops, impls))
+        rows.append(measure(batch, context, heads, dtype, vops, impls, args.fp8))
         print(f"H{heads} b{batch} ctx{context}: " + ", ".join(f"{k}={rows[-1][k]:.3g}" for k in rows[-1]
                                                              if k.endswith("_ms")), flush=True)
     result = {"environment": environment(), "dtype": args.dtype, "threads": torch.get_num_threads(),
@@ -173,8 +187,9 @@ def main() -> int:
                 f"host read {result['host_read_GBps']:.0f} GB/s, {args.dtype} matmul "
                 f"{result['host_matmul_GFLOPs']:.0f} GFLOP/s", rows,
                 ["heads", "batch", "context", "native_ms", "vllm_ms", "reference_ms", "native_GBps", "vllm_GBps",
-                 "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "max_diff_vs_vllm"])
-    name = f"cpu_mla_{args.dtype}" + ("_smoke" if args.smoke else "")
+                 "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "max_diff_vs_vllm"]
+                + (["native_fp8_ms", "reference_fp8_ms", "fp8_speedup"] if args.fp8 else []))
+    name = f"cpu_mla_{args.dtype}" + ("_fp8" if args.fp8 else "") + ("_smoke" if args.smoke else "")
     print("\nwrote", write_json(f"{name}.json", result))
     plot(result, os.path.join(out_dir(), f"{name}.png"))
     return 0

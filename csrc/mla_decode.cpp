@@ -24,6 +24,11 @@
 // new ones), causal bottom-right: query i of a sequence with L keys sees keys j <= i + L -
 // s_q. out [B, s_q, Hq, kv_lora_rank] (dtype of q), lse float32 [Hq, B * s_q] (natural
 // log; rows that see no key give 0 and lse -inf).
+//
+// FP8 latent cache (float8_e4m3fn, per-tensor kv_scale, float16/bfloat16 queries): each
+// chunk's stored rows are widened exactly into the query dtype (every e4m3 value is a
+// bfloat16 and a float16 number; kv_dequant.h) and run through the same kernels; kv_scale
+// multiplies the scores' scale and the outputs, so the lse is that of the dequantised cache.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -40,6 +45,7 @@
 
 #include "ops_namespace.h"
 #include "attention_rows.h"
+#include "kv_dequant.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -66,6 +72,7 @@ struct Problem {
   int64_t tokens;  // B * s_q (lse row length)
   float scale2;    // softmax scale * log2(e): scores in base-2 units
   bool causal;
+  float value_scale;  // the outputs' factor: kv_scale of an FP8 cache, else 1
   bool dot_bf16;   // q.k on AVX512-BF16 dot products, keys read in place
   bool keys_in_place, values_in_place;  // float32 rows read from the cache as they are
   int64_t wp, rp;  // width and rank padded to whole vectors (widened rows)
@@ -143,6 +150,7 @@ inline void softmax_step(float* s, int64_t visible, float& m, float& l, float* a
 template <typename T>
 struct Scratch {
   std::vector<float> q, k, v, s, acc;
+  std::vector<T> stored;  // one chunk of an FP8 cache's rows widened to T
   float m[ROWS], l[ROWS];
   int64_t hi[ROWS];  // keys [0, hi) visible to the row
   const T* q_rows[ROWS];
@@ -153,16 +161,32 @@ struct Scratch {
   const float* qf_rows[ROWS];
 };
 
+// Cache row of key `key` as T: in place, or (an e4m3 cache) widened into chunk slot j of g.stored.
+template <typename T, typename C>
+inline const T* cache_row(const Problem& p, const C* cache, const int32_t* table, int64_t key, int64_t j,
+                          Scratch<T>& g) {
+  const C* row = cache + table[key / p.block_size] * p.c_block + (key % p.block_size) * p.c_token;
+  if constexpr (std::is_same_v<C, T>) {
+    return row;
+  } else {
+    T* dst = g.stored.data() + j * p.width;
+    kv_dequant::dequantize_row(row, nullptr, nullptr, p.width, dst);
+    return dst;
+  }
+}
+
 // Rows [0, count) (padded to whole tiles of 4) of item `it` over its keys; leaves the
-// unnormalised accumulators and the m/l statistics in g.
-template <typename T>
-void attend_item(const Problem& p, const Item& it, int64_t seq_len, const T* q, const T* cache, const int32_t* table,
+// unnormalised accumulators and the m/l statistics in g. C: the cache's storage type (T, or
+// kv_dequant::E4M3).
+template <typename T, typename C>
+void attend_item(const Problem& p, const Item& it, int64_t seq_len, const T* q, const C* cache, const int32_t* table,
                  Scratch<T>& g) {
   const int64_t count = it.r1 - it.r0, padded = round_up(count, 4);
   g.acc.assign(padded * p.rp, 0.f);
   if (!p.dot_bf16) g.q.resize(padded * p.wp);
   if (!p.keys_in_place && !p.dot_bf16) g.k.resize(KEYS * p.wp);
   if (!p.values_in_place) g.v.resize(KEYS * p.rp);
+  if constexpr (!std::is_same_v<C, T>) g.stored.resize(KEYS * p.width);
   g.s.resize(padded * KEYS);
   for (int64_t r = 0; r < padded; ++r) {
     const int64_t row = it.r0 + std::min(r, count - 1);  // pad rows repeat the last one
@@ -181,8 +205,7 @@ void attend_item(const Problem& p, const Item& it, int64_t seq_len, const T* q, 
   for (int64_t c0 = it.k0; c0 < it.k1; c0 += KEYS) {
     const int64_t n = std::min(KEYS, it.k1 - c0);
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t key = c0 + j;
-      const T* row = cache + table[key / p.block_size] * p.c_block + (key % p.block_size) * p.c_token;
+      const T* row = cache_row(p, cache, table, c0 + j, j, g);
       g.k_raw[j] = row;
       if (p.keys_in_place) {
         g.k_rows[j] = reinterpret_cast<const float*>(row);
@@ -251,8 +274,8 @@ std::vector<Item> plan(const std::vector<int64_t>& lens, int64_t row_count, std:
   return items;
 }
 
-template <typename T>
-void run(const Problem& p, const T* q, const T* cache, const int32_t* table, const std::vector<int64_t>& lens, T* out,
+template <typename T, typename C>
+void run(const Problem& p, const T* q, const C* cache, const int32_t* table, const std::vector<int64_t>& lens, T* out,
          float* lse) {
   const int64_t row_count = p.s_q * p.hq;
   std::vector<int64_t> order;
@@ -262,7 +285,7 @@ void run(const Problem& p, const T* q, const T* cache, const int32_t* table, con
 
   auto write = [&](int64_t b, int64_t row, const float* acc, float inv_l, float lse2) {
     const int64_t i = row / p.hq, h = row % p.hq;
-    store_row(out + b * p.o_b + i * p.o_i + h * p.o_h, acc, inv_l, p.rank);
+    store_row(out + b * p.o_b + i * p.o_i + h * p.o_h, acc, inv_l * p.value_scale, p.rank);
     if (lse) lse[h * p.tokens + b * p.s_q + i] = lse2 == NEG_INF ? NEG_INF : lse2 * LN2;
   };
 
@@ -324,15 +347,19 @@ void run(const Problem& p, const T* q, const T* cache, const int32_t* table, con
 
 void mla_decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tensor& block_table,
                 const at::Tensor& seq_lens, int64_t kv_lora_rank, double softmax_scale, bool causal, at::Tensor& out,
-                const std::optional<at::Tensor>& lse) {
+                const std::optional<at::Tensor>& lse, double kv_scale) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &kv_cache, &block_table, &seq_lens, &out})
     TORCH_CHECK(t->device().is_cpu(), "ascend_ext native mla_decode: tensors must be on the CPU");
   TORCH_CHECK(q.dim() == 4 && kv_cache.dim() == 3 && out.dim() == 4,
               "q [B, s_q, Hq, W], kv_cache [num_blocks, block_size, W] and out [B, s_q, Hq, rank] expected");
   TORCH_CHECK(q.stride(3) == 1 && kv_cache.stride(2) == 1 && out.stride(3) == 1,
               "q, kv_cache and out need a contiguous last dim");
-  TORCH_CHECK(kv_cache.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
-              "q, kv_cache and out must share a dtype");
+  const bool fp8 = kv_cache.scalar_type() == at::kFloat8_e4m3fn;
+  TORCH_CHECK((fp8 || kv_cache.scalar_type() == q.scalar_type()) && out.scalar_type() == q.scalar_type(),
+              "q, kv_cache and out must share a dtype (or kv_cache be float8_e4m3fn)");
+  TORCH_CHECK(!fp8 || q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
+              "a float8_e4m3fn kv_cache takes float16 or bfloat16 queries");
+  TORCH_CHECK(kv_scale > 0 && (fp8 || kv_scale == 1.0), "kv_scale must be > 0, and 1 unless the cache is float8_e4m3fn");
   const int64_t batch = q.size(0), s_q = q.size(1), hq = q.size(2), width = q.size(3);
   TORCH_CHECK(kv_cache.size(2) == width && kv_lora_rank > 0 && kv_lora_rank <= width,
               "cache width must equal q's and kv_lora_rank must lie in [1, width]");
@@ -375,7 +402,8 @@ void mla_decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tenso
   p.c_block = kv_cache.stride(0), p.c_token = kv_cache.stride(1);
   p.table_stride = block_table.stride(0);
   p.tokens = batch * s_q;
-  p.scale2 = static_cast<float>(softmax_scale) * LOG2E;
+  p.scale2 = static_cast<float>(softmax_scale * kv_scale) * LOG2E;
+  p.value_scale = static_cast<float>(kv_scale);
   p.causal = causal;
   p.wp = round_up(width, kLanes);
   p.rp = round_up(kv_lora_rank, kLanes);
@@ -389,8 +417,12 @@ void mla_decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tenso
   float* lse_p = lse.has_value() ? lse->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "ascend_ext_mla_decode", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      run<scalar_t>(p, q.data_ptr<scalar_t>(), kv_cache.data_ptr<scalar_t>(), table, lens, out.data_ptr<scalar_t>(),
-                    lse_p);
+      if (fp8)
+        run<scalar_t>(p, q.data_ptr<scalar_t>(), static_cast<const kv_dequant::E4M3*>(kv_cache.data_ptr()), table,
+                      lens, out.data_ptr<scalar_t>(), lse_p);
+      else
+        run<scalar_t>(p, q.data_ptr<scalar_t>(), kv_cache.data_ptr<scalar_t>(), table, lens, out.data_ptr<scalar_t>(),
+                      lse_p);
     } else {
       TORCH_CHECK(false, "ascend_ext native mla_decode takes float32, bfloat16 or float16");
     }
@@ -402,7 +434,7 @@ void mla_decode(const at::Tensor& q, const at::Tensor& kv_cache, const at::Tenso
 
 ASCEND_EXT_LIBRARY_FRAGMENT(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("mla_decode(Tensor q, Tensor kv_cache, Tensor block_table, Tensor seq_lens, int kv_lora_rank, "
-        "float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!)? lse) -> ()");
+        "float softmax_scale, bool causal, Tensor(a!) out, Tensor(b!)? lse, float kv_scale=1.0) -> ()");
 }
 
 ASCEND_EXT_LIBRARY_IMPL(ASCEND_EXT_OPS_NAMESPACE, CPU, m) { m.impl("mla_decode", &ascend_ext::mla_decode); }

@@ -115,10 +115,12 @@ def test_mla_triton_split_kv(num_splits, rng):
 
 
 @pytest.mark.parametrize("impl", runnable("mla_decode"))
-@pytest.mark.parametrize("hq,s_q,block_size,lengths", [(16, 1, 64, [0, 1, 130, 64]), (8, 4, 16, [4, 77, 0]),
-                                                       (128, 2, 16, [3, 40])])
-def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, rng):
-    """e4m3 latent cache with a per-tensor scale equals float64 attention over the dequantised rows."""
+@pytest.mark.parametrize("hq,s_q,block_size,lengths,q_dtype", [(16, 1, 64, [0, 1, 130, 64], torch.bfloat16),
+                                                               (8, 4, 16, [4, 77, 0], torch.float16),
+                                                               (128, 2, 16, [3, 40], torch.bfloat16)])
+def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, q_dtype, rng):
+    """e4m3 latent cache with a per-tensor scale equals float64 attention over the dequantised
+    rows (bfloat16 or float16 queries)."""
     if impl == "triton" and importlib.util.find_spec("triton.backends.ascend") is not None:
         pytest.skip("triton-ascend 3.2 has no fp8 ('[fp8, fp64] is unsupported on Ascend for now'): "
                     "the FP8 MLA cache cannot run through Triton on Ascend")
@@ -132,14 +134,14 @@ def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, rng):
     for b, n in enumerate(lengths):   # the rows the kernel sees: dequantised e4m3 values
         blocks = table[b, :-(-n // block_size)].long()
         flat_rows.append((fp8[blocks].float() * kv_scale).flatten(0, 1)[:n])
-    q = randn((len(lengths), s_q, hq, rank + rope), torch.bfloat16, rng, DEVICE)
-    out = torch.full((len(lengths), s_q, hq, rank), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    q = randn((len(lengths), s_q, hq, rank + rope), q_dtype, rng, DEVICE)
+    out = torch.full((len(lengths), s_q, hq, rank), float("nan"), dtype=q_dtype, device=DEVICE)
     with ops.use_impl(mla=impl):
         _, lse = ops.mla_decode(q, fp8.to(DEVICE), table.to(DEVICE), lens.to(DEVICE), kv_lora_rank=rank,
                                 softmax_scale=0.06, return_lse=True, out=out, kv_scale=kv_scale)
     ref, ref_lse = _reference(q, flat_rows, rank, 0.06, causal=True)
-    assert_close(out, ref, torch.bfloat16)
-    assert_lse_close(lse, ref_lse, torch.bfloat16)
+    assert_close(out, ref, q_dtype)
+    assert_lse_close(lse, ref_lse, q_dtype)
 
 
 @pytest.mark.skipif("triton" not in runnable("mla_decode"), reason="Triton cannot run here")

@@ -100,6 +100,11 @@ def test_portable_mla_splits_and_odd_widths(use_portable, threads, rng):
     mla.test_mla_native_odd_widths(torch.float16, True, rng)
 
 
+def test_portable_mla_fp8_cache(use_portable, rng):
+    mla.test_mla_decode_fp8_cache("native", 8, 4, 16, [4, 77, 0], torch.float16, rng)
+    mla.test_mla_decode_fp8_cache("native", 16, 1, 64, [0, 1, 130, 64], torch.bfloat16, rng)
+
+
 @pytest.fixture
 def threads():
     before = torch.get_num_threads()

@@ -4,8 +4,8 @@ The extension ``ascend_ext._native`` is built at install time when torch and a C
 compiler are present (see setup.py). Its kernels accumulate in float32 and cover
 causal/window/softcap/lse/attention sinks; they take no :class:`TileMask` (declared in
 ``backends/cpu/__init__.py``: a masked request raises, naming the implementations that can).
-``mla_decode`` runs float16/bfloat16/float32 latent caches natively (csrc/mla_decode.cpp) and
-hands FP8 caches to the reference.
+``mla_decode`` runs float16/bfloat16/float32 latent caches, and float8_e4m3fn caches with a
+per-tensor ``kv_scale`` under float16/bfloat16 queries, natively (csrc/mla_decode.cpp).
 """
 
 from __future__ import annotations
@@ -101,14 +101,10 @@ def _channel_scales(kv_scales) -> tuple:
 
 def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scale, causal, out, return_lse,
                kv_scale=None):
-    if kv_scale is not None:   # FP8 latent caches: not in the C++ kernel, served by the reference
-        return mla_reference.mla_decode(q, kv_cache, block_table, seq_lens, kv_lora_rank=kv_lora_rank,
-                                        softmax_scale=softmax_scale, causal=causal, out=out,
-                                        return_lse=return_lse, kv_scale=kv_scale)
     lse = (torch.empty((q.shape[2], q.shape[0] * q.shape[1]), dtype=torch.float32) if return_lse else None)
     target = out if out.stride(-1) == 1 else torch.empty_like(out, memory_format=torch.contiguous_format)
     _ops().mla_decode(_last_dim_contiguous(q), kv_cache, _last_dim_contiguous(block_table), seq_lens, kv_lora_rank,
-                      softmax_scale, causal, target, lse)
+                      softmax_scale, causal, target, lse, 1.0 if kv_scale is None else kv_scale)
     if target is not out:
         out.copy_(target)
     return lse
