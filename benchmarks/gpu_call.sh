@@ -13,9 +13,11 @@ if [ -n "${TESTS:-}" ]; then
     > "$OUT/gpu_tests.txt" 2>&1
   echo "tests rc=$? after $(( $(date +%s) - start )) s: $(tail -1 "$OUT/gpu_tests.txt")"
 fi
+n=0
 for spec in "$@"; do
   IFS=: read -r script parts extra <<< "$spec"
-  timeout "${BENCH_TIMEOUT:-240}" python3 "benchmarks/$script.py" --parts "$parts" $extra > "$OUT/$script.log" 2>&1
+  n=$((n + 1))
+  timeout "${BENCH_TIMEOUT:-240}" python3 "benchmarks/$script.py" --parts "$parts" $extra > "$OUT/$n-$script.log" 2>&1
   echo "$script rc=$? after $(( $(date +%s) - start )) s"
 done
-for spec in "$@"; do grep -v "^{" "$OUT/${spec%%:*}.log" | grep -A60 "^## \|Error" ; done
+for log in "$OUT"/[0-9]*-*.log; do grep -v "^{" "$log" | grep -A60 "^## \|Error" ; done
