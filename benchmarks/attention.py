@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cascade  # noqa: E402
-from common import split_breakdown, bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
+from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
+                    split_breakdown, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
@@ -276,11 +277,14 @@ def decode_splits() -> list[dict]:
         for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
             auto = triton_paged.choose_splits(q.device, b * hkv, ctx, cfg["BLOCK_N"])
             for splits in opts:
+                def call(module):
+                    return module.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
+                                                  window=(-1, 0), softcap=0.0, out=out, return_lse=False,
+                                                  max_seqlen_k=ctx, config=cfg, configs=cuda_configs,
+                                                  num_splits=splits or auto)
+
                 def run():
-                    return triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu, 1,
-                                                        softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0,
-                                                        out=out, return_lse=False, max_seqlen_k=ctx, config=cfg,
-                                                        configs=cuda_configs, num_splits=splits or auto)
+                    return call(triton_paged)
                 run()
                 if ref is None:
                     ref = out.clone()
@@ -289,14 +293,11 @@ def decode_splits() -> list[dict]:
                        "splits": f"{splits or auto}{'*' if splits is None else ''}",
                        "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
                        "max_diff": float((out.float() - ref.float()).abs().max())}
-                if splits is None and cfg is base and (splits or auto) > 1:
+                if splits is None and cfg is base and auto > 1:
                     row.update(split_breakdown(triton_paged, run, auto, out))
                     legacy = _legacy_paged()
                     if legacy is not None:
-                        row["legacy_us"] = 1e3 * bench_graph_ms(lambda: legacy.paged_attention(
-                            q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5, window=(-1, 0),
-                            softcap=0.0, out=out, return_lse=False, max_seqlen_k=ctx, config=cfg, configs=cuda_configs,
-                            num_splits=auto))
+                        row["legacy_us"] = 1e3 * bench_graph_ms(lambda: call(legacy))
                 rows.append(row)
         del k_cache, v_cache
         torch.cuda.empty_cache()

@@ -60,16 +60,12 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
     kv = cfg.pop("KV", dtype)   # cache dtype (e.g. fp8e4nv, i8) of CACHE / K_CACHE / V_CACHE (MLA: descriptors)
     sig = inspect.signature(kernel.fn).parameters
     params = list(sig)
-    for p in params:   # defaulted arguments the run does not set keep their defaults (as the launch does)
-        default = sig[p].default
-        if p not in cfg and default is not inspect.Parameter.empty and (default is None or "_DESC" not in p):
+    for p in params:   # defaulted arguments the run does not set keep their defaults (as the launch does),
+        default = sig[p].default   # except descriptors, which a TMA run passes
+        if p not in cfg and default is not inspect.Parameter.empty and not (p.endswith("_DESC") and cfg.get("TMA")):
             cfg[p] = default
     signature, attrs = {}, {}
     for i, p in enumerate(params):
-        if p.endswith("_DESC") and cfg.get(p, 0) is None:
-            if not cfg.get("TMA"):
-                continue
-            del cfg[p]
         if p in cfg:
             signature[p] = "constexpr"
         elif p.endswith("_DESC"):   # MLA latent tiles [BLOCK_N, C/2] / [BLOCK_N, R]; flash K / V [BLOCK_N, D]

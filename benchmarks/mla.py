@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import split_breakdown, bench_graph_ms, bench_ms, device_ceilings, environment, print_table, write_json  # noqa: E402
+from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
+                    split_breakdown, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.backends.cuda import configs as cuda_configs  # noqa: E402

@@ -97,6 +97,8 @@ def flash_varlen_fwd_kernel(
         q1 = load_rows(Q, q_start + rows1, heads, rows1 < q_len, stride_qt, stride_qh, offs_d, HEAD_DIM, EVEN_D)
     K = K + k_start * stride_kt + kv_head * stride_kh
     V = V + k_start * stride_vt + kv_head * stride_vh
+    k_col = kv_head * BLOCK_D    # this head's columns in the descriptors' [tokens, heads * D] view
+    v_col = kv_head * BLOCK_DV
     if TMA:   # tiling-mask tiles by tensor descriptor (Hopper): see load_contiguous_kv
         tl.static_assert(HAS_MASK and WALK, "TMA tiles serve the tiling-mask walk only")
         K = K_DESC
@@ -139,7 +141,7 @@ def flash_varlen_fwd_kernel(
                         acc0, m0, l0, acc1, m1, l1, q0, q1, first, count, before, i_from, i_to, k_len,
                         K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv,
                         HEAD_DIM, HEAD_DIM_V, scale_log2, softcap, seg != 1, NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP,
-                        IEEE, DOT_F32, k_start, kv_head * BLOCK_D, kv_head * BLOCK_DV, TMA)
+                        IEEE, DOT_F32, k_start, k_col, v_col, TMA)
         for r in range(r0, r1):
             first_key, last_key = clipped_run(RUN_START, RUN_LEN, r, r < r1, start, end, BLOCK_N)
             last_key = tl.maximum(last_key, first_key)
@@ -151,8 +153,7 @@ def flash_varlen_fwd_kernel(
                     K, V, stride_kt, stride_vt, lo0, hi0, lo1, hi1, offs_n, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V,
                     scale_log2, softcap, POOL_TILES + pool_id * (BLOCK_M * BLOCK_N), partial,
                     rows0 - tile * BLOCK_M, rows1 - tile * BLOCK_M,
-                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1,
-                    k_start, kv_head * BLOCK_D, kv_head * BLOCK_DV, TMA)
+                    NUM_SUB, BLOCK_N, EVEN_D, HAS_SOFTCAP, IEEE, DOT_F32, 1, k_start, k_col, v_col, TMA)
             elif not WALK:   # one pipelined loop per full run
                 acc0, m0, l0, acc1, m1, l1 = run_visible(
                     acc0, m0, l0, acc1, m1, l1, q0, q1, first_key, last_key, full_start, full_end, k_len,
