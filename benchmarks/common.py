@@ -17,18 +17,23 @@ def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
-def bench_cpu_ms(fn, min_reps: int = 5, min_s: float = 0.3, max_reps: int = 200) -> float:
+def bench_cpu_ms(fn, min_reps: int = 5, min_s: float = 0.3, max_reps: int = 200, scope=None) -> float:
     """Median wall-clock ms of ``fn`` on the host: one warm-up call, then at least
-    ``min_reps`` calls and ``min_s`` seconds."""
+    ``min_reps`` calls and ``min_s`` seconds. ``scope`` (a zero-argument callable giving a
+    context manager, e.g. ``lambda: ops.use_impl(attention="native")``) is entered once around
+    the whole loop: an implementation is chosen once, as in serving, not in every timed call
+    (``use_impl`` re-selects on entry and exit: ~4 us a call on this CPU)."""
+    import contextlib
     import time
 
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_s):
-        t0 = time.perf_counter()
+    with scope() if scope is not None else contextlib.nullcontext():
         fn()
-        times.append(time.perf_counter() - t0)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_s):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2] * 1e3
 

@@ -123,8 +123,8 @@ class Case:
         k_cache, v_cache = self.float_caches if float_cache else (self.k_cache, self.v_cache)
         scales = {} if float_cache else self.scales
 
-        def run():
-            with ops.use_impl(attention=impl), ops.trusted_inputs():
+        def run():   # as the vLLM backend calls it; the implementation is pinned by impl_scope
+            with ops.trusted_inputs():
                 ops.paged_attention(self.q, k_cache, v_cache, self.table, self.seq_lens, self.cu_q,
                                     max(self.q_lens), out=self.out, **scales)
         return run
@@ -144,10 +144,15 @@ class Case:
         cu_k = torch.tensor([0, self.contexts[0]], dtype=torch.int32)
 
         def run():
-            with ops.use_impl(attention="native"), ops.trusted_inputs():
+            with ops.trusted_inputs():
                 ops.flash_attn_varlen(self.q, k, v, self.cu_q, cu_k, self.q_lens[0], self.contexts[0], causal=True,
                                       out=self.out)
         return run
+
+
+def impl_scope(impl: str):
+    """Context factory pinning our attention implementation for one timing loop."""
+    return lambda: ops.use_impl(attention=impl)
 
 
 def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls, rounds: int = 3,
@@ -161,28 +166,32 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     causal_pairs = sum(lq * (ctx - lq) + lq * (lq + 1) // 2 for ctx, lq in zip(contexts, q_lens))
     flops = 4 * HQ * HEAD_DIM * causal_pairs
     sides = {impl: case.ours(impl) for impl in impls if impl != "reference"}
+    scopes = {impl: impl_scope(impl) for impl in impls}
     if "reference" in impls and case.kv_bytes <= REFERENCE_MAX_KV_BYTES:   # slow: timed once, not alternated
-        row["reference_ms"] = bench_cpu_ms(case.ours("reference"), min_reps=3, min_s=0.1)
+        row["reference_ms"] = bench_cpu_ms(case.ours("reference"), min_reps=3, min_s=0.1,
+                                           scope=scopes["reference"])
     if vops is not None:
         sides["vllm"] = case.theirs()
     if kv_quant is not None and "native" in impls:
         sides["native_float"] = case.ours("native", float_cache=True)
+        scopes["native_float"] = impl_scope("native")
     if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
         plain = torch.ones(case.kv_bytes // 4)
         sides["read"] = plain.sum
     times = {name: [] for name in sides}
     for _ in range(rounds if kind == "decode" else 1):
         for name, fn in sides.items():
-            times[name].append(bench_cpu_ms(fn))
+            times[name].append(bench_cpu_ms(fn, scope=scopes.get(name)))
     for name, ms in times.items():
         row[f"{name}_ms"] = statistics.median(ms)
     if kind == "decode":
         row["read_GBps"] = case.kv_bytes / row.pop("read_ms") / 1e6
     if "native" in impls and vops is not None:
-        case.ours("native")()
+        with impl_scope("native")():
+            case.ours("native")()
         row["max_diff_vs_vllm"] = float((case.vout.float() - case.out.float()).abs().max())
     if kind == "prefill" and "native" in impls and kv_quant is None:   # varlen takes float K / V only
-        row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native())
+        row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native(), scope=impl_scope("native"))
     for key in [k for k in row if k.endswith("_ms")]:
         name = key[:-3]
         row[f"{name}_GBps"] = (case.float_kv_bytes if name == "native_float" else case.kv_bytes) / row[key] / 1e6

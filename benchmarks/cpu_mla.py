@@ -80,8 +80,8 @@ class Case:
     def ours(self, impl: str, fp8: bool = False):
         cache = self.cache8 if fp8 else self.cache
 
-        def call():
-            with ops.use_impl(mla=impl), ops.trusted_inputs():
+        def call():   # the implementation is pinned once per timing loop (measure)
+            with ops.trusted_inputs():
                 ops.mla_decode(self.q, cache, self.table, self.lens, kv_lora_rank=RANK,
                                softmax_scale=self.scale, out=self.out, kv_scale=self.kv_scale if fp8 else None)
         return call
@@ -96,13 +96,15 @@ def measure(batch: int, context: int, heads: int, dtype, vops, impls, fp8: bool 
     for impl in impls:
         if impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES:
             continue
-        row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl))
+        pin = lambda impl=impl: ops.use_impl(mla=impl)   # noqa: E731
+        row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl), scope=pin)
         if fp8:
-            row[f"{impl}_fp8_ms"] = bench_cpu_ms(case.ours(impl, fp8=True))
+            row[f"{impl}_fp8_ms"] = bench_cpu_ms(case.ours(impl, fp8=True), scope=pin)
     if vops is not None:
         row["vllm_ms"] = bench_cpu_ms(case.theirs(vops))
         if "native" in impls:
-            case.ours("native")()
+            with ops.use_impl(mla="native"):
+                case.ours("native")()
             row["max_diff_vs_vllm"] = float((case.vout.float() - case.out[:, 0].float()).abs().max())
     for key in [k for k in row if k.endswith("_ms")]:
         name = key[:-3]
