@@ -4,6 +4,7 @@ On a CPU-only machine this covers the reference and (under TRITON_INTERPRET=1) t
 Triton kernels; with a GPU, the Triton kernels compiled for CUDA.
 """
 
+import importlib
 import itertools
 
 import pytest
@@ -57,6 +58,45 @@ def test_flash_attn_varlen(impl, seqlens, hq, hkv, d, dv, causal, window, dtype,
     assert got.data_ptr() == out.data_ptr()
     ref, ref_lse = varlen_f64(q, k, v, seqlens, scale, causal, window)
     assert_close(got, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+
+
+@pytest.mark.skipif("triton" not in runnable("flash_attn_varlen"), reason="Triton cannot run here")
+@pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (9, 0)), (False, (6, 3))])
+@pytest.mark.parametrize("seqlens", [[(40, 40), (1, 1), (67, 67), (5, 30), (20, 9)], [(0, 0), (33, 33), (0, 4)]],
+                         ids=["ragged", "empty"])
+def test_triton_tma_kernel(seqlens, causal, window, rng):
+    """The Hopper tensor-descriptor prefill kernel (forced by config; compiled on sm90, and under
+    an interpreter that runs descriptor loads) against float64: ragged sequences whose last key
+    tiles reach into the next sequence or past the tensor, empty sequences, GQA 4."""
+    from ascend_ext.kernels.triton import flash_attention as triton_flash
+    from ascend_ext.kernels.triton.common import interpreter_reads_descriptors
+
+    if DEVICE == "cpu" and not interpreter_reads_descriptors():
+        pytest.skip("this Triton's interpreter has no tensor-descriptor loads")
+    if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need Hopper or newer")
+    configs = importlib.import_module(f"ascend_ext.backends.{DEVICE}.configs")
+    hq, hkv, d, dtype = 8, 2, 64, torch.bfloat16
+    tq, tk = sum(s[0] for s in seqlens), sum(s[1] for s in seqlens)
+    q, k, v = (randn((t, h, d), dtype, rng, DEVICE) for t, h in ((tq, hq), (tk, hkv), (tk, hkv)))
+    out = torch.full((tq, hq, d), float("nan"), dtype=dtype, device=DEVICE)
+    cfg = dict(SUB_M=16, NUM_SUB=1, BLOCK_N=16, num_warps=4, num_stages=2, TMA=True, WS=False)
+    win = (window[0], 0 if causal else window[1])
+    launched = []
+    original = triton_flash._flash_tma
+    triton_flash._flash_tma = lambda *a, **kw: launched.append(True) or original(*a, **kw)
+    try:
+        lse = triton_flash.flash_attn_varlen(q, k, v, cu([s[0] for s in seqlens], DEVICE),
+                                             cu([s[1] for s in seqlens], DEVICE), max(s[0] for s in seqlens),
+                                             max(s[1] for s in seqlens), softmax_scale=d ** -0.5, window=win,
+                                             mask=None, softcap=0.0, out=out, return_lse=True, config=cfg,
+                                             configs=configs)
+    finally:
+        triton_flash._flash_tma = original
+    assert launched, "the config asked for TMA: the descriptor kernel must run"
+    ref, ref_lse = varlen_f64(q.cpu(), k.cpu(), v.cpu(), seqlens, d ** -0.5, causal, window)
+    assert_close(out, ref, dtype)
     assert_lse_close(lse, ref_lse, dtype)
 
 

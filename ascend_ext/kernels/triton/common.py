@@ -23,6 +23,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.lru_cache(maxsize=1)
+def interpreter_reads_descriptors() -> bool:
+    """Whether this Triton's interpreter runs tensor-descriptor (TMA) loads (triton 3.9 does,
+    with zero padding; triton-ascend 3.2's does not): the TMA kernels' indexing is then
+    parity-tested on CPU, where the tensors fit a descriptor's rules."""
+    try:
+        from triton.runtime.interpreter import InterpreterBuilder
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(InterpreterBuilder, "create_descriptor_load")
+
+
 def dot_flags(dtype: torch.dtype) -> dict:
     """Constexpr switches for tl.dot: exact fp32 products for fp32 inputs, and an fp32
     upcast of bf16 operands under the interpreter (whose bf16 dot is wrong in triton 3.9)."""
@@ -510,6 +523,12 @@ def store_rows(O, LSE, acc, m_i, l_i, tokens, heads, valid, stride_ot, stride_oh
 _STAGES_THAT_FIT: dict = {}
 
 
+def _launch_key(value):
+    """Hashable stand-in of a launch keyword: a tensor descriptor (unhashable) by its box."""
+    block = getattr(value, "block_shape", None)
+    return ("descriptor", tuple(block)) if block is not None else value
+
+
 def launch(kernel, grid, *args, num_stages: int, **kwargs) -> None:
     """Launch; on a shared-memory overflow retry with fewer pipeline stages (down to 1).
 
@@ -517,7 +536,7 @@ def launch(kernel, grid, *args, num_stages: int, **kwargs) -> None:
     costs one failed attempt per process, not one per call."""
     from triton.runtime.errors import OutOfResources
 
-    key = (kernel.fn.__name__, num_stages, tuple(sorted((k, v) for k, v in kwargs.items())))
+    key = (kernel.fn.__name__, num_stages, tuple(sorted((k, _launch_key(v)) for k, v in kwargs.items())))
     stages = _STAGES_THAT_FIT.get(key, num_stages)
     while True:
         try:

@@ -35,8 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, clipped_run, dot_flags, launch, load_rows, next_pow2, row_bounds,
-                     run_run, run_visible, chunk_full_runs, sink_flag, softmax_step, store_rows, walk_blocks)
+from .common import (LOG2E, block_segments, clipped_run, dot_flags, interpreter_reads_descriptors, interpreting,
+                     launch, load_rows, next_pow2, row_bounds, run_run, run_visible, chunk_full_runs, sink_flag,
+                     softmax_step, store_rows, walk_blocks)
 
 
 @triton.jit
@@ -275,11 +276,13 @@ _WS_FAILED: set = set()
 
 def tma_eligible(q, k, v) -> bool:
     """TMA loads take 16-bit q/k/v with power-of-two head dims, each K/V token's heads
-    contiguous and 16-byte aligned rows (a tensor descriptor's rules); compiled CUDA only."""
+    contiguous and 16-byte aligned rows (a tensor descriptor's rules); compiled CUDA, or the
+    interpreter where it runs descriptor loads (tests: a config that asks for TMA)."""
     d, dv = q.shape[2], v.shape[2]
     rows_ok = all(x.stride(2) == 1 and x.stride(1) == x.shape[2] and (x.stride(0) * x.element_size()) % 16 == 0
                   and x.data_ptr() % 16 == 0 for x in (k, v))
-    return (q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16)
+    device_ok = q.device.type == "cuda" or (interpreting() and interpreter_reads_descriptors())
+    return (device_ok and q.dtype in (torch.bfloat16, torch.float16)
             and d == next_pow2(d) and dv == next_pow2(dv) and rows_ok)
 
 
