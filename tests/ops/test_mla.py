@@ -147,11 +147,20 @@ def test_mla_decode_fp8_cache(impl, hq, s_q, block_size, lengths, q_dtype, rng):
 @pytest.mark.skipif("triton" not in runnable("mla_decode"), reason="Triton cannot run here")
 @pytest.mark.parametrize("config", [dict(BLOCK_M=32, BLOCK_N=32, MASK_N=16), dict(BLOCK_M=16, BLOCK_N=64, MASK_N=32),
                                     dict(BLOCK_M=16, BLOCK_N=64, MASK_N=16, TRANS=True),
-                                    dict(BLOCK_M=32, BLOCK_N=32, MASK_N=32, TRANS=True)])
+                                    dict(BLOCK_M=32, BLOCK_N=32, MASK_N=32, TRANS=True),
+                                    dict(BLOCK_M=32, BLOCK_N=32, MASK_N=16, TMA=True),
+                                    dict(BLOCK_M=16, BLOCK_N=64, MASK_N=32, TRANS=True, TMA=True)])
 def test_mla_triton_tiles(config, rng):
     """Other tiles than the device default (the GPU paths' shapes, row tiles spanning positions),
-    row-major and transposed (keys x rows) MMA formulations."""
+    row-major and transposed (keys x rows) MMA formulations, and the Hopper tensor-descriptor
+    loads (compiled on sm90; under an interpreter that runs descriptor loads)."""
     from ascend_ext.kernels.triton import mla_decode as triton_decode
+    from ascend_ext.kernels.triton.common import interpreter_reads_descriptors
+
+    if config.get("TMA") and DEVICE == "cpu" and not interpreter_reads_descriptors():
+        pytest.skip("this Triton's interpreter has no tensor-descriptor loads")
+    if config.get("TMA") and DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need Hopper or newer")
 
     rank, rope, hq, s_q = 512, 64, 8, 3
     rows, cache, table, lens = _latent_cache([0, 130, 7, 64], rank + rope, 64, torch.bfloat16, rng)

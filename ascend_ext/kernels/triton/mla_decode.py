@@ -37,18 +37,27 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, launch, load_rows, row_bounds,
-                     softmax_stats, store_rows)
+from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, interpreting, launch, load_rows,
+                     row_bounds, softmax_stats, store_rows)
 from .paged_attention import combine_splits, split_destinations
+
+
+# the interpreter runs no inline assembly: there the TMA path reads the table with a plain load
+_OPAQUE_TABLE_LOAD = tl.constexpr(not interpreting())
 
 
 @triton.jit
 def _table_entry(ptr):
     """One block-table entry through an opaque non-coherent load: the software pipeliner
     sees no load feeding the TMA coordinates and keeps ``num_stages`` boxes in flight
-    (a visible ``tl.load`` there cut it to one buffer). CUDA-only (the TMA path)."""
-    return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
-                                     is_pure=True, pack=1)
+    (a visible ``tl.load`` there cut it to one buffer). The TMA path only (CUDA, or the
+    interpreter where it runs descriptor loads: a plain load there)."""
+    if _OPAQUE_TABLE_LOAD:
+        entry = tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                          is_pure=True, pack=1)
+    else:
+        entry = tl.load(ptr)
+    return entry
 
 
 @triton.jit
