@@ -174,15 +174,23 @@ def test_triton_tile_mask_run_paths(walk, kind, mask_tma, rng):
         tm, causal, window = TileMask.from_dense(dense, tile=(16, 16)), True, (-1, 0)
         if kind == "random shuffled":
             tm = _shuffled_runs(tm, rng)
-    q, k, v = (randn((s, h, d), dtype, rng, DEVICE) for h in (hq, hkv, hkv))
+    # two sequences (the second starts at row 75, inside a tile) and K / V as views of one fused
+    # [tokens, 2 Hkv, D] tensor (rows strided: the descriptors' row stride is not Hkv * D)
+    batch = 2
+    q = randn((batch * s, hq, d), dtype, rng, DEVICE)
+    kv = randn((batch * s, 2 * hkv, d), dtype, rng, DEVICE)
+    k, v = kv[:, :hkv], kv[:, hkv:]
     cfg = dict(base, TILE_RUNS=True, WALK=walk, MASK_TMA=mask_tma, TMA=base.get("TMA", False) or mask_tma)
     out = torch.full_like(q, float("nan"))
-    lse = triton_flash.flash_attn_varlen(q, k, v, cu([s], DEVICE), cu([s], DEVICE), s, s, softmax_scale=d ** -0.5,
-                                         window=window, mask=tm.to(DEVICE), softcap=0.0, out=out, return_lse=True,
-                                         config=cfg, configs=configs)
-    ref, ref_lse = attention_f64(q.cpu(), k.cpu(), v.cpu(), d ** -0.5, allowed(s, s, causal, window, dense))
-    assert_close(out, ref, dtype)
-    assert_lse_close(lse, ref_lse, dtype)
+    lse = triton_flash.flash_attn_varlen(q, k, v, cu([s] * batch, DEVICE), cu([s] * batch, DEVICE), s, s,
+                                         softmax_scale=d ** -0.5, window=window, mask=tm.to(DEVICE), softcap=0.0,
+                                         out=out, return_lse=True, config=cfg, configs=configs)
+    ok = allowed(s, s, causal, window, dense)
+    for b in range(batch):
+        rows = slice(b * s, (b + 1) * s)
+        ref, ref_lse = attention_f64(q[rows].cpu(), k[rows].cpu(), v[rows].cpu(), d ** -0.5, ok)
+        assert_close(out[rows], ref, dtype)
+        assert_lse_close(lse[:, rows], ref_lse, dtype)
 
 
 @pytest.mark.skipif("triton" not in runnable("flash_attn_varlen", mask=True), reason="Triton cannot run here")
