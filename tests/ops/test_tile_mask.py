@@ -99,6 +99,16 @@ MASKS = {
 }
 
 
+def _check_each_sequence(out, lse, q, k, v, visible, dtype):
+    """Sequences of len(visible) tokens packed back to back, one mask for all: each against float64."""
+    s = visible.shape[0]
+    for start in range(0, q.shape[0], s):
+        rows = slice(start, start + s)
+        ref, ref_lse = attention_f64(q[rows].cpu(), k[rows].cpu(), v[rows].cpu(), q.shape[2] ** -0.5, visible)
+        assert_close(out[rows], ref, dtype)
+        assert_lse_close(lse[:, rows], ref_lse, dtype)
+
+
 @pytest.mark.parametrize("impl", runnable("flash_attn_varlen", mask=True))
 @pytest.mark.parametrize("kind", ["documents", "random", "window+documents"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -121,12 +131,7 @@ def test_flash_attn_with_tile_mask(impl, kind, dtype, rng):
     with ops.use_impl(attention=impl):
         out, lse = ops.flash_attn_varlen(q, k, v, cu([s] * batch, DEVICE), cu([s] * batch, DEVICE), s, s,
                                          causal=causal, window_size=window, mask=tm, return_lse=True)
-    ok = allowed(s, s, causal, window, dense)
-    for b in range(batch):
-        sl = slice(b * s, (b + 1) * s)
-        ref, ref_lse = attention_f64(q[sl].cpu(), k[sl].cpu(), v[sl].cpu(), d ** -0.5, ok)
-        assert_close(out[sl], ref, dtype)
-        assert_lse_close(lse[:, sl], ref_lse, dtype)
+    _check_each_sequence(out, lse, q, k, v, allowed(s, s, causal, window, dense), dtype)
 
 
 def _shuffled_runs(tm: TileMask, rng) -> TileMask:
@@ -185,12 +190,7 @@ def test_triton_tile_mask_run_paths(walk, kind, mask_tma, rng):
     lse = triton_flash.flash_attn_varlen(q, k, v, cu([s] * batch, DEVICE), cu([s] * batch, DEVICE), s, s,
                                          softmax_scale=d ** -0.5, window=window, mask=tm.to(DEVICE), softcap=0.0,
                                          out=out, return_lse=True, config=cfg, configs=configs)
-    ok = allowed(s, s, causal, window, dense)
-    for b in range(batch):
-        rows = slice(b * s, (b + 1) * s)
-        ref, ref_lse = attention_f64(q[rows].cpu(), k[rows].cpu(), v[rows].cpu(), d ** -0.5, ok)
-        assert_close(out[rows], ref, dtype)
-        assert_lse_close(lse[:, rows], ref_lse, dtype)
+    _check_each_sequence(out, lse, q, k, v, allowed(s, s, causal, window, dense), dtype)
 
 
 @pytest.mark.skipif("triton" not in runnable("flash_attn_varlen", mask=True), reason="Triton cannot run here")
