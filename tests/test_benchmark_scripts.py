@@ -1,11 +1,13 @@
 """The CPU benchmark scripts still run against today's ops and vLLM (tiny shapes, every timer
 replaced by one call): a benchmark that rots (benchmarks/overhead.py once passed an
-implementation fewer keywords than the public op does) fails here, not in a measurement run."""
+implementation fewer keywords than the public op does) fails here, not in a measurement run.
+The GPU scripts (shapes and CUDA timers built in) are imported, so a broken import or name
+fails here before a device call is spent on it."""
 
 import contextlib
+import glob
 import importlib
 import os
-import sys
 
 import pytest
 import torch
@@ -74,3 +76,12 @@ def test_cascade_script(monkeypatch):
     bench = _script("cascade", monkeypatch)
     rows = bench.rows("cpu", smoke=True, rounds=1)
     assert rows and all(r["max_diff"] < 0.05 for r in rows)
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(BENCHMARKS, "*.py"))))
+def test_every_benchmark_script_imports(name, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(BENCHMARKS))
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    assert callable(getattr(importlib.import_module(name), "main", None)) or name in ("common", "moe_worker",
+                                                                                        "tp_worker")
+
