@@ -38,6 +38,13 @@ def bench_cpu_ms(fn, min_reps: int = 5, min_s: float = 0.3, max_reps: int = 200,
     return times[len(times) // 2] * 1e3
 
 
+def pinned(**overrides):
+    """``scope`` for :func:`bench_cpu_ms`: ``ops.use_impl(**overrides)`` entered once per loop."""
+    from ascend_ext import ops
+
+    return lambda: ops.use_impl(**overrides)
+
+
 def host_read_gbps(nbytes: int = 1 << 29) -> float:
     """Measured host memory read bandwidth (GB/s): a sum over ``nbytes`` of float32, all threads."""
     x = torch.ones(nbytes // 4)

@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import bench_cpu_ms, environment, host_read_gbps, out_dir, print_table, write_json  # noqa: E402
+from common import bench_cpu_ms, environment, host_read_gbps, out_dir, pinned, print_table, write_json  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
 
@@ -123,7 +123,7 @@ class Case:
         k_cache, v_cache = self.float_caches if float_cache else (self.k_cache, self.v_cache)
         scales = {} if float_cache else self.scales
 
-        def run():   # as the vLLM backend calls it; the implementation is pinned by impl_scope
+        def run():   # as the vLLM backend calls it; the timing loop pins the implementation
             with ops.trusted_inputs():
                 ops.paged_attention(self.q, k_cache, v_cache, self.table, self.seq_lens, self.cu_q,
                                     max(self.q_lens), out=self.out, **scales)
@@ -150,11 +150,6 @@ class Case:
         return run
 
 
-def impl_scope(impl: str):
-    """Context factory pinning our attention implementation for one timing loop."""
-    return lambda: ops.use_impl(attention=impl)
-
-
 def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impls, rounds: int = 3,
             kv_quant: str | None = None) -> dict:
     """One case: native, vLLM and (decode) a plain read of the same byte count timed ``rounds``
@@ -166,7 +161,7 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     causal_pairs = sum(lq * (ctx - lq) + lq * (lq + 1) // 2 for ctx, lq in zip(contexts, q_lens))
     flops = 4 * HQ * HEAD_DIM * causal_pairs
     sides = {impl: case.ours(impl) for impl in impls if impl != "reference"}
-    scopes = {impl: impl_scope(impl) for impl in impls}
+    scopes = {impl: pinned(attention=impl) for impl in impls}
     if "reference" in impls and case.kv_bytes <= REFERENCE_MAX_KV_BYTES:   # slow: timed once, not alternated
         row["reference_ms"] = bench_cpu_ms(case.ours("reference"), min_reps=3, min_s=0.1,
                                            scope=scopes["reference"])
@@ -174,7 +169,7 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         sides["vllm"] = case.theirs()
     if kv_quant is not None and "native" in impls:
         sides["native_float"] = case.ours("native", float_cache=True)
-        scopes["native_float"] = impl_scope("native")
+        scopes["native_float"] = pinned(attention="native")
     if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
         plain = torch.ones(case.kv_bytes // 4)
         sides["read"] = plain.sum
@@ -187,11 +182,11 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     if kind == "decode":
         row["read_GBps"] = case.kv_bytes / row.pop("read_ms") / 1e6
     if "native" in impls and vops is not None:
-        with impl_scope("native")():
+        with ops.use_impl(attention="native"):
             case.ours("native")()
         row["max_diff_vs_vllm"] = float((case.vout.float() - case.out.float()).abs().max())
     if kind == "prefill" and "native" in impls and kv_quant is None:   # varlen takes float K / V only
-        row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native(), scope=impl_scope("native"))
+        row["native_varlen_ms"] = bench_cpu_ms(case.varlen_native(), scope=pinned(attention="native"))
     for key in [k for k in row if k.endswith("_ms")]:
         name = key[:-3]
         row[f"{name}_GBps"] = (case.float_kv_bytes if name == "native_float" else case.kv_bytes) / row[key] / 1e6

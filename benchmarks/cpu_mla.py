@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import bench_cpu_ms, environment, host_read_gbps, out_dir, print_table, write_json  # noqa: E402
+from common import bench_cpu_ms, environment, host_read_gbps, out_dir, pinned, print_table, write_json  # noqa: E402
 from cpu_attention import _cpu_name  # noqa: E402
 
 from ascend_ext import ops  # noqa: E402
@@ -96,10 +96,9 @@ def measure(batch: int, context: int, heads: int, dtype, vops, impls, fp8: bool 
     for impl in impls:
         if impl == "reference" and case.kv_bytes > REFERENCE_MAX_KV_BYTES:
             continue
-        pin = lambda impl=impl: ops.use_impl(mla=impl)   # noqa: E731
-        row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl), scope=pin)
+        row[f"{impl}_ms"] = bench_cpu_ms(case.ours(impl), scope=pinned(mla=impl))
         if fp8:
-            row[f"{impl}_fp8_ms"] = bench_cpu_ms(case.ours(impl, fp8=True), scope=pin)
+            row[f"{impl}_fp8_ms"] = bench_cpu_ms(case.ours(impl, fp8=True), scope=pinned(mla=impl))
     if vops is not None:
         row["vllm_ms"] = bench_cpu_ms(case.theirs(vops))
         if "native" in impls:

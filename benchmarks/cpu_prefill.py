@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_attention  # noqa: E402
 from common import environment, out_dir, print_table, write_json  # noqa: E402
 
+from ascend_ext import ops  # noqa: E402
+
 SHAPES = {"8b_d128": (32, 8, 128), "long_d64": (8, 2, 64)}   # (Hq, Hkv, head dim)
 
 
@@ -50,7 +52,7 @@ def measure(shape: str, prompt: int, dtype: torch.dtype, vops, rounds: int) -> d
         fns["vllm"] = case.theirs()
     # one thread runs inline in this thread: its CPU time excludes the time other processes
     # took the core (wall time otherwise)
-    with cpu_attention.impl_scope("native")():   # vLLM's op is unaffected by our binding
+    with ops.use_impl(attention="native"):   # vLLM's op is unaffected by our binding
         times = _times_ms(fns, rounds, time.thread_time if torch.get_num_threads() == 1 else time.perf_counter)
     hq, _, d = SHAPES[shape]
     flops = 4 * hq * d * prompt * (prompt + 1) // 2

@@ -21,3 +21,16 @@ def runnable(op: str, **needs: bool) -> list[str]:
 
 def interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def require_tensor_descriptors() -> None:
+    """Skip unless the Triton kernels' tensor-descriptor (TMA) paths run on DEVICE: Hopper or
+    newer when compiled, an interpreter that executes descriptor loads on CPU."""
+    import pytest
+
+    from ascend_ext.kernels.triton.common import interpreter_reads_descriptors
+
+    if DEVICE == "cpu" and not interpreter_reads_descriptors():
+        pytest.skip("this Triton's interpreter has no tensor-descriptor loads")
+    if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need Hopper or newer")

@@ -12,7 +12,7 @@ import torch
 
 from ascend_ext import ops
 
-from .impls import DEVICE, runnable
+from .impls import DEVICE, require_tensor_descriptors, runnable
 from .naive import allowed, assert_close, assert_lse_close, attention_f64, cu, paged_cache, paged_f64, randn, varlen_f64
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -65,17 +65,13 @@ def test_flash_attn_varlen(impl, seqlens, hq, hkv, d, dv, causal, window, dtype,
 @pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (9, 0)), (False, (6, 3))])
 @pytest.mark.parametrize("seqlens", [[(40, 40), (1, 1), (67, 67), (5, 30), (20, 9)], [(0, 0), (33, 33), (0, 4)]],
                          ids=["ragged", "empty"])
-def test_triton_tma_kernel(seqlens, causal, window, rng):
+def test_triton_tma_kernel(seqlens, causal, window, rng, monkeypatch):
     """The Hopper tensor-descriptor prefill kernel (forced by config; compiled on sm90, and under
     an interpreter that runs descriptor loads) against float64: ragged sequences whose last key
     tiles reach into the next sequence or past the tensor, empty sequences, GQA 4."""
     from ascend_ext.kernels.triton import flash_attention as triton_flash
-    from ascend_ext.kernels.triton.common import interpreter_reads_descriptors
 
-    if DEVICE == "cpu" and not interpreter_reads_descriptors():
-        pytest.skip("this Triton's interpreter has no tensor-descriptor loads")
-    if DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("tensor descriptors need Hopper or newer")
+    require_tensor_descriptors()
     configs = importlib.import_module(f"ascend_ext.backends.{DEVICE}.configs")
     hq, hkv, d, dtype = 8, 2, 64, torch.bfloat16
     tq, tk = sum(s[0] for s in seqlens), sum(s[1] for s in seqlens)
@@ -84,16 +80,13 @@ def test_triton_tma_kernel(seqlens, causal, window, rng):
     cfg = dict(SUB_M=16, NUM_SUB=1, BLOCK_N=16, num_warps=4, num_stages=2, TMA=True, WS=False)
     win = (window[0], 0 if causal else window[1])
     launched = []
-    original = triton_flash._flash_tma
-    triton_flash._flash_tma = lambda *a, **kw: launched.append(True) or original(*a, **kw)
-    try:
-        lse = triton_flash.flash_attn_varlen(q, k, v, cu([s[0] for s in seqlens], DEVICE),
-                                             cu([s[1] for s in seqlens], DEVICE), max(s[0] for s in seqlens),
-                                             max(s[1] for s in seqlens), softmax_scale=d ** -0.5, window=win,
-                                             mask=None, softcap=0.0, out=out, return_lse=True, config=cfg,
-                                             configs=configs)
-    finally:
-        triton_flash._flash_tma = original
+    tma = triton_flash._flash_tma
+    monkeypatch.setattr(triton_flash, "_flash_tma", lambda *a, **kw: launched.append(True) or tma(*a, **kw))
+    lse = triton_flash.flash_attn_varlen(q, k, v, cu([s[0] for s in seqlens], DEVICE),
+                                         cu([s[1] for s in seqlens], DEVICE), max(s[0] for s in seqlens),
+                                         max(s[1] for s in seqlens), softmax_scale=d ** -0.5, window=win,
+                                         mask=None, softcap=0.0, out=out, return_lse=True, config=cfg,
+                                         configs=configs)
     assert launched, "the config asked for TMA: the descriptor kernel must run"
     ref, ref_lse = varlen_f64(q.cpu(), k.cpu(), v.cpu(), seqlens, d ** -0.5, causal, window)
     assert_close(out, ref, dtype)

@@ -11,7 +11,7 @@ import torch
 
 from ascend_ext import ops
 
-from .impls import DEVICE, runnable
+from .impls import DEVICE, require_tensor_descriptors, runnable
 from .naive import allowed, assert_close, assert_lse_close, attention_f64, randn
 
 
@@ -155,12 +155,9 @@ def test_mla_triton_tiles(config, rng):
     row-major and transposed (keys x rows) MMA formulations, and the Hopper tensor-descriptor
     loads (compiled on sm90; under an interpreter that runs descriptor loads)."""
     from ascend_ext.kernels.triton import mla_decode as triton_decode
-    from ascend_ext.kernels.triton.common import interpreter_reads_descriptors
 
-    if config.get("TMA") and DEVICE == "cpu" and not interpreter_reads_descriptors():
-        pytest.skip("this Triton's interpreter has no tensor-descriptor loads")
-    if config.get("TMA") and DEVICE == "cuda" and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("tensor descriptors need Hopper or newer")
+    if config.get("TMA"):
+        require_tensor_descriptors()
 
     rank, rope, hq, s_q = 512, 64, 8, 3
     rows, cache, table, lens = _latent_cache([0, 130, 7, 64], rank + rope, 64, torch.bfloat16, rng)
