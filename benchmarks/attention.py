@@ -171,7 +171,7 @@ WINDOW_TILES = {"M128N64": dict(BLOCK_N=64), "M64N128w4": dict(SUB_M=64, num_war
 
 
 # block-sparse walk variants (the 128 x 128 mask tiles fix SUB_M * NUM_SUB and BLOCK_N)
-SPARSE_TILES = {"maskTMA": dict(MASK_TMA=True), "sub2x64": dict(NUM_SUB=2, SUB_M=64), "s2": dict(num_stages=2),
+SPARSE_TILES = {"pointers": dict(MASK_TMA=False), "sub2x64": dict(NUM_SUB=2, SUB_M=64), "s2": dict(num_stages=2),
                 "sub2x64s2": dict(NUM_SUB=2, SUB_M=64, num_stages=2)}
 
 

@@ -60,9 +60,11 @@ def choose_splits(model: DeviceModel, *, path: str, programs: int, max_len: int,
                   width: int, rank: int, kv_bytes: int, out_rows: int) -> int:
     """Split-KV count minimising :func:`split_cost`; each split keeps >= 2 key tiles.
 
-    The compute path also asks for >= 2 programs per unit while splits keep >= 8 key
+    The compute path also asks for >= 2 programs per unit while splits keep >= 32 key
     tiles: on H100 (run 1) Hq 128 B 32 ran 1.2-2.1x faster at 2 waves than at the one
-    wave the cost model prefers (the next program's prologue hides the previous epilogue)."""
+    wave the cost model prefers (the next program's prologue hides the previous epilogue),
+    but not once splits get short: Hq 128 s_q 1 B 32 ctx 4k, 2 splits (32 tiles each) 147 us
+    vs 4 splits 159 us (H100 2026-11-25 and 2026-12-07; their fp32 partials double too)."""
     units, bandwidth, rate = model.units, model.bandwidth, model.mma_rate[path]
     tile_s = max(block_n * width * kv_bytes / (bandwidth / units),
                  2 * block_m * block_n * (width + rank) / (rate / units))
@@ -71,7 +73,7 @@ def choose_splits(model: DeviceModel, *, path: str, programs: int, max_len: int,
                            partial_bytes=out_rows * rank * 4, bandwidth=bandwidth) for s in range(1, limit + 1)}
     best = min(costs, key=lambda s: (costs[s], s))
     if path == "compute":
-        while programs * best < 1.9 * units and best * 2 <= min(64, max_len // (8 * block_n)):
+        while programs * best < 1.9 * units and best * 2 <= min(64, max_len // (32 * block_n)):
             best *= 2
     return best
 
