@@ -183,6 +183,7 @@ inline bool softmax_row(RowGroup& g, int64_t r, float* s, int64_t n0, int64_t n,
 // [num_blocks, block_size, Hkv, D] (any strides).
 template <typename T>
 struct PagedRows {
+  using value_type = T;
   const T* base;          // cache + head * stride_head
   const int32_t* table;   // the sequence's block-table row
   int64_t block, stride_block, stride_token;
@@ -205,6 +206,7 @@ struct PagedRows {
 // Key/value rows of one KV head of one sequence in a packed [T, Hkv, D] tensor.
 template <typename T>
 struct PackedRows {
+  using value_type = T;
   const T* base;  // first row of the sequence, head applied
   int64_t stride;
 
@@ -243,11 +245,11 @@ void accumulate_rows_pairs(RowGroup& g, int64_t r0, float* const* s, int64_t n) 
   rows::accumulate_pairs<R>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
 }
 
-// R rows (2..4) of a bfloat16 cache over one block: every key and value chunk is loaded once
-// for the R rows (a GQA group of 7 runs as 4 + 3, not 4 + 1 + 1 + 1).
-template <int R>
-void attend_rows_bf16(RowGroup& g, int64_t r0, int64_t n0, int64_t n, const c10::BFloat16* const* k_raw, float kscale,
-                      float softcap, const c10::BFloat16* const* k_ahead, int64_t n_ahead) {
+// R rows (2..4) of a bfloat16 (or float8_e4m3fn: S) cache over one block: every key and value
+// chunk is loaded once for the R rows (a GQA group of 7 runs as 4 + 3, not 4 + 1 + 1 + 1).
+template <int R, typename S>
+void attend_rows_bf16(RowGroup& g, int64_t r0, int64_t n0, int64_t n, const S* const* k_raw, float kscale,
+                      float softcap, const S* const* k_ahead, int64_t n_ahead) {
   float* s[R];
   const uint16_t* qb[R];
   for (int u = 0; u < R; ++u) {
@@ -263,10 +265,11 @@ void attend_rows_bf16(RowGroup& g, int64_t r0, int64_t n0, int64_t n, const c10:
 
 // One block of n keys (n0..) for rows [r0, r0 + count): scores, softmax, p.V. Groups of
 // 2-4 rows of a bfloat16 cache, and of four rows otherwise, load each key and value once
-// for all rows; single rows take the one-row kernels.
-template <typename T>
-void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n, const T* const* k_raw,
-                  RowPath kpath, RowPath vpath, float q_scale, float softcap, const T* const* k_ahead,
+// for all rows; single rows take the one-row kernels. k_raw holds rows of the stored type S:
+// T, or float8_e4m3fn under bfloat16 math (bfloat16 key / value paths only, widened on load).
+template <typename T, typename S>
+void attend_block(RowGroup& g, int64_t r0, int64_t count, int64_t n0, int64_t n, const S* const* k_raw,
+                  RowPath kpath, RowPath vpath, float q_scale, float softcap, const S* const* k_ahead,
                   int64_t n_ahead) {
   float* s[QUAD];
   for (int64_t u = 0; u < count; ++u) s[u] = g.s.data() + u * g.keys;
@@ -343,7 +346,9 @@ inline void prefetch_each(const void* const* rows, int64_t n, int64_t bytes) {
 // heads, d128 (benchmarks/NOTES.md): 11.6 GB/s before, 14-17 with per-block bursts, 18 with
 // the spread (24 with transparent huge pages); NTA hints and two blocks ahead were slower.
 // Row sources whose fill() writes staging rows (kv_dequant::DequantRows): they prefetch the
-// stored rows through prefetch(first, n), in one burst per block.
+// stored rows through prefetch(first, n), in one burst per block. Rows stored as float8_e4m3fn
+// under bfloat16 math (Rows::value_type != T) reach the bfloat16 kernels unstaged, widened in
+// registers as they are loaded; the caller sends them only where both bfloat16 paths apply.
 template <typename R, typename = void>
 struct is_staged : std::false_type {};
 template <typename R>
@@ -353,6 +358,7 @@ template <typename T, typename Rows>
 void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
                   float softcap, bool prefetch) {
   constexpr bool staged = is_staged<Rows>::value;
+  using S = typename Rows::value_type;   // the stored row type
   int64_t min_lo = end, max_hi = begin;
   for (int64_t r = 0; r < g.rows; ++r) {
     if (g.hi[r] > g.lo[r]) {
@@ -363,13 +369,15 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   begin = std::max(begin, min_lo);
   end = std::min(end, max_hi);
   const RowPath kpath = key_path<T>(g.dim), vpath = value_path<T>(g.dim_v);
-  const T* k_raw[MAX_BLOCK_KEYS];
-  const T* v_raw[MAX_BLOCK_KEYS];
-  const T* k_ahead[MAX_BLOCK_KEYS];
-  const T* v_ahead[MAX_BLOCK_KEYS];
+  if constexpr (!std::is_same_v<S, T>)
+    TORCH_CHECK(kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16, "widening on load needs the bfloat16 paths");
+  const S* k_raw[MAX_BLOCK_KEYS];
+  const S* v_raw[MAX_BLOCK_KEYS];
+  const S* k_ahead[MAX_BLOCK_KEYS];
+  const S* v_ahead[MAX_BLOCK_KEYS];
   // spread prefetch: keys by the multi-row bf16 scores, values by the pair interleave
   const bool spread = !staged && g.rows > 1 && kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16;
-  const int64_t k_bytes = g.dim * sizeof(T), v_bytes = g.dim_v * sizeof(T);
+  const int64_t k_bytes = g.dim * sizeof(S), v_bytes = g.dim_v * sizeof(S);
   for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
     const int64_t n = std::min(g.keys, end - n0);
     keys.fill(n0, n, k_raw);
@@ -385,12 +393,14 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
         if (!spread) prefetch_each(reinterpret_cast<const void* const*>(k_ahead), n_ahead, k_bytes);
       }
     }
-    if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
-    if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
+    if constexpr (std::is_same_v<S, T>) {
+      if (kpath != RowPath::DotBF16) stage_rows(k_raw, n, g.dim, g.dp, kpath, g.kf.data(), g.k_rows);
+      if (vpath != RowPath::PairsBF16) stage_rows(v_raw, n, g.dim_v, g.dvp, vpath, g.vf.data(), g.v_rows);
+    }
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<T, c10::BFloat16>) {
       if (vpath == RowPath::PairsBF16) {
-        const auto* zero = reinterpret_cast<const c10::BFloat16*>(g.zero_row.data());
+        const auto* zero = reinterpret_cast<const S*>(g.zero_row.data());   // dv zero elements
         for (int64_t j = 0; j < n; j += 2) {
           if (spread) prefetch_each(reinterpret_cast<const void* const*>(v_ahead + j),
                                     std::clamp<int64_t>(n_ahead - j, 0, 2), v_bytes);
@@ -404,7 +414,7 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
       const int64_t count = std::min(QUAD, g.rows - r0);
       bool any = false;
       for (int64_t r = r0; r < r0 + count; ++r) any |= g.sees(r, n0, n);
-      if (any) attend_block<T>(g, r0, count, n0, n, k_raw, kpath, vpath, q_scale, softcap, k_ahead,
+      if (any) attend_block<T, S>(g, r0, count, n0, n, k_raw, kpath, vpath, q_scale, softcap, k_ahead,
                                spread && r0 == 0 ? n_ahead : 0);
     }
     if (!staged && !spread) prefetch_each(reinterpret_cast<const void* const*>(v_ahead), n_ahead, v_bytes);
@@ -550,8 +560,10 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const void* tile_q = raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data();
     const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, tile_q, raw_q ? p.dim : g.dp,
                                 g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
-    if (!tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap))  // many rows: tiles
-      attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
+    bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
+    if constexpr (std::is_same_v<typename std::decay_t<decltype(keys)>::value_type, T>)
+      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap);
+    if (!tiled) attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     const float value_factor = p.value_factor != nullptr ? p.value_factor[it.h] : 1.f;
     for (int64_t r = 0; r < rows; ++r) {
       float* row = splits > 1 ? part_out.data() + (w * max_rows + r) * p.dim_v : g.row_out.data();
@@ -763,6 +775,23 @@ bool constant_per_head(const float* t, int64_t hkv, int64_t dim, bool integral) 
   return true;
 }
 
+// Whether a folded fp8 call (bfloat16 queries) reads its e4m3 rows unstaged, widened in the
+// bfloat16 kernels' registers: a build with those kernels, head dims they take, and work items
+// too small for the tile kernel (which reads staged bfloat16 rows), i.e. decode and short
+// chunks. The staging pass it saves wrote and re-read every row (benchmarks/NOTES.md).
+bool widens_fp8_on_load(int64_t dim, int64_t dim_v, double softcap, const std::vector<int64_t>& q_len,
+                        int64_t group) {
+#if defined(__AVX512BF16__)
+  if (key_path<c10::BFloat16>(dim) != RowPath::DotBF16 || value_path<c10::BFloat16>(dim_v) != RowPath::PairsBF16)
+    return false;
+  const int64_t longest = q_len.empty() ? 0 : *std::max_element(q_len.begin(), q_len.end());
+  return !tiles::serves<c10::BFloat16>(dim, dim_v, static_cast<float>(softcap)) || longest * group < tiles::MIN_ROWS;
+#else
+  (void)dim, (void)dim_v, (void)softcap, (void)q_len, (void)group;
+  return false;
+#endif
+}
+
 // A float8_e4m3fn or int8 cache (kv_dequant.h). bfloat16 queries with scales constant per KV
 // head (fp8 always; int8 unless per channel) and integral offsets: the stored values minus
 // offset become bfloat16 rows (exact) for the bfloat16 kernels, the key scale multiplies the
@@ -814,6 +843,13 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
            rows_of);
   };
   const bool fp8 = k_cache.scalar_type() == at::kFloat8_e4m3fn;
+  if (fold && fp8 && widens_fp8_on_load(dim, dim_v, softcap, call.q_len, p.group)) {
+    // decode-sized items: e4m3 rows straight into the bfloat16 kernels (no staging pass)
+    auto rows_of = [&](int64_t b, int64_t h) { return call.rows<kv_dequant::E4M3>(b, h); };
+    run<c10::BFloat16>(p, qx.data_ptr<c10::BFloat16>(), outx.data_ptr<c10::BFloat16>(), lse_ptr(lse), q.size(0),
+                       call.q_start, call.q_len, lens, rows_of);
+    return;
+  }
   if (fold && fp8) with_types(kv_dequant::E4M3{}, c10::BFloat16{});
   if (fold && !fp8) with_types(int8_t{}, c10::BFloat16{});
   if (!fold && fp8) with_types(kv_dequant::E4M3{}, float{});

@@ -5,7 +5,8 @@
 // Key and value rows arrive as arrays of row pointers (paged caches are not
 // contiguous). float32 rows have a length that is a multiple of 16 (zero-padded when
 // widened). bfloat16 paths (AVX512-BF16) read keys in place and values as pairs of
-// keys interleaved per dim; probabilities enter p.V as a bfloat16 hi + lo pair, so the
+// keys interleaved per dim; they also take float8_e4m3fn rows (kv_dequant::E4M3), widened
+// to bfloat16 in registers as they are loaded (exact); probabilities enter p.V as a bfloat16 hi + lo pair, so the
 // product keeps float32 accuracy (rounding P to one bfloat16, as GPU FlashAttention
 // does, measurably moved a tiny DeepSeek's generations away from vLLM's CPU backend).
 #pragma once
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kv_dequant.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -133,26 +135,33 @@ inline void accumulate4(float* const* acc, const float* const* p, const float* c
 // ------------------------------------------------------------------ bfloat16 (AVX512-BF16)
 inline __m512bh load_bf16x32(const void* p) { return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p)); }
 
+// 32 elements of a key or value row as bfloat16: in place, or float8_e4m3fn widened exactly.
+inline __m512bh load_row_bf16x32(const c10::BFloat16* p) { return load_bf16x32(p); }
+inline __m512bh load_row_bf16x32(const kv_dequant::E4M3* p) {
+  return reinterpret_cast<__m512bh>(kv_dequant::e4m3_to_bf16x32(p));
+}
+
 inline f16x dot_bf16(f16x acc, __m512bh a, __m512bh b) {
   return reinterpret_cast<f16x>(_mm512_dpbf16_ps(reinterpret_cast<__m512>(acc), a, b));
 }
 
-// s[j] = scale * (q . k[j]) over bfloat16 rows of length d (multiple of 32), read in place.
-inline void scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
-                        float* s) {
+// s[j] = scale * (q . k[j]) over key rows of length d (multiple of 32): bfloat16 read in place,
+// or float8_e4m3fn (K) widened on load.
+template <typename K>
+inline void scores_bf16(const uint16_t* q, const K* const* k, int64_t d, int64_t n, float scale, float* s) {
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     f16x a[8] = {};
     for (int64_t i = 0; i < d; i += 32) {
       const __m512bh qv = load_bf16x32(q + i);
-      for (int u = 0; u < 8; ++u) a[u] = dot_bf16(a[u], qv, load_bf16x32(k[j + u] + i));
+      for (int u = 0; u < 8; ++u) a[u] = dot_bf16(a[u], qv, load_row_bf16x32(k[j + u] + i));
     }
     const f16x sums = vec::hsum8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]) * scale;
     for (int u = 0; u < 8; ++u) s[j + u] = sums[u];
   }
   for (; j < n; ++j) {
     f16x a{};
-    for (int64_t i = 0; i < d; i += 32) a = dot_bf16(a, load_bf16x32(q + i), load_bf16x32(k[j] + i));
+    for (int64_t i = 0; i < d; i += 32) a = dot_bf16(a, load_bf16x32(q + i), load_row_bf16x32(k[j] + i));
     s[j] = vec::hsum(a) * scale;
   }
 }
@@ -161,18 +170,17 @@ inline void scores_bf16(const uint16_t* q, const c10::BFloat16* const* k, int64_
 // loaded once for the R rows. With `ahead` (rows of the next block, n_ahead of them) each key
 // read here prefetches the matching key one block ahead, so the prefetches are spread over
 // the scoring work instead of issued in one burst.
-template <int R>
-inline void scores_rows_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n,
-                             float scale, float* s, int64_t s_stride, const c10::BFloat16* const* ahead = nullptr,
-                             int64_t n_ahead = 0) {
+template <int R, typename K>
+inline void scores_rows_bf16(const uint16_t* const* q, const K* const* k, int64_t d, int64_t n, float scale, float* s,
+                             int64_t s_stride, const K* const* ahead = nullptr, int64_t n_ahead = 0) {
   static_assert(R >= 1 && R <= 4, "one 16-way reduction holds four rows x four keys");
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) {
-    for (int64_t u = j; u < std::min(j + 4, n_ahead); ++u) vec::prefetch_lines(ahead[u], d * sizeof(uint16_t));
+    for (int64_t u = j; u < std::min(j + 4, n_ahead); ++u) vec::prefetch_lines(ahead[u], d * sizeof(K));
     f16x a[16] = {};
     for (int64_t i = 0; i < d; i += 32) {
-      const __m512bh k0 = load_bf16x32(k[j] + i), k1 = load_bf16x32(k[j + 1] + i);
-      const __m512bh k2 = load_bf16x32(k[j + 2] + i), k3 = load_bf16x32(k[j + 3] + i);
+      const __m512bh k0 = load_row_bf16x32(k[j] + i), k1 = load_row_bf16x32(k[j + 1] + i);
+      const __m512bh k2 = load_row_bf16x32(k[j + 2] + i), k3 = load_row_bf16x32(k[j + 3] + i);
       for (int r = 0; r < R; ++r) {
         const __m512bh qv = load_bf16x32(q[r] + i);
         a[4 * r] = dot_bf16(a[4 * r], qv, k0);
@@ -189,21 +197,25 @@ inline void scores_rows_bf16(const uint16_t* const* q, const c10::BFloat16* cons
     for (int r = 0; r < R; ++r) scores_bf16(q[r], k + j, d, n - j, scale, s + r * s_stride + j);
 }
 
-inline void scores4_bf16(const uint16_t* const* q, const c10::BFloat16* const* k, int64_t d, int64_t n, float scale,
-                         float* s, int64_t s_stride) {
+template <typename K>
+inline void scores4_bf16(const uint16_t* const* q, const K* const* k, int64_t d, int64_t n, float scale, float* s,
+                         int64_t s_stride) {
   scores_rows_bf16<4>(q, k, d, n, scale, s, s_stride);
 }
 
-// out[2c + t] = row_t[c] (t = 0, 1) for c < dv (multiple of 32): two value rows
-// interleaved so one dot-product lane combines the same dim of both keys.
-inline void interleave_pair(const c10::BFloat16* a, const c10::BFloat16* b, uint16_t* out, int64_t dv) {
+// out[2c + t] = row_t[c] (t = 0, 1) for c < dv (multiple of 32): two value rows (bfloat16, or
+// float8_e4m3fn widened on load) interleaved so one dot-product lane combines the same dim of
+// both keys.
+template <typename V>
+inline void interleave_pair(const V* a, const V* b, uint16_t* out, int64_t dv) {
   alignas(64) static const uint16_t low[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   alignas(64) static const uint16_t high[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
                                                 24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
   const __m512i lo_idx = _mm512_load_si512(low), hi_idx = _mm512_load_si512(high);
   for (int64_t c = 0; c < dv; c += 32) {
-    const __m512i x = _mm512_loadu_si512(a + c), y = _mm512_loadu_si512(b + c);
+    const __m512i x = reinterpret_cast<__m512i>(load_row_bf16x32(a + c));
+    const __m512i y = reinterpret_cast<__m512i>(load_row_bf16x32(b + c));
     _mm512_storeu_si512(out + 2 * c, _mm512_permutex2var_epi16(x, lo_idx, y));
     _mm512_storeu_si512(out + 2 * c + 32, _mm512_permutex2var_epi16(x, hi_idx, y));
   }

@@ -121,6 +121,7 @@ inline void dequantize_row(const E4M3* src, const float* scale, const float* off
 // per thread and per K / V), valid until the next fill.
 template <typename C, typename Source, typename O>
 struct DequantRows {
+  using value_type = O;                   // the rows handed to the kernels
   static constexpr bool kStaged = true;   // fill() writes staging: prefetch through prefetch()
   Source source;          // row pointers into the cache (PagedRows<C>)
   const float* scale;     // [dim] of this head, or null (folded out)

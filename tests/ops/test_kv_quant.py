@@ -391,3 +391,47 @@ def test_native_quantised_cache_streaming_prefetch(kind, monkeypatch, rng):
     monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "1")
     for case in [c for c in _cases() if c.values[0] == kind][:2]:
         test_paged_attention_on_quantised_cache(*case.values, rng)
+
+
+def _native_or_skip():
+    if "native" not in _impls("fp8"):
+        pytest.skip("the native CPU extension is not built here")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["in_cache", "streaming"])
+@pytest.mark.parametrize("hq,hkv,d", [(8, 8, 128), (4, 2, 64), (6, 2, 64), (8, 2, 128), (14, 2, 64), (16, 2, 64)])
+def test_native_fp8_decode_widened_on_load(hq, hkv, d, stream, monkeypatch, rng):
+    """Decode over an fp8 cache with bf16 queries (the rows reach the bf16 kernels unstaged,
+    widened in registers): GQA 1-8 (groups of 7 run as 4 + 3), odd lengths, NaN-poisoned unused
+    slots, permuted tables, per-head scales, with and without the streaming prefetch - against
+    float64 on the dequantised cache. With unit scales the result must equal, bit for bit, the
+    bf16-cache kernel over the same (exactly representable) values."""
+    _native_or_skip()
+    if stream:
+        monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "1")
+    seqs = [(1, 1), (67, 1), (0, 0), (130, 1), (5, 1), (200, 1)]
+    keys = [randn((n, hkv, d), torch.float32, rng, scale=2.0) for n, _ in seqs]
+    values = [randn((n, hkv, d), torch.float32, rng) for n, _ in seqs]
+    q_lens = [lq for _, lq in seqs]
+    q = randn((sum(q_lens), hq, d), torch.bfloat16, rng)
+    for unit in (False, True):
+        kq = (torch.ones(1), None) if unit else _scales("fp8", "head", hkv, d, 6.0, rng)
+        vq = (torch.ones(1), None) if unit else _scales("fp8", "head", hkv, d, 3.0, rng)
+        if unit:   # values already on the e4m3 grid, so the bf16 cache holds them exactly
+            keys = [_quantize(k, *kq, FP8).float() for k in keys]
+            values = [_quantize(v, *vq, FP8).float() for v in values]
+        k_cache, v_cache, table, lens = _quant_paged(keys, values, 16, FP8, kq, vq, rng)
+        ref, ref_lse = paged_f64(q, [_dequantize(_quantize(kk, *kq, FP8), *kq) for kk in keys],
+                                 [_dequantize(_quantize(vv, *vq, FP8), *vq) for vv in values], seqs, d ** -0.5)
+        out = torch.full((sum(q_lens), hq, d), float("nan"), dtype=torch.bfloat16)
+        with ops.use_impl(paged_attention="native"):
+            _, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens), return_lse=True,
+                                         out=out, k_scale=kq[0], v_scale=vq[0])
+        assert_close(out, ref, torch.bfloat16, what="native fp8 decode")
+        _assert_lse_close(lse, ref_lse, torch.bfloat16)
+        if unit:
+            widened = [c.float().to(torch.bfloat16) for c in (k_cache, v_cache)]   # NaN slots stay NaN
+            same = torch.full_like(out, float("nan"))
+            with ops.use_impl(paged_attention="native"):
+                ops.paged_attention(q, *widened, table, lens, cu(q_lens), max(q_lens), out=same)
+            assert torch.equal(out, same), "fp8 rows widened on load differ from the bf16 kernel's"
