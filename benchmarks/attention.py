@@ -367,16 +367,20 @@ ABLATION = [   # (SUB_M, NUM_SUB, BLOCK_N, warps, stages, warp_specialize, TMA)
     (128, 1, 128, 8, 3, False, False), (128, 1, 64, 8, 3, False, False), (256, 2, 64, 8, 2, False, False),
     (128, 1, 128, 8, 3, False, True), (128, 1, 128, 8, 3, True, True), (128, 1, 128, 4, 3, True, True),
     (128, 1, 128, 8, 2, False, True), (128, 1, 64, 8, 3, False, True), (128, 1, 64, 4, 3, True, True),
+    # short sequences (ABLATION_SEQS=1024): smaller query tiles, deeper pipelines
+    (64, 1, 64, 4, 3, False, True), (64, 1, 128, 4, 3, False, True), (128, 1, 128, 8, 4, True, True),
+    (128, 1, 64, 8, 4, False, True),
 ]
 
 
 ABLATION_DIMS = [int(x) for x in os.environ.get("ABLATION_DIMS", "128,64").split(",")]
+ABLATION_SEQS = [int(x) for x in os.environ["ABLATION_SEQS"].split(",")] if "ABLATION_SEQS" in os.environ else None
 
 
 def ablation(quick: bool) -> list[dict]:
     rows = []
     for d in ABLATION_DIMS:
-        for s in ((4096,) if quick else (4096, 16384)):
+        for s in ABLATION_SEQS or ((4096,) if quick else (4096, 16384)):
             for causal in (True, False):
                 b, h = TOKENS // s, 32
                 q = torch.randn(b * s, h, d, device=DEV, dtype=torch.bfloat16)

@@ -211,8 +211,9 @@ def test_triton_tile_mask_many_runs(rng):
 
 
 def test_cuda_tiles_for_narrow_windows(monkeypatch):
-    """Hopper's flash table: a sliding window of <= 1024 keys takes the short-span tiles
-    (64 x 64, 4 warps), wider or no windows and other GPUs the regular entry."""
+    """Hopper's flash table: a sliding window of <= 1024 keys, or causal sequences of <= 1024
+    keys, take the short-span tiles (64 x 64, 4 warps); wider windows, longer causal
+    sequences, non-causal attention and other GPUs the regular entry."""
     from ascend_ext.backends.cuda import configs
 
     monkeypatch.setattr(configs, "_capability", lambda device: (9, 0))
@@ -221,6 +222,9 @@ def test_cuda_tiles_for_narrow_windows(monkeypatch):
     assert (short["SUB_M"], short["BLOCK_N"], short["num_warps"]) == (64, 64, 4)
     for left in (-1, 4096):
         assert configs.flash_config(dev, 128, torch.bfloat16, window_left=left)["SUB_M"] == 128
+    assert configs.flash_config(dev, 128, torch.bfloat16, causal_keys=1024) == short
+    assert configs.flash_config(dev, 128, torch.bfloat16, causal_keys=2048)["SUB_M"] == 128
+    assert configs.flash_config(dev, 128, torch.bfloat16, window_left=4096, causal_keys=512)["SUB_M"] == 128
     assert configs.flash_config(dev, 64, torch.bfloat16, window_left=512)["SUB_M"] == 128   # d64: not measured
     monkeypatch.setattr(configs, "_capability", lambda device: (8, 0))
     assert configs.flash_config(dev, 128, torch.bfloat16, window_left=512) == configs.flash_config(dev, 128, torch.bfloat16)

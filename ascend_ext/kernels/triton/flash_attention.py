@@ -327,7 +327,8 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             return flash_attn_varlen(q, k, v, cu_docs, cu_docs, longest, longest, softmax_scale=softmax_scale,
                                      window=window, mask=None, softcap=softcap, out=out, return_lse=return_lse,
                                      sinks=sinks, configs=configs, config=config)
-    cfg = dict(config or configs.flash_config(q.device, d, q.dtype, window_left=window[0]))
+    cfg = dict(config or configs.flash_config(q.device, d, q.dtype, window_left=window[0],
+                                              causal_keys=max_seqlen_k if window[1] == 0 else -1))
     if mask is not None:   # the tiling-mask fixes the first-level tile shape
         if mask.tile_q < 32:           # tl.dot needs >= 16 rows per sub-tile
             cfg["NUM_SUB"] = 1
