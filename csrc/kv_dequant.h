@@ -90,19 +90,31 @@ inline void dequantize_row(const C* src, const float* scale, const float* offset
 }
 
 #if defined(__AVX512BW__)
+// bfloat16 bits of the e4m3fn magnitudes 0..127 (0x7f: NaN), exactly: normals (m >= 8) are
+// (m << 4) + (120 << 7), i.e. exponent and mantissa moved into place and rebiased 7 -> 127;
+// subnormals m * 2^-9.
+struct E4M3Table {
+  alignas(64) uint16_t bits[128];
+  constexpr E4M3Table() : bits{} {
+    constexpr uint16_t subnormals[8] = {0x0000, 0x3b00, 0x3b80, 0x3bc0, 0x3c00, 0x3c20, 0x3c40, 0x3c60};
+    for (int m = 0; m < 128; ++m)
+      bits[m] = m < 8 ? subnormals[m] : m == 0x7f ? 0x7fc0 : static_cast<uint16_t>((m << 4) + (120 << 7));
+  }
+};
+inline constexpr E4M3Table kE4M3Table{};
+
 // 32 e4m3fn bytes -> 32 bfloat16 (every e4m3fn value is a bfloat16 number, so exactly), in
-// 16-bit lanes: normals by shifting exponent and mantissa into place and rebiasing
-// (7 -> 127), the 7 subnormals from a table, 0x7f / 0xff as NaN, then the sign.
+// 16-bit lanes: the magnitude looked up in the 128-entry table (two 64-entry permutes, picked
+// by bit 6), then the sign. 7 instructions per 32 values (the arithmetic form took 11).
 inline __m512i e4m3_to_bf16x32(const E4M3* p) {
-  alignas(64) static const uint16_t subnormals[32] = {0x0000, 0x3b00, 0x3b80, 0x3bc0, 0x3c00, 0x3c20, 0x3c40, 0x3c60};
   const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  const __m512i magnitude = _mm512_and_si512(b, _mm512_set1_epi16(0x7f));
-  __m512i bits = _mm512_add_epi16(_mm512_slli_epi16(magnitude, 4), _mm512_set1_epi16(120 << 7));
-  const __mmask32 subnormal = _mm512_testn_epi16_mask(b, _mm512_set1_epi16(0x78));
-  bits = _mm512_mask_permutexvar_epi16(bits, subnormal, magnitude, _mm512_load_si512(subnormals));
-  bits = _mm512_mask_mov_epi16(bits, _mm512_cmpeq_epi16_mask(magnitude, _mm512_set1_epi16(0x7f)),
-                               _mm512_set1_epi16(0x7fc0));
-  return _mm512_or_si512(bits, _mm512_slli_epi16(_mm512_and_si512(b, _mm512_set1_epi16(0x80)), 8));
+  const __m512i* t = reinterpret_cast<const __m512i*>(kE4M3Table.bits);
+  const __m512i low = _mm512_permutex2var_epi16(_mm512_load_si512(t), b, _mm512_load_si512(t + 1));
+  const __m512i high = _mm512_permutex2var_epi16(_mm512_load_si512(t + 2), b, _mm512_load_si512(t + 3));
+  const __m512i magnitude = _mm512_mask_mov_epi16(low, _mm512_test_epi16_mask(b, _mm512_set1_epi16(0x40)), high);
+  // sign: bit 7 of each byte moved to bit 15 (imm 0xf8 = A | (B & C))
+  return _mm512_ternarylogic_epi32(magnitude, _mm512_slli_epi16(b, 8), _mm512_set1_epi16(static_cast<short>(0x8000)),
+                                   0xf8);
 }
 
 // The folded form of an fp8 row (no scale, no offset): 32 lanes per step.
