@@ -167,11 +167,14 @@ def decode(ceil: dict, quick: bool, fp8: bool = True, sink=None) -> list[dict]:
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, extra) per path; row 0 is the pre-issue-15-session-2
 # default (row-major MMAs), TRANS rows the transposed (keys x rows) formulation
 SWEEP = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TRANS": True}), (16, 64, 4, 2, {"TRANS": True}),
-                    (32, 64, 8, 2, {"TRANS": True}), (32, 64, 4, 2, {"TRANS": True})],
+                    (32, 64, 8, 2, {"TRANS": True}), (32, 64, 4, 2, {"TRANS": True}),
+                    # two programs per SM (<= 113 KiB shared, 4 warps x <= 255 registers; compile_report)
+                    (16, 32, 4, 3, {"TRANS": False}), (16, 32, 4, 2, {"TRANS": False}), (16, 16, 4, 4, {"TRANS": False})],
          "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 2, {"TRANS": True}), (32, 64, 8, 2, {"TRANS": True}),
                      (32, 64, 4, 2, {"TRANS": True})]}
 # extra split counts (relative to the plan's) timed with these variants of each path
-SPLIT_VARIANTS = {"memory": [(16, 64, 8, 2, {"TRANS": True}), (32, 64, 8, 2, {"TRANS": True})],
+SPLIT_VARIANTS = {"memory": [(16, 64, 8, 2, {"TRANS": True}), (32, 64, 8, 2, {"TRANS": True}),
+                             (16, 32, 4, 3, {"TRANS": False}), (16, 16, 4, 4, {"TRANS": False})],
                   "compute": [(64, 64, 8, 2, {"TRANS": True})]}
 FP8_VARIANTS = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TRANS": True})],
                 "compute": [(64, 64, 8, 2, {"TRANS": False}), (64, 64, 8, 3, {"TRANS": False}),
@@ -211,7 +214,13 @@ def split_sweep(ceil: dict) -> list[dict]:
     return rows
 
 
-def sweep(ceil: dict, shapes=((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096))) -> list[dict]:
+SWEEP_SHAPES = ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096))
+
+
+def sweep(ceil: dict, shapes=None) -> list[dict]:
+    """Tile variants per shape; MLA_SWEEP_SHAPES="Hq,s_q,B,ctx;..." picks the shapes."""
+    env = os.environ.get("MLA_SWEEP_SHAPES")
+    shapes = shapes or (tuple(tuple(int(x) for x in part.split(",")) for part in env.split(";")) if env else SWEEP_SHAPES)
     rows = []
     for hq, s_q, b, ctx in shapes:
         cache, table, lens, q = _setup(b, ctx, hq, s_q)
