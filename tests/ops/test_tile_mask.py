@@ -228,3 +228,15 @@ def test_cuda_tiles_for_narrow_windows(monkeypatch):
     assert configs.flash_config(dev, 64, torch.bfloat16, window_left=512)["SUB_M"] == 128   # d64: not measured
     monkeypatch.setattr(configs, "_capability", lambda device: (8, 0))
     assert configs.flash_config(dev, 128, torch.bfloat16, window_left=512) == configs.flash_config(dev, 128, torch.bfloat16)
+
+
+def test_backend_config_tables_share_one_signature():
+    """The Triton launchers call whichever backend's configs module with the same keywords, so
+    every module's flash_config / paged_config / mla_plan takes the same parameters."""
+    import importlib
+    import inspect
+
+    modules = [importlib.import_module(f"ascend_ext.backends.{name}.configs") for name in ("cpu", "cuda", "npu")]
+    for fn in ("flash_config", "paged_config", "mla_plan"):
+        params = {m.__name__: list(inspect.signature(getattr(m, fn)).parameters) for m in modules}
+        assert len({tuple(p) for p in params.values()}) == 1, f"{fn}: {params}"

@@ -15,7 +15,8 @@ _MLA = {"compute": dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
 _MLA_MODEL = DeviceModel(units=8, bandwidth=1.0e10, mma_rate={"compute": 1e11, "memory": 1e11})
 
 
-def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window_left: int = -1) -> dict:
+def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window_left: int = -1,
+                 causal_keys: int = -1) -> dict:
     return dict(_FLASH)
 
 

@@ -35,7 +35,8 @@ MLA_910B_CANDIDATES = {"compute": dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num
 MLA_910B_MODEL = DeviceModel(units=24, bandwidth=1.6e12, mma_rate={"compute": 280e12, "memory": 150e12})
 
 
-def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window_left: int = -1) -> dict:
+def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window_left: int = -1,
+                 causal_keys: int = -1) -> dict:
     return dict(ASCEND_910B_CANDIDATES[head_dim_bucket(head_dim)])
 
 
