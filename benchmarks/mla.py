@@ -214,13 +214,13 @@ def split_sweep(ceil: dict) -> list[dict]:
     return rows
 
 
-SWEEP_SHAPES = ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096))
+# part "sweep": its shapes (Hq, s_q, B, ctx); MLA_SWEEP_SHAPES="Hq,s_q,B,ctx;..." overrides them
+SWEEP_SHAPES = (tuple(tuple(int(x) for x in part.split(",")) for part in os.environ["MLA_SWEEP_SHAPES"].split(";"))
+                if "MLA_SWEEP_SHAPES" in os.environ
+                else ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096)))
 
 
-def sweep(ceil: dict, shapes=None) -> list[dict]:
-    """Tile variants per shape; MLA_SWEEP_SHAPES="Hq,s_q,B,ctx;..." picks the shapes."""
-    env = os.environ.get("MLA_SWEEP_SHAPES")
-    shapes = shapes or (tuple(tuple(int(x) for x in part.split(",")) for part in env.split(";")) if env else SWEEP_SHAPES)
+def sweep(ceil: dict, shapes=SWEEP_SHAPES) -> list[dict]:
     rows = []
     for hq, s_q, b, ctx in shapes:
         cache, table, lens, q = _setup(b, ctx, hq, s_q)

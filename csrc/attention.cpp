@@ -785,7 +785,7 @@ bool widens_fp8_on_load(int64_t dim, int64_t dim_v, double softcap, const std::v
   if (key_path<c10::BFloat16>(dim) != RowPath::DotBF16 || value_path<c10::BFloat16>(dim_v) != RowPath::PairsBF16)
     return false;
   const int64_t longest = q_len.empty() ? 0 : *std::max_element(q_len.begin(), q_len.end());
-  return !tiles::serves<c10::BFloat16>(dim, dim_v, static_cast<float>(softcap)) || longest * group < tiles::MIN_ROWS;
+  return !tiles::takes<c10::BFloat16>(dim, dim_v, static_cast<float>(softcap), longest * group);
 #else
   (void)dim, (void)dim_v, (void)softcap, (void)q_len, (void)group;
   return false;

@@ -465,13 +465,20 @@ int64_t item_rows(int64_t dim, int64_t dim_v, float softcap, int64_t default_row
   return serves<T>(dim, dim_v, softcap) ? std::max(default_rows, MAX_ROWS) : default_rows;
 }
 
-// Runs the tile kernel on an item of a call it serves with at least MIN_ROWS rows;
-// returns false to let the caller's row kernels run instead. item.q: raw bfloat16 rows, or
-// float32 rows pre-scaled by q_scale (then pass q_scale 1).
+// Whether the tile kernel takes a work item of `rows` query rows: a call it serves, at least
+// MIN_ROWS rows (fewer stay on the caller's row kernels).
+template <typename T>
+bool takes(int64_t dim, int64_t dim_v, float softcap, int64_t rows) {
+  return serves<T>(dim, dim_v, softcap) && rows >= MIN_ROWS;
+}
+
+// Runs the tile kernel on an item it takes (see takes); returns false to let the caller's row
+// kernels run instead. item.q: raw bfloat16 rows, or float32 rows pre-scaled by q_scale (then
+// pass q_scale 1).
 template <typename T, typename Rows>
 bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
             float softcap) {
-  if (!serves<T>(item.dim, item.dim_v, softcap) || item.rows < MIN_ROWS) return false;
+  if (!takes<T>(item.dim, item.dim_v, softcap, item.rows)) return false;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale);
 #endif

@@ -25,6 +25,11 @@ def _impls(kind: str) -> list[str]:
             if impl.unavailable_reason(DEVICE) is None and kind in impl.supports.kv_quant]
 
 
+def _native_or_skip(kind: str) -> None:
+    if "native" not in _impls(kind):
+        pytest.skip("the native CPU extension is not built here")
+
+
 def _scale_shape(granularity: str, hkv: int, d: int):
     return {"tensor": (1,), "head": (hkv,), "channel": (hkv * d,)}[granularity]
 
@@ -386,16 +391,10 @@ def test_split_counts_of_the_eight_bit_rule(monkeypatch):
 def test_native_quantised_cache_streaming_prefetch(kind, monkeypatch, rng):
     """Past the cache threshold the native kernel prefetches the next block's stored rows
     (ASCEND_EXT_NATIVE_STREAM_BYTES=1 forces that mode): results unchanged."""
-    if "native" not in _impls(kind):
-        pytest.skip("the native CPU extension is not built here")
+    _native_or_skip(kind)
     monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "1")
     for case in [c for c in _cases() if c.values[0] == kind][:2]:
         test_paged_attention_on_quantised_cache(*case.values, rng)
-
-
-def _native_or_skip():
-    if "native" not in _impls("fp8"):
-        pytest.skip("the native CPU extension is not built here")
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["in_cache", "streaming"])
@@ -406,7 +405,7 @@ def test_native_fp8_decode_widened_on_load(hq, hkv, d, stream, monkeypatch, rng)
     slots, permuted tables, per-head scales, with and without the streaming prefetch - against
     float64 on the dequantised cache. With unit scales the result must equal, bit for bit, the
     bf16-cache kernel over the same (exactly representable) values."""
-    _native_or_skip()
+    _native_or_skip("fp8")
     if stream:
         monkeypatch.setenv("ASCEND_EXT_NATIVE_STREAM_BYTES", "1")
     seqs = [(1, 1), (67, 1), (0, 0), (130, 1), (5, 1), (200, 1)]
