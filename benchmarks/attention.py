@@ -265,14 +265,19 @@ def _legacy_paged():
 def decode_splits() -> list[dict]:
     """Split-KV count and tile config at small batch (CUDA-graph replay, us per call)."""
     hq, hkv, d, bs = 32, 8, 128, 16
-    base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16)
-    others = [dict(base, BLOCK_N=128), dict(base, num_stages=3)]
     rows = []
-    grid = [(1, ctx, (None, 16, 32, 64), others) for ctx in (1024, 4096, 16384, 32768)]
-    grid += [(8, ctx, (None, 4, 8, 16), others[:1]) for ctx in (1024, 4096)]
-    for b, ctx, split_opts, other_cfgs in grid:
+    grid = [(1, ctx, (None, 16, 32, 64), 3) for ctx in (1024, 4096, 16384, 32768)]
+    grid += [(8, ctx, (None, 4, 8, 16), 2) for ctx in (1024, 4096)]
+    for b, ctx, split_opts, n_others in grid:
+        base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16, batch_kv_heads=b * hkv, max_keys=ctx)
+        other_cfgs = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=192 - base["BLOCK_N"]),
+                      dict(base, num_stages=3)][:n_others]
         k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
         kv_bytes = 2 * b * ctx * hkv * d * 2
+        # the floor at this size: one torch reduction reading the same byte count (launch and tail included)
+        flat = torch.randn(kv_bytes // 2, device=DEV, dtype=torch.bfloat16)
+        read_us = 1e3 * bench_graph_ms(lambda: flat.sum(dtype=torch.float32))
+        del flat
         ref = None
         for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
             auto = triton_paged.choose_splits(q.device, b * hkv, ctx, cfg["BLOCK_N"])
@@ -289,10 +294,10 @@ def decode_splits() -> list[dict]:
                 if ref is None:
                     ref = out.clone()
                 t = bench_graph_ms(run)
-                row = {"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}",
+                row = {"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}{' pdl' if cfg.get('PDL') else ''}",
                        "splits": f"{splits or auto}{'*' if splits is None else ''}",
                        "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
-                       "max_diff": float((out.float() - ref.float()).abs().max())}
+                       "read_us": read_us, "max_diff": float((out.float() - ref.float()).abs().max())}
                 if splits is None and cfg is base and auto > 1:
                     row.update(split_breakdown(triton_paged, run, auto, out))
                     legacy = _legacy_paged()
@@ -559,7 +564,7 @@ def main() -> int:
         ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
          ["B", "ctx", "kv", "cfg", "splits", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
-         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "split_only_us", "combine_only_us", "legacy_us",
+         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "read_us", "split_only_us", "combine_only_us", "legacy_us",
           "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",

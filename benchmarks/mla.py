@@ -78,7 +78,7 @@ def _time(fn, eager: bool) -> tuple[float, float | None]:
 
 def _label(plan: dict) -> str:
     return (f"{plan['path']} M{plan['BLOCK_M']} N{plan['BLOCK_N']} w{plan['num_warps']} s{plan['num_stages']} "
-            f"tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''} x{plan['num_splits']}")
+            f"tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''}{' pdl' if plan.get('PDL') else ''} x{plan['num_splits']}")
 
 
 def _line(row: dict) -> None:
@@ -194,19 +194,22 @@ def split_sweep(ceil: dict) -> list[dict]:
         plan = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE, cache_block=BLOCK,
                         q_dtype=q.dtype, kv_dtype=cache.dtype)
         auto = plan["num_splits"]
-        for splits in sorted({max(1, auto // 2), auto, auto * 2}):
+        # the plan's split count also with the other PDL setting (combine launched plainly / early)
+        for splits, cfg in [(n, None) for n in sorted({max(1, auto // 2), auto, auto * 2})] + \
+                [(auto, {"PDL": not plan["PDL"]})] * (auto > 1):
             def run():
                 return triton_decode.mla_decode(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
                                                 causal=True, out=out, return_lse=False, configs=cuda_configs,
-                                                num_splits=splits)
+                                                num_splits=splits, config=cfg)
             t, _ = _time(run, eager=False)
             flops = 2 * b * s_q * hq * ctx * (RANK + ROPE + RANK)
             nbytes = b * ctx * (RANK + ROPE) * 2
             rows.append({"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx,
-                         "cfg": f"{_label(dict(plan, num_splits=splits))}{' (plan)' if splits == auto else ''}",
+                         "cfg": f"{_label(dict(plan, num_splits=splits, **(cfg or {})))}"
+                                f"{' (plan)' if splits == auto and cfg is None else ''}",
                          "us": t * 1e3, "GBps": nbytes / t / 1e6, "pct_copy_bw": 100 * nbytes / t / 1e6 / ceil["copy_GBps"],
                          "TF": flops / t / 1e9, "pct_matmul": 100 * flops / t / 1e9 / ceil["matmul_bf16_TFLOPs"]})
-            if splits == auto and splits > 1:
+            if splits == auto and splits > 1 and cfg is None:
                 rows[-1].update(split_breakdown(triton_decode, run, splits, out.view(b * s_q, hq, RANK)))
             print(rows[-1], flush=True)
         del cache

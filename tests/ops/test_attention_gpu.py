@@ -113,3 +113,48 @@ def test_mla_realistic(hq, s_q, rng):
     ref, ref_lse = _reference(q, rows, rank, 0.07, True)
     assert_close(out, ref, dtype)
     assert_lse_close(lse, ref_lse, dtype)
+
+
+def test_split_combine_under_pdl_matches_plain_launch(rng):
+    """The split-KV combine launched by programmatic dependent launch (the sm90 default: it
+    starts while the split kernel finishes and waits on griddepcontrol) gives the plain
+    launch's bits, call after call with new queries (stale partials would show). The paged
+    case is one long sequence (Hopper: 128-key tiles, FEW_LONG_SEQUENCES), as the op picks it."""
+    from ascend_ext.backends.cuda import configs
+    from ascend_ext.kernels.triton import mla_decode as triton_mla
+    from ascend_ext.kernels.triton import paged_attention as triton_paged
+
+    from .test_mla import _latent_cache
+
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    dtype, hq, hkv, d, n = torch.bfloat16, 32, 8, 128, 20000
+    base = configs.paged_config(torch.device(DEV), d, dtype, batch_kv_heads=hkv, max_keys=n)
+    assert bool(base.get("PDL")) == hopper
+    keys, values = [randn((n, hkv, d), dtype, rng)], [randn((n, hkv, d), dtype, rng)]
+    k_cache, v_cache, table, lens = paged_cache(keys, values, 16, rng, device=DEV)
+    rank, rope = 512, 64
+    _, latent, latent_table, latent_lens = _latent_cache([8191, 3000], rank + rope, 64, dtype, rng)
+    latent, latent_table, latent_lens = latent.to(DEV), latent_table.to(DEV), latent_lens.to(DEV)
+    for _ in range(8):
+        q = randn((1, hq, d), dtype, rng, DEV)
+        q_mla = randn((2, 1, 16, rank + rope), dtype, rng, DEV)
+        outs = []
+        for pdl in (True, False):
+            out = torch.full_like(q, float("nan"))
+            triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu([1], DEV), 1, softmax_scale=d ** -0.5,
+                                         window=(-1, 0), softcap=0.0, out=out, return_lse=False, max_seqlen_k=n,
+                                         configs=configs, config=dict(base, PDL=pdl))
+            out_mla = torch.full((2, 1, 16, rank), float("nan"), dtype=dtype, device=DEV)
+            triton_mla.mla_decode(q_mla, latent, latent_table, latent_lens, kv_lora_rank=rank, softmax_scale=0.07,
+                                  causal=True, out=out_mla, return_lse=False, configs=configs,
+                                  config={"PDL": pdl})
+            outs.append((out, out_mla))
+        assert not outs[0][0].isnan().any() and not outs[0][1].isnan().any()
+        assert torch.equal(outs[0][0], outs[1][0]), "paged decode: PDL combine differs from the plain launch"
+        assert torch.equal(outs[0][1], outs[1][1]), "MLA decode: PDL combine differs from the plain launch"
+    via_op = torch.full_like(q, float("nan"))
+    with ops.use_impl(attention="triton"):
+        ops.paged_attention(q, k_cache, v_cache, table, lens, cu([1], DEV), 1, out=via_op, max_seqlen_k=n)
+    assert torch.equal(via_op, outs[0][0]), "the op did not pick the table's tiles"
+    ref, _ = paged_f64(q, keys, values, [(n, 1)], d ** -0.5, device=DEV)
+    assert_close(outs[0][0], ref, dtype)

@@ -226,8 +226,31 @@ def test_cuda_tiles_for_narrow_windows(monkeypatch):
     assert configs.flash_config(dev, 128, torch.bfloat16, causal_keys=2048)["SUB_M"] == 128
     assert configs.flash_config(dev, 128, torch.bfloat16, window_left=4096, causal_keys=512)["SUB_M"] == 128
     assert configs.flash_config(dev, 64, torch.bfloat16, window_left=512)["SUB_M"] == 128   # d64: not measured
+    d64_short = configs.flash_config(dev, 64, torch.bfloat16, causal_keys=1024)      # d64 short causal: measured
+    assert (d64_short["SUB_M"], d64_short["BLOCK_N"], d64_short["num_warps"]) == (64, 64, 4)
+    assert configs.flash_config(dev, 64, torch.bfloat16, causal_keys=2048)["SUB_M"] == 128
     monkeypatch.setattr(configs, "_capability", lambda device: (8, 0))
     assert configs.flash_config(dev, 128, torch.bfloat16, window_left=512) == configs.flash_config(dev, 128, torch.bfloat16)
+
+
+def test_cuda_paged_tiles_for_few_long_sequences(monkeypatch):
+    """Hopper's paged table: 128-key tiles when sequences x KV heads leave >= 16 SMs per program
+    and the longest context has >= 16k keys (B = 1 long decode), 64-key tiles otherwise; never
+    for 8-bit caches, head dims > 128 or other GPUs."""
+    from ascend_ext.backends.cuda import configs
+
+    monkeypatch.setattr(configs, "_capability", lambda device: (9, 0))
+    monkeypatch.setattr(configs, "_sm_count", lambda device: 132)
+    dev, bf16 = torch.device("cuda"), torch.bfloat16
+    assert configs.paged_config(dev, 128, bf16)["BLOCK_N"] == 64
+    assert configs.paged_config(dev, 128, bf16, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 128
+    assert configs.paged_config(dev, 64, bf16, batch_kv_heads=1, max_keys=131072)["BLOCK_N"] == 128
+    for heads, keys in ((8, 4096), (9, 16384), (64, 32768)):
+        assert configs.paged_config(dev, 128, bf16, batch_kv_heads=heads, max_keys=keys)["BLOCK_N"] == 64
+    assert configs.paged_config(dev, 128, bf16, torch.float8_e4m3fn, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 64
+    assert configs.paged_config(dev, 256, bf16, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 32
+    monkeypatch.setattr(configs, "_capability", lambda device: (8, 0))
+    assert configs.paged_config(dev, 128, bf16, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 32
 
 
 def test_backend_config_tables_share_one_signature():

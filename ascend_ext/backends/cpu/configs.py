@@ -20,7 +20,8 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     return dict(_FLASH)
 
 
-def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None) -> dict:
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None,
+                 batch_kv_heads: int = 0, max_keys: int = 0) -> dict:
     return dict(_PAGED)
 
 

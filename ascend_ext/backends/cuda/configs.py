@@ -50,16 +50,27 @@ SHORT_SPAN_KEYS = 1024
 _SM90_SHORT_SPAN = {
     128: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=3, TMA=True),
 }
+# d64 takes them for short causal sequences only (windows at d64 not measured): causal S 1k,
+# H100, three ablations: +3%, +5%, +5.5% over the d64 entry (2026-12-07: 308 vs 292 TFLOP/s).
+_SM90_SHORT_CAUSAL = {**_SM90_SHORT_SPAN, 64: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=3, TMA=True)}
 _GENERIC = {
     64: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=2),
     128: dict(SUB_M=64, NUM_SUB=1, BLOCK_N=64, num_warps=4, num_stages=2),
     256: dict(SUB_M=32, NUM_SUB=1, BLOCK_N=32, num_warps=4, num_stages=1),
 }
-_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2)
+# PDL: the split-KV combine launches while the split kernel finishes (programmatic dependent
+# launch), hiding its launch and prologue.
+_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, PDL=True)
 # 8-bit caches (widening in registers: 140 registers, 3 programs per SM): capped at 128 registers
 # so 4 fit, split counts filling up to two waves of them. H100 2026-12-06 sweep, fp8: B 128 ctx
 # 4k 425 vs 526 us uncapped; B 8 ctx 16k 120 us with 16 splits vs 148 with the bf16 rule's 5.
 _PAGED_SM90_8BIT = dict(_PAGED_SM90, maxnreg=128, SPLIT_WAVES=2)
+# A few long sequences (B = 1 with 8 KV heads: 8 programs before splitting, >= 16k keys): each
+# split program streams 128-key tiles, twice the bytes in flight (ncu, B 1 16k: 2 programs of 4
+# warps per SM, DRAM at 62% of peak). H100, two runs (2026-12-07, sessions 9 and 10): 16k 34.2 /
+# 33.0 us vs 36.9 / 35.5 with 64-key tiles, 32k 56.9 / 54.6 vs 60.0 / 58.1; slower at <= 4k keys
+# and at B 8 (4k: 62.7 vs 54.8 us).
+FEW_LONG_SEQUENCES = dict(min_keys=16384, sms_per_program=16)
 _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
 
 
@@ -89,9 +100,9 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     421 vs 472 (the default wins from 2k); not causal, S 1k: 435 vs 460."""
     major, _ = _capability(device)
     bucket = head_dim_bucket(head_dim)
-    span = window_left if window_left >= 0 else causal_keys
-    if major >= 9 and 0 <= span <= SHORT_SPAN_KEYS and bucket in _SM90_SHORT_SPAN:
-        cfg = dict(_SM90_SHORT_SPAN[bucket])
+    short, span = (_SM90_SHORT_SPAN, window_left) if window_left >= 0 else (_SM90_SHORT_CAUSAL, causal_keys)
+    if major >= 9 and 0 <= span <= SHORT_SPAN_KEYS and bucket in short:
+        cfg = dict(short[bucket])
     else:
         cfg = dict((_SM90 if major >= 9 else _GENERIC)[bucket])
     if dtype == torch.float32:        # fp32 tiles take twice the shared memory
@@ -100,14 +111,20 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     return cfg
 
 
-def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None) -> dict:
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None,
+                 batch_kv_heads: int = 0, max_keys: int = 0) -> dict:
     """Tiles of the paged kernel for queries of ``dtype`` over a cache of ``cache_dtype``
-    (None: the same); 8-bit caches have their own Hopper entry."""
+    (None: the same); 8-bit caches have their own Hopper entry. ``batch_kv_heads`` (sequences
+    x KV heads) and ``max_keys`` (longest context; 0 = not known) pick 128-key tiles for a few
+    long sequences on Hopper (:data:`FEW_LONG_SEQUENCES`)."""
     major, _ = _capability(device)
     eight_bit = cache_dtype is not None and cache_dtype.itemsize == 1
     cfg = dict((_PAGED_SM90_8BIT if eight_bit else _PAGED_SM90) if major >= 9 else _PAGED_GENERIC)
     if head_dim > 128 or dtype == torch.float32:
         cfg.update(BLOCK_N=32, num_stages=2)
+    elif major >= 9 and not eight_bit and max_keys >= FEW_LONG_SEQUENCES["min_keys"] \
+            and 0 < batch_kv_heads * FEW_LONG_SEQUENCES["sms_per_program"] <= _sm_count(device):
+        cfg["BLOCK_N"] = 128
     return cfg
 
 
@@ -127,4 +144,4 @@ def mla_plan(device: torch.device, **shape) -> dict:
     hopper = _capability(device)[0] == 9 and not interpreting()
     kind = "sm90" if hopper else "generic"
     return build_plan(_MLA_SM90 if hopper else _MLA_GENERIC, mla_device_model(kind, _sm_count(device)),
-                      tma=hopper, **shape)
+                      tma=hopper, pdl=hopper, **shape)

@@ -40,7 +40,8 @@ def flash_config(device: torch.device, head_dim: int, dtype: torch.dtype, window
     return dict(ASCEND_910B_CANDIDATES[head_dim_bucket(head_dim)])
 
 
-def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None) -> dict:
+def paged_config(device: torch.device, head_dim: int, dtype: torch.dtype, cache_dtype=None,
+                 batch_kv_heads: int = 0, max_keys: int = 0) -> dict:
     return dict(PAGED_910B_CANDIDATE)
 
 

@@ -18,6 +18,17 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
+try:   # programmatic dependent launch (Hopper+); triton-ascend has no CUDA extras
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
@@ -58,6 +69,32 @@ def register_cap(cfg: dict) -> dict:
     """The ``maxnreg`` launch option of a config that sets one (registers per thread, so that
     more programs fit an SM; NVIDIA only), else nothing."""
     return {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
+
+
+def pdl_flags(enabled: bool, *, dependent: bool) -> dict:
+    """Launch options for programmatic dependent launch (PDL) between two kernels of a stream:
+    the first (``dependent=False``) calls :func:`release_dependents`; the second is launched with
+    ``launch_pdl``, may begin while the first finishes, and waits in :func:`await_inputs`
+    before reading the first's results. Compiled CUDA only (sm90+); nothing otherwise."""
+    if not enabled or interpreting():
+        return {}
+    return {"PDL": True, "launch_pdl": True} if dependent else {"PDL": True}
+
+
+@triton.jit
+def release_dependents(PDL: tl.constexpr):
+    """Let the next kernel of the stream (launched with PDL) start its prologue now; it still
+    waits for this whole kernel's completion in :func:`await_inputs`. No-op without PDL."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def await_inputs(PDL: tl.constexpr):
+    """Wait until the previous kernel of the stream has completed and its writes are visible
+    (griddepcontrol.wait). No-op without PDL."""
+    if PDL:
+        gdc_wait()
 
 
 @functools.lru_cache(maxsize=None)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, interpreting, launch, load_rows,
-                     row_bounds, softmax_stats, store_rows)
+                     pdl_flags, release_dependents, row_bounds, softmax_stats, store_rows)
 from .paged_attention import combine_splits, split_destinations
 
 
@@ -152,9 +152,11 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
                       WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
                       WARP_SPEC: tl.constexpr, TRANS: tl.constexpr, IEEE: tl.constexpr,
-                      DOT_F32: tl.constexpr, FP8: tl.constexpr = False):
+                      DOT_F32: tl.constexpr, FP8: tl.constexpr = False, PDL: tl.constexpr = False):
     """Grid (row tiles, batch x splits). O/LSE are the final output (one split) or the
-    fp32 per-split partials [S, T, H, C] / [S, H, T] that :func:`combine_splits` merges."""
+    fp32 per-split partials [S, T, H, C] / [S, H, T] that :func:`combine_splits` merges
+    (with PDL it may launch as soon as every program here has started)."""
+    release_dependents(PDL)
     HALF_C: tl.constexpr = BLOCK_C // 2
     tile = tl.program_id(0)
     seq = tl.program_id(1) // num_splits
@@ -256,6 +258,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     splits = plan["num_splits"]
     keys_per_split, dest_o, dest_lse = split_destinations(splits, max_len, plan["BLOCK_N"], out2, lse)
     c_desc, r_desc = _descriptors(kv_cache, plan)
+    pdl = bool(plan.get("PDL")) and splits > 1
     scale = 1.0 if kv_scale is None else float(kv_scale)
     launch(mla_decode_kernel, (plan["row_tiles"], batch * splits),   # retries fewer stages if smem overflows
         q2, kv_cache, c_desc, r_desc, block_table, seq_lens, dest_o, dest_lse,
@@ -266,9 +269,9 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
         BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
         TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"], TRANS=plan["TRANS"],
         **dot_flags(q.dtype), FP8=kv_cache.dtype == torch.float8_e4m3fn, num_warps=plan["num_warps"],
-        num_stages=plan["num_stages"])
+        num_stages=plan["num_stages"], **pdl_flags(pdl, dependent=False))
     if splits > 1:
-        combine_splits(dest_o, dest_lse, out2, lse)
+        combine_splits(dest_o, dest_lse, out2, lse, pdl=pdl)
     return lse
 
 

@@ -78,7 +78,7 @@ def choose_splits(model: DeviceModel, *, path: str, programs: int, max_len: int,
     return best
 
 
-def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads: int, s_q: int, max_len: int,
+def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, pdl: bool = False, batch: int, heads: int, s_q: int, max_len: int,
                rank: int, rope: int, cache_block: int, q_dtype: torch.dtype, kv_dtype: torch.dtype,
                config: dict | None = None, num_splits: int | None = None) -> dict:
     """Everything the launch needs: tiles, constexpr switches, row tiles, split count.
@@ -87,6 +87,7 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
     (optional ``memory32``: the memory path's tiles for 17-32 rows, 16-bit q and cache;
     optional ``compute8``: the compute path's tiles for 8-bit caches);
     ``tma``: the device has Hopper tensor-memory copies (used where the tile allows);
+    ``pdl``: the combine of a split plan starts by programmatic dependent launch (CUDA sm90+);
     ``config`` / ``num_splits`` override the plan (tests, benchmarks)."""
     path = choose_path(heads, s_q, q_dtype)
     kv_bytes = torch.empty((), dtype=kv_dtype).element_size()
@@ -94,7 +95,7 @@ def build_plan(tiles: dict, model: DeviceModel, *, tma: bool, batch: int, heads:
     key = "memory32" if path == "memory" and 16 < heads * s_q <= 32 and sixteen_bit and "memory32" in tiles else path
     if path == "compute" and kv_bytes == 1 and "compute8" in tiles:
         key = "compute8"
-    plan = dict({"TRANS": False, **tiles[key]}, TMA=False, WARP_SPEC=False)
+    plan = dict({"TRANS": False, "PDL": pdl, **tiles[key]}, TMA=False, WARP_SPEC=False)
     plan["MASK_N"] = min(16, plan["BLOCK_N"])
     if q_dtype == torch.float32:   # fp32 MMAs: small tiles keep registers in check
         plan.update(BLOCK_M=16, BLOCK_N=16, num_stages=1)

@@ -21,8 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, block_segments, dot_flags, fp8_value_factors, fp16_operand, load_rows, next_pow2,
-                     register_cap, row_bounds, run_visible, sink_flag, store_rows)
+from .common import (LOG2E, await_inputs, block_segments, dot_flags, fp8_value_factors, fp16_operand, load_rows,
+                     next_pow2, pdl_flags, register_cap, release_dependents, row_bounds, run_visible, sink_flag,
+                     store_rows)
 
 
 @triton.jit
@@ -38,7 +39,9 @@ def paged_attn_kernel(
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-        KV_QUANT: tl.constexpr = 0, HAS_OFFSET: tl.constexpr = False, HAS_SINK: tl.constexpr = False):
+        KV_QUANT: tl.constexpr = 0, HAS_OFFSET: tl.constexpr = False, HAS_SINK: tl.constexpr = False,
+        PDL: tl.constexpr = False):
+    release_dependents(PDL)   # the split-KV combine may launch now; it waits for our partials
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2) // num_splits
@@ -138,17 +141,19 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
                           stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
                           stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
                           BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
-                          HAS_SINK: tl.constexpr = False):
+                          HAS_SINK: tl.constexpr = False, PDL: tl.constexpr = False):
     """out[t, h] = sum_s w_s * part[s, t, h] / (sum_s w_s [+ w_sink]) with w_s = exp(lse_s - m),
     m the largest lse (and sink); with HAS_SINK head h's sink joins the denominator once.
 
     Splits whose lse is -inf or +inf (vLLM's mark of an empty split) are skipped by selection,
-    so their outputs may hold anything."""
+    so their outputs may hold anything. With PDL the program starts while the split kernel
+    finishes and waits for it before the first load."""
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_s = offs_s < num_splits
+    await_inputs(PDL)
     lse = tl.load(PART_LSE + offs_s * stride_pls + h * stride_plh + t, mask=in_s, other=float("-inf"))
     lse = tl.where(lse == float("inf"), float("-inf"), lse)
     m = tl.max(lse, 0)
@@ -173,9 +178,11 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
                  tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
 
 
-def combine_splits(part_o, part_lse, out, lse, sinks=None) -> None:
+def combine_splits(part_o, part_lse, out, lse, sinks=None, pdl: bool = False) -> None:
     """part_o [S, T, H, Dv] (any float dtype), part_lse fp32 [S, H, T] -> out [T, H, Dv], lse [H, T] or None;
-    sinks float32 [H] or None join the denominators here (the splits carry none)."""
+    sinks float32 [H] or None join the denominators here (the splits carry none). ``pdl``: launch
+    with programmatic dependent launch (the kernel before it, which wrote the partials, calls
+    :func:`release_dependents`; CUDA sm90+ only)."""
     splits, tokens, heads, dv = part_o.shape
     if tokens == 0:
         return
@@ -184,7 +191,8 @@ def combine_splits(part_o, part_lse, out, lse, sinks=None) -> None:
         part_o, part_lse, out, lse_arg, part_lse if sinks is None else sinks, splits,
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1), lse_arg.stride(0), dv,
-        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None, **sink_flag(sinks))
+        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None, **sink_flag(sinks),
+        **pdl_flags(pdl, dependent=True))
 
 
 @functools.lru_cache(maxsize=8)
@@ -264,17 +272,19 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     lse = torch.empty((hq, tq), dtype=torch.float32, device=q.device) if return_lse else None
     if tq == 0 or batch == 0:
         return lse
-    cfg = dict(config or configs.paged_config(q.device, d, q.dtype, k_cache.dtype))
-    if config is None:   # grow the row tile for chunked prefill (many rows per sequence)
-        cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
     if max_seqlen_k is None:
         max_seqlen_k = int(seq_lens.max())
+    cfg = dict(config or configs.paged_config(q.device, d, q.dtype, k_cache.dtype, batch_kv_heads=batch * hkv,
+                                              max_keys=max_seqlen_k))
+    if config is None:   # grow the row tile for chunked prefill (many rows per sequence)
+        cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
     row_tiles = triton.cdiv(max(max_seqlen_q, 1) * group, cfg["BLOCK_M"])
     if num_splits is None:
         num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"],
                                    cfg.get("SPLIT_WAVES", 0))
     keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
     quant_args, quant_flags = _quant_args(kv_scales, softcap, dest_lse)
+    pdl = bool(cfg.get("PDL")) and num_splits > 1   # the combine starts while the splits finish
     left, right = window
     paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
@@ -289,9 +299,10 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags, **register_cap(cfg),
-        **sink_flag(sinks if num_splits == 1 else None))   # split-KV: the sink joins in the combine
+        **sink_flag(sinks if num_splits == 1 else None),   # split-KV: the sink joins in the combine
+        **pdl_flags(pdl, dependent=False))
     if num_splits > 1:
-        combine_splits(dest_o, dest_lse, out, lse, sinks)
+        combine_splits(dest_o, dest_lse, out, lse, sinks, pdl=pdl)
     return lse
 
 
