@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cascade  # noqa: E402
 from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
-                    split_breakdown, write_json)
+                    read_floor_us, split_breakdown, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
@@ -278,6 +278,7 @@ def decode_splits() -> list[dict]:
         flat = torch.randn(kv_bytes // 2, device=DEV, dtype=torch.bfloat16)
         read_us = 1e3 * bench_graph_ms(lambda: flat.sum(dtype=torch.float32))
         del flat
+        floor_us = read_floor_us(kv_bytes)
         ref = None
         for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
             auto = triton_paged.choose_splits(q.device, b * hkv, ctx, cfg["BLOCK_N"])
@@ -297,7 +298,7 @@ def decode_splits() -> list[dict]:
                 row = {"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}{' pdl' if cfg.get('PDL') else ''}",
                        "splits": f"{splits or auto}{'*' if splits is None else ''}",
                        "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
-                       "read_us": read_us, "max_diff": float((out.float() - ref.float()).abs().max())}
+                       "read_us": read_us, "read_floor_us": floor_us, "max_diff": float((out.float() - ref.float()).abs().max())}
                 if splits is None and cfg is base and auto > 1:
                     row.update(split_breakdown(triton_paged, run, auto, out))
                     legacy = _legacy_paged()
@@ -564,7 +565,7 @@ def main() -> int:
         ("sweep", "paged_sweep", lambda: paged_sweep(kv_dtypes), "paged decode config sweep",
          ["B", "ctx", "kv", "cfg", "splits", "us", "GBps"]),
         ("decode_splits", "decode_splits", decode_splits, "paged decode split-KV sweep (graph replay; * = auto)",
-         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "read_us", "split_only_us", "combine_only_us", "legacy_us",
+         ["B", "ctx", "cfg", "splits", "us", "pct_copy_bw", "read_us", "read_floor_us", "split_only_us", "combine_only_us", "legacy_us",
           "max_diff"]),
         ("masks", "masks", masks, "tiling-mask cases vs flex_attention (16k tokens, 16 heads, d128, bf16; ms)",
          ["case", "tiles", "ours_ms", "runs_ms", "runs_nowalk_ms", "flex_ms", "varlen_docs_ms", "causal16k_ms", "useful_TF",

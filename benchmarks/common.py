@@ -82,6 +82,37 @@ def split_breakdown(module, run, splits: int, out) -> dict:
     return {"split_only_us": split_only * 1e3, "combine_only_us": combine_only * 1e3}
 
 
+def read_floor_us(nbytes: int) -> float:
+    """The fastest plain read of ``nbytes`` we can write (graph replay, us): a Triton kernel
+    streaming one contiguous buffer (each program sums strided chunks, one float out), best of
+    a few chunk sizes, programs per SM and pipeline depths. The floor of a decode call of that
+    many cache bytes, launch and tail included."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def read_kernel(X, OUT, n, BLOCK: tl.constexpr):
+        pid, programs = tl.program_id(0), tl.num_programs(0)
+        offs = tl.arange(0, BLOCK)
+        acc = tl.zeros((BLOCK,), tl.float32)
+        for start in range(pid * BLOCK, n, programs * BLOCK):
+            acc += tl.load(X + start + offs, mask=start + offs < n, other=0.0).to(tl.float32)
+        tl.store(OUT + pid, tl.sum(acc, 0))
+
+    x = torch.ones(nbytes // 2, device="cuda", dtype=torch.bfloat16)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+    out = torch.empty(sms * 8, device="cuda", dtype=torch.float32)
+    best = float("inf")
+    for block in (2048, 8192):
+        for per_sm in (2, 4, 8):
+            for stages in (3, 4):
+                def run():
+                    read_kernel[(sms * per_sm,)](x, out, x.numel(), BLOCK=block, num_warps=4, num_stages=stages)
+                best = min(best, bench_graph_ms(run) * 1e3)
+    del x
+    return best
+
+
 def device_ceilings() -> dict:
     """Measured copy bandwidth (bytes read + written) and bf16 matmul rate of this GPU."""
     src = torch.randn(1 << 28, device="cuda", dtype=torch.bfloat16)   # 512 MiB, far past L2
