@@ -33,6 +33,24 @@ def test_varlen_realistic(dtype, d, causal, window, rng):
     assert_lse_close(lse, ref_lse, dtype)
 
 
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("hq,hkv", [(16, 4), (8, 8)])
+def test_varlen_short_causal_tiles(d, hq, hkv, rng):
+    """Causal batches of <= 1024 keys, as the op picks their tiles (Hopper: the short-span
+    64 x 64 entry at d64 and d128), against float64: ragged, odd and single-token sequences."""
+    seqlens = [(1024, 1024), (1, 1), (333, 333), (77, 500), (999, 999)]
+    dtype = torch.bfloat16
+    tq, tk = sum(s[0] for s in seqlens), sum(s[1] for s in seqlens)
+    q, k, v = (randn((t, h, d), dtype, rng, DEV) for t, h in ((tq, hq), (tk, hkv), (tk, hkv)))
+    out = torch.full((tq, hq, d), float("nan"), dtype=dtype, device=DEV)
+    with ops.use_impl(attention="triton"):
+        _, lse = ops.flash_attn_varlen(q, k, v, cu([s[0] for s in seqlens], DEV), cu([s[1] for s in seqlens], DEV),
+                                       1024, 1024, causal=True, return_lse=True, out=out)
+    ref, ref_lse = varlen_f64(q, k, v, seqlens, d ** -0.5, True, (-1, -1))
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
+
+
 @pytest.mark.parametrize("d,block_n", [(64, 64), (128, 128)])
 @pytest.mark.parametrize("ws", [False, True])
 @pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (300, 0)), (False, (100, 57))])
