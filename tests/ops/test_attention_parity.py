@@ -65,10 +65,12 @@ def test_flash_attn_varlen(impl, seqlens, hq, hkv, d, dv, causal, window, dtype,
 @pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (9, 0)), (False, (6, 3))])
 @pytest.mark.parametrize("seqlens", [[(40, 40), (1, 1), (67, 67), (5, 30), (20, 9)], [(0, 0), (33, 33), (0, 4)]],
                          ids=["ragged", "empty"])
-def test_triton_tma_kernel(seqlens, causal, window, rng, monkeypatch):
+@pytest.mark.parametrize("tile", [16, 64])
+def test_triton_tma_kernel(seqlens, causal, window, tile, rng, monkeypatch):
     """The Hopper tensor-descriptor prefill kernel (forced by config; compiled on sm90, and under
     an interpreter that runs descriptor loads) against float64: ragged sequences whose last key
-    tiles reach into the next sequence or past the tensor, empty sequences, GQA 4."""
+    tiles reach into the next sequence or past the tensor, empty sequences, GQA 4; 16 x 16 tiles
+    and the short-span 64 x 64 tiles (Hopper's d64 / d128 entry for short causal batches)."""
     from ascend_ext.kernels.triton import flash_attention as triton_flash
 
     require_tensor_descriptors()
@@ -77,7 +79,7 @@ def test_triton_tma_kernel(seqlens, causal, window, rng, monkeypatch):
     tq, tk = sum(s[0] for s in seqlens), sum(s[1] for s in seqlens)
     q, k, v = (randn((t, h, d), dtype, rng, DEVICE) for t, h in ((tq, hq), (tk, hkv), (tk, hkv)))
     out = torch.full((tq, hq, d), float("nan"), dtype=dtype, device=DEVICE)
-    cfg = dict(SUB_M=16, NUM_SUB=1, BLOCK_N=16, num_warps=4, num_stages=2, TMA=True, WS=False)
+    cfg = dict(SUB_M=tile, NUM_SUB=1, BLOCK_N=tile, num_warps=4, num_stages=2, TMA=True, WS=False)
     win = (window[0], 0 if causal else window[1])
     launched = []
     tma = triton_flash._flash_tma
@@ -219,8 +221,10 @@ def test_merge_attn_states(impl, dtype, rng):
 
 @pytest.mark.skipif("triton" not in runnable("paged_attention"), reason="Triton cannot run here")
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 7])
-def test_triton_paged_split_kv_matches(num_splits, rng):
-    """Forced split-KV counts (incl. splits past the end of short sequences) merge exactly."""
+@pytest.mark.parametrize("block_n", [None, 128], ids=["table", "n128"])
+def test_triton_paged_split_kv_matches(num_splits, block_n, rng):
+    """Forced split-KV counts (incl. splits past the end of short sequences) merge exactly;
+    also with 128-key tiles (Hopper's tiles for a few long sequences)."""
     import importlib
 
     configs = importlib.import_module(f"ascend_ext.backends.{DEVICE}.configs")
@@ -236,7 +240,8 @@ def test_triton_paged_split_kv_matches(num_splits, rng):
     out = torch.full((sum(q_lens), hq, d), float("nan"), dtype=dtype, device=DEVICE)
     lse = triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), 5,
                                        softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0, out=out,
-                                       return_lse=True, num_splits=num_splits, configs=configs)
+                                       return_lse=True, num_splits=num_splits, configs=configs,
+                                       config=block_n and dict(configs.paged_config(q.device, d, dtype), BLOCK_N=block_n))
     ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
     assert_close(out, ref, dtype)
     assert_lse_close(lse, ref_lse, dtype)
