@@ -305,9 +305,33 @@ def decode_splits() -> list[dict]:
                     if legacy is not None:
                         row["legacy_us"] = 1e3 * bench_graph_ms(lambda: call(legacy))
                 rows.append(row)
+        if b == 1 and ctx <= 4096:   # CUDA-graph contract: max_seqlen_k = the block table's capacity
+            rows.append(_capacity_row(k_cache, v_cache, table, lens, q, cu, out, ref, 32768, kv_bytes))
         del k_cache, v_cache
         torch.cuda.empty_cache()
     return rows
+
+
+def _capacity_row(k_cache, v_cache, table, lens, q, cu, out, ref, capacity, kv_bytes) -> dict:
+    """One op call as vLLM captures it: a block table as wide as ``capacity`` keys (extra
+    columns point at random blocks) and max_seqlen_k = capacity, so the split count and tiles
+    are the capacity's while the sequence is short (each program cuts its own keys)."""
+    b, ctx = table.shape[0], int(lens[0])
+    extra = torch.randint(0, k_cache.shape[0], (b, capacity // k_cache.shape[1] - table.shape[1]),
+                          device=DEV, dtype=torch.int32)
+    wide = torch.cat([table, extra], 1)
+
+    def run():
+        with ops.trusted_inputs():
+            return ops.paged_attention(q, k_cache, v_cache, wide, lens, cu, 1, out=out, max_seqlen_k=capacity)
+    with ops.use_impl(attention="triton"):
+        t = bench_graph_ms(run)
+    cfg = cuda_configs.paged_config(q.device, q.shape[-1], q.dtype, batch_kv_heads=b * k_cache.shape[2],
+                                    max_keys=capacity)
+    splits = triton_paged.choose_splits(q.device, b * k_cache.shape[2], capacity, cfg["BLOCK_N"])
+    return {"B": b, "ctx": ctx, "cfg": f"capacity {capacity} N{cfg['BLOCK_N']}", "splits": f"{splits}*",
+            "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
+            "max_diff": float((out.float() - ref.float()).abs().max())}
 
 
 def _kv_caches(kv: str, k_cache, v_cache) -> tuple:

@@ -46,7 +46,7 @@ KERNELS = {
 }
 FLOAT_ARGS = {"scale_log2", "softcap", "sm_scale", "kv_scale"}
 UNALIGNED_INTS = {"window_left", "window_right", "HEAD_DIM", "HEAD_DIM_V", "num_splits", "cache_block",
-                  "keys_per_split", "kv_lora_rank", "rope_dim", "num_tokens", "s_q", "rank", "rope",
+                  "kv_lora_rank", "rope_dim", "num_tokens", "s_q", "rank", "rope",
                   "num_experts", "hidden", "inter"}
 
 

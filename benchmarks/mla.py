@@ -212,9 +212,32 @@ def split_sweep(ceil: dict) -> list[dict]:
             if splits == auto and splits > 1 and cfg is None:
                 rows[-1].update(split_breakdown(triton_decode, run, splits, out.view(b * s_q, hq, RANK)))
             print(rows[-1], flush=True)
+        if ctx == 4096:   # as vLLM calls it: a block table sized for max_model_len (here 32k keys)
+            rows.append(_capacity_row(cache, table, lens, q, out, 32768, ceil))
+            print(rows[-1], flush=True)
         del cache
         torch.cuda.empty_cache()
     return rows
+
+
+def _capacity_row(cache, table, lens, q, out, capacity, ceil) -> dict:
+    """MLA decode through a block table ``capacity`` keys wide (extra columns point at random
+    blocks): the plan (splits, tiles) is the capacity's, each sequence cuts its own keys."""
+    b, s_q, hq, _ = q.shape
+    ctx = int(lens[0])
+    extra = torch.randint(0, cache.shape[0], (b, capacity // BLOCK - table.shape[1]), device=DEV, dtype=torch.int32)
+    wide = torch.cat([table, extra], 1)
+    plan = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=capacity, rank=RANK, rope=ROPE, cache_block=BLOCK,
+                    q_dtype=q.dtype, kv_dtype=cache.dtype)
+
+    def run():
+        with ops.trusted_inputs():
+            return ops.mla_decode(q, cache, wide, lens, kv_lora_rank=RANK, softmax_scale=SCALE, out=out)
+    with ops.use_impl(mla="triton"):
+        t, _ = _time(run, eager=False)
+    nbytes = b * ctx * (RANK + ROPE) * 2
+    return {"Hq": hq, "s_q": s_q, "B": b, "ctx": ctx, "cfg": f"capacity {capacity}: {_label(plan)}", "us": t * 1e3,
+            "GBps": nbytes / t / 1e6, "pct_copy_bw": 100 * nbytes / t / 1e6 / ceil["copy_GBps"]}
 
 
 # part "sweep": its shapes (Hq, s_q, B, ctx); MLA_SWEEP_SHAPES="Hq,s_q,B,ctx;..." overrides them

@@ -245,3 +245,25 @@ def test_triton_paged_split_kv_matches(num_splits, block_n, rng):
     ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
     assert_close(out, ref, dtype)
     assert_lse_close(lse, ref_lse, dtype)
+
+
+@pytest.mark.skipif("triton" not in runnable("paged_attention"), reason="Triton cannot run here")
+@pytest.mark.parametrize("k_len,num_splits", [(0, 4), (1, 4), (64, 4), (65, 33), (1000, 33), (4096, 33), (300, 7)])
+def test_split_keys_spread_each_sequence_over_all_splits(k_len, num_splits):
+    """split_keys cuts a sequence's own keys into whole tiles over every split: a grid sized
+    for the block table's capacity (CUDA graphs) gives a short sequence min(splits, its tile
+    count) busy splits, not the one a capacity-sized split would."""
+    from .triton_probes import split_key_ranges
+
+    block_n = 64
+    out = torch.full((num_splits, 2), -1, dtype=torch.int32, device=DEVICE)
+    split_key_ranges[(num_splits,)](out, k_len, num_splits, BLOCK_N=block_n)
+    spans = [(int(b), int(e)) for b, e in out.cpu().tolist()]
+    busy = [(b, e) for b, e in spans if e > b]
+    tiles = -(-k_len // block_n)
+    per_split = -(-tiles // num_splits) * block_n          # whole tiles, from this sequence's length
+    assert all(e - b == per_split for b, e in busy[:-1]) and len(busy) == (-(-k_len // per_split) if k_len else 0)
+    assert len(busy) >= min(num_splits, tiles) / 2          # spread: never one split doing all the work
+    assert sum(e - b for b, e in busy) == k_len and all(b % block_n == 0 for b, _ in busy)
+    assert [b for b, _ in busy] == sorted(b for b, _ in busy) and all(
+        busy[i][1] == busy[i + 1][0] for i in range(len(busy) - 1))

@@ -97,6 +97,17 @@ def await_inputs(PDL: tl.constexpr):
         gdc_wait()
 
 
+@triton.jit
+def split_keys(split, num_splits, k_len, BLOCK_N: tl.constexpr):
+    """Keys [begin, end) of split ``split`` of a sequence of ``k_len`` keys (split-KV): the
+    sequence's own keys cut into ``num_splits`` runs of whole BLOCK_N tiles. Sized from k_len
+    (not from the longest sequence or the block table's capacity, which fix the grid under
+    CUDA graphs), so a short sequence still spreads over every split; a run may be empty."""
+    per_split = tl.cdiv(tl.cdiv(k_len, num_splits), BLOCK_N) * BLOCK_N
+    begin = split * per_split
+    return begin, tl.minimum(begin + per_split, k_len)
+
+
 @functools.lru_cache(maxsize=None)
 def next_pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, triton.next_power_of_2(n))

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, interpreting, launch, load_rows,
-                     pdl_flags, release_dependents, row_bounds, softmax_stats, store_rows)
+                     pdl_flags, release_dependents, row_bounds, softmax_stats, split_keys, store_rows)
 from .paged_attention import combine_splits, split_destinations
 
 
@@ -147,7 +147,7 @@ def _mla_blocks(acc0, acc1, m_i, l_i, q_c0, q_c1, q_r, n_from, n_to, k_len, CACH
 def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       stride_qt, stride_qh, stride_b, stride_t, stride_bt, stride_ot, stride_oh, stride_lse_h,
                       stride_o_split, stride_lse_split,
-                      scale_log2, kv_scale, cache_block, keys_per_split, num_splits, s_q, rank, rope,
+                      scale_log2, kv_scale, cache_block, num_splits, s_q, rank, rope,
                       HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
                       WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
@@ -181,11 +181,10 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
     t_last = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // HEADS, s_q - 1)
     lo_f, hi_f = row_bounds((tile * BLOCK_M) // HEADS, s_q, k_len, 0, 0, False, CAUSAL)
     lo_l, hi_l = row_bounds(t_last, s_q, k_len, 0, 0, False, CAUSAL)
-    n_begin = split * keys_per_split
+    n_begin, n_end = split_keys(split, num_splits, k_len, BLOCK_N)
     # every row starts at key 0 (no window) and splits start on tile boundaries, so the masked
     # head of block_segments is always empty here: a mask-free body, then a masked tail
-    _, body_start, body_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin,
-                                                  tl.minimum(n_begin + keys_per_split, k_len), BLOCK_N)
+    _, body_start, body_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin, n_end, BLOCK_N)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     table = BLOCK_TABLE + seq * stride_bt
@@ -256,7 +255,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     q2 = q.reshape(tokens, hq, width)
     out2 = out.view(tokens, hq, rank)
     splits = plan["num_splits"]
-    keys_per_split, dest_o, dest_lse = split_destinations(splits, max_len, plan["BLOCK_N"], out2, lse)
+    dest_o, dest_lse = split_destinations(splits, out2, lse)
     c_desc, r_desc = _descriptors(kv_cache, plan)
     pdl = bool(plan.get("PDL")) and splits > 1
     scale = 1.0 if kv_scale is None else float(kv_scale)
@@ -264,7 +263,7 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
         q2, kv_cache, c_desc, r_desc, block_table, seq_lens, dest_o, dest_lse,
         q2.stride(0), q2.stride(1), kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
-        softmax_scale * scale * LOG2E, scale, kv_cache.shape[1], keys_per_split, splits, s_q, rank, rope,
+        softmax_scale * scale * LOG2E, scale, kv_cache.shape[1], splits, s_q, rank, rope,
         HEADS=hq, BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_C=plan["BLOCK_C"],
         BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
         TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"], TRANS=plan["TRANS"],

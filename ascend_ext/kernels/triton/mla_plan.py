@@ -19,7 +19,10 @@ Two paths, chosen from the packed row count ``rows = s_q * Hq`` of one sequence:
 The split-KV count comes from a small cost model of the device (:class:`DeviceModel`):
 waves of programs x key tiles per program, plus the combine traffic of the fp32
 partials. Graph-safe: it depends on shapes only (``max_len`` is
-``block_size * block_table.shape[1]``), never on ``seq_lens`` values.
+``block_size * block_table.shape[1]``), never on ``seq_lens`` values; inside the kernel each
+sequence cuts its own keys into the planned number of splits (``split_keys``), so a table
+wider than the contexts (vLLM's is sized for ``max_model_len``) still spreads every sequence
+over all its splits.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ one query token still fills the matrix unit with G rows.
 
 Split-KV (flash-decoding): when batch × KV heads × row tiles cannot fill the
 device, each sequence's keys are cut into ``num_splits`` ranges processed by
-separate programs (:func:`choose_splits` sizes them from the device's SM count);
+separate programs (:func:`choose_splits` picks the count from the device's SM count and
+the longest context; each program cuts its sequence's own keys, :func:`split_keys`, so a
+count fixed at CUDA-graph capture for the block table's capacity still spreads a short
+sequence over all splits);
 each writes a normalised partial output and its lse, and
 :func:`combine_splits_kernel` merges them exactly (the N-way form of
 ``merge_attn_states``, which reuses the same kernel).
@@ -23,7 +26,7 @@ import triton.language as tl
 
 from .common import (LOG2E, await_inputs, block_segments, dot_flags, fp8_value_factors, fp16_operand, load_rows,
                      next_pow2, pdl_flags, register_cap, release_dependents, row_bounds, run_visible, sink_flag,
-                     store_rows)
+                     split_keys, store_rows)
 
 
 @triton.jit
@@ -31,7 +34,7 @@ def paged_attn_kernel(
         Q, K_CACHE, V_CACHE, BLOCK_TABLE, SEQ_LENS, CU_Q, O, LSE, SINKS,
         stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
         stride_bt, stride_ot, stride_oh, stride_lse_h, stride_o_split, stride_lse_split,
-        scale_log2, softcap, window_left, window_right, keys_per_split, num_splits,
+        scale_log2, softcap, window_left, window_right, num_splits,
         HEAD_DIM, HEAD_DIM_V,
         K_SCALE, V_SCALE, K_OFF, V_OFF, stride_ksh, stride_ksd, stride_vsh, stride_vsd,
         stride_koh, stride_kod, stride_voh, stride_vod,
@@ -71,8 +74,7 @@ def paged_attn_kernel(
     t_last = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // GROUP, q_len - 1)
     lo_f, hi_f = row_bounds(t_first, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
     lo_l, hi_l = row_bounds(t_last, q_len, k_len, window_left, window_right, HAS_LEFT, HAS_RIGHT)
-    n_begin = split * keys_per_split
-    n_end = tl.minimum(n_begin + keys_per_split, k_len)
+    n_begin, n_end = split_keys(split, num_splits, k_len, BLOCK_N)
     start, full_start, full_end, end = block_segments(lo_f, lo_l, hi_f, hi_l, n_begin, n_end, BLOCK_N)
 
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
@@ -228,11 +230,11 @@ def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_
     return max(1, min(splits, max_seqlen_k // min_keys, MAX_SPLITS))
 
 
-def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tensor, lse):
-    """Keys per split and where a split-KV kernel writes: float32 partials [S, T, H, Dv] and
-    lse [S, H, T] for :func:`combine_splits` when ``splits`` > 1, else views of ``out``
-    [T, H, Dv] and ``lse`` [H, T] (without lse, ``out`` stands in for the never-used pointer)."""
-    keys_per_split = triton.cdiv(triton.cdiv(max(max_keys, 1), splits), block_n) * block_n
+def split_destinations(splits: int, out: torch.Tensor, lse):
+    """Where a split-KV kernel writes: float32 partials [S, T, H, Dv] and lse [S, H, T] for
+    :func:`combine_splits` when ``splits`` > 1, else views of ``out`` [T, H, Dv] and ``lse``
+    [H, T] (without lse, ``out`` stands in for the never-used pointer). Each program takes its
+    keys with :func:`split_keys`."""
     if splits > 1:
         tokens, heads, dv = out.shape
         dest_o = torch.empty((splits, tokens, heads, dv), dtype=torch.float32, device=out.device)
@@ -240,7 +242,7 @@ def split_destinations(splits: int, max_keys: int, block_n: int, out: torch.Tens
     else:
         dest_o = out.unsqueeze(0)
         dest_lse = (lse if lse is not None else out[0]).unsqueeze(0)
-    return keys_per_split, dest_o, dest_lse
+    return dest_o, dest_lse
 
 
 def _quant_args(kv_scales, softcap, dummy) -> tuple[list, dict]:
@@ -282,7 +284,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     if num_splits is None:
         num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"],
                                    cfg.get("SPLIT_WAVES", 0))
-    keys_per_split, dest_o, dest_lse = split_destinations(num_splits, max_seqlen_k, cfg["BLOCK_N"], out, lse)
+    dest_o, dest_lse = split_destinations(num_splits, out, lse)
     quant_args, quant_flags = _quant_args(kv_scales, softcap, dest_lse)
     pdl = bool(cfg.get("PDL")) and num_splits > 1   # the combine starts while the splits finish
     left, right = window
@@ -292,7 +294,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
-        softmax_scale * LOG2E, softcap, left, right, keys_per_split, num_splits, d, dv,
+        softmax_scale * LOG2E, softcap, left, right, num_splits, d, dv,
         *quant_args, GROUP=group, CACHE_BLOCK=k_cache.shape[1], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
