@@ -267,3 +267,20 @@ def test_split_keys_spread_each_sequence_over_all_splits(k_len, num_splits):
     assert sum(e - b for b, e in busy) == k_len and all(b % block_n == 0 for b, _ in busy)
     assert [b for b, _ in busy] == sorted(b for b, _ in busy) and all(
         busy[i][1] == busy[i + 1][0] for i in range(len(busy) - 1))
+
+
+def test_pdl_launch_options(monkeypatch):
+    """Programmatic dependent launch only for compiled kernels, and never with ASCEND_EXT_PDL=0:
+    both kernels of a pair get the PDL constexpr, the dependent one also launch_pdl."""
+    from ascend_ext.kernels.triton.common import pdl_flags
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("ASCEND_EXT_PDL", raising=False)
+    assert pdl_flags(True, dependent=True) == {"PDL": True, "launch_pdl": True}
+    assert pdl_flags(True, dependent=False) == {"PDL": True}
+    assert pdl_flags(False, dependent=True) == {}
+    monkeypatch.setenv("ASCEND_EXT_PDL", "0")
+    assert pdl_flags(True, dependent=True) == {} and pdl_flags(True, dependent=False) == {}
+    monkeypatch.delenv("ASCEND_EXT_PDL")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert pdl_flags(True, dependent=True) == {}

@@ -75,8 +75,9 @@ def pdl_flags(enabled: bool, *, dependent: bool) -> dict:
     """Launch options for programmatic dependent launch (PDL) between two kernels of a stream:
     the first (``dependent=False``) calls :func:`release_dependents`; the second is launched with
     ``launch_pdl``, may begin while the first finishes, and waits in :func:`await_inputs`
-    before reading the first's results. Compiled CUDA only (sm90+); nothing otherwise."""
-    if not enabled or interpreting():
+    before reading the first's results. Compiled CUDA only (sm90+); nothing otherwise, and
+    nothing with ``ASCEND_EXT_PDL=0`` (for stacks whose CUDA graphs cannot capture PDL launches)."""
+    if not enabled or interpreting() or os.environ.get("ASCEND_EXT_PDL") == "0":
         return {}
     return {"PDL": True, "launch_pdl": True} if dependent else {"PDL": True}
 
