@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cascade  # noqa: E402
 from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
-                    read_floor_us, split_breakdown, write_json)
+                    read_floor_us, split_breakdown, widened_table, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
@@ -270,7 +270,7 @@ def decode_splits() -> list[dict]:
     grid += [(8, ctx, (None, 4, 8, 16), 2) for ctx in (1024, 4096)]
     for b, ctx, split_opts, n_others in grid:
         base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16, batch_kv_heads=b * hkv, max_keys=ctx)
-        other_cfgs = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=192 - base["BLOCK_N"]),
+        other_cfgs = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=64 if base["BLOCK_N"] == 128 else 128),
                       dict(base, num_stages=3)][:n_others]
         k_cache, v_cache, table, lens, q, cu, out = _paged_case(b, ctx, hq, hkv, d, bs)
         kv_bytes = 2 * b * ctx * hkv * d * 2
@@ -317,9 +317,7 @@ def _capacity_row(k_cache, v_cache, table, lens, q, cu, out, ref, capacity, kv_b
     columns point at random blocks) and max_seqlen_k = capacity, so the split count and tiles
     are the capacity's while the sequence is short (each program cuts its own keys)."""
     b, ctx = table.shape[0], int(lens[0])
-    extra = torch.randint(0, k_cache.shape[0], (b, capacity // k_cache.shape[1] - table.shape[1]),
-                          device=DEV, dtype=torch.int32)
-    wide = torch.cat([table, extra], 1)
+    wide = widened_table(table, capacity, k_cache.shape[1], k_cache.shape[0])
 
     def run():
         with ops.trusted_inputs():

@@ -8,6 +8,8 @@ import os
 import platform
 
 import torch
+import triton
+import triton.language as tl
 
 
 def bench_ms(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
@@ -82,23 +84,22 @@ def split_breakdown(module, run, splits: int, out) -> dict:
     return {"split_only_us": split_only * 1e3, "combine_only_us": combine_only * 1e3}
 
 
+@triton.jit
+def _read_kernel(X, OUT, n, BLOCK: tl.constexpr):
+    """Each program sums strided BLOCK-element chunks of X [n] into OUT[program]."""
+    pid, programs = tl.program_id(0), tl.num_programs(0)
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for start in range(pid * BLOCK, n, programs * BLOCK):
+        acc += tl.load(X + start + offs, mask=start + offs < n, other=0.0).to(tl.float32)
+    tl.store(OUT + pid, tl.sum(acc, 0))
+
+
 def read_floor_us(nbytes: int) -> float:
     """The fastest plain read of ``nbytes`` we can write (graph replay, us): a Triton kernel
-    streaming one contiguous buffer (each program sums strided chunks, one float out), best of
-    a few chunk sizes, programs per SM and pipeline depths. The floor of a decode call of that
-    many cache bytes, launch and tail included."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def read_kernel(X, OUT, n, BLOCK: tl.constexpr):
-        pid, programs = tl.program_id(0), tl.num_programs(0)
-        offs = tl.arange(0, BLOCK)
-        acc = tl.zeros((BLOCK,), tl.float32)
-        for start in range(pid * BLOCK, n, programs * BLOCK):
-            acc += tl.load(X + start + offs, mask=start + offs < n, other=0.0).to(tl.float32)
-        tl.store(OUT + pid, tl.sum(acc, 0))
-
+    streaming one contiguous buffer (:func:`_read_kernel`), best of a few chunk sizes, programs
+    per SM and pipeline depths. The floor of a decode call of that many cache bytes, launch and
+    tail included."""
     x = torch.ones(nbytes // 2, device="cuda", dtype=torch.bfloat16)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     out = torch.empty(sms * 8, device="cuda", dtype=torch.float32)
@@ -107,10 +108,18 @@ def read_floor_us(nbytes: int) -> float:
         for per_sm in (2, 4, 8):
             for stages in (3, 4):
                 def run():
-                    read_kernel[(sms * per_sm,)](x, out, x.numel(), BLOCK=block, num_warps=4, num_stages=stages)
+                    _read_kernel[(sms * per_sm,)](x, out, x.numel(), BLOCK=block, num_warps=4, num_stages=stages)
                 best = min(best, bench_graph_ms(run) * 1e3)
     del x
     return best
+
+
+def widened_table(table: torch.Tensor, capacity_keys: int, block_size: int, num_blocks: int) -> torch.Tensor:
+    """``table`` [B, W] widened to ``capacity_keys // block_size`` columns, the extra ones pointing
+    at random blocks: a block table as vLLM sizes it (for max_model_len), wider than the contexts."""
+    extra = torch.randint(0, num_blocks, (table.shape[0], capacity_keys // block_size - table.shape[1]),
+                          device=table.device, dtype=table.dtype)
+    return torch.cat([table, extra], 1)
 
 
 def device_ceilings() -> dict:

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
-                    split_breakdown, write_json)
+                    split_breakdown, widened_table, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.backends.cuda import configs as cuda_configs  # noqa: E402
@@ -225,8 +225,7 @@ def _capacity_row(cache, table, lens, q, out, capacity, ceil) -> dict:
     blocks): the plan (splits, tiles) is the capacity's, each sequence cuts its own keys."""
     b, s_q, hq, _ = q.shape
     ctx = int(lens[0])
-    extra = torch.randint(0, cache.shape[0], (b, capacity // BLOCK - table.shape[1]), device=DEV, dtype=torch.int32)
-    wide = torch.cat([table, extra], 1)
+    wide = widened_table(table, capacity, BLOCK, cache.shape[0])
     plan = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=capacity, rank=RANK, rope=ROPE, cache_block=BLOCK,
                     q_dtype=q.dtype, kv_dtype=cache.dtype)
 

@@ -59,7 +59,8 @@ _GENERIC = {
     256: dict(SUB_M=32, NUM_SUB=1, BLOCK_N=32, num_warps=4, num_stages=1),
 }
 # PDL: the split-KV combine launches while the split kernel finishes (programmatic dependent
-# launch), hiding its launch and prologue.
+# launch). H100 2026-12-07, same run vs a plain launch: B 1 ctx 1k 8.32 vs 9.41 us, 4k-32k and
+# B 8 0.2-0.4 us faster; never slower.
 _PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, PDL=True)
 # 8-bit caches (widening in registers: 140 registers, 3 programs per SM): capped at 128 registers
 # so 4 fit, split counts filling up to two waves of them. H100 2026-12-06 sweep, fp8: B 128 ctx
