@@ -37,8 +37,6 @@ KERNELS = {
             dict(HEADS=16, BLOCK_M=16, BLOCK_N=64, BLOCK_C=512, BLOCK_R=64, CAUSAL=True, WRITE_LSE=False,
                  EVEN=True, TMA=True, MASK_N=16, WARP_SPEC=False, TRANS=False, IEEE=False, DOT_F32=False,
                  num_warps=4, num_stages=3)),
-    "combine": ("ascend_ext.kernels.triton.paged_attention", "combine_splits_kernel",
-                dict(BLOCK_S=32, BLOCK_DV=128, WRITE_LSE=False, EVEN_DV=True, num_warps=4, num_stages=2)),
     "experts_gate_up": ("ascend_ext.kernels.triton.moe_experts", "gate_up_kernel",
                         dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, EVEN_K=True, INT8=False, IEEE=False, DOT_F32=False,
                              num_warps=4, num_stages=3)),

@@ -155,7 +155,7 @@ def dequant_values(acc, m_i, l_i, shift_log2, v_rest, V_SCALE, V_OFF, kv_head, s
 def merge_rows(PART_O, PART_LSE, O, LSE, SINKS, num_splits, tokens, heads, valid,
                stride_ps, stride_pt, stride_ph, stride_pls, stride_plh, stride_ot, stride_oh, stride_lse_h,
                HEAD_DIM_V, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
-               HAS_SINK: tl.constexpr, EVEN_DV: tl.constexpr, CACHE: tl.constexpr):
+               HAS_SINK: tl.constexpr, EVEN_DV: tl.constexpr, CACHE: tl.constexpr = ""):
     """Merge the split partials of rows (tokens, heads, valid: [R]) into O / LSE:
     out[t, h] = sum_s w_s * part[s, t, h] / (sum_s w_s [+ w_sink]) with w_s = exp(lse_s - m),
     m the largest lse (and sink); with HAS_SINK head h's sink joins the denominator once.
@@ -211,7 +211,7 @@ def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
     await_inputs(PDL)
     merge_rows(PART_O, PART_LSE, O, LSE, SINKS, num_splits, t, h, t >= 0,
                stride_ps, stride_pt, stride_ph, stride_pls, stride_plh, stride_ot, stride_oh, stride_lse_h,
-               HEAD_DIM_V, BLOCK_S, BLOCK_DV, WRITE_LSE, HAS_SINK, EVEN_DV, "")
+               HEAD_DIM_V, BLOCK_S, BLOCK_DV, WRITE_LSE, HAS_SINK, EVEN_DV)
 
 
 @triton.jit
