@@ -280,8 +280,7 @@ def decode_splits() -> list[dict]:
         del flat
         floor_us = read_floor_us(kv_bytes)
         ref = None
-        merged = dict(base, MERGE=not base.get("MERGE"))   # the other way of merging the splits
-        for cfg, opts in [(base, split_opts), (merged, split_opts)] + [(c, (None,)) for c in other_cfgs]:
+        for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
             auto = triton_paged.choose_splits(q.device, b * hkv, ctx, cfg["BLOCK_N"])
             for splits in opts:
                 def call(module):
@@ -296,7 +295,7 @@ def decode_splits() -> list[dict]:
                 if ref is None:
                     ref = out.clone()
                 t = bench_graph_ms(run)
-                row = {"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}{' pdl' if cfg.get('PDL') else ''}{' merge' if cfg.get('MERGE') else ''}",
+                row = {"B": b, "ctx": ctx, "cfg": f"N{cfg['BLOCK_N']} w{cfg['num_warps']} s{cfg['num_stages']}{' pdl' if cfg.get('PDL') else ''}",
                        "splits": f"{splits or auto}{'*' if splits is None else ''}",
                        "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
                        "read_us": read_us, "read_floor_us": floor_us, "max_diff": float((out.float() - ref.float()).abs().max())}

@@ -77,7 +77,7 @@ def report(name: str, overrides: dict, dtype: str = "bf16") -> dict:
                             "BLOCK_TABLE": "*i32", "ROW_PTR": "*i32", "RUN_START": "*i32", "RUN_LEN": "*i32",
                             "RUN_POOL": "*i32", "POOL_TILES": "*i8", "CACHE": f"*{kv}", "K_CACHE": f"*{kv}",
                             "V_CACHE": f"*{kv}", "K_SCALE": "*fp32", "V_SCALE": "*fp32", "K_OFF": "*fp32",
-                            "V_OFF": "*fp32", "SINKS": "*fp32", "O": "*fp32" if cfg.get("MERGE") else f"*{dtype}", "COUNTERS": "*i32", "OUT_LSE": "*fp32"}.get(p, f"*{dtype}")
+                            "V_OFF": "*fp32", "SINKS": "*fp32"}.get(p, f"*{dtype}")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif p in FLOAT_ARGS:
             signature[p] = "fp32"

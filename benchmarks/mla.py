@@ -78,8 +78,7 @@ def _time(fn, eager: bool) -> tuple[float, float | None]:
 
 def _label(plan: dict) -> str:
     return (f"{plan['path']} M{plan['BLOCK_M']} N{plan['BLOCK_N']} w{plan['num_warps']} s{plan['num_stages']} "
-            f"tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''}{' pdl' if plan.get('PDL') and not plan.get('MERGE') else ''}{' merge' if plan.get('MERGE') else ''}"
-            f" x{plan['num_splits']}")
+            f"tma{int(plan['TMA'])}{' T' if plan['TRANS'] else ''}{' pdl' if plan.get('PDL') else ''} x{plan['num_splits']}")
 
 
 def _line(row: dict) -> None:
@@ -195,11 +194,9 @@ def split_sweep(ceil: dict) -> list[dict]:
         plan = mla_plan(q.device, batch=b, heads=hq, s_q=s_q, max_len=ctx, rank=RANK, rope=ROPE, cache_block=BLOCK,
                         q_dtype=q.dtype, kv_dtype=cache.dtype)
         auto = plan["num_splits"]
-        # the plan's split count also with the other PDL setting (combine launched plainly / early),
-        # and with the other way of merging (combine kernel / last split program), also at twice the splits
-        merge = {"MERGE": not plan.get("MERGE")}
+        # the plan's split count also with the other PDL setting (combine launched plainly / early)
         for splits, cfg in [(n, None) for n in sorted({max(1, auto // 2), auto, auto * 2})] + \
-                [(auto, {"PDL": not plan["PDL"]}), (auto, merge), (auto * 2, merge)] * (auto > 1):
+                [(auto, {"PDL": not plan["PDL"]})] * (auto > 1):
             def run():
                 return triton_decode.mla_decode(q, cache, table, lens, kv_lora_rank=RANK, softmax_scale=SCALE,
                                                 causal=True, out=out, return_lse=False, configs=cuda_configs,

@@ -222,12 +222,9 @@ def test_merge_attn_states(impl, dtype, rng):
 @pytest.mark.skipif("triton" not in runnable("paged_attention"), reason="Triton cannot run here")
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 7])
 @pytest.mark.parametrize("block_n", [None, 128], ids=["table", "n128"])
-@pytest.mark.parametrize("merge", [False, True], ids=["combine", "merge"])
-def test_triton_paged_split_kv_matches(num_splits, block_n, merge, rng):
+def test_triton_paged_split_kv_matches(num_splits, block_n, rng):
     """Forced split-KV counts (incl. splits past the end of short sequences) merge exactly;
-    also with 128-key tiles (Hopper's tiles for a few long sequences), and merged inside the
-    split kernel by its last program per row tile (16-row tiles: a 5-token chunk spans two),
-    twice in a row (the tickets return to 0)."""
+    also with 128-key tiles (Hopper's tiles for a few long sequences)."""
     import importlib
 
     configs = importlib.import_module(f"ascend_ext.backends.{DEVICE}.configs")
@@ -240,22 +237,14 @@ def test_triton_paged_split_kv_matches(num_splits, block_n, merge, rng):
     k_cache, v_cache, table, lens = paged_cache(keys, values, 16, rng, device=DEVICE)
     q_lens = [lq for _, lq in seqs]
     q = randn((sum(q_lens), hq, d), dtype, rng, DEVICE)
-    config = None
-    if block_n or merge:
-        config = dict(configs.paged_config(q.device, d, dtype), MERGE=merge)
-        config["BLOCK_N"] = block_n or config["BLOCK_N"]
-    for call in range(2 if merge else 1):   # new queries: partials left by a previous call would show
-        if call:
-            q = randn((sum(q_lens), hq, d), dtype, rng, DEVICE)
-        ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
-        out = torch.full((sum(q_lens), hq, d), float("nan"), dtype=dtype, device=DEVICE)
-        lse = triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), 5,
-                                           softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0, out=out,
-                                           return_lse=True, num_splits=num_splits, configs=configs, config=config)
-        assert_close(out, ref, dtype)
-        assert_lse_close(lse, ref_lse, dtype)
-    if merge and num_splits > 1:
-        assert int(triton_paged.split_counters(q.device, 1).abs().sum()) == 0
+    out = torch.full((sum(q_lens), hq, d), float("nan"), dtype=dtype, device=DEVICE)
+    lse = triton_paged.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens, DEVICE), 5,
+                                       softmax_scale=d ** -0.5, window=(-1, 0), softcap=0.0, out=out,
+                                       return_lse=True, num_splits=num_splits, configs=configs,
+                                       config=block_n and dict(configs.paged_config(q.device, d, dtype), BLOCK_N=block_n))
+    ref, ref_lse = paged_f64(q, keys, values, seqs, d ** -0.5)
+    assert_close(out, ref, dtype)
+    assert_lse_close(lse, ref_lse, dtype)
 
 
 @pytest.mark.skipif("triton" not in runnable("paged_attention"), reason="Triton cannot run here")

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from .common import (LOG2E, block_segments, dot, dot_flags, fp16_operand, interpreting, launch, load_rows,
                      pdl_flags, release_dependents, row_bounds, softmax_stats, split_keys, store_rows)
-from .paged_attention import combine_splits, merge_flags, merge_if_last, split_counters, split_destinations
+from .paged_attention import combine_splits, split_destinations
 
 
 # the interpreter runs no inline assembly: there the TMA path reads the table with a plain load
@@ -148,18 +148,14 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                       stride_qt, stride_qh, stride_b, stride_t, stride_bt, stride_ot, stride_oh, stride_lse_h,
                       stride_o_split, stride_lse_split,
                       scale_log2, kv_scale, cache_block, num_splits, s_q, rank, rope,
-                      OUT, OUT_LSE, COUNTERS, stride_out_t, stride_out_h, stride_out_lse_h,
                       HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, CAUSAL: tl.constexpr,
                       WRITE_LSE: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr, MASK_N: tl.constexpr,
                       WARP_SPEC: tl.constexpr, TRANS: tl.constexpr, IEEE: tl.constexpr,
-                      DOT_F32: tl.constexpr, FP8: tl.constexpr = False, PDL: tl.constexpr = False,
-                      MERGE: tl.constexpr = False, MERGE_ROWS: tl.constexpr = 1, BLOCK_S: tl.constexpr = 1,
-                      MERGE_LSE: tl.constexpr = False):
+                      DOT_F32: tl.constexpr, FP8: tl.constexpr = False, PDL: tl.constexpr = False):
     """Grid (row tiles, batch x splits). O/LSE are the final output (one split) or the
-    fp32 per-split partials [S, T, H, C] / [S, H, T]; with MERGE the last split program of
-    each row tile merges them into OUT / OUT_LSE (:func:`merge_if_last`), else
-    :func:`combine_splits` does (with PDL it may launch as soon as every program here has started)."""
+    fp32 per-split partials [S, T, H, C] / [S, H, T] that :func:`combine_splits` merges
+    (with PDL it may launch as soon as every program here has started)."""
     release_dependents(PDL)
     HALF_C: tl.constexpr = BLOCK_C // 2
     tile = tl.program_id(0)
@@ -225,12 +221,6 @@ def mla_decode_kernel(Q, CACHE, C_DESC, R_DESC, BLOCK_TABLE, SEQ_LENS, O, LSE,
                stride_ot, stride_oh, stride_lse_h, offs_c0, rank, WRITE_LSE, EVEN, LSE, False)
     store_rows(o_split, lse_split, acc1 * kv_scale, m_i, l_i, tokens, heads, valid,
                stride_ot, stride_oh, stride_lse_h, offs_c1, rank, False, EVEN, LSE, False)
-    if MERGE:
-        first_row = tile * BLOCK_M
-        merge_if_last(COUNTERS + seq * tl.num_programs(0) + tile, num_splits, O, LSE, OUT, OUT_LSE, LSE, first_row,
-                      tl.minimum(BLOCK_M, s_q * HEADS - first_row), seq * s_q, 0, stride_o_split, stride_ot, stride_oh,
-                      stride_lse_split, stride_lse_h, stride_out_t, stride_out_h, stride_out_lse_h, rank, HEADS,
-                      MERGE_ROWS, BLOCK_S, BLOCK_C, MERGE_LSE, False, EVEN)
 
 
 def _descriptors(kv_cache, plan):
@@ -267,23 +257,19 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     splits = plan["num_splits"]
     dest_o, dest_lse = split_destinations(splits, out2, lse)
     c_desc, r_desc = _descriptors(kv_cache, plan)
-    counters = split_counters(q.device, plan["row_tiles"] * batch) if plan.get("MERGE") and splits > 1 else None
-    merge = {} if counters is None else merge_flags(splits, plan["BLOCK_M"], rank, plan["num_warps"], lse is not None)
-    pdl = bool(plan.get("PDL")) and splits > 1 and not merge
-    final_lse = lse if lse is not None else dest_lse
+    pdl = bool(plan.get("PDL")) and splits > 1
     scale = 1.0 if kv_scale is None else float(kv_scale)
     launch(mla_decode_kernel, (plan["row_tiles"], batch * splits),   # retries fewer stages if smem overflows
         q2, kv_cache, c_desc, r_desc, block_table, seq_lens, dest_o, dest_lse,
         q2.stride(0), q2.stride(1), kv_cache.stride(0), kv_cache.stride(1), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
         softmax_scale * scale * LOG2E, scale, kv_cache.shape[1], splits, s_q, rank, rope,
-        out2, final_lse, counters if merge else dest_lse, out2.stride(0), out2.stride(1), final_lse.stride(0),
         HEADS=hq, BLOCK_M=plan["BLOCK_M"], BLOCK_N=plan["BLOCK_N"], BLOCK_C=plan["BLOCK_C"],
         BLOCK_R=plan["BLOCK_R"], CAUSAL=causal, WRITE_LSE=splits > 1 or lse is not None, EVEN=plan["EVEN"],
         TMA=plan["TMA"], MASK_N=plan["MASK_N"], WARP_SPEC=plan["WARP_SPEC"], TRANS=plan["TRANS"],
         **dot_flags(q.dtype), FP8=kv_cache.dtype == torch.float8_e4m3fn, num_warps=plan["num_warps"],
-        num_stages=plan["num_stages"], **pdl_flags(pdl, dependent=False), **merge)
-    if splits > 1 and not merge:
+        num_stages=plan["num_stages"], **pdl_flags(pdl, dependent=False))
+    if splits > 1:
         combine_splits(dest_o, dest_lse, out2, lse, pdl=pdl)
     return lse
 

@@ -38,19 +38,13 @@ def paged_attn_kernel(
         HEAD_DIM, HEAD_DIM_V,
         K_SCALE, V_SCALE, K_OFF, V_OFF, stride_ksh, stride_ksd, stride_vsh, stride_vsd,
         stride_koh, stride_kod, stride_voh, stride_vod,
-        OUT, OUT_LSE, COUNTERS, stride_out_t, stride_out_h, stride_out_lse_h,
         GROUP: tl.constexpr, CACHE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
         WRITE_LSE: tl.constexpr, EVEN_D: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
         KV_QUANT: tl.constexpr = 0, HAS_OFFSET: tl.constexpr = False, HAS_SINK: tl.constexpr = False,
-        PDL: tl.constexpr = False, MERGE: tl.constexpr = False, MERGE_ROWS: tl.constexpr = 1,
-        BLOCK_S: tl.constexpr = 1, MERGE_LSE: tl.constexpr = False, MERGE_SINK: tl.constexpr = False):
-    """Grid (row tiles, KV heads, batch x splits). O / LSE: the output (one split) or the
-    float32 partials [S, T, H, Dv] / [S, H, T]; with MERGE the last split program of each row
-    tile merges them into OUT / OUT_LSE (:func:`merge_if_last`), else :func:`combine_splits`
-    does (with PDL it may launch as soon as every program here has started)."""
-    release_dependents(PDL)
+        PDL: tl.constexpr = False):
+    release_dependents(PDL)   # the split-KV combine may launch now; it waits for our partials
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.program_id(2) // num_splits
@@ -97,13 +91,6 @@ def paged_attn_kernel(
     store_rows(O + split * stride_o_split, LSE + split * stride_lse_split, acc, m_i, l_i,
                q_start + tokens, heads, valid, stride_ot, stride_oh, stride_lse_h, offs_dv,
                HEAD_DIM_V, WRITE_LSE, EVEN_D, SINKS, HAS_SINK)
-    if MERGE:
-        first_row = tile * BLOCK_M
-        merge_if_last(COUNTERS + (seq * tl.num_programs(1) + kv_head) * tl.num_programs(0) + tile, num_splits,
-                      O, LSE, OUT, OUT_LSE, SINKS, first_row, tl.minimum(BLOCK_M, q_len * GROUP - first_row),
-                      q_start, kv_head * GROUP, stride_o_split, stride_ot, stride_oh, stride_lse_split, stride_lse_h,
-                      stride_out_t, stride_out_h, stride_out_lse_h, HEAD_DIM_V, GROUP, MERGE_ROWS, BLOCK_S,
-                      BLOCK_DV, MERGE_LSE, MERGE_SINK, EVEN_D)
 
 
 @triton.jit
@@ -152,92 +139,45 @@ def dequant_values(acc, m_i, l_i, shift_log2, v_rest, V_SCALE, V_OFF, kv_head, s
 
 
 @triton.jit
-def merge_rows(PART_O, PART_LSE, O, LSE, SINKS, num_splits, tokens, heads, valid,
-               stride_ps, stride_pt, stride_ph, stride_pls, stride_plh, stride_ot, stride_oh, stride_lse_h,
-               HEAD_DIM_V, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
-               HAS_SINK: tl.constexpr, EVEN_DV: tl.constexpr, CACHE: tl.constexpr = ""):
-    """Merge the split partials of rows (tokens, heads, valid: [R]) into O / LSE:
-    out[t, h] = sum_s w_s * part[s, t, h] / (sum_s w_s [+ w_sink]) with w_s = exp(lse_s - m),
+def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
+                          stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
+                          stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
+                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
+                          HAS_SINK: tl.constexpr = False, PDL: tl.constexpr = False):
+    """out[t, h] = sum_s w_s * part[s, t, h] / (sum_s w_s [+ w_sink]) with w_s = exp(lse_s - m),
     m the largest lse (and sink); with HAS_SINK head h's sink joins the denominator once.
 
     Splits whose lse is -inf or +inf (vLLM's mark of an empty split) are skipped by selection,
-    so their outputs may hold anything. ``CACHE``: the loads' cache modifier (".cg" when the
-    partials were written by other programs of the same kernel: read from L2, never L1)."""
+    so their outputs may hold anything. With PDL the program starts while the split kernel
+    finishes and waits for it before the first load."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_dv = tl.arange(0, BLOCK_DV)
-    tokens = tokens.to(tl.int64)
-    present = (offs_s < num_splits)[:, None] & valid[None, :]                     # [S, R]
-    lse = tl.load(PART_LSE + offs_s[:, None] * stride_pls + heads[None, :] * stride_plh + tokens[None, :],
-                  mask=present, other=float("-inf"), cache_modifier=CACHE)
+    in_s = offs_s < num_splits
+    await_inputs(PDL)
+    lse = tl.load(PART_LSE + offs_s * stride_pls + h * stride_plh + t, mask=in_s, other=float("-inf"))
     lse = tl.where(lse == float("inf"), float("-inf"), lse)
     m = tl.max(lse, 0)
     sink = m
     if HAS_SINK:
-        sink = tl.load(SINKS + heads, mask=valid, other=float("-inf"))
+        sink = tl.load(SINKS + h)
         m = tl.maximum(m, sink)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m_safe[None, :]))
+    w = tl.where(lse == float("-inf"), 0.0, tl.exp(lse - m_safe))
     total = tl.sum(w, 0)
     if HAS_SINK:
         total += tl.exp(sink - m_safe)
     # the partials load does not wait for the lse (both in one round trip); empty splits are
     # dropped by selection afterwards, so whatever they hold (NaN included) never reaches out
-    in_dv = offs_dv < HEAD_DIM_V
-    part_mask = present[:, :, None]   # constant along dv when BLOCK_DV == HEAD_DIM_V: vector loads
-    if not EVEN_DV:
-        part_mask = part_mask & in_dv[None, None, :]
-    parts = tl.load(PART_O + offs_s[:, None, None] * stride_ps + tokens[None, :, None] * stride_pt
-                    + heads[None, :, None] * stride_ph + offs_dv[None, None, :],
-                    mask=part_mask, other=0.0, cache_modifier=CACHE).to(tl.float32)
-    parts = tl.where((w > 0)[:, :, None], parts, 0.0)
-    out = tl.sum(parts * w[:, :, None], 0) / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(O + tokens[:, None] * stride_ot + heads[:, None] * stride_oh + offs_dv[None, :],
-             out.to(O.dtype.element_ty), mask=valid[:, None] & in_dv[None, :])
+    parts = tl.load(PART_O + offs_s[:, None] * stride_ps + t * stride_pt + h * stride_ph + offs_dv[None, :],
+                    mask=in_s[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0).to(tl.float32)
+    parts = tl.where((w > 0)[:, None], parts, 0.0)
+    out = tl.sum(parts * w[:, None], 0) / tl.where(total > 0, total, 1.0)
+    tl.store(O + t * stride_ot + h * stride_oh + offs_dv, out.to(O.dtype.element_ty), mask=offs_dv < HEAD_DIM_V)
     if WRITE_LSE:
-        tl.store(LSE + heads * stride_lse_h + tokens,
-                 tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")), mask=valid)
-
-
-@triton.jit
-def combine_splits_kernel(PART_O, PART_LSE, O, LSE, SINKS, num_splits,
-                          stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
-                          stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V,
-                          BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr,
-                          EVEN_DV: tl.constexpr, HAS_SINK: tl.constexpr = False, PDL: tl.constexpr = False):
-    """One (token, head) row per program (:func:`merge_rows`). With PDL the program starts
-    while the split kernel finishes and waits for it before the first load."""
-    t = tl.program_id(0) + tl.zeros((1,), tl.int32)
-    h = tl.program_id(1) + tl.zeros((1,), tl.int32)
-    await_inputs(PDL)
-    merge_rows(PART_O, PART_LSE, O, LSE, SINKS, num_splits, t, h, t >= 0,
-               stride_ps, stride_pt, stride_ph, stride_pls, stride_plh, stride_ot, stride_oh, stride_lse_h,
-               HEAD_DIM_V, BLOCK_S, BLOCK_DV, WRITE_LSE, HAS_SINK, EVEN_DV)
-
-
-@triton.jit
-def merge_if_last(COUNTER, num_splits, PART_O, PART_LSE, O, LSE, SINKS, row0, n_rows, token0, head0,
-                  stride_ps, stride_pt, stride_ph, stride_pls, stride_plh, stride_ot, stride_oh, stride_lse_h,
-                  HEAD_DIM_V, GROUP: tl.constexpr, MERGE_ROWS: tl.constexpr, BLOCK_S: tl.constexpr,
-                  BLOCK_DV: tl.constexpr, WRITE_LSE: tl.constexpr, HAS_SINK: tl.constexpr, EVEN_DV: tl.constexpr):
-    """Split-KV merge inside the split kernel (no second launch): each split program of a row
-    tile, after storing its partials, takes a ticket from the tile's ``COUNTER`` (int32, 0 at
-    the start of every call); the program that takes the last one merges all splits of the
-    tile's rows and puts the counter back to 0 for the next call (or graph replay).
-
-    The tile's rows are row0 .. row0 + n_rows - 1 of the packed row axis: row r is token
-    token0 + r // GROUP, head head0 + r % GROUP. The barrier lets every thread's partial
-    stores precede the ticket, which releases them at GPU scope; the last program acquires
-    them with the same atomic and reads the partials from L2 (``.cg``)."""
-    tl.debug_barrier()
-    ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel", scope="gpu")
-    if ticket == num_splits - 1:
-        tl.store(COUNTER, 0)
-        for r in range(0, n_rows, MERGE_ROWS):
-            rows = row0 + r + tl.arange(0, MERGE_ROWS)
-            merge_rows(PART_O, PART_LSE, O, LSE, SINKS, num_splits, token0 + rows // GROUP, head0 + rows % GROUP,
-                       rows < row0 + n_rows, stride_ps, stride_pt, stride_ph, stride_pls, stride_plh,
-                       stride_ot, stride_oh, stride_lse_h, HEAD_DIM_V, BLOCK_S, BLOCK_DV, WRITE_LSE, HAS_SINK, EVEN_DV,
-                       ".cg")
+        tl.store(LSE + h * stride_lse_h + t,
+                 tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf")))
 
 
 def combine_splits(part_o, part_lse, out, lse, sinks=None, pdl: bool = False) -> None:
@@ -253,8 +193,7 @@ def combine_splits(part_o, part_lse, out, lse, sinks=None, pdl: bool = False) ->
         part_o, part_lse, out, lse_arg, part_lse if sinks is None else sinks, splits,
         part_o.stride(0), part_o.stride(1), part_o.stride(2), part_lse.stride(0), part_lse.stride(1),
         out.stride(0), out.stride(1), lse_arg.stride(0), dv,
-        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None,
-        EVEN_DV=next_pow2(dv) == dv, **sink_flag(sinks),
+        BLOCK_S=next_pow2(splits, 2), BLOCK_DV=next_pow2(dv), WRITE_LSE=lse is not None, **sink_flag(sinks),
         **pdl_flags(pdl, dependent=True))
 
 
@@ -306,34 +245,6 @@ def split_destinations(splits: int, out: torch.Tensor, lse):
     return dest_o, dest_lse
 
 
-_COUNTERS: dict = {}
-
-
-def split_counters(device: torch.device, count: int):
-    """The tickets of :func:`merge_if_last`: int32 [>= count], all 0 between calls (each call's
-    last programs put theirs back). One buffer per device, shared by the calls of a stream in
-    order (split-KV calls running at once on two streams of a device would share tickets: not
-    supported). Grown outside CUDA-graph capture only (returns None while capturing with too
-    small a buffer: the caller then combines with a second kernel); a grown-out buffer is kept
-    alive for the graphs that captured it."""
-    buffers = _COUNTERS.setdefault(str(device), [])
-    if not buffers or buffers[-1].numel() < count:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buffers.append(torch.zeros(max(count, 1 << 16), dtype=torch.int32, device=device))
-    return buffers[-1]
-
-
-def merge_flags(splits: int, rows: int, dv: int, num_warps: int, write_lse: bool, has_sink: bool = False) -> dict:
-    """Constexprs of an in-kernel split merge (:func:`merge_if_last`) over row tiles of ``rows``
-    rows: rows merged per step so that a step's partials take ~64 float32 registers per thread."""
-    block_s, block_dv = next_pow2(splits, 2), next_pow2(dv)
-    per_step = max(1, (num_warps * 32 * 64) // (block_s * block_dv))
-    flags = {"MERGE": True, "BLOCK_S": block_s, "MERGE_LSE": write_lse,
-             "MERGE_ROWS": min(next_pow2(rows, 1), 1 << (per_step.bit_length() - 1))}
-    return dict(flags, MERGE_SINK=True) if has_sink else flags
-
-
 def _quant_args(kv_scales, softcap, dummy) -> tuple[list, dict]:
     """Kernel arguments of a quantised cache's scales (see dequant_keys / dequant_values)."""
     if kv_scales is None:
@@ -375,11 +286,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
                                    cfg.get("SPLIT_WAVES", 0))
     dest_o, dest_lse = split_destinations(num_splits, out, lse)
     quant_args, quant_flags = _quant_args(kv_scales, softcap, dest_lse)
-    counters = split_counters(q.device, row_tiles * hkv * batch) if cfg.get("MERGE") and num_splits > 1 else None
-    merge = {} if counters is None else merge_flags(num_splits, cfg["BLOCK_M"], dv, cfg["num_warps"],
-                                                    lse is not None, sinks is not None)
-    pdl = bool(cfg.get("PDL")) and num_splits > 1 and not merge   # the combine starts while the splits finish
-    final_lse = lse if lse is not None else dest_lse
+    pdl = bool(cfg.get("PDL")) and num_splits > 1   # the combine starts while the splits finish
     left, right = window
     paged_attn_kernel[(row_tiles, hkv, batch * num_splits)](
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, dest_o, dest_lse,
@@ -388,16 +295,15 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
         dest_o.stride(1), dest_o.stride(2), dest_lse.stride(1), dest_o.stride(0), dest_lse.stride(0),
         softmax_scale * LOG2E, softcap, left, right, num_splits, d, dv,
-        *quant_args, out, final_lse, counters if merge else dest_lse, out.stride(0), out.stride(1),
-        final_lse.stride(0), GROUP=group, CACHE_BLOCK=k_cache.shape[1], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        *quant_args, GROUP=group, CACHE_BLOCK=k_cache.shape[1], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
         BLOCK_D=next_pow2(d), BLOCK_DV=next_pow2(dv),
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0,
         WRITE_LSE=num_splits > 1 or lse is not None,
         EVEN_D=(next_pow2(d) == d and next_pow2(dv) == dv), **dot_flags(q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **quant_flags, **register_cap(cfg),
         **sink_flag(sinks if num_splits == 1 else None),   # split-KV: the sink joins in the combine
-        **pdl_flags(pdl, dependent=False), **merge)
-    if num_splits > 1 and not merge:
+        **pdl_flags(pdl, dependent=False))
+    if num_splits > 1:
         combine_splits(dest_o, dest_lse, out, lse, sinks, pdl=pdl)
     return lse
 
