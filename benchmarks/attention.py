@@ -266,8 +266,8 @@ def decode_splits() -> list[dict]:
     """Split-KV count and tile config at small batch (CUDA-graph replay, us per call)."""
     hq, hkv, d, bs = 32, 8, 128, 16
     rows = []
-    grid = [(1, ctx, (None, 16, 32, 64), 3) for ctx in (1024, 4096, 16384, 32768)]
-    grid += [(8, ctx, (None, 4, 8, 16), 2) for ctx in (1024, 4096)]
+    grid = [(1, ctx, (None, 8, 16, 32, 33, 64), 3) for ctx in (1024, 4096, 16384, 32768)]
+    grid += [(8, ctx, (None, 4, 5, 8, 16), 1) for ctx in (1024, 4096, 16384)] + [(16, 4096, (None, 3, 4, 8), 0)]
     for b, ctx, split_opts, n_others in grid:
         base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16, batch_kv_heads=b * hkv, max_keys=ctx)
         other_cfgs = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=64 if base["BLOCK_N"] == 128 else 128),
@@ -281,8 +281,8 @@ def decode_splits() -> list[dict]:
         floor_us = read_floor_us(kv_bytes)
         ref = None
         for cfg, opts in [(base, split_opts)] + [(c, (None,)) for c in other_cfgs]:
-            auto = triton_paged.choose_splits(q.device, b * hkv, ctx, cfg["BLOCK_N"])
-            for splits in opts:
+            auto = triton_paged.config_splits(q.device, cfg, b * hkv, ctx)
+            for splits in (None,) + tuple(x for x in opts if x and x != auto and x <= ctx // cfg["BLOCK_N"]):
                 def call(module):
                     return module.paged_attention(q, k_cache, v_cache, table, lens, cu, 1, softmax_scale=d ** -0.5,
                                                   window=(-1, 0), softcap=0.0, out=out, return_lse=False,
@@ -326,7 +326,7 @@ def _capacity_row(k_cache, v_cache, table, lens, q, cu, out, ref, capacity, kv_b
         t = bench_graph_ms(run)
     cfg = cuda_configs.paged_config(q.device, q.shape[-1], q.dtype, batch_kv_heads=b * k_cache.shape[2],
                                     max_keys=capacity)
-    splits = triton_paged.choose_splits(q.device, b * k_cache.shape[2], capacity, cfg["BLOCK_N"])
+    splits = triton_paged.config_splits(q.device, cfg, b * k_cache.shape[2], capacity)
     return {"B": b, "ctx": ctx, "cfg": f"capacity {capacity} N{cfg['BLOCK_N']}", "splits": f"{splits}*",
             "us": t * 1e3, "pct_copy_bw": 100 * kv_bytes / t / 1e6 / COPY_GBPS[0],
             "max_diff": float((out.float() - ref.float()).abs().max())}
@@ -467,7 +467,7 @@ def paged_sweep(kv_dtypes=("bf16",)) -> list[dict]:
             cfgs = [c + (0,) for c in PAGED_SWEEP] + (PAGED_SWEEP_CAPPED if kc.element_size() == 1 else [])
             for block_m, block_n, warps, stages, cap in cfgs:
                 cfg = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, maxnreg=cap)
-                auto = triton_paged.choose_splits(q.device, b * hkv, ctx, block_n)
+                auto = triton_paged.config_splits(q.device, cfg, b * hkv, ctx)
                 for splits in (None,) + tuple(x for x in split_opts if x != auto):
                     def run():
                         return triton_paged.paged_attention(q, kc, vc, table, lens, cu, 1, softmax_scale=d ** -0.5,

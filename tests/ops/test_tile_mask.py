@@ -253,6 +253,28 @@ def test_cuda_paged_tiles_for_few_long_sequences(monkeypatch):
     assert configs.paged_config(dev, 128, bf16, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 32
 
 
+def test_cuda_paged_split_counts(monkeypatch):
+    """Hopper's split counts for 32 q / 8 KV heads (batch x 8 programs before splitting): one wave
+    of 4 resident programs per SM, then one-tile splits up to one program per SM (B = 1 1k: 16
+    one-tile splits, not 8 of two tiles); 8-bit caches keep their two-wave rule (FILL_SMS off)."""
+    from ascend_ext.backends.cuda import configs
+    from ascend_ext.kernels.triton import paged_attention as triton_paged
+
+    monkeypatch.setattr(configs, "_capability", lambda device: (9, 0))
+    monkeypatch.setattr(configs, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_paged, "_sm_count", lambda index: 132)
+    dev = torch.device("cuda", 0)
+
+    def splits(batch, keys, cache=None):
+        cfg = configs.paged_config(dev, 128, torch.bfloat16, cache, batch_kv_heads=batch * 8, max_keys=keys)
+        return triton_paged.config_splits(dev, cfg, batch * 8, keys)
+
+    expected = {(1, 1024): 16, (1, 4096): 32, (1, 16384): 32, (1, 32768): 32, (8, 1024): 8, (8, 4096): 8,
+                (8, 16384): 8, (16, 4096): 4, (32, 4096): 2, (64, 4096): 1, (128, 16384): 1, (1, 200): 1}
+    assert {shape: splits(*shape) for shape in expected} == expected
+    assert splits(1, 1024, torch.float8_e4m3fn) == 8 and splits(8, 16384, torch.float8_e4m3fn) == 16
+
+
 def test_backend_config_tables_share_one_signature():
     """The Triton launchers call whichever backend's configs module with the same keywords, so
     every module's flash_config / paged_config / mla_plan takes the same parameters."""

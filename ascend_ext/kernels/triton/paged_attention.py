@@ -207,27 +207,39 @@ def _sm_count(device_index: int) -> int:
 # wave: B=8 ctx 16k ran at 82% of copy bandwidth with 9 splits vs 94% with 5). A split never
 # holds fewer than SPLIT_MIN_TILES key blocks (B=1 ctx 1k: 8 splits of 128 keys, 8.7 us, vs
 # 4 of 256, 11.8 us); more splits than that gained nothing at B=1 (H100, 2026-11-25 sweep).
-# A config may set SPLIT_WAVES instead (8-bit caches): as many splits as fill at most that many
-# waves of RESIDENT_PER_SM programs per SM (fp8, H100 2026-12-06: B 8 ctx 16k 120 us with 16
-# splits vs 148 with the rule above; B 128 ctx 4k 425 us with 1 vs 440 with 2), at most
-# WAVE_MAX_SPLITS: at B=1 the rule would ask for ~130, and 64-128 splits were slower than 16-32
-# for bf16 (2026-11-25); not measured for 8-bit caches.
+# A config may set SPLIT_WAVES instead: as many splits as fill at most that many waves of
+# RESIDENT_PER_SM programs per SM, at most WAVE_MAX_SPLITS (at B=1 the rule would ask for ~130,
+# and 64-128 splits were slower than 16-32 for bf16, 2026-11-25). 8-bit caches, H100 2026-12-06:
+# B 8 ctx 16k 120 us with 16 splits vs 148 with the rule above; B 128 ctx 4k 425 us with 1 vs
+# 440 with 2. FILL_SMS (with either rule): when the splits of >= 2 tiles leave SMs idle (one
+# short sequence), splits of one tile each, up to one program per SM.
 SPLIT_PER_SM, SPLIT_MIN_TILES, MAX_SPLITS, RESIDENT_PER_SM, WAVE_MAX_SPLITS = 2, 2, 128, 4, 32
 
 
-def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int, waves: int = 0) -> int:
+def choose_splits(device: torch.device, programs: int, max_seqlen_k: int, block_n: int, waves: int = 0,
+                  fill_sms: bool = False) -> int:
     """KV splits per sequence so that ``programs`` (batch × KV heads × row tiles) × splits
     fills the device once (SM count read from the device properties, cached), or with
-    ``waves`` > 0 fills at most that many waves of resident programs."""
+    ``waves`` > 0 fills at most that many waves of resident programs; ``fill_sms``: then at
+    least one program per SM where one-tile splits allow it."""
     if device.type == "cuda":
         sms, min_keys = _sm_count(device.index or 0), SPLIT_MIN_TILES * block_n
         target = waves * RESIDENT_PER_SM * sms if waves else SPLIT_PER_SM * sms
     else:   # interpreter / NPU: small numbers that still exercise the split path
-        target, min_keys = 16, 2 * block_n
+        sms, target, min_keys = 0, 16, 2 * block_n
     if programs >= target or max_seqlen_k < 2 * min_keys:
         return 1
     splits = min(target // programs, WAVE_MAX_SPLITS) if waves else triton.cdiv(target, programs)
-    return max(1, min(splits, max_seqlen_k // min_keys, MAX_SPLITS))
+    splits = max(1, min(splits, max_seqlen_k // min_keys, MAX_SPLITS))
+    if fill_sms and programs * splits < sms:
+        splits = max(splits, min(triton.cdiv(sms, programs), max_seqlen_k // block_n, MAX_SPLITS))
+    return splits
+
+
+def config_splits(device: torch.device, cfg: dict, programs: int, max_seqlen_k: int) -> int:
+    """:func:`choose_splits` with a tile config's rule (BLOCK_N, SPLIT_WAVES, FILL_SMS)."""
+    return choose_splits(device, programs, max_seqlen_k, cfg["BLOCK_N"], cfg.get("SPLIT_WAVES", 0),
+                         bool(cfg.get("FILL_SMS")))
 
 
 def split_destinations(splits: int, out: torch.Tensor, lse):
@@ -282,8 +294,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
     row_tiles = triton.cdiv(max(max_seqlen_q, 1) * group, cfg["BLOCK_M"])
     if num_splits is None:
-        num_splits = choose_splits(q.device, batch * hkv * row_tiles, max_seqlen_k, cfg["BLOCK_N"],
-                                   cfg.get("SPLIT_WAVES", 0))
+        num_splits = config_splits(q.device, cfg, batch * hkv * row_tiles, max_seqlen_k)
     dest_o, dest_lse = split_destinations(num_splits, out, lse)
     quant_args, quant_flags = _quant_args(kv_scales, softcap, dest_lse)
     pdl = bool(cfg.get("PDL")) and num_splits > 1   # the combine starts while the splits finish
