@@ -235,7 +235,7 @@ def test_cuda_tiles_for_narrow_windows(monkeypatch):
 
 def test_cuda_paged_tiles_for_few_long_sequences(monkeypatch):
     """Hopper's paged table: 128-key tiles when sequences x KV heads leave >= 16 SMs per program
-    and the longest context has >= 16k keys (B = 1 long decode), 64-key tiles otherwise; never
+    and the longest context has >= 4k keys (B = 1 long decode), 64-key tiles otherwise; never
     for 8-bit caches, head dims > 128 or other GPUs."""
     from ascend_ext.backends.cuda import configs
 
@@ -245,7 +245,7 @@ def test_cuda_paged_tiles_for_few_long_sequences(monkeypatch):
     assert configs.paged_config(dev, 128, bf16)["BLOCK_N"] == 64
     assert configs.paged_config(dev, 128, bf16, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 128
     assert configs.paged_config(dev, 64, bf16, batch_kv_heads=1, max_keys=131072)["BLOCK_N"] == 128
-    for heads, keys in ((8, 4096), (9, 16384), (64, 32768)):
+    for heads, keys in ((8, 2048), (9, 16384), (64, 32768)):
         assert configs.paged_config(dev, 128, bf16, batch_kv_heads=heads, max_keys=keys)["BLOCK_N"] == 64
     assert configs.paged_config(dev, 128, bf16, torch.float8_e4m3fn, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 64
     assert configs.paged_config(dev, 256, bf16, batch_kv_heads=8, max_keys=16384)["BLOCK_N"] == 32
@@ -256,7 +256,8 @@ def test_cuda_paged_tiles_for_few_long_sequences(monkeypatch):
 def test_cuda_paged_split_counts(monkeypatch):
     """Hopper's split counts for 32 q / 8 KV heads (batch x 8 programs before splitting): one wave
     of 4 resident programs per SM, then one-tile splits up to one program per SM (B = 1 1k: 16
-    one-tile splits, not 8 of two tiles); 8-bit caches keep their two-wave rule (FILL_SMS off)."""
+    one-tile splits, not 8 of two tiles; 4k: 128-key tiles, 17 splits of which 16 hold keys);
+    8-bit caches keep their two-wave rule (FILL_SMS off)."""
     from ascend_ext.backends.cuda import configs
     from ascend_ext.kernels.triton import paged_attention as triton_paged
 
@@ -269,7 +270,7 @@ def test_cuda_paged_split_counts(monkeypatch):
         cfg = configs.paged_config(dev, 128, torch.bfloat16, cache, batch_kv_heads=batch * 8, max_keys=keys)
         return triton_paged.config_splits(dev, cfg, batch * 8, keys)
 
-    expected = {(1, 1024): 16, (1, 4096): 32, (1, 16384): 32, (1, 32768): 32, (8, 1024): 8, (8, 4096): 8,
+    expected = {(1, 1024): 16, (1, 2048): 17, (1, 4096): 17, (1, 8192): 32, (1, 16384): 32, (1, 32768): 32, (8, 1024): 8, (8, 4096): 8,
                 (8, 16384): 8, (16, 4096): 4, (32, 4096): 2, (64, 4096): 1, (128, 16384): 1, (1, 200): 1}
     assert {shape: splits(*shape) for shape in expected} == expected
     assert splits(1, 1024, torch.float8_e4m3fn) == 8 and splits(8, 16384, torch.float8_e4m3fn) == 16

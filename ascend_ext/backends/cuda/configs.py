@@ -70,12 +70,13 @@ _PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, PDL=True, 
 # so 4 fit, split counts filling up to two waves of them. H100 2026-12-06 sweep, fp8: B 128 ctx
 # 4k 425 vs 526 us uncapped; B 8 ctx 16k 120 us with 16 splits vs 148 with the bf16 rule's 5.
 _PAGED_SM90_8BIT = dict(_PAGED_SM90, maxnreg=128, SPLIT_WAVES=2, FILL_SMS=False)   # FILL_SMS: not measured
-# A few long sequences (B = 1 with 8 KV heads: 8 programs before splitting, >= 16k keys): each
+# A few long sequences (B = 1 with 8 KV heads: 8 programs before splitting, >= 4k keys): each
 # split program streams 128-key tiles, twice the bytes in flight (ncu, B 1 16k: 2 programs of 4
 # warps per SM, DRAM at 62% of peak). H100, two runs (2026-12-07, sessions 9 and 10): 16k 34.2 /
-# 33.0 us vs 36.9 / 35.5 with 64-key tiles, 32k 56.9 / 54.6 vs 60.0 / 58.1; slower at <= 4k keys
-# and at B 8 (4k: 62.7 vs 54.8 us).
-FEW_LONG_SEQUENCES = dict(min_keys=16384, sms_per_program=16)
+# 33.0 us vs 36.9 / 35.5 with 64-key tiles, 32k 56.9 / 54.6 vs 60.0 / 58.1; slower at B 8 (4k:
+# 62.7 vs 54.8 us). With the split counts below (session 11, same runs): 4k 11.8 / 11.9 / 11.8 vs
+# 12.1 / 12.1 / 12.4, 8k 17.0 / 17.0 vs 17.8 / 17.7, 12k 27.5 vs 29.2; 2k 11.2 / 11.2 vs 9.8 / 9.8.
+FEW_LONG_SEQUENCES = dict(min_keys=4096, sms_per_program=16)
 _PAGED_GENERIC = dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=2)
 
 
