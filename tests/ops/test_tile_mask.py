@@ -274,6 +274,11 @@ def test_cuda_paged_split_counts(monkeypatch):
                 (8, 16384): 8, (16, 4096): 4, (32, 4096): 2, (64, 4096): 1, (128, 16384): 1, (1, 200): 1}
     assert {shape: splits(*shape) for shape in expected} == expected
     assert splits(1, 1024, torch.float8_e4m3fn) == 8 and splits(8, 16384, torch.float8_e4m3fn) == 16
+    # chunks of 8 tokens x 4 heads: 32-row tiles, with the older rule (2 per SM, >= 2 tiles)
+    chunk = triton_paged.chunk_config(configs.paged_config(dev, 128, torch.bfloat16, batch_kv_heads=8,
+                                                           max_keys=1024), 8, 4)
+    assert chunk["BLOCK_M"] == 32 and triton_paged.config_splits(dev, chunk, 8, 1024) == 8
+    assert triton_paged.chunk_config(configs.paged_config(dev, 128, torch.bfloat16), 1, 4)["BLOCK_M"] == 16
 
 
 def test_backend_config_tables_share_one_signature():

@@ -242,6 +242,16 @@ def config_splits(device: torch.device, cfg: dict, programs: int, max_seqlen_k: 
                          bool(cfg.get("FILL_SMS")))
 
 
+def chunk_config(cfg: dict, max_seqlen_q: int, group: int) -> dict:
+    """A table's paged tile config for query chunks of ``max_seqlen_q`` tokens x ``group`` heads:
+    the row tile grows to the chunk's rows (chunked prefill, up to 64), and a grown tile takes
+    the config's PREFILL_SPLITS split rule (the table's rule was measured for its own tile)."""
+    rows = next_pow2(max_seqlen_q * group)
+    if rows <= cfg["BLOCK_M"]:
+        return cfg
+    return dict(cfg, BLOCK_M=min(rows, 64), **cfg.get("PREFILL_SPLITS", {}))
+
+
 def split_destinations(splits: int, out: torch.Tensor, lse):
     """Where a split-KV kernel writes: float32 partials [S, T, H, Dv] and lse [S, H, T] for
     :func:`combine_splits` when ``splits`` > 1, else views of ``out`` [T, H, Dv] and ``lse``
@@ -290,8 +300,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         max_seqlen_k = int(seq_lens.max())
     cfg = dict(config or configs.paged_config(q.device, d, q.dtype, k_cache.dtype, batch_kv_heads=batch * hkv,
                                               max_keys=max_seqlen_k))
-    if config is None:   # grow the row tile for chunked prefill (many rows per sequence)
-        cfg["BLOCK_M"] = min(max(cfg["BLOCK_M"], next_pow2(max_seqlen_q * group)), 64)
+    if config is None:
+        cfg = chunk_config(cfg, max_seqlen_q, group)
     row_tiles = triton.cdiv(max(max_seqlen_q, 1) * group, cfg["BLOCK_M"])
     if num_splits is None:
         num_splits = config_splits(q.device, cfg, batch * hkv * row_tiles, max_seqlen_k)
