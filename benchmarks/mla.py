@@ -182,8 +182,11 @@ FP8_VARIANTS = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TR
 
 
 # part "splits": split counts around the plan's for the planned tiles of these shapes
-SPLIT_SHAPES = ((16, 1, 32, 4096), (16, 2, 32, 4096), (16, 2, 32, 16384), (128, 1, 32, 4096), (128, 1, 32, 16384),
-                (128, 2, 32, 4096))
+# (MLA_SPLIT_SHAPES="Hq,s_q,B,ctx;..." overrides them)
+SPLIT_SHAPES = (tuple(tuple(int(x) for x in part.split(",")) for part in os.environ["MLA_SPLIT_SHAPES"].split(";"))
+                if "MLA_SPLIT_SHAPES" in os.environ
+                else ((16, 1, 32, 4096), (16, 2, 32, 4096), (16, 2, 32, 16384), (128, 1, 32, 4096),
+                      (128, 1, 32, 16384), (128, 2, 32, 4096)))
 
 
 def split_sweep(ceil: dict) -> list[dict]:
