@@ -190,6 +190,24 @@ def test_mla_plan_paths_and_splits():
     assert choose_splits(h100, programs=1, max_len=256, out_rows=16, **common) <= 2
 
 
+def test_mla_plan_compute_splits_fill_one_wave():
+    """Hopper's compute path (Hq 128): at least 2 splits below one wave of programs, doubled up to
+    one wave (the H100 grid of 2026-12-07 in mla_plan.choose_splits); a capacity-sized table
+    (vLLM: max_model_len) plans like its contexts' size here."""
+    from ascend_ext.backends.cuda.configs import _MLA_SM90, mla_device_model
+    from ascend_ext.kernels.triton.mla_plan import build_plan
+
+    def splits(batch, s_q, max_len):
+        return build_plan(_MLA_SM90, mla_device_model("sm90", 132), tma=True, batch=batch, heads=128, s_q=s_q,
+                          max_len=max_len, rank=512, rope=64, cache_block=64, q_dtype=torch.bfloat16,
+                          kv_dtype=torch.bfloat16)["num_splits"]
+
+    measured_best = {(32, 1, 4096): 2, (32, 1, 16384): 2, (32, 1, 32768): 2, (16, 1, 16384): 4, (64, 1, 4096): 2,
+                     (32, 2, 4096): 2, (32, 2, 16384): 2, (16, 2, 4096): 2}
+    assert {shape: splits(*shape) for shape in measured_best} == measured_best
+    assert splits(128, 1, 4096) == 1 and splits(64, 2, 4096) == 1   # a wave or more already
+
+
 def test_mla_plan_memory32_tile():
     """Hopper's table: 17-32 packed rows of 16-bit q and cache take one transposed 32-row tile;
     16 rows, FP8 caches and fp32 queries keep the row-major memory tiles."""

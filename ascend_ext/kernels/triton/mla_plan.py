@@ -63,11 +63,13 @@ def choose_splits(model: DeviceModel, *, path: str, programs: int, max_len: int,
                   width: int, rank: int, kv_bytes: int, out_rows: int) -> int:
     """Split-KV count minimising :func:`split_cost`; each split keeps >= 2 key tiles.
 
-    The compute path also asks for >= 2 programs per unit while splits keep >= 32 key
-    tiles: on H100 (run 1) Hq 128 B 32 ran 1.2-2.1x faster at 2 waves than at the one
-    wave the cost model prefers (the next program's prologue hides the previous epilogue),
-    but not once splits get short: Hq 128 s_q 1 B 32 ctx 4k, 2 splits (32 tiles each) 147 us
-    vs 4 splits 159 us (H100 2026-11-25 and 2026-12-07; their fp32 partials double too)."""
+    The compute path then takes at least 2 splits where its programs fill less than one wave,
+    and doubles them until one wave is full, while splits keep >= 32 key tiles. H100, Hq 128,
+    2026-12-07 grid (graph replay, us): the best count gave ~128-256 programs on 132 SMs and
+    never the unsplit kernel: s_q 1 B 32 4k / 16k / 32k x2 144 / 527 / 1046 vs x4 156 / 543 /
+    1059; B 16 16k x4 285 vs x8 294; B 64 4k x2 287 vs x1 337; s_q 2 B 32 4k / 16k / 32k x2
+    281 / 1005 / 1973 vs x1 327 / 1221 / 2413; B 16 4k x2 147 vs x4 161. (The older rule, two
+    waves, took x4 for s_q 1 B 32 at >= 8k keys, and for every capacity-sized vLLM table.)"""
     units, bandwidth, rate = model.units, model.bandwidth, model.mma_rate[path]
     tile_s = max(block_n * width * kv_bytes / (bandwidth / units),
                  2 * block_m * block_n * (width + rank) / (rate / units))
@@ -76,7 +78,10 @@ def choose_splits(model: DeviceModel, *, path: str, programs: int, max_len: int,
                            partial_bytes=out_rows * rank * 4, bandwidth=bandwidth) for s in range(1, limit + 1)}
     best = min(costs, key=lambda s: (costs[s], s))
     if path == "compute":
-        while programs * best < 1.9 * units and best * 2 <= min(64, max_len // (32 * block_n)):
+        longest = min(64, max_len // (32 * block_n))   # splits of >= 32 key tiles
+        if programs < units and longest >= 2:
+            best = max(best, 2)
+        while programs * best < 0.95 * units and best * 2 <= longest:
             best *= 2
     return best
 
