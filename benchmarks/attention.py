@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cascade  # noqa: E402
 from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
-                    read_floor_us, split_breakdown, widened_table, write_json)
+                    env_shapes, read_floor_us, split_breakdown, widened_table, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.ops import TileMask  # noqa: E402
@@ -269,8 +269,7 @@ def decode_splits() -> list[dict]:
     grid = [(1, ctx, (None, 8, 16, 32, 33, 64), 3) for ctx in (1024, 4096, 16384, 32768)]
     grid += [(8, ctx, (None, 4, 5, 8, 16), 1) for ctx in (1024, 4096, 16384)] + [(16, 4096, (None, 3, 4, 8), 0)]
     if "DECODE_SPLITS_CASES" in os.environ:   # "B,ctx;B,ctx;...": the automatic plan vs 64/128-key tiles only
-        grid = [(int(b), int(ctx), (None,), 2) for b, ctx in
-                (case.split(",") for case in os.environ["DECODE_SPLITS_CASES"].split(";"))]
+        grid = [(b, ctx, (None,), 2) for b, ctx in env_shapes("DECODE_SPLITS_CASES", ())]
     for b, ctx, split_opts, n_others in grid:
         base = cuda_configs.paged_config(torch.device(DEV), d, torch.bfloat16, batch_kv_heads=b * hkv, max_keys=ctx)
         other_cfgs = [dict(base, PDL=not base.get("PDL")), dict(base, BLOCK_N=64 if base["BLOCK_N"] == 128 else 128),

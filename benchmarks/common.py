@@ -114,6 +114,13 @@ def read_floor_us(nbytes: int) -> float:
     return best
 
 
+def env_shapes(name: str, default: tuple) -> tuple:
+    """Shapes from environment variable ``name`` ("a,b,c;a,b,c;..." -> ((a, b, c), ...)), else ``default``."""
+    if name not in os.environ:
+        return default
+    return tuple(tuple(int(x) for x in part.split(",")) for part in os.environ[name].split(";"))
+
+
 def widened_table(table: torch.Tensor, capacity_keys: int, block_size: int, num_blocks: int) -> torch.Tensor:
     """``table`` [B, W] widened to ``capacity_keys // block_size`` columns, the extra ones pointing
     at random blocks: a block table as vLLM sizes it (for max_model_len), wider than the contexts."""

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import (bench_graph_ms, bench_ms, device_ceilings, environment, print_table,  # noqa: E402
-                    split_breakdown, widened_table, write_json)
+from common import (bench_graph_ms, bench_ms, device_ceilings, env_shapes, environment,  # noqa: E402
+                    print_table, split_breakdown, widened_table, write_json)
 
 from ascend_ext import ops  # noqa: E402
 from ascend_ext.backends.cuda import configs as cuda_configs  # noqa: E402
@@ -183,10 +183,8 @@ FP8_VARIANTS = {"memory": [(16, 64, 8, 3, {"TRANS": False}), (16, 64, 8, 2, {"TR
 
 # part "splits": split counts around the plan's for the planned tiles of these shapes
 # (MLA_SPLIT_SHAPES="Hq,s_q,B,ctx;..." overrides them)
-SPLIT_SHAPES = (tuple(tuple(int(x) for x in part.split(",")) for part in os.environ["MLA_SPLIT_SHAPES"].split(";"))
-                if "MLA_SPLIT_SHAPES" in os.environ
-                else ((16, 1, 32, 4096), (16, 2, 32, 4096), (16, 2, 32, 16384), (128, 1, 32, 4096),
-                      (128, 1, 32, 16384), (128, 2, 32, 4096)))
+SPLIT_SHAPES = env_shapes("MLA_SPLIT_SHAPES", ((16, 1, 32, 4096), (16, 2, 32, 4096), (16, 2, 32, 16384),
+                                               (128, 1, 32, 4096), (128, 1, 32, 16384), (128, 2, 32, 4096)))
 
 
 def split_sweep(ceil: dict) -> list[dict]:
@@ -243,9 +241,8 @@ def _capacity_row(cache, table, lens, q, out, capacity, ceil) -> dict:
 
 
 # part "sweep": its shapes (Hq, s_q, B, ctx); MLA_SWEEP_SHAPES="Hq,s_q,B,ctx;..." overrides them
-SWEEP_SHAPES = (tuple(tuple(int(x) for x in part.split(",")) for part in os.environ["MLA_SWEEP_SHAPES"].split(";"))
-                if "MLA_SWEEP_SHAPES" in os.environ
-                else ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096), (128, 2, 32, 4096)))
+SWEEP_SHAPES = env_shapes("MLA_SWEEP_SHAPES", ((16, 1, 32, 4096), (16, 2, 32, 4096), (128, 1, 32, 4096),
+                                               (128, 2, 32, 4096)))
 
 
 def sweep(ceil: dict, shapes=SWEEP_SHAPES) -> list[dict]:

@@ -67,13 +67,12 @@ _GENERIC = {
 # ctx 4k 53.9 / 54.3 vs 55.3 / 54.7; B 1 ctx 1k 16 splits 7.88 / 7.94 vs 8 8.61 / 8.85. Measured
 # for the 16-row decode tile (4 fit an SM); the 32 / 64-row tiles of chunked prefill keep the
 # older rule (PREFILL_SPLITS).
-_PAGED_SM90 = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, PDL=True, SPLIT_WAVES=1, FILL_SMS=True,
-                   PREFILL_SPLITS=dict(SPLIT_WAVES=0, FILL_SMS=False))
+_PAGED_SM90_TILE = dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=2, PDL=True)
+_PAGED_SM90 = dict(_PAGED_SM90_TILE, SPLIT_WAVES=1, FILL_SMS=True, PREFILL_SPLITS=dict(SPLIT_WAVES=0, FILL_SMS=False))
 # 8-bit caches (widening in registers: 140 registers, 3 programs per SM): capped at 128 registers
 # so 4 fit, split counts filling up to two waves of them. H100 2026-12-06 sweep, fp8: B 128 ctx
 # 4k 425 vs 526 us uncapped; B 8 ctx 16k 120 us with 16 splits vs 148 with the bf16 rule's 5.
-_PAGED_SM90_8BIT = dict(_PAGED_SM90, maxnreg=128, SPLIT_WAVES=2, FILL_SMS=False,   # FILL_SMS: not measured
-                        PREFILL_SPLITS={})
+_PAGED_SM90_8BIT = dict(_PAGED_SM90_TILE, maxnreg=128, SPLIT_WAVES=2)   # FILL_SMS: not measured for 8-bit
 # A few long sequences (B = 1 with 8 KV heads: 8 programs before splitting, >= 4k keys): each
 # split program streams 128-key tiles, twice the bytes in flight (ncu, B 1 16k: 2 programs of 4
 # warps per SM, DRAM at 62% of peak). H100, two runs (2026-12-07, sessions 9 and 10): 16k 34.2 /
