@@ -923,6 +923,8 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 }  // namespace ascend_ext
 
 ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
+  // whether the bfloat16 tile kernel runs on AMX now (built, granted, ASCEND_EXT_NATIVE_AMX not 0)
+  m.def("amx_usable() -> bool", [] { return ascend_ext::amx::usable(); });
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
         "Tensor(b!)? lse, Tensor? sinks=None, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "

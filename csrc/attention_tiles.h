@@ -36,6 +36,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "amx.h"
 #include "attention_rows.h"
 
 namespace ascend_ext {
@@ -58,20 +59,23 @@ constexpr int64_t MAX_ROWS = 128;  // rows per work item when the tile kernel se
 
 #if defined(__AVX512F__)
 constexpr int64_t BLOCK = 32;     // keys per block (16 key pairs)
+constexpr int64_t AMX_BLOCK = 128;  // keys per block of the AMX tiles
 constexpr int LANES = 16;
 constexpr float RESCALE_SLACK = 8.f;  // log2 units
 
 struct Scratch {
   std::vector<uint32_t> qp;                // [dim / 2][row vectors][16] query pairs
-  std::vector<float> s;                    // [BLOCK][row vectors][16] raw scores q.k
+  std::vector<float> s;                    // [block][row vectors][16] raw scores q.k
   std::vector<float> ot;                   // [dim_v][row vectors][16] unnormalised output, transposed
   std::vector<float> m, l;                 // [row vectors][16]
   std::vector<int32_t> lo, hi;             // [row vectors][16]
-  std::vector<uint32_t> phi, plo;          // [BLOCK / 2][row vectors][16] probability pairs
-  std::vector<uint16_t> vp;                // [BLOCK / 2][2 * dim_v] value pairs
+  std::vector<uint32_t> phi, plo;          // [block / 2][row vectors][16] probability pairs
+  std::vector<uint16_t> vp;                // [block / 2][2 * dim_v] value pairs
   std::vector<uint16_t> zero;              // a zero row of max(dim, dim_v)
   std::vector<float> qf;                   // float32 caches: [dim][row vectors][16] queries
-  std::vector<float> p;                    // float32 caches: [BLOCK][row vectors][16] probabilities
+  std::vector<float> p;                    // float32 caches: [block][row vectors][16] probabilities
+  std::vector<uint16_t> kb;                // AMX: [AMX_BLOCK][dim] key rows copied where not evenly strided
+  std::vector<uint32_t> vt;                // AMX: [dim_v][AMX_BLOCK / 2] value pairs transposed (V^T rows)
 };
 
 // Pins a loaded vector to a register: without it GCC re-loads the operand before every
@@ -277,6 +281,161 @@ inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const 
   }
 }
 
+#if defined(ASCEND_EXT_AMX)
+// ------------------------------------------------------------------ AMX (bfloat16 caches)
+// The same products as the vdpbf16ps tiles above, 16 x 16 x 32 per tile instruction, with
+// the operands in the layouts the driver already builds, over blocks of AMX_BLOCK keys (each
+// accumulator tile is loaded and stored once per block, not once per 32 keys):
+//   S^T[16 keys][16 rows] += K[16 keys][32 dims] . qp[16 dim pairs][16 rows]
+//     (A: key rows in place when evenly strided, else copied; B: the packed query pairs);
+//   O^T[16 dims][16 rows] += V^T[16 dims][32 keys] . (hi, lo)[16 key pairs][16 rows]
+//     (A: the block's interleaved value pairs transposed once per block; B: phi / plo).
+// Tiles: 0-3 accumulators, 4-7 operands (amx::configure).
+
+// s[j][v + g] = q[v + g] . k[j] (raw float32 dots) for 16 keys (rows of k, k_stride elements
+// apart) and G <= 4 row vectors from v.
+template <int G>
+inline void amx_scores(const uint16_t* k, int64_t k_stride, int64_t d, const uint32_t* qp, int64_t rvs, int64_t v,
+                       float* s) {
+  static_assert(G >= 1 && G <= 4, "four accumulator tiles");
+  const int64_t b_stride = rvs * LANES * sizeof(uint32_t);
+  _tile_zero(0);
+  if constexpr (G > 1) _tile_zero(1);
+  if constexpr (G > 2) _tile_zero(2);
+  if constexpr (G > 3) _tile_zero(3);
+  for (int64_t c = 0; c < d; c += 32) {
+    _tile_loadd(4, k + c, k_stride * sizeof(uint16_t));
+    const uint32_t* b = qp + (c / 2 * rvs + v) * LANES;
+    _tile_loadd(5, b, b_stride);
+    _tile_dpbf16ps(0, 4, 5);
+    if constexpr (G > 1) {
+      _tile_loadd(6, b + LANES, b_stride);
+      _tile_dpbf16ps(1, 4, 6);
+    }
+    if constexpr (G > 2) {
+      _tile_loadd(7, b + 2 * LANES, b_stride);
+      _tile_dpbf16ps(2, 4, 7);
+    }
+    if constexpr (G > 3) {
+      _tile_loadd(5, b + 3 * LANES, b_stride);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+  }
+  float* out = s + v * LANES;
+  _tile_stored(0, out, b_stride);
+  if constexpr (G > 1) _tile_stored(1, out + LANES, b_stride);
+  if constexpr (G > 2) _tile_stored(2, out + 2 * LANES, b_stride);
+  if constexpr (G > 3) _tile_stored(3, out + 3 * LANES, b_stride);
+}
+
+// ot[c][v + r] += sum over the block's first 32 * steps keys (key pairs i) of (hi + lo)[i][v + r]
+// . (v[2i][c], v[2i+1][c]) for R <= 2 row vectors from v and C <= 2 chunks of 16 dims from c0
+// (vt: [dims][AMX_BLOCK / 2 key pairs]). A 2 x 2 block of accumulators, as in a GEMM: every
+// step loads two A and two B tiles for four tile products, and consecutive products write
+// different accumulators.
+template <int R, int C>
+inline void amx_values(const uint32_t* vt, const uint32_t* phi, const uint32_t* plo, int64_t rvs, int64_t v,
+                       int64_t c0, int64_t steps, float* ot) {
+  static_assert(R >= 1 && R <= 2 && C >= 1 && C <= 2, "a 2 x 2 block of accumulator tiles");
+  constexpr int64_t pairs = AMX_BLOCK / 2, a_stride = pairs * sizeof(uint32_t);
+  const int64_t stride = rvs * LANES * sizeof(float), chunk = 16 * rvs * LANES;
+  float* o = ot + (c0 * rvs + v) * LANES;   // accumulator (r, c) at o + c * chunk + r * LANES
+  _tile_loadd(0, o, stride);
+  if constexpr (C > 1) _tile_loadd(1, o + chunk, stride);
+  if constexpr (R > 1) _tile_loadd(2, o + LANES, stride);
+  if constexpr (R > 1 && C > 1) _tile_loadd(3, o + chunk + LANES, stride);
+  for (int64_t t = 0; t < steps; ++t) {
+    const uint32_t* a = vt + c0 * pairs + 16 * t;
+    _tile_loadd(4, a, a_stride);
+    if constexpr (C > 1) _tile_loadd(5, a + 16 * pairs, a_stride);
+    for (const uint32_t* p : {phi, plo}) {
+      const uint32_t* b = p + (16 * t * rvs + v) * LANES;
+      _tile_loadd(6, b, stride);
+      if constexpr (R > 1) _tile_loadd(7, b + LANES, stride);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (C > 1) _tile_dpbf16ps(1, 5, 6);
+      if constexpr (R > 1) _tile_dpbf16ps(2, 4, 7);
+      if constexpr (R > 1 && C > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, o, stride);
+  if constexpr (C > 1) _tile_stored(1, o + chunk, stride);
+  if constexpr (R > 1) _tile_stored(2, o + LANES, stride);
+  if constexpr (R > 1 && C > 1) _tile_stored(3, o + chunk + LANES, stride);
+}
+
+// The distance (in elements) between consecutive rows of rows[0:16] when it is constant, else 0.
+template <typename T>
+inline int64_t even_stride(const T* const* rows) {
+  const int64_t stride = rows[1] - rows[0];
+  for (int j = 2; j < 16; ++j)
+    if (rows[j] - rows[j - 1] != stride) return 0;
+  return stride > 0 ? stride : 0;
+}
+
+// Raw scores of the block's keys for row vectors [v0, v1): each group of up to four row
+// vectors takes the 16-key slices its reach needs.
+inline void amx_block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach,
+                             const c10::BFloat16* const* k, int64_t d) {
+  const uint16_t* slice_rows[AMX_BLOCK / 16];
+  int64_t slice_stride[AMX_BLOCK / 16];
+  const int64_t slices = (group_reach(reach, v0, v1 - v0) + 15) / 16;
+  for (int64_t h = 0; h < slices; ++h) {
+    const c10::BFloat16* const* rows = k + 16 * h;
+    slice_stride[h] = even_stride(rows);
+    if (slice_stride[h] != 0) {
+      slice_rows[h] = reinterpret_cast<const uint16_t*>(rows[0]);
+    } else {  // rows across a page boundary (or padding): copied into one tile
+      uint16_t* dst = w.kb.data() + 16 * h * d;
+      for (int j = 0; j < 16; ++j) std::memcpy(dst + j * d, rows[j], d * sizeof(uint16_t));
+      slice_rows[h] = dst;
+      slice_stride[h] = d;
+    }
+  }
+  for (int64_t v = v0; v < v1;) {
+    const int64_t size = std::min<int64_t>(v1 - v, 4), n = group_reach(reach, v, size);
+    for (int64_t h = 0; h * 16 < n; ++h) {
+      float* s = w.s.data() + 16 * h * rvs * LANES;
+      switch (size) {
+        case 4: amx_scores<4>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
+        case 3: amx_scores<3>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
+        case 2: amx_scores<2>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
+        default: amx_scores<1>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
+      }
+    }
+    v += size;
+  }
+}
+
+// P.V of the block's first n keys for row vectors [v0, v1) over w.vt (32-key steps; the pairs
+// past n hold p = 0 against zero values).
+inline void amx_block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, int64_t n, int64_t dv) {
+  const int64_t steps = (n + 31) / 32;
+  const uint32_t *vt = w.vt.data(), *hi = w.phi.data(), *lo = w.plo.data();
+  float* ot = w.ot.data();
+  for (int64_t v = v0; v < v1; v += 2) {
+    const bool two_rows = v + 1 < v1;
+    for (int64_t c = 0; c < dv; c += 32) {   // dv % 32 == 0 (serves)
+      if (two_rows) amx_values<2, 2>(vt, hi, lo, rvs, v, c, steps, ot);
+      else amx_values<1, 2>(vt, hi, lo, rvs, v, c, steps, ot);
+    }
+  }
+}
+
+// w.vt = the block's values as V^T rows of key pairs, [dv][AMX_BLOCK / 2], up to the 32-key
+// step that holds key n - 1 (keys past n are zero).
+template <typename T>
+inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
+  const int64_t keys = (n + 31) / 32 * 32;
+  for (int64_t j = 0; j < keys; j += 2)
+    rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
+  const auto* words = reinterpret_cast<const uint32_t*>(w.vp.data());   // [key pairs][dv]
+  for (int64_t i = 0; i < keys / 2; i += 16)
+    for (int64_t c = 0; c < dv; c += 16)
+      transpose16(words + i * dv + c, dv, w.vt.data() + c * (AMX_BLOCK / 2) + i, AMX_BLOCK / 2);
+}
+#endif  // ASCEND_EXT_AMX
+
 // Online-softmax step of row vector v over keys n0 + [0, n) of the block: masks, running
 // max (rescaling ot and l when it grows), p = 2^(s * scale - m) into hi/lo key pairs
 // (PAIRS, bfloat16 caches) or float32 p[j] (float32 caches).
@@ -357,12 +516,19 @@ inline Scratch& thread_scratch() {
 }
 
 template <typename T, typename Rows>
-void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale) {
+void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
+                  bool use_amx) {
   constexpr bool BF16 = !std::is_same_v<T, float>;
   Scratch& w = thread_scratch();
   const int64_t rows = item.rows, d = item.dim, dv = item.dim_v;
   const int64_t rvs = (rows + LANES - 1) / LANES, width = rvs * LANES;
-  w.s.resize(BLOCK * width);
+  // keys per block: AMX_BLOCK for the AMX tiles, else BLOCK
+#if defined(ASCEND_EXT_AMX)
+  const int64_t block = use_amx ? AMX_BLOCK : BLOCK;
+#else
+  const int64_t block = BLOCK;
+#endif
+  w.s.resize(block * width);
   w.ot.assign(dv * width, 0.f);
   w.m.assign(width, -std::numeric_limits<float>::infinity());
   w.l.assign(width, 0.f);
@@ -378,13 +544,17 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   uint32_t* packed;
   if constexpr (BF16) {
     w.qp.assign(words * width, 0u);
-    w.phi.resize(BLOCK / 2 * width);
-    w.plo.resize(BLOCK / 2 * width);
-    w.vp.resize(BLOCK * dv);
+    w.phi.resize(block / 2 * width);
+    w.plo.resize(block / 2 * width);
+    w.vp.resize(block * dv);
+    if (use_amx) {
+      w.kb.resize(block * d);
+      w.vt.resize(dv * block / 2);
+    }
     packed = w.qp.data();
   } else {
     w.qf.assign(words * width, 0.f);
-    w.p.resize(BLOCK * width);
+    w.p.resize(block * width);
     packed = reinterpret_cast<uint32_t*>(w.qf.data());
   }
   const auto* q_rows = static_cast<const uint32_t*>(item.q);
@@ -406,10 +576,14 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   const int64_t first = *std::min_element(vec_lo.begin(), vec_lo.end());
   const int64_t last = *std::max_element(vec_hi.begin(), vec_hi.end());
   const auto* zero = reinterpret_cast<const T*>(w.zero.data());
-  const T* k_rows[BLOCK];
-  const T* v_rows[BLOCK];
-  for (int64_t n0 = first; n0 < last; n0 += BLOCK) {
-    const int64_t n = std::min(BLOCK, last - n0);
+#if defined(ASCEND_EXT_AMX)
+  if (use_amx) amx::configure();
+#endif
+  constexpr int64_t MAX_BLOCK = std::max(BLOCK, AMX_BLOCK);
+  const T* k_rows[MAX_BLOCK];
+  const T* v_rows[MAX_BLOCK];
+  for (int64_t n0 = first; n0 < last; n0 += block) {
+    const int64_t n = std::min(block, last - n0);
     // row vectors that see any key of the block (contiguous for causal and window masks)
     int64_t v0 = rvs, v1 = 0;
     for (int64_t v = 0; v < rvs; ++v) {
@@ -419,18 +593,35 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     if (v0 >= v1) continue;
     keys.fill(n0, n, k_rows);
     values.fill(n0, n, v_rows);
-    for (int64_t j = n; j < BLOCK; ++j) k_rows[j] = zero;
+    for (int64_t j = n; j < block; ++j) k_rows[j] = zero;
     if constexpr (BF16) {
-      for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
-                                                               w.vp.data() + j * dv, dv);
-      block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, words);
+#if defined(ASCEND_EXT_AMX)
+      if (use_amx) {
+        amx_transpose_values(w, v_rows, n, dv, zero);
+        amx_block_scores(w, rvs, v0, v1, reach.data(), k_rows, d);
+      }
+#endif
+      if (!use_amx) {
+        for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
+                                                                 w.vp.data() + j * dv, dv);
+        block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, words);
+      }
     } else {
       block_scores(w, w.qf.data(), rvs, v0, v1, reach.data(), k_rows, words);
     }
     // scores past a group's reach are stale, but every lane masks those keys
     for (int64_t v = v0; v < v1; ++v) block_softmax<BF16>(w, rvs, v, n0, n, dv, q_scale);
+#if defined(ASCEND_EXT_AMX)
+    if (use_amx) {
+      amx_block_values(w, rvs, v0, v1, n, dv);
+      continue;
+    }
+#endif
     block_values(w, rvs, v0, v1, reach.data(), dv, v_rows);
   }
+#if defined(ASCEND_EXT_AMX)
+  if (use_amx) amx::release();
+#endif
   const float* ot = w.ot.data();
   for (int64_t r = 0; r < full_rows; r += LANES)
     for (int64_t c = 0; c < dv; c += LANES) transpose16(ot + c * width + r, width, item.acc + r * item.acc_stride + c,
@@ -480,10 +671,11 @@ bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, cons
             float softcap) {
   if (!takes<T>(item.dim, item.dim_v, softcap, item.rows)) return false;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale);
+  if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale, false);
 #endif
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_tiles<T>(item, begin, end, keys, values, q_scale);
+  if constexpr (std::is_same_v<T, c10::BFloat16>)
+    attend_tiles<T>(item, begin, end, keys, values, q_scale, amx::usable());
 #endif
   return true;
 }

@@ -119,3 +119,23 @@ def test_prefill_tiles_probabilities_keep_float32_accuracy(d, rng):
     (got, _), (ref, _) = _paged_case([(400, 400)], 8, 2, d, d, BF16, True, (-1, -1), 0.0, rng)
     misrounded = (got != ref.to(BF16)).double().mean().item()
     assert misrounded < 0.02, f"{misrounded:.1%} of outputs differ from the rounded float64 reference"
+
+
+def _amx_usable() -> bool:
+    return native_available("cpu") is None and torch.ops.ascend_ext_native.amx_usable()
+
+
+@pytest.mark.skipif(not _amx_usable(), reason="this CPU or build has no AMX-BF16 tile unit (or it is switched off)")
+@pytest.mark.parametrize("amx", ["1", "0"])
+@pytest.mark.parametrize("hq,hkv,d,dv", [(8, 2, 128, 128), (8, 1, 64, 64), (4, 4, 96, 160), (8, 2, 32, 32)])
+@pytest.mark.parametrize("causal,window", [(True, (-1, -1)), (False, (-1, -1)), (True, (37, 0)), (False, (150, 9))])
+def test_prefill_tiles_amx_and_avx512(amx, hq, hkv, d, dv, causal, window, monkeypatch, rng):
+    """AMX hosts: the bfloat16 tile kernel on the tile unit (128-key blocks, keys read in place
+    within a page and copied across page boundaries, values transposed per block) and with
+    ASCEND_EXT_NATIVE_AMX=0 on AVX512-BF16 dot products, both against float64; page sizes 16
+    (every 16-key slice in one page) and 48 (slices straddle pages), odd tails, partial row vectors."""
+    monkeypatch.setenv("ASCEND_EXT_NATIVE_AMX", amx)
+    assert torch.ops.ascend_ext_native.amx_usable() == (amx == "1")
+    seqs = [(77, 77), (203, 45), (33, 1), (300, 160), (90, 9)]
+    for block_size in (16, 48):
+        _check(*_paged_case(seqs, hq, hkv, d, dv, BF16, causal, window, 0.0, rng, block_size=block_size), BF16)
