@@ -349,10 +349,7 @@ inline void prefetch_each(const void* const* rows, int64_t n, int64_t bytes) {
 // stored rows through prefetch(first, n), in one burst per block. Rows stored as float8_e4m3fn
 // under bfloat16 math (Rows::value_type != T) reach the bfloat16 kernels unstaged, widened in
 // registers as they are loaded; the caller sends them only where both bfloat16 paths apply.
-template <typename R, typename = void>
-struct is_staged : std::false_type {};
-template <typename R>
-struct is_staged<R, std::void_t<decltype(R::kStaged)>> : std::true_type {};
+using kv_dequant::is_staged;
 
 template <typename T, typename Rows>
 void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
@@ -524,6 +521,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return work[a * splits].cost > work[b * splits].cost; });
   const float call_q_scale = p.softcap > 0.f ? p.scale : p.scale * LOG2E;
+  const bool amx = tiles::uses_amx<T>();   // read once per call
   const int64_t max_rows = tokens_per_tile * p.group;
   std::vector<float> part_out(splits > 1 ? work.size() * max_rows * p.dim_v : 0);
   std::vector<float> part_lse(splits > 1 ? work.size() * max_rows : 0);
@@ -541,28 +539,33 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const int64_t rows = (it.t1 - it.t0) * p.group;
     const float q_scale = p.key_factor != nullptr ? call_q_scale * p.key_factor[it.h] : call_q_scale;
     g.reset(rows, p.dim, p.dim_v, p.prefetch);
+    const auto [keys, values] = rows_of(it.b, it.h);
+    // the tile kernel takes raw 16-bit queries, or the float32 ones already scaled; the row
+    // kernels take scaled float32 ones (not needed when the tile kernel takes 16-bit rows)
+    constexpr bool raw_q = sizeof(T) == sizeof(uint16_t);
+    constexpr bool rows_of_t = std::is_same_v<typename std::decay_t<decltype(keys)>::value_type, T>;
+    const bool raw_tiles = raw_q && rows_of_t && tiles::takes<T>(p.dim, p.dim_v, p.softcap, rows, amx);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = it.t0 + r / p.group;
       const int64_t head = it.h * p.group + r % p.group;
       const T* qr = q + (q_start[it.b] + t) * p.q_stride_t + head * p.q_stride_h;
-      float* qd = g.q.data() + r * g.dp;
-      rows::widen(qr, qd, p.dim, g.dp);
-      for (int64_t c = 0; c < p.dim; ++c) qd[c] *= q_scale;
-      if constexpr (sizeof(T) == sizeof(uint16_t)) std::memcpy(g.q_raw.data() + r * p.dim, qr, p.dim * sizeof(T));
+      if (!raw_tiles) {
+        float* qd = g.q.data() + r * g.dp;
+        rows::widen(qr, qd, p.dim, g.dp);
+        for (int64_t c = 0; c < p.dim; ++c) qd[c] *= q_scale;
+      }
+      if constexpr (raw_q) std::memcpy(g.q_raw.data() + r * p.dim, qr, p.dim * sizeof(T));
       row_bounds(t, q_len[it.b], k_len[it.b], p.window, g.lo[r], g.hi[r]);
     }
     const int64_t chunk = (k_len[it.b] + splits - 1) / splits;
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
-    const auto [keys, values] = rows_of(it.b, it.h);
-    // the tile kernel takes raw 16-bit queries, or the float32 ones already scaled
-    constexpr bool raw_q = sizeof(T) == sizeof(uint16_t);
     const void* tile_q = raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data();
     const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, tile_q, raw_q ? p.dim : g.dp,
-                                g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
+                                g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data(), p.prefetch};
     bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
-    if constexpr (std::is_same_v<typename std::decay_t<decltype(keys)>::value_type, T>)
-      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap);
+    if constexpr (rows_of_t)
+      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx);
     if (!tiled) attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
     const float value_factor = p.value_factor != nullptr ? p.value_factor[it.h] : 1.f;
     for (int64_t r = 0; r < rows; ++r) {
@@ -785,7 +788,8 @@ bool widens_fp8_on_load(int64_t dim, int64_t dim_v, double softcap, const std::v
   if (key_path<c10::BFloat16>(dim) != RowPath::DotBF16 || value_path<c10::BFloat16>(dim_v) != RowPath::PairsBF16)
     return false;
   const int64_t longest = q_len.empty() ? 0 : *std::max_element(q_len.begin(), q_len.end());
-  return !tiles::takes<c10::BFloat16>(dim, dim_v, static_cast<float>(softcap), longest * group);
+  // (the AVX-512 threshold: fp8 rows are widened in the row kernels' registers on AMX hosts too)
+  return !tiles::takes<c10::BFloat16>(dim, dim_v, static_cast<float>(softcap), longest * group, false);
 #else
   (void)dim, (void)dim_v, (void)softcap, (void)q_len, (void)group;
   return false;
@@ -831,8 +835,9 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
     const float* v_rows_scale = fold ? nullptr : vs;
     auto rows_of = [&](int64_t b, int64_t h) {
       thread_local std::vector<O> k_staging, v_staging;   // one block of rows per thread
-      k_staging.resize(MAX_BLOCK_KEYS * dim);
-      v_staging.resize(MAX_BLOCK_KEYS * dim_v);
+      const int64_t staged_rows = std::max(MAX_BLOCK_KEYS, tiles::MAX_FILL_KEYS);   // one fill() of either kernel
+      k_staging.resize(staged_rows * dim);
+      v_staging.resize(staged_rows * dim_v);
       const auto [keys, values] = call.rows<C>(b, h);
       return std::pair{Rows{keys, k_rows_scale != nullptr ? k_rows_scale + h * dim : nullptr,
                             ko != nullptr ? ko + h * dim : nullptr, dim, k_staging.data()},

@@ -50,7 +50,12 @@ struct Item {
   int64_t q_stride;                 //   caches, float32 pre-scaled by the softmax scale for float32 ones
   const int64_t *lo, *hi;           // visible keys [lo[r], hi[r]) of row r
   float *m, *l, *acc;               // base-2 running max, sum of p, unnormalised output [rows][acc_stride]
+  bool stream = false;              // the call's K/V outgrow the last-level cache: software prefetch
 };
+
+// The most rows one fill() of the tile kernel asks of a row source (staging sources size
+// their buffers by it).
+constexpr int64_t MAX_FILL_KEYS = 128;
 
 // Fewer rows stay on the four-row kernels: at 16 rows both ran even (decode of 4 tokens x
 // GQA 4), at 32 rows the tiles were 17% faster (single thread, 4 x 4096 keys, d128).
@@ -63,7 +68,21 @@ constexpr int64_t AMX_BLOCK = 128;  // keys per block of the AMX tiles
 constexpr int LANES = 16;
 constexpr float RESCALE_SLACK = 8.f;  // log2 units
 
+// Where element (index i, row vector v) of a per-row-vector array starts (in elements). The
+// AVX-512 tiles interleave the row vectors per index ([i][v][16]: one key's scores for all
+// rows in one run); the AMX tiles keep each row vector's run contiguous ([v][i][16]), so every
+// tile operand and accumulator is one contiguous 1 KiB block (strided 16-row tiles measured
+// ~2x slower per tile product).
+struct Layout {
+  int64_t index, vec;
+  int64_t at(int64_t i, int64_t v) const { return i * index + v * vec; }
+  static Layout interleaved(int64_t rvs) { return {rvs * 16, 16}; }
+  static Layout by_row_vector(int64_t count) { return {16, count * 16}; }
+};
+
 struct Scratch {
+  Layout q_at, s_at, p_at, o_at;           // layouts of qp, s, phi / plo, ot
+  bool o_rows = false;                     // AMX with one row vector: ot is O, [dim_v / 16][16 rows][16]
   std::vector<uint32_t> qp;                // [dim / 2][row vectors][16] query pairs
   std::vector<float> s;                    // [block][row vectors][16] raw scores q.k
   std::vector<float> ot;                   // [dim_v][row vectors][16] unnormalised output, transposed
@@ -75,7 +94,8 @@ struct Scratch {
   std::vector<float> qf;                   // float32 caches: [dim][row vectors][16] queries
   std::vector<float> p;                    // float32 caches: [block][row vectors][16] probabilities
   std::vector<uint16_t> kb;                // AMX: [AMX_BLOCK][dim] key rows copied where not evenly strided
-  std::vector<uint32_t> vt;                // AMX: [dim_v][AMX_BLOCK / 2] value pairs transposed (V^T rows)
+  std::vector<uint32_t> vt;                // AMX: [AMX_BLOCK / 32][dim_v][16] value pairs transposed (V^T rows)
+  std::vector<uint32_t> pt;                // AMX, o_rows: [AMX_BLOCK / 32][hi, lo][16 rows][16 key pairs]
 };
 
 // Pins a loaded vector to a register: without it GCC re-loads the operand before every
@@ -292,76 +312,72 @@ inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const 
 //     (A: the block's interleaved value pairs transposed once per block; B: phi / plo).
 // Tiles: 0-3 accumulators, 4-7 operands (amx::configure).
 
-// s[j][v + g] = q[v + g] . k[j] (raw float32 dots) for 16 keys (rows of k, k_stride elements
-// apart) and G <= 4 row vectors from v.
-template <int G>
-inline void amx_scores(const uint16_t* k, int64_t k_stride, int64_t d, const uint32_t* qp, int64_t rvs, int64_t v,
-                       float* s) {
-  static_assert(G >= 1 && G <= 4, "four accumulator tiles");
-  const int64_t b_stride = rvs * LANES * sizeof(uint32_t);
+// Every tile below is one contiguous 1 KiB block (64-byte rows) except the keys, read from the
+// cache at their row stride.
+constexpr int64_t TILE_ROW = 64;
+
+// s[j][v + r] = q[v + r] . k[j] (raw float32 dots) for H <= 2 slices of 16 keys (rows of
+// k[h], k_stride[h] elements apart) and R <= 2 row vectors from v: a 2 x 2 block of
+// accumulators, two A (keys) and two B (query pairs) tiles per 32 dims. s0: the first key's
+// scores of row vector 0 (w.s_at: by row vector).
+template <int H, int R>
+inline void amx_scores(const Scratch& w, const uint16_t* const* k, const int64_t* k_stride, int64_t d, int64_t v,
+                       float* s0) {
+  static_assert(H >= 1 && H <= 2 && R >= 1 && R <= 2, "a 2 x 2 block of accumulator tiles");
   _tile_zero(0);
-  if constexpr (G > 1) _tile_zero(1);
-  if constexpr (G > 2) _tile_zero(2);
-  if constexpr (G > 3) _tile_zero(3);
+  if constexpr (R > 1) _tile_zero(1);
+  if constexpr (H > 1) _tile_zero(2);
+  if constexpr (H > 1 && R > 1) _tile_zero(3);
   for (int64_t c = 0; c < d; c += 32) {
-    _tile_loadd(4, k + c, k_stride * sizeof(uint16_t));
-    const uint32_t* b = qp + (c / 2 * rvs + v) * LANES;
-    _tile_loadd(5, b, b_stride);
-    _tile_dpbf16ps(0, 4, 5);
-    if constexpr (G > 1) {
-      _tile_loadd(6, b + LANES, b_stride);
-      _tile_dpbf16ps(1, 4, 6);
-    }
-    if constexpr (G > 2) {
-      _tile_loadd(7, b + 2 * LANES, b_stride);
-      _tile_dpbf16ps(2, 4, 7);
-    }
-    if constexpr (G > 3) {
-      _tile_loadd(5, b + 3 * LANES, b_stride);
-      _tile_dpbf16ps(3, 4, 5);
-    }
+    const uint32_t* b = w.qp.data() + w.q_at.at(c / 2, v);
+    _tile_loadd(4, k[0] + c, k_stride[0] * sizeof(uint16_t));
+    _tile_loadd(6, b, TILE_ROW);
+    if constexpr (H > 1) _tile_loadd(5, k[1] + c, k_stride[1] * sizeof(uint16_t));
+    if constexpr (R > 1) _tile_loadd(7, b + w.q_at.vec, TILE_ROW);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (R > 1) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (H > 1) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (H > 1 && R > 1) _tile_dpbf16ps(3, 5, 7);
   }
-  float* out = s + v * LANES;
-  _tile_stored(0, out, b_stride);
-  if constexpr (G > 1) _tile_stored(1, out + LANES, b_stride);
-  if constexpr (G > 2) _tile_stored(2, out + 2 * LANES, b_stride);
-  if constexpr (G > 3) _tile_stored(3, out + 3 * LANES, b_stride);
+  float* out = s0 + w.s_at.at(0, v);   // (slice h, row vector v + r) at out + w.s_at.at(16 h, r)
+  _tile_stored(0, out, TILE_ROW);
+  if constexpr (R > 1) _tile_stored(1, out + w.s_at.at(0, 1), TILE_ROW);
+  if constexpr (H > 1) _tile_stored(2, out + w.s_at.at(16, 0), TILE_ROW);
+  if constexpr (H > 1 && R > 1) _tile_stored(3, out + w.s_at.at(16, 1), TILE_ROW);
 }
 
 // ot[c][v + r] += sum over the block's first 32 * steps keys (key pairs i) of (hi + lo)[i][v + r]
-// . (v[2i][c], v[2i+1][c]) for R <= 2 row vectors from v and C <= 2 chunks of 16 dims from c0
-// (vt: [dims][AMX_BLOCK / 2 key pairs]). A 2 x 2 block of accumulators, as in a GEMM: every
+// . (v[2i][c], v[2i+1][c]) for R <= 2 row vectors from v and 2 chunks of 16 dims from c0
+// (w.vt: [32-key step][dims][16 key pairs]). A 2 x 2 block of accumulators, as in a GEMM: every
 // step loads two A and two B tiles for four tile products, and consecutive products write
 // different accumulators.
-template <int R, int C>
-inline void amx_values(const uint32_t* vt, const uint32_t* phi, const uint32_t* plo, int64_t rvs, int64_t v,
-                       int64_t c0, int64_t steps, float* ot) {
-  static_assert(R >= 1 && R <= 2 && C >= 1 && C <= 2, "a 2 x 2 block of accumulator tiles");
-  constexpr int64_t pairs = AMX_BLOCK / 2, a_stride = pairs * sizeof(uint32_t);
-  const int64_t stride = rvs * LANES * sizeof(float), chunk = 16 * rvs * LANES;
-  float* o = ot + (c0 * rvs + v) * LANES;   // accumulator (r, c) at o + c * chunk + r * LANES
-  _tile_loadd(0, o, stride);
-  if constexpr (C > 1) _tile_loadd(1, o + chunk, stride);
-  if constexpr (R > 1) _tile_loadd(2, o + LANES, stride);
-  if constexpr (R > 1 && C > 1) _tile_loadd(3, o + chunk + LANES, stride);
+template <int R>
+inline void amx_values(Scratch& w, int64_t v, int64_t c0, int64_t steps, int64_t dv) {
+  static_assert(R >= 1 && R <= 2, "a 2 x 2 block of accumulator tiles");
+  float* o = w.ot.data() + w.o_at.at(c0, v);   // accumulator (r, c) at o + w.o_at.at(16 c, r)
+  const int64_t chunk = w.o_at.at(16, 0), row = w.o_at.at(0, 1);
+  _tile_loadd(0, o, TILE_ROW);
+  _tile_loadd(1, o + chunk, TILE_ROW);
+  if constexpr (R > 1) _tile_loadd(2, o + row, TILE_ROW);
+  if constexpr (R > 1) _tile_loadd(3, o + chunk + row, TILE_ROW);
   for (int64_t t = 0; t < steps; ++t) {
-    const uint32_t* a = vt + c0 * pairs + 16 * t;
-    _tile_loadd(4, a, a_stride);
-    if constexpr (C > 1) _tile_loadd(5, a + 16 * pairs, a_stride);
-    for (const uint32_t* p : {phi, plo}) {
-      const uint32_t* b = p + (16 * t * rvs + v) * LANES;
-      _tile_loadd(6, b, stride);
-      if constexpr (R > 1) _tile_loadd(7, b + LANES, stride);
+    const uint32_t* a = w.vt.data() + (t * dv + c0) * 16;
+    _tile_loadd(4, a, TILE_ROW);
+    _tile_loadd(5, a + 16 * 16, TILE_ROW);
+    for (const uint32_t* p : {w.phi.data(), w.plo.data()}) {
+      const uint32_t* b = p + w.p_at.at(16 * t, v);
+      _tile_loadd(6, b, TILE_ROW);
+      if constexpr (R > 1) _tile_loadd(7, b + w.p_at.vec, TILE_ROW);
       _tile_dpbf16ps(0, 4, 6);
-      if constexpr (C > 1) _tile_dpbf16ps(1, 5, 6);
+      _tile_dpbf16ps(1, 5, 6);
       if constexpr (R > 1) _tile_dpbf16ps(2, 4, 7);
-      if constexpr (R > 1 && C > 1) _tile_dpbf16ps(3, 5, 7);
+      if constexpr (R > 1) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, o, stride);
-  if constexpr (C > 1) _tile_stored(1, o + chunk, stride);
-  if constexpr (R > 1) _tile_stored(2, o + LANES, stride);
-  if constexpr (R > 1 && C > 1) _tile_stored(3, o + chunk + LANES, stride);
+  _tile_stored(0, o, TILE_ROW);
+  _tile_stored(1, o + chunk, TILE_ROW);
+  if constexpr (R > 1) _tile_stored(2, o + row, TILE_ROW);
+  if constexpr (R > 1) _tile_stored(3, o + chunk + row, TILE_ROW);
 }
 
 // The distance (in elements) between consecutive rows of rows[0:16] when it is constant, else 0.
@@ -373,9 +389,9 @@ inline int64_t even_stride(const T* const* rows) {
   return stride > 0 ? stride : 0;
 }
 
-// Raw scores of the block's keys for row vectors [v0, v1): each group of up to four row
-// vectors takes the 16-key slices its reach needs.
-inline void amx_block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const int64_t* reach,
+// Raw scores of the block's keys for row vectors [v0, v1): each pair of row vectors takes
+// the 16-key slices its reach needs, two at a time.
+inline void amx_block_scores(Scratch& w, int64_t v0, int64_t v1, const int64_t* reach,
                              const c10::BFloat16* const* k, int64_t d) {
   const uint16_t* slice_rows[AMX_BLOCK / 16];
   int64_t slice_stride[AMX_BLOCK / 16];
@@ -392,47 +408,101 @@ inline void amx_block_scores(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, co
       slice_stride[h] = d;
     }
   }
-  for (int64_t v = v0; v < v1;) {
-    const int64_t size = std::min<int64_t>(v1 - v, 4), n = group_reach(reach, v, size);
-    for (int64_t h = 0; h * 16 < n; ++h) {
-      float* s = w.s.data() + 16 * h * rvs * LANES;
-      switch (size) {
-        case 4: amx_scores<4>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
-        case 3: amx_scores<3>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
-        case 2: amx_scores<2>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
-        default: amx_scores<1>(slice_rows[h], slice_stride[h], d, w.qp.data(), rvs, v, s); break;
+  for (int64_t v = v0; v < v1; v += 2) {
+    const bool two_rows = v + 1 < v1;
+    const int64_t n = group_reach(reach, v, two_rows ? 2 : 1);
+    for (int64_t h = 0; h * 16 < n; h += 2) {
+      float* s = w.s.data() + w.s_at.at(16 * h, 0);
+      const uint16_t* const* k_slices = slice_rows + h;
+      const int64_t* strides = slice_stride + h;
+      if ((h + 1) * 16 < n) {
+        if (two_rows) amx_scores<2, 2>(w, k_slices, strides, d, v, s);
+        else amx_scores<2, 1>(w, k_slices, strides, d, v, s);
+      } else {
+        if (two_rows) amx_scores<1, 2>(w, k_slices, strides, d, v, s);
+        else amx_scores<1, 1>(w, k_slices, strides, d, v, s);
       }
     }
-    v += size;
   }
 }
 
 // P.V of the block's first n keys for row vectors [v0, v1) over w.vt (32-key steps; the pairs
 // past n hold p = 0 against zero values).
-inline void amx_block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, int64_t n, int64_t dv) {
+inline void amx_block_values(Scratch& w, int64_t v0, int64_t v1, int64_t n, int64_t dv) {
   const int64_t steps = (n + 31) / 32;
-  const uint32_t *vt = w.vt.data(), *hi = w.phi.data(), *lo = w.plo.data();
-  float* ot = w.ot.data();
-  for (int64_t v = v0; v < v1; v += 2) {
-    const bool two_rows = v + 1 < v1;
+  for (int64_t v = v0; v < v1; v += 2)
     for (int64_t c = 0; c < dv; c += 32) {   // dv % 32 == 0 (serves)
-      if (two_rows) amx_values<2, 2>(vt, hi, lo, rvs, v, c, steps, ot);
-      else amx_values<1, 2>(vt, hi, lo, rvs, v, c, steps, ot);
+      if (v + 1 < v1) amx_values<2>(w, v, c, steps, dv);
+      else amx_values<1>(w, v, c, steps, dv);
     }
+}
+
+// One row vector (decode: the GQA group of a token or a few tokens) takes the other operand
+// order, O[16 rows][16 dims] += P[16 rows][32 keys] . V[32 keys][16 dims]: A = the block's
+// probability pairs transposed (two 16 x 16 word transposes per 32 keys, where V^T takes eight
+// at dv 128 and pays only when many row vectors share it), B = the interleaved value pairs
+// [16 key pairs][16 dims x 2] in place. w.ot holds O row-major per 16-dim chunk (w.o_rows).
+template <int G>
+inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
+  static_assert(G == 2 || G == 4, "accumulator tiles for 32 or 64 dims");
+  float* o = w.ot.data() + c0 * 16;   // chunk g at o + 256 g
+  const int64_t b_stride = 2 * dv * sizeof(uint16_t);
+  _tile_loadd(0, o, TILE_ROW);
+  _tile_loadd(1, o + 256, TILE_ROW);
+  if constexpr (G > 2) _tile_loadd(2, o + 512, TILE_ROW);
+  if constexpr (G > 2) _tile_loadd(3, o + 768, TILE_ROW);
+  for (int64_t t = 0; t < steps; ++t) {
+    _tile_loadd(4, w.pt.data() + 2 * t * 256, TILE_ROW);
+    _tile_loadd(5, w.pt.data() + (2 * t + 1) * 256, TILE_ROW);
+    const uint16_t* b = w.vp.data() + 16 * t * 2 * dv + 2 * c0;   // chunk g at b + 32 g
+    _tile_loadd(6, b, b_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b + 32, b_stride);
+    _tile_dpbf16ps(0, 5, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (G > 2) _tile_loadd(6, b + 64, b_stride);
+    _tile_dpbf16ps(1, 5, 7);
+    if constexpr (G > 2) {
+      _tile_dpbf16ps(2, 4, 6);
+      _tile_loadd(7, b + 96, b_stride);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, o, TILE_ROW);
+  _tile_stored(1, o + 256, TILE_ROW);
+  if constexpr (G > 2) _tile_stored(2, o + 512, TILE_ROW);
+  if constexpr (G > 2) _tile_stored(3, o + 768, TILE_ROW);
+}
+
+// P.V of the block's first n keys in the decode form: the value pairs up to the 32-key step
+// holding key n - 1 (keys past n are zero), the probability pairs transposed, the products.
+template <typename T>
+inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
+  const int64_t keys = (n + 31) / 32 * 32, steps = keys / 32;
+  for (int64_t j = 0; j < keys; j += 2)
+    rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
+  for (int64_t t = 0; t < steps; ++t) {
+    transpose16(w.phi.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + 2 * t * 256, 16);
+    transpose16(w.plo.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + (2 * t + 1) * 256, 16);
+  }
+  for (int64_t c = 0; c < dv; c += 64) {   // dv % 32 == 0 (serves)
+    if (c + 64 <= dv) amx_values_rows<4>(w, c, steps, dv);
+    else amx_values_rows<2>(w, c, steps, dv);
   }
 }
 
-// w.vt = the block's values as V^T rows of key pairs, [dv][AMX_BLOCK / 2], up to the 32-key
-// step that holds key n - 1 (keys past n are zero).
+// w.vt = the block's values as V^T rows of key pairs, [32-key step][dv][16 key pairs], up to
+// the step that holds key n - 1 (keys past n are zero).
 template <typename T>
 inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
   const int64_t keys = (n + 31) / 32 * 32;
   for (int64_t j = 0; j < keys; j += 2)
     rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
   const auto* words = reinterpret_cast<const uint32_t*>(w.vp.data());   // [key pairs][dv]
-  for (int64_t i = 0; i < keys / 2; i += 16)
-    for (int64_t c = 0; c < dv; c += 16)
-      transpose16(words + i * dv + c, dv, w.vt.data() + c * (AMX_BLOCK / 2) + i, AMX_BLOCK / 2);
+  for (int64_t t = 0; t < keys / 32; ++t)
+    for (int64_t c = 0; c < dv; c += 16) transpose16(words + 16 * t * dv + c, dv, w.vt.data() + (t * dv + c) * 16, 16);
 }
 #endif  // ASCEND_EXT_AMX
 
@@ -440,25 +510,32 @@ inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, 
 // max (rescaling ot and l when it grows), p = 2^(s * scale - m) into hi/lo key pairs
 // (PAIRS, bfloat16 caches) or float32 p[j] (float32 caches).
 template <bool PAIRS>
-inline void block_softmax(Scratch& w, int64_t rvs, int64_t v, int64_t n0, int64_t n, int64_t dv, float q_scale) {
+inline void block_softmax(Scratch& w, int64_t v, int64_t n0, int64_t n, int64_t dv, float q_scale) {
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const __m512i lo = _mm512_loadu_si512(w.lo.data() + v * LANES), hi = _mm512_loadu_si512(w.hi.data() + v * LANES);
   // whole block visible to every lane: no per-key masks
   const bool full = _mm512_cmpgt_epi32_mask(lo, _mm512_set1_epi32(static_cast<int32_t>(n0))) == 0 &&
                     _mm512_cmplt_epi32_mask(hi, _mm512_set1_epi32(static_cast<int32_t>(n0 + n))) == 0;
   const __m512 scale = _mm512_set1_ps(q_scale), minus_inf = _mm512_set1_ps(neg_inf);
-  float* s = w.s.data() + v * LANES;
+  float* s = w.s.data() + w.s_at.at(0, v);
+  const int64_t step = w.s_at.index;   // from one key's scores to the next
   // block max of the raw scores (scale > 0); masked scores become -inf in place
   __m512 block_max = minus_inf;
-  for (int64_t j = 0; j < n; ++j) {
-    __m512 x = _mm512_loadu_ps(s + j * rvs * LANES);
-    if (!full) {
+  if (full) {   // four independent max chains (one chain is latency-bound)
+    __m512 mx[4] = {minus_inf, minus_inf, minus_inf, minus_inf};
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+      for (int u = 0; u < 4; ++u) mx[u] = _mm512_max_ps(mx[u], _mm512_loadu_ps(s + (j + u) * step));
+    for (; j < n; ++j) mx[0] = _mm512_max_ps(mx[0], _mm512_loadu_ps(s + j * step));
+    block_max = _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3]));
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
       const __m512i key = _mm512_set1_epi32(static_cast<int32_t>(n0 + j));
       const __mmask16 seen = _mm512_cmple_epi32_mask(lo, key) & _mm512_cmpgt_epi32_mask(hi, key);
-      x = _mm512_mask_mov_ps(minus_inf, seen, x);
-      _mm512_storeu_ps(s + j * rvs * LANES, x);
+      const __m512 x = _mm512_mask_mov_ps(minus_inf, seen, _mm512_loadu_ps(s + j * step));
+      _mm512_storeu_ps(s + j * step, x);
+      block_max = _mm512_max_ps(block_max, x);
     }
-    block_max = _mm512_max_ps(block_max, x);
   }
   block_max = _mm512_mul_ps(block_max, scale);
   __m512 m = _mm512_loadu_ps(w.m.data() + v * LANES);
@@ -469,9 +546,20 @@ inline void block_softmax(Scratch& w, int64_t rvs, int64_t v, int64_t n0, int64_
     const __m512 alpha = _mm512_mask_mov_ps(_mm512_set1_ps(1.f), grown, exp2(_mm512_sub_ps(m, m_new)));
     float* l = w.l.data() + v * LANES;
     _mm512_storeu_ps(l, _mm512_mul_ps(_mm512_loadu_ps(l), alpha));
-    float* ot = w.ot.data() + v * LANES;
-    for (int64_t c = 0; c < dv; ++c)
-      _mm512_storeu_ps(ot + c * rvs * LANES, _mm512_mul_ps(_mm512_loadu_ps(ot + c * rvs * LANES), alpha));
+    if (w.o_rows) {   // O row-major per 16-dim chunk: row r scales by lane r of alpha
+      alignas(64) float a[LANES];
+      _mm512_store_ps(a, alpha);
+      for (int64_t c = 0; c < dv; c += LANES)
+        for (int r = 0; r < LANES; ++r) {
+          float* o = w.ot.data() + (c + r) * LANES;
+          _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_loadu_ps(o), _mm512_set1_ps(a[r])));
+        }
+    } else {
+      for (int64_t c = 0; c < dv; ++c) {
+        float* ot = w.ot.data() + w.o_at.at(c, v);
+        _mm512_storeu_ps(ot, _mm512_mul_ps(_mm512_loadu_ps(ot), alpha));
+      }
+    }
     m = m_new;
     _mm512_storeu_ps(w.m.data() + v * LANES, m);
   }
@@ -484,34 +572,59 @@ inline void block_softmax(Scratch& w, int64_t rvs, int64_t v, int64_t n0, int64_
                                                         23, 55, 25, 57, 27, 59, 29, 61, 31, 63};
   const __m512i pick = _mm512_load_si512(upper_halves), half = _mm512_set1_epi32(0x8000);
   const __m512i upper = _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u));
-  __m512 sum = _mm512_loadu_ps(w.l.data() + v * LANES);
+  __m512 sum[2] = {_mm512_loadu_ps(w.l.data() + v * LANES), _mm512_setzero_ps()};
+  uint32_t *phi = w.phi.data(), *plo = w.plo.data();
+  float* p_out = w.p.data();
+  const Layout p_at = w.p_at, s_at = w.s_at;
+  auto prob = [&](int64_t j) {
+    return j < n ? exp2(_mm512_fmsub_ps(_mm512_loadu_ps(s + j * step), scale, m_sub)) : _mm512_setzero_ps();
+  };
   for (int64_t j = 0; j < n; j += 2) {
-    __m512i hb[2], lb[2];
-    for (int t = 0; t < 2; ++t) {
-      const __m512 p = j + t < n ? exp2(_mm512_fmsub_ps(_mm512_loadu_ps(s + (j + t) * rvs * LANES), scale, m_sub))
-                                 : _mm512_setzero_ps();
-      sum = _mm512_add_ps(sum, p);
-      if constexpr (PAIRS) {
-        hb[t] = _mm512_add_epi32(_mm512_castps_si512(p), half);
-        const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_and_si512(hb[t], upper)));
-        lb[t] = _mm512_add_epi32(_mm512_castps_si512(rest), half);
-      } else if (j + t < n) {
-        _mm512_storeu_ps(w.p.data() + ((j + t) * rvs + v) * LANES, p);
-      }
-    }
+    const __m512 p0 = prob(j), p1 = prob(j + 1);
+    sum[0] = _mm512_add_ps(sum[0], p0);
+    sum[1] = _mm512_add_ps(sum[1], p1);
     if constexpr (PAIRS) {
-      const int64_t at = (j / 2 * rvs + v) * LANES;
-      _mm512_storeu_si512(w.phi.data() + at, _mm512_permutex2var_epi16(hb[0], pick, hb[1]));
-      _mm512_storeu_si512(w.plo.data() + at, _mm512_permutex2var_epi16(lb[0], pick, lb[1]));
+      const __m512i h0 = _mm512_add_epi32(_mm512_castps_si512(p0), half);
+      const __m512i h1 = _mm512_add_epi32(_mm512_castps_si512(p1), half);
+      const __m512 r0 = _mm512_sub_ps(p0, _mm512_castsi512_ps(_mm512_and_si512(h0, upper)));
+      const __m512 r1 = _mm512_sub_ps(p1, _mm512_castsi512_ps(_mm512_and_si512(h1, upper)));
+      const __m512i l0 = _mm512_add_epi32(_mm512_castps_si512(r0), half);
+      const __m512i l1 = _mm512_add_epi32(_mm512_castps_si512(r1), half);
+      const int64_t at = p_at.at(j / 2, v);
+      _mm512_storeu_si512(phi + at, _mm512_permutex2var_epi16(h0, pick, h1));
+      _mm512_storeu_si512(plo + at, _mm512_permutex2var_epi16(l0, pick, l1));
+    } else {
+      _mm512_storeu_ps(p_out + s_at.at(j, v), p0);   // float32 p: the layout of s
+      if (j + 1 < n) _mm512_storeu_ps(p_out + s_at.at(j + 1, v), p1);
     }
   }
-  _mm512_storeu_ps(w.l.data() + v * LANES, sum);
+  _mm512_storeu_ps(w.l.data() + v * LANES, _mm512_add_ps(sum[0], sum[1]));
+}
+
+// Software prefetch of keys and values [first, first + n) (none when n <= 0), for the AMX
+// decode form past the last-level cache (in cache it measured slower: 97 vs 80 us, b1 ctx 512).
+template <typename Rows>
+inline void prefetch_next(const Rows& keys, const Rows& values, int64_t first, int64_t n, int64_t d, int64_t dv) {
+  if (n <= 0) return;
+  if constexpr (kv_dequant::is_staged<Rows>::value) {
+    keys.prefetch(first, n);
+    values.prefetch(first, n);
+  } else {
+    using S = typename Rows::value_type;
+    const S* rows[MAX_FILL_KEYS];
+    keys.fill(first, n, rows);
+    for (int64_t j = 0; j < n; ++j) vec::prefetch_lines(rows[j], d * sizeof(S));
+    values.fill(first, n, rows);
+    for (int64_t j = 0; j < n; ++j) vec::prefetch_lines(rows[j], dv * sizeof(S));
+  }
 }
 
 // Attention of the item's rows over keys [begin, end) of one KV head (keys/values: row
 // sources with fill(first, n, out)). Leaves m, l, acc of every row in `item`.
-inline Scratch& thread_scratch() {
-  thread_local Scratch scratch;  // one TLS lookup per item (not per access: -fPIC TLS is a call)
+// Not inlined: once inlined, GCC re-derived the TLS address (a __tls_get_addr call under -fPIC)
+// inside the softmax loops instead of keeping the reference.
+__attribute__((noinline)) inline Scratch& thread_scratch() {
+  thread_local Scratch scratch;  // one TLS lookup per item
   return scratch;
 }
 
@@ -528,6 +641,14 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
 #else
   const int64_t block = BLOCK;
 #endif
+  const int64_t words = d * sizeof(T) / sizeof(uint32_t), q_words = item.q_stride * sizeof(T) / sizeof(uint32_t);
+  if (use_amx) {
+    w.q_at = Layout::by_row_vector(words), w.s_at = Layout::by_row_vector(block);
+    w.p_at = Layout::by_row_vector(block / 2), w.o_at = Layout::by_row_vector(dv);
+  } else {
+    w.q_at = w.s_at = w.p_at = w.o_at = Layout::interleaved(rvs);
+  }
+  w.o_rows = use_amx && rvs == 1;
   w.s.resize(block * width);
   w.ot.assign(dv * width, 0.f);
   w.m.assign(width, -std::numeric_limits<float>::infinity());
@@ -539,8 +660,8 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   w.zero.assign(std::max(d, dv) * sizeof(T) / sizeof(uint16_t), 0);
   int32_t *lo = w.lo.data(), *hi = w.hi.data();
   const int64_t full_rows = rows / LANES * LANES;  // whole row vectors move by 16 x 16 transposes
-  // queries in lanes: 32-bit words (bfloat16 pairs or floats), word i of row r at packed[i][r]
-  const int64_t words = d * sizeof(T) / sizeof(uint32_t), q_words = item.q_stride * sizeof(T) / sizeof(uint32_t);
+  // queries in lanes: 32-bit words (bfloat16 pairs or floats), word i of row r at
+  // packed[w.q_at.at(i, r / 16) + r % 16]
   uint32_t* packed;
   if constexpr (BF16) {
     w.qp.assign(words * width, 0u);
@@ -549,7 +670,8 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     w.vp.resize(block * dv);
     if (use_amx) {
       w.kb.resize(block * d);
-      w.vt.resize(dv * block / 2);
+      if (w.o_rows) w.pt.resize(block / 32 * 2 * 256);
+      else w.vt.resize(dv * block / 2);
     }
     packed = w.qp.data();
   } else {
@@ -559,10 +681,11 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   }
   const auto* q_rows = static_cast<const uint32_t*>(item.q);
   for (int64_t r = 0; r < full_rows; r += LANES)
-    for (int64_t i = 0; i < words; i += LANES) transpose16(q_rows + r * q_words + i, q_words, packed + i * width + r,
-                                                           width);
+    for (int64_t i = 0; i < words; i += LANES)
+      transpose16(q_rows + r * q_words + i, q_words, packed + w.q_at.at(i, r / LANES), w.q_at.index);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; r >= full_rows && i < words; ++i) packed[i * width + r] = q_rows[r * q_words + i];
+    for (int64_t i = 0; r >= full_rows && i < words; ++i)
+      packed[w.q_at.at(i, r / LANES) + r % LANES] = q_rows[r * q_words + i];
     lo[r] = static_cast<int32_t>(std::max(item.lo[r], begin));
     hi[r] = static_cast<int32_t>(std::min(item.hi[r], end));
   }
@@ -580,6 +703,7 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   if (use_amx) amx::configure();
 #endif
   constexpr int64_t MAX_BLOCK = std::max(BLOCK, AMX_BLOCK);
+  static_assert(MAX_BLOCK <= MAX_FILL_KEYS, "staging row sources hold MAX_FILL_KEYS rows");
   const T* k_rows[MAX_BLOCK];
   const T* v_rows[MAX_BLOCK];
   for (int64_t n0 = first; n0 < last; n0 += block) {
@@ -594,11 +718,12 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     keys.fill(n0, n, k_rows);
     values.fill(n0, n, v_rows);
     for (int64_t j = n; j < block; ++j) k_rows[j] = zero;
+    if (use_amx && w.o_rows && item.stream) prefetch_next(keys, values, n0 + n, std::min(block, last - n0 - n), d, dv);
     if constexpr (BF16) {
 #if defined(ASCEND_EXT_AMX)
       if (use_amx) {
-        amx_transpose_values(w, v_rows, n, dv, zero);
-        amx_block_scores(w, rvs, v0, v1, reach.data(), k_rows, d);
+        if (!w.o_rows) amx_transpose_values(w, v_rows, n, dv, zero);
+        amx_block_scores(w, v0, v1, reach.data(), k_rows, d);
       }
 #endif
       if (!use_amx) {
@@ -610,11 +735,14 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
       block_scores(w, w.qf.data(), rvs, v0, v1, reach.data(), k_rows, words);
     }
     // scores past a group's reach are stale, but every lane masks those keys
-    for (int64_t v = v0; v < v1; ++v) block_softmax<BF16>(w, rvs, v, n0, n, dv, q_scale);
+    for (int64_t v = v0; v < v1; ++v) block_softmax<BF16>(w, v, n0, n, dv, q_scale);
 #if defined(ASCEND_EXT_AMX)
-    if (use_amx) {
-      amx_block_values(w, rvs, v0, v1, n, dv);
-      continue;
+    if constexpr (BF16) {
+      if (use_amx) {
+        if (w.o_rows) amx_block_values_rows(w, v_rows, n, dv, zero);
+        else amx_block_values(w, v0, v1, n, dv);
+        continue;
+      }
     }
 #endif
     block_values(w, rvs, v0, v1, reach.data(), dv, v_rows);
@@ -623,14 +751,23 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
   if (use_amx) amx::release();
 #endif
   const float* ot = w.ot.data();
+  if (w.o_rows) {   // O row-major per 16-dim chunk
+    for (int64_t r = 0; r < rows; ++r) {
+      item.m[r] = w.m[r];
+      item.l[r] = w.l[r];
+      for (int64_t c = 0; c < dv; c += LANES)
+        std::memcpy(item.acc + r * item.acc_stride + c, ot + (c + r) * LANES, LANES * sizeof(float));
+    }
+    return;
+  }
   for (int64_t r = 0; r < full_rows; r += LANES)
-    for (int64_t c = 0; c < dv; c += LANES) transpose16(ot + c * width + r, width, item.acc + r * item.acc_stride + c,
-                                                        item.acc_stride);
+    for (int64_t c = 0; c < dv; c += LANES)
+      transpose16(ot + w.o_at.at(c, r / LANES), w.o_at.index, item.acc + r * item.acc_stride + c, item.acc_stride);
   for (int64_t r = 0; r < rows; ++r) {  // lane r of the transposed state is row r
     item.m[r] = w.m[r];
     item.l[r] = w.l[r];
     float* acc = item.acc + r * item.acc_stride;
-    for (int64_t c = 0; r >= full_rows && c < dv; ++c) acc[c] = ot[c * width + r];
+    for (int64_t c = 0; r >= full_rows && c < dv; ++c) acc[c] = ot[w.o_at.at(c, r / LANES) + r % LANES];
   }
 }
 #endif  // __AVX512F__
@@ -656,11 +793,18 @@ int64_t item_rows(int64_t dim, int64_t dim_v, float softcap, int64_t default_row
   return serves<T>(dim, dim_v, softcap) ? std::max(default_rows, MAX_ROWS) : default_rows;
 }
 
-// Whether the tile kernel takes a work item of `rows` query rows: a call it serves, at least
-// MIN_ROWS rows (fewer stay on the caller's row kernels).
+// Whether the bfloat16 tiles run on AMX for this call (amx::usable, read once per call).
 template <typename T>
-bool takes(int64_t dim, int64_t dim_v, float softcap, int64_t rows) {
-  return serves<T>(dim, dim_v, softcap) && rows >= MIN_ROWS;
+bool uses_amx() {
+  return std::is_same_v<T, c10::BFloat16> && amx::usable();
+}
+
+// Whether the tile kernel takes a work item of `rows` query rows: a call it serves, at least
+// MIN_ROWS rows (fewer stay on the caller's row kernels), any rows on AMX (its decode form:
+// benchmarks/NOTES.md, "#19 AMX").
+template <typename T>
+bool takes(int64_t dim, int64_t dim_v, float softcap, int64_t rows, bool amx) {
+  return serves<T>(dim, dim_v, softcap) && rows >= (amx ? 1 : MIN_ROWS);
 }
 
 // Runs the tile kernel on an item it takes (see takes); returns false to let the caller's row
@@ -668,14 +812,13 @@ bool takes(int64_t dim, int64_t dim_v, float softcap, int64_t rows) {
 // pass q_scale 1).
 template <typename T, typename Rows>
 bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
-            float softcap) {
-  if (!takes<T>(item.dim, item.dim_v, softcap, item.rows)) return false;
+            float softcap, bool amx) {
+  if (!takes<T>(item.dim, item.dim_v, softcap, item.rows, amx)) return false;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale, false);
 #endif
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>)
-    attend_tiles<T>(item, begin, end, keys, values, q_scale, amx::usable());
+  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_tiles<T>(item, begin, end, keys, values, q_scale, amx);
 #endif
   return true;
 }

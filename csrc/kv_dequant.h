@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <cstring>
 
 #include "vec.h"
@@ -169,6 +170,13 @@ struct DequantRows {
     }
   }
 };
+
+// Whether a row source's fill() writes staging rows (it then prefetches the stored rows through
+// prefetch(first, n) instead of through the pointers fill() hands out).
+template <typename R, typename = void>
+struct is_staged : std::false_type {};
+template <typename R>
+struct is_staged<R, std::void_t<decltype(R::kStaged)>> : std::true_type {};
 
 }  // namespace kv_dequant
 }  // namespace ascend_ext
