@@ -562,7 +562,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
     const void* tile_q = raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data();
     const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, tile_q, raw_q ? p.dim : g.dp,
-                                g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data(), p.prefetch};
+                                g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
     bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
     if constexpr (rows_of_t)
       tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx);

@@ -50,7 +50,6 @@ struct Item {
   int64_t q_stride;                 //   caches, float32 pre-scaled by the softmax scale for float32 ones
   const int64_t *lo, *hi;           // visible keys [lo[r], hi[r]) of row r
   float *m, *l, *acc;               // base-2 running max, sum of p, unnormalised output [rows][acc_stride]
-  bool stream = false;              // the call's K/V outgrow the last-level cache: software prefetch
 };
 
 // The most rows one fill() of the tile kernel asks of a row source (staging sources size
@@ -60,6 +59,10 @@ constexpr int64_t MAX_FILL_KEYS = 128;
 // Fewer rows stay on the four-row kernels: at 16 rows both ran even (decode of 4 tokens x
 // GQA 4), at 32 rows the tiles were 17% faster (single thread, 4 x 4096 keys, d128).
 constexpr int64_t MIN_ROWS = 32;
+// On AMX the tiles' cost per key hardly depends on the rows (up to 16), the row kernels' grows
+// with them: decode b1 ctx 2k, 8 KV heads, d128 on a 2-core Xeon, AMX vs row kernels: 1 row
+// 423 vs 270 us, 4 rows 419 vs 485, 8 rows 414 vs 789 (benchmarks/NOTES.md, "#19 AMX").
+constexpr int64_t AMX_MIN_ROWS = 4;
 constexpr int64_t MAX_ROWS = 128;  // rows per work item when the tile kernel serves a call
 
 #if defined(__AVX512F__)
@@ -601,24 +604,6 @@ inline void block_softmax(Scratch& w, int64_t v, int64_t n0, int64_t n, int64_t 
   _mm512_storeu_ps(w.l.data() + v * LANES, _mm512_add_ps(sum[0], sum[1]));
 }
 
-// Software prefetch of keys and values [first, first + n) (none when n <= 0), for the AMX
-// decode form past the last-level cache (in cache it measured slower: 97 vs 80 us, b1 ctx 512).
-template <typename Rows>
-inline void prefetch_next(const Rows& keys, const Rows& values, int64_t first, int64_t n, int64_t d, int64_t dv) {
-  if (n <= 0) return;
-  if constexpr (kv_dequant::is_staged<Rows>::value) {
-    keys.prefetch(first, n);
-    values.prefetch(first, n);
-  } else {
-    using S = typename Rows::value_type;
-    const S* rows[MAX_FILL_KEYS];
-    keys.fill(first, n, rows);
-    for (int64_t j = 0; j < n; ++j) vec::prefetch_lines(rows[j], d * sizeof(S));
-    values.fill(first, n, rows);
-    for (int64_t j = 0; j < n; ++j) vec::prefetch_lines(rows[j], dv * sizeof(S));
-  }
-}
-
 // Attention of the item's rows over keys [begin, end) of one KV head (keys/values: row
 // sources with fill(first, n, out)). Leaves m, l, acc of every row in `item`.
 // Not inlined: once inlined, GCC re-derived the TLS address (a __tls_get_addr call under -fPIC)
@@ -718,7 +703,6 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     keys.fill(n0, n, k_rows);
     values.fill(n0, n, v_rows);
     for (int64_t j = n; j < block; ++j) k_rows[j] = zero;
-    if (use_amx && w.o_rows && item.stream) prefetch_next(keys, values, n0 + n, std::min(block, last - n0 - n), d, dv);
     if constexpr (BF16) {
 #if defined(ASCEND_EXT_AMX)
       if (use_amx) {
@@ -800,11 +784,10 @@ bool uses_amx() {
 }
 
 // Whether the tile kernel takes a work item of `rows` query rows: a call it serves, at least
-// MIN_ROWS rows (fewer stay on the caller's row kernels), any rows on AMX (its decode form:
-// benchmarks/NOTES.md, "#19 AMX").
+// MIN_ROWS rows (AMX_MIN_ROWS on AMX; fewer stay on the caller's row kernels).
 template <typename T>
 bool takes(int64_t dim, int64_t dim_v, float softcap, int64_t rows, bool amx) {
-  return serves<T>(dim, dim_v, softcap) && rows >= (amx ? 1 : MIN_ROWS);
+  return serves<T>(dim, dim_v, softcap) && rows >= (amx ? AMX_MIN_ROWS : MIN_ROWS);
 }
 
 // Runs the tile kernel on an item it takes (see takes); returns false to let the caller's row
