@@ -23,15 +23,6 @@
 namespace ascend_ext {
 namespace amx {
 
-// Whether this build holds the AMX kernels.
-constexpr bool built() {
-#if defined(ASCEND_EXT_AMX)
-  return true;
-#else
-  return false;
-#endif
-}
-
 // Whether the kernels may use AMX now: built, granted by the kernel, not switched off.
 inline bool usable() {
 #if defined(ASCEND_EXT_AMX)
