@@ -12,6 +12,11 @@ from .vllm_runner import needs_vllm
 pytestmark = needs_vllm
 
 HQ, HKV, D, BS, NB = 4, 2, 32, 16, 6
+# The backend's forward and the direct call both run the float32 torch reference, yet on a
+# 2-core Xeon with AMX the first forward of a pytest process came out up to 7.3e-5 off the later
+# calls in about one run in three (same inputs, same cache; not reproduced outside pytest, cause
+# not found: benchmarks/NOTES.md "#19 AMX"). A wrong scale moves outputs by O(0.1).
+FLOAT32_CALL_TOL = dict(atol=2e-4, rtol=2e-4)
 
 
 def _metadata(n: int):
@@ -57,7 +62,7 @@ def test_fp8_cache_uses_vllm_scales(per_head, rng):
     with ops.use_impl(paged_attention="reference"):
         expected = ops.paged_attention(q, k_cache, v_cache, md.block_table, md.seq_lens, md.query_start_loc, 40,
                                        softmax_scale=D ** -0.5, k_scale=layer._k_scale, v_scale=layer._v_scale)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, **FLOAT32_CALL_TOL)
     stored = k_cache.flatten(0, 1)[md.slot_mapping.long()].float()
     scale = k_scale.reshape(-1, 1) if per_head else k_scale
     # e4m3 rounds to 3 mantissa bits (relative 2^-4), subnormals in steps of 2^-9 (times the scale)
@@ -86,7 +91,7 @@ def test_int8_cache_uses_c8_scales(rng):
                                        softmax_scale=D ** -0.5, k_scale=layer.k_cache_scale,
                                        v_scale=layer.v_cache_scale, k_offset=layer.k_cache_offset,
                                        v_offset=layer.v_cache_offset)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, **FLOAT32_CALL_TOL)
 
 
 def test_int8_without_c8_scales_and_unknown_dtypes_are_refused(rng):
