@@ -27,6 +27,8 @@
 // float32 caches: queries one float per lane (qf[i][rv] = 16 rows of q[r][i], pre-scaled),
 // S^T by FMAs of each key's broadcast element, P.V by FMAs of each value's broadcast element
 // with p in float32: 8 + 8 FMAs per (row, key) at d128, no interleave and no hi / lo split.
+// On AMX hosts the bfloat16 form runs its products on the tile unit instead (the AMX section
+// below: 128-key blocks, operands in per-row-vector layouts, a decode form for one row vector).
 #pragma once
 
 #include <algorithm>
@@ -304,6 +306,17 @@ inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const 
   }
 }
 
+#if defined(__AVX512BF16__)
+// w.vp = the block's values interleaved in key pairs, [key pairs][dv x 2], for keys [0, keys)
+// (rounded up to a pair); keys past n read as zero rows.
+template <typename T>
+inline void interleave_values(Scratch& w, const T* const* v_rows, int64_t keys, int64_t n, int64_t dv,
+                              const T* zero) {
+  for (int64_t j = 0; j < keys; j += 2)
+    rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
+}
+#endif
+
 #if defined(ASCEND_EXT_AMX)
 // ------------------------------------------------------------------ AMX (bfloat16 caches)
 // The same products as the vdpbf16ps tiles above, 16 x 16 x 32 per tile instruction, with
@@ -484,8 +497,7 @@ inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
 template <typename T>
 inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
   const int64_t keys = (n + 31) / 32 * 32, steps = keys / 32;
-  for (int64_t j = 0; j < keys; j += 2)
-    rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
+  interleave_values(w, v_rows, keys, n, dv, zero);
   for (int64_t t = 0; t < steps; ++t) {
     transpose16(w.phi.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + 2 * t * 256, 16);
     transpose16(w.plo.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + (2 * t + 1) * 256, 16);
@@ -501,8 +513,7 @@ inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n,
 template <typename T>
 inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
   const int64_t keys = (n + 31) / 32 * 32;
-  for (int64_t j = 0; j < keys; j += 2)
-    rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
+  interleave_values(w, v_rows, keys, n, dv, zero);
   const auto* words = reinterpret_cast<const uint32_t*>(w.vp.data());   // [key pairs][dv]
   for (int64_t t = 0; t < keys / 32; ++t)
     for (int64_t c = 0; c < dv; c += 16) transpose16(words + 16 * t * dv + c, dv, w.vt.data() + (t * dv + c) * 16, 16);
@@ -711,8 +722,7 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
       }
 #endif
       if (!use_amx) {
-        for (int64_t j = 0; j < n; j += 2) rows::interleave_pair(v_rows[j], j + 1 < n ? v_rows[j + 1] : zero,
-                                                                 w.vp.data() + j * dv, dv);
+        interleave_values(w, v_rows, n, n, dv, zero);
         block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, words);
       }
     } else {
