@@ -3,7 +3,10 @@
 One run, same process, same inputs: a Llama-3-8B-like layer (32 query heads, 8 KV
 heads, head dim 128, KV block 128) in the paged cache of each implementation (ours
 filled by ``ops.reshape_and_cache``, vLLM's by ``cpu_attn_reshape_and_cache``, its
-packed layout). Both caches use head-major block interiors (vLLM's CPU layout). Cases:
+packed layout). Ours is vLLM's combined CPU cache (head-major slots holding K then V, split by
+``ops.split_kv_cache``) in the value layout our vLLM backend picks (``ops.preferred_value_layout``:
+"pairs" where the native kernels read it); with "pairs" the same data in the "rows" layout runs
+beside it (``native_rows_ms``, ``rows_over_pairs``: > 1 = the pairs layout is faster). Cases:
 
 * decode: batch 1-64 x context 512-16k, one new token per sequence (``--quick``: six cases from
   cache-resident 2 MiB to 256 MiB), the sides alternated over ``--rounds`` rounds (median);
@@ -87,19 +90,25 @@ class Case:
         tokens = slots.numel()
         key = (torch.randn(tokens, HKV, HEAD_DIM, generator=gen)).to(dtype)
         value = torch.randn(tokens, HKV, HEAD_DIM, generator=gen).to(dtype)
-        # head-major block interiors, as the vLLM CPU platform lays out the cache for both backends
-        self.k_cache = torch.zeros(num_blocks, HKV, BLOCK, HEAD_DIM, dtype=dtype).transpose(1, 2)
-        self.v_cache = torch.zeros(num_blocks, HKV, BLOCK, HEAD_DIM, dtype=dtype).transpose(1, 2)
-        ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int())
+        # vLLM's combined CPU cache: head-major slots holding K then V (what our backend receives)
+        def combined():
+            return ops.split_kv_cache(torch.zeros(num_blocks, HKV, BLOCK, 2 * HEAD_DIM, dtype=dtype), HEAD_DIM)
+
+        self.k_cache, self.v_cache = combined()
+        self.layout = {"value_layout": ops.preferred_value_layout(self.v_cache)}   # as our vLLM backend decides
+        ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int(), **self.layout)
+        self.rows_caches = None
+        if self.layout["value_layout"] != "rows":   # the same data in the rows layout, for the A/B
+            self.rows_caches = combined()
+            ops.reshape_and_cache(key, value, *self.rows_caches, slots.int())
         self.scales = {}
         self.float_caches = (self.k_cache, self.v_cache)
         if kv_quant is not None:   # per-KV-head scales from the absmax; the float caches stay for comparison
             cache_dtype, top = (torch.float8_e4m3fn, 448.0) if kv_quant == "fp8" else (torch.int8, 127.0)
             self.scales = {"k_scale": key.float().abs().amax(dim=(0, 2)) / top,
                            "v_scale": value.float().abs().amax(dim=(0, 2)) / top}
-            shape = (num_blocks, HKV, BLOCK, HEAD_DIM)
-            self.k_cache = torch.zeros(shape, dtype=cache_dtype).transpose(1, 2)
-            self.v_cache = torch.zeros(shape, dtype=cache_dtype).transpose(1, 2)
+            combined_q = torch.zeros(num_blocks, HKV, BLOCK, 2 * HEAD_DIM, dtype=cache_dtype)
+            self.k_cache, self.v_cache = ops.split_kv_cache(combined_q, HEAD_DIM)
             ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int(), **self.scales)
         self.seq_lens = torch.tensor(contexts, dtype=torch.int32)
         self.cu_q = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
@@ -119,14 +128,17 @@ class Case:
             self.vout = torch.empty_like(self.q)
         del key, value
 
-    def ours(self, impl: str, float_cache: bool = False):
-        k_cache, v_cache = self.float_caches if float_cache else (self.k_cache, self.v_cache)
-        scales = {} if float_cache else self.scales
+    def ours(self, impl: str, cache: str = "main"):
+        """cache: "main" (quantised when --kv-cache-dtype), "float" (the float cache of the same
+        data, in the backend's value layout) or "rows" (the float cache in the rows layout)."""
+        k_cache, v_cache = {"main": (self.k_cache, self.v_cache), "float": self.float_caches,
+                            "rows": self.rows_caches}[cache]
+        args = self.scales if cache == "main" and self.scales else self.layout if cache != "rows" else {}
 
         def run():   # as the vLLM backend calls it; the timing loop pins the implementation
             with ops.trusted_inputs():
                 ops.paged_attention(self.q, k_cache, v_cache, self.table, self.seq_lens, self.cu_q,
-                                    max(self.q_lens), out=self.out, **scales)
+                                    max(self.q_lens), out=self.out, **args)
         return run
 
     def theirs(self):
@@ -139,8 +151,10 @@ class Case:
 
     def varlen_native(self):
         """Prefill of one prompt as flash_attn_varlen over the same K/V (contiguous)."""
-        k = self.k_cache[self.table[0, :-(-self.contexts[0] // BLOCK)].long()].flatten(0, 1)[:self.contexts[0]]
-        v = self.v_cache[self.table[0, :-(-self.contexts[0] // BLOCK)].long()].flatten(0, 1)[:self.contexts[0]]
+        k_cache, v_cache = self.rows_caches or (self.k_cache, self.v_cache)
+        blocks = self.table[0, :-(-self.contexts[0] // BLOCK)].long()
+        k = k_cache[blocks].flatten(0, 1)[:self.contexts[0]]
+        v = v_cache[blocks].flatten(0, 1)[:self.contexts[0]]
         cu_k = torch.tensor([0, self.contexts[0]], dtype=torch.int32)
 
         def run():
@@ -168,8 +182,12 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     if vops is not None:
         sides["vllm"] = case.theirs()
     if kv_quant is not None and "native" in impls:
-        sides["native_float"] = case.ours("native", float_cache=True)
+        sides["native_float"] = case.ours("native", cache="float")
         scopes["native_float"] = pinned(attention="native")
+    if case.rows_caches is not None and kv_quant is None and "native" in impls:
+        sides["native_rows"] = case.ours("native", cache="rows")
+        scopes["native_rows"] = pinned(attention="native")
+    row["value_layout"] = case.layout["value_layout"]
     if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
         plain = torch.ones(case.kv_bytes // 4)
         sides["read"] = plain.sum
@@ -195,6 +213,8 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
     if "native_ms" in row and "native_float_ms" in row:
         row["float_over_native"] = row["native_float_ms"] / row["native_ms"]
+    if "native_ms" in row and "native_rows_ms" in row:
+        row["rows_over_pairs"] = row["native_rows_ms"] / row["native_ms"]
     for name in ("native", "vllm"):
         if kind == "decode" and f"{name}_GBps" in row:
             row[f"{name}_pct_of_read_bw"] = 100 * row[f"{name}_GBps"] / row["read_GBps"]
@@ -266,13 +286,13 @@ def main() -> int:
     print_table(f"decode, {args.dtype}{cache}, {result['threads']} threads, host read roofline "
                 f"{result['host_read_GBps']:.0f} GB/s",
                 [r for r in rows if r["kind"] == "decode"],
-                ["batch", "context", "kv_MiB", "native_ms", "vllm_ms", "native_float_ms", "native_GBps", "vllm_GBps",
-                 "read_GBps", "native_pct_of_read_bw", "vllm_pct_of_read_bw", "vllm_over_native", "float_over_native",
-                 "max_diff_vs_vllm"])
+                ["batch", "context", "kv_MiB", "native_ms", "native_rows_ms", "vllm_ms", "native_float_ms",
+                 "native_GBps", "vllm_GBps", "read_GBps", "native_pct_of_read_bw", "vllm_pct_of_read_bw",
+                 "vllm_over_native", "rows_over_pairs", "float_over_native", "max_diff_vs_vllm"])
     print_table("prefill / chunked prefill", [r for r in rows if r["kind"] != "decode"],
-                ["kind", "context", "new_tokens", "native_ms", "native_varlen_ms", "vllm_ms", "native_float_ms",
-                 "reference_ms", "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native", "float_over_native",
-                 "max_diff_vs_vllm"])
+                ["kind", "context", "new_tokens", "native_ms", "native_rows_ms", "native_varlen_ms", "vllm_ms",
+                 "native_float_ms", "reference_ms", "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native",
+                 "rows_over_pairs", "float_over_native", "max_diff_vs_vllm"])
     name = f"cpu_attention_{args.dtype}" + (f"_{kv_quant}" if kv_quant else "")
     print("\nwrote", write_json(f"{name}.json", result))
     plot(result, os.path.join(out_dir(), f"{name}.png"))

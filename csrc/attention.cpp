@@ -111,6 +111,7 @@ struct RowGroup {
   std::vector<int64_t> lo, hi;
   const float* k_rows[MAX_BLOCK_KEYS];
   const float* v_rows[MAX_BLOCK_KEYS];
+  const uint16_t* pair_halves[MAX_BLOCK_KEYS];   // the block's value pairs (rows::value_pairs)
 
   // streaming: the call's K/V come from DRAM, so blocks are as long as the scratch allows (each
   // block's prefetch burst then keeps more lines in flight; 64 keys measured 1.1x 32 at d128)
@@ -242,7 +243,7 @@ void accumulate_rows_pairs(RowGroup& g, int64_t r0, float* const* s, int64_t n) 
     lo[u] = g.p_lo.data() + u * g.keys;
     rows::split_bf16(s[u], g.p_hi.data() + u * g.keys, g.p_lo.data() + u * g.keys, round_up(n, kLanes));
   }
-  rows::accumulate_pairs<R>(acc, hi, lo, g.v_pairs.data(), g.dim_v, (n + 1) / 2);
+  rows::accumulate_pairs<R>(acc, hi, lo, g.pair_halves, g.dim_v, (n + 1) / 2);
 }
 
 // R rows (2..4) of a bfloat16 (or float8_e4m3fn: S) cache over one block: every key and value
@@ -351,9 +352,11 @@ inline void prefetch_each(const void* const* rows, int64_t n, int64_t bytes) {
 // registers as they are loaded; the caller sends them only where both bfloat16 paths apply.
 using kv_dequant::is_staged;
 
+// stored_pairs: the value rows are a cache in value_layout "pairs" (rows::value_pairs; begin
+// is even, and blocks stay on even keys).
 template <typename T, typename Rows>
 void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
-                  float softcap, bool prefetch) {
+                  float softcap, bool prefetch, bool stored_pairs) {
   constexpr bool staged = is_staged<Rows>::value;
   using S = typename Rows::value_type;   // the stored row type
   int64_t min_lo = end, max_hi = begin;
@@ -364,10 +367,12 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     }
   }
   begin = std::max(begin, min_lo);
+  if (stored_pairs) begin &= ~int64_t{1};   // the key before min_lo is masked for every row
   end = std::min(end, max_hi);
   const RowPath kpath = key_path<T>(g.dim), vpath = value_path<T>(g.dim_v);
   if constexpr (!std::is_same_v<S, T>)
     TORCH_CHECK(kpath == RowPath::DotBF16 && vpath == RowPath::PairsBF16, "widening on load needs the bfloat16 paths");
+  TORCH_CHECK(!stored_pairs || vpath == RowPath::PairsBF16, "value_layout 'pairs' needs the bfloat16 pair kernels");
   const S* k_raw[MAX_BLOCK_KEYS];
   const S* v_raw[MAX_BLOCK_KEYS];
   const S* k_ahead[MAX_BLOCK_KEYS];
@@ -378,7 +383,7 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
   for (int64_t n0 = begin; n0 < end; n0 += g.keys) {
     const int64_t n = std::min(g.keys, end - n0);
     keys.fill(n0, n, k_raw);
-    values.fill(n0, n, v_raw);
+    values.fill(n0, n + (stored_pairs && n % 2), v_raw);   // a cut pair's partner slot too
     const int64_t n_ahead = prefetch ? std::clamp<int64_t>(end - n0 - n, 0, g.keys) : 0;
     if (n_ahead > 0) {
       if constexpr (staged) {
@@ -401,8 +406,8 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
         for (int64_t j = 0; j < n; j += 2) {
           if (spread) prefetch_each(reinterpret_cast<const void* const*>(v_ahead + j),
                                     std::clamp<int64_t>(n_ahead - j, 0, 2), v_bytes);
-          rows::interleave_pair(v_raw[j], j + 1 < n ? v_raw[j + 1] : zero, g.v_pairs.data() + j * g.dim_v,
-                                g.dim_v);
+          rows::value_pairs(v_raw + j, 1, n - j, g.dim_v, stored_pairs, g.v_pairs.data() + j * g.dim_v, zero,
+                            g.pair_halves + j);
         }
       }
     }
@@ -453,6 +458,7 @@ struct Problem {
   float scale, softcap;
   Window window;
   bool prefetch;                  // the call's K/V outgrow the last-level cache: stream with software prefetch
+  bool value_pairs = false;       // the value cache stores key pairs interleaved (value_layout "pairs")
   const float* sinks = nullptr;   // per query head sink logits (natural log), or none
   // per KV head factors of a quantised cache read as its stored values (kv_dequant.h): the
   // scores are multiplied by key_factor[h], the outputs by value_factor[h]; none = 1
@@ -492,15 +498,24 @@ std::vector<WorkItem> plan_work(const Problem& p, const std::vector<int64_t>& q_
   return work;
 }
 
+// One State per thread for the process's lifetime: its scratch buffers keep their capacity
+// from call to call (allocating and zeroing them per call cost ~2 us per work item at decode
+// sizes). Not inlined, so the TLS address is derived once per call (tiles::thread_scratch).
+template <typename State>
+__attribute__((noinline)) State& thread_state() {
+  thread_local State state;
+  return state;
+}
+
 // Runs fn(state, item index) over all items on every intra-op thread, each taking the
 // next item from a shared counter (longest items are listed first) so uneven contexts
-// balance; each thread owns one State (scratch buffers reused across its items).
+// balance; each thread owns one State (scratch buffers reused across its items and calls).
 template <typename State, typename Fn>
 void for_each_item(int64_t count, Fn fn) {
   std::atomic<int64_t> next{0};
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), count);
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-    State state;
+    State& state = thread_state<State>();
     for (int64_t worker = first; worker < last; ++worker)
       for (int64_t i = next++; i < count; i = next++) fn(state, i);
   });
@@ -557,7 +572,8 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
       if constexpr (raw_q) std::memcpy(g.q_raw.data() + r * p.dim, qr, p.dim * sizeof(T));
       row_bounds(t, q_len[it.b], k_len[it.b], p.window, g.lo[r], g.hi[r]);
     }
-    const int64_t chunk = (k_len[it.b] + splits - 1) / splits;
+    // splits of a cache storing value pairs start on whole 32-key steps (pairs and AMX tiles)
+    const int64_t chunk = round_up((k_len[it.b] + splits - 1) / splits, p.value_pairs ? 32 : 1);
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
     const void* tile_q = raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data();
@@ -565,8 +581,8 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
                                 g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
     bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
     if constexpr (rows_of_t)
-      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx);
-    if (!tiled) attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch);
+      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx, p.value_pairs);
+    if (!tiled) attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch, p.value_pairs);
     const float value_factor = p.value_factor != nullptr ? p.value_factor[it.h] : 1.f;
     for (int64_t r = 0; r < rows; ++r) {
       float* row = splits > 1 ? part_out.data() + (w * max_rows + r) * p.dim_v : g.row_out.data();
@@ -862,13 +878,26 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
   if (!fold) out.copy_(outx);
 }
 
+// Whether this build reads a bfloat16 value cache in value_layout "pairs" (rows::value_pairs)
+// of head dim dim_v: the AVX512-BF16 pair kernels.
+bool value_pairs_supported(int64_t dim_v) {
+  return value_path<c10::BFloat16>(dim_v) == RowPath::PairsBF16;
+}
+
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                      const at::Tensor& block_table, const at::Tensor& seq_lens, const at::Tensor& cu_seqlens_q,
                      double scale, int64_t window_left, int64_t window_right, double softcap, at::Tensor& out,
                      const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks,
                      const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
-                     const std::optional<at::Tensor>& k_offset, const std::optional<at::Tensor>& v_offset) {
+                     const std::optional<at::Tensor>& k_offset, const std::optional<at::Tensor>& v_offset,
+                     bool value_pairs) {
   check_tensors(q, k_cache, v_cache, 4, out, lse);
+  if (value_pairs) {
+    TORCH_CHECK(v_cache.scalar_type() == at::kBFloat16, "value_pairs: bfloat16 caches only, got ", v_cache.scalar_type());
+    TORCH_CHECK(value_pairs_supported(v_cache.size(3)), "value_pairs: this build has no AVX512-BF16 pair kernels ",
+                "for value head dim ", v_cache.size(3), " (needs a multiple of 32)");
+    TORCH_CHECK(v_cache.size(1) % 2 == 0, "value_pairs: v_cache needs an even block size, got ", v_cache.size(1));
+  }
   TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == seq_lens.numel() &&
                   cu_seqlens_q.numel() == seq_lens.numel() + 1,
               "block_table [B, W], seq_lens [B] and cu_seqlens_q [B + 1] disagree on B");
@@ -883,6 +912,7 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   Problem p = make_problem(q, k_cache.size(2), v_cache.size(3), out, scale, window_left, window_right, softcap);
   p.sinks = sinks_ptr(sinks, p.hq);
   p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
+  p.value_pairs = value_pairs;
   dispatch_float_type(q.scalar_type(), "ascend_ext::paged_attention", [&](auto tag) {
     using scalar_t = decltype(tag);
     auto rows_of = [&](int64_t b, int64_t h) { return call.rows<scalar_t>(b, h); };
@@ -930,10 +960,12 @@ void flash_attn_varlen(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   // whether the bfloat16 tile kernel runs on AMX now (built, granted, ASCEND_EXT_NATIVE_AMX not 0)
   m.def("amx_usable() -> bool", [] { return ascend_ext::amx::usable(); });
+  // whether paged_attention reads a bfloat16 value cache stored as key pairs (value_pairs=True)
+  m.def("value_pairs_supported(int dim_v) -> bool", &ascend_ext::value_pairs_supported);
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
         "Tensor(b!)? lse, Tensor? sinks=None, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
-        "Tensor? v_offset=None) -> ()");
+        "Tensor? v_offset=None, bool value_pairs=False) -> ()");
   m.def("flash_attn_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, float scale, "
         "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? sinks=None) -> ()");
 }

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "kv_dequant.h"
 #include "vec.h"
@@ -221,6 +222,47 @@ inline void interleave_pair(const V* a, const V* b, uint16_t* out, int64_t dv) {
   }
 }
 
+// The value pairs of a block's keys [0, 2 * npairs): pair i holds keys 2i and 2i + 1
+// interleaved per dim (element 2c + t = v[2i + t][c], 2 * dv elements), as interleave_pair
+// writes it and as a cache with value_layout "pairs" stores it: its first half (dims
+// [0, dv / 2)) in slot 2i, its second half in slot 2i + 1 (value_layout.py). halves[2i + h]
+// points at half h of pair i: the slot rows themselves for a `stored` cache, else the pair
+// interleaved into scratch + 2 dv i (halves dv apart); a pair cut by n (key 2i + 1 >= n) or
+// past n is built in scratch with zeros for the missing keys (a cache slot past the sequence
+// may hold anything, NaN included). Stored pairs need an even first key (the callers align
+// their blocks) and, for odd n, v_rows[n] = the partner slot of the last key.
+template <typename V>
+inline void value_pairs(const V* const* v_rows, int64_t npairs, int64_t n, int64_t dv, bool stored,
+                        uint16_t* scratch, const V* zero, const uint16_t** halves) {
+  for (int64_t i = 0; i < npairs; ++i) {
+    const int64_t j = 2 * i;
+    uint16_t* slot = scratch + 2 * dv * i;
+    halves[2 * i] = slot;
+    halves[2 * i + 1] = slot + dv;
+    if constexpr (sizeof(V) == sizeof(uint16_t)) {
+      if (stored) {
+        if (j + 1 < n) {
+          halves[2 * i] = reinterpret_cast<const uint16_t*>(v_rows[j]);
+          halves[2 * i + 1] = reinterpret_cast<const uint16_t*>(v_rows[j + 1]);
+        } else if (j < n) {   // key 2i only: the low half of every 32-bit word of both slots
+          const __m512i even = _mm512_set1_epi32(0xffff);
+          for (int h = 0; h < 2; ++h)
+            for (int64_t c = 0; c < dv; c += 32)
+              _mm512_storeu_si512(slot + h * dv + c, _mm512_and_si512(_mm512_loadu_si512(v_rows[j + h] + c), even));
+        } else {
+          std::memset(slot, 0, 2 * dv * sizeof(uint16_t));
+        }
+        continue;
+      }
+    }
+    interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, slot, dv);
+  }
+}
+
+// Where dims [c, c + 16) of value pair i start: (half, offset in it), with dv % 32 == 0.
+inline int64_t pair_half(int64_t c, int64_t dv) { return 2 * c >= dv ? 1 : 0; }
+inline int64_t pair_offset(int64_t c, int64_t dv) { return 2 * c - pair_half(c, dv) * dv; }
+
 // Split float32 p[0:padded) (padded % 16 == 0) into bfloat16 hi + lo with
 // hi = bf16(p), lo = bf16(p - hi): hi + lo carries 16 significant bits, so p.V through
 // two bf16 dot products keeps float32-level accuracy (|rel err| <~ 2^-16).
@@ -238,7 +280,7 @@ inline void split_bf16(const float* p, uint16_t* hi, uint16_t* lo, int64_t padde
 // for R rows, with p[r] = hi[r] + lo[r] (bfloat16 arrays read as (2i, 2i+1) pairs).
 template <int R, int W>
 inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* hi, const uint16_t* const* lo,
-                                   const uint16_t* pairs, int64_t dv, int64_t offset, int64_t npairs) {
+                                   const uint16_t* const* halves, int64_t dv, int64_t offset, int64_t npairs) {
   f16x a[R][W];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + offset + u * kLanes);
@@ -247,10 +289,14 @@ inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* hi,
     std::memcpy(&pair, p + 2 * i, sizeof(pair));
     return reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
   };
+  int64_t half[W], at[W];   // vector u: dims offset + 16u .. (one half of the pair each)
+  for (int u = 0; u < W; ++u) {
+    half[u] = pair_half(offset + u * kLanes, dv);
+    at[u] = pair_offset(offset + u * kLanes, dv);
+  }
   for (int64_t i = 0; i < npairs; ++i) {
-    const uint16_t* row = pairs + i * 2 * dv + 2 * offset;
     __m512bh vv[W];
-    for (int u = 0; u < W; ++u) vv[u] = load_bf16x32(row + u * 32);
+    for (int u = 0; u < W; ++u) vv[u] = load_bf16x32(halves[2 * i + half[u]] + at[u]);
     for (int r = 0; r < R; ++r) {
       const __m512bh ph = broadcast_pair(hi[r], i), pl = broadcast_pair(lo[r], i);
       for (int u = 0; u < W; ++u) a[r][u] = dot_bf16(dot_bf16(a[r][u], ph, vv[u]), pl, vv[u]);
@@ -260,14 +306,14 @@ inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* hi,
     for (int u = 0; u < W; ++u) vec::store(acc[r] + offset + u * kLanes, a[r][u]);
 }
 
-// acc[r][0:dv] += p[r] . V for R = 1 or 4 rows over interleaved value pairs (dv % 32 == 0).
+// acc[r][0:dv] += p[r] . V for R rows over the value pairs (value_pairs' halves; dv % 32 == 0).
 template <int R>
 inline void accumulate_pairs(float* const* acc, const uint16_t* const* hi, const uint16_t* const* lo,
-                             const uint16_t* pairs, int64_t dv, int64_t npairs) {
+                             const uint16_t* const* halves, int64_t dv, int64_t npairs) {
   constexpr int W = R == 1 ? 8 : 4;
   int64_t i = 0;
-  for (; i + W * kLanes <= dv; i += W * kLanes) accumulate_pairs_chunk<R, W>(acc, hi, lo, pairs, dv, i, npairs);
-  for (; i < dv; i += 2 * kLanes) accumulate_pairs_chunk<R, 2>(acc, hi, lo, pairs, dv, i, npairs);
+  for (; i + W * kLanes <= dv; i += W * kLanes) accumulate_pairs_chunk<R, W>(acc, hi, lo, halves, dv, i, npairs);
+  for (; i < dv; i += 2 * kLanes) accumulate_pairs_chunk<R, 2>(acc, hi, lo, halves, dv, i, npairs);
 }
 #endif  // __AVX512BF16__
 

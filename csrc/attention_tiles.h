@@ -101,6 +101,9 @@ struct Scratch {
   std::vector<uint16_t> kb;                // AMX: [AMX_BLOCK][dim] key rows copied where not evenly strided
   std::vector<uint32_t> vt;                // AMX: [AMX_BLOCK / 32][dim_v][16] value pairs transposed (V^T rows)
   std::vector<uint32_t> pt;                // AMX, o_rows: [AMX_BLOCK / 32][hi, lo][16 rows][16 key pairs]
+  const uint16_t* halves[MAX_FILL_KEYS];   // the block's value pairs (block_pairs): in the cache or in vp
+  const uint16_t* pair_base[MAX_FILL_KEYS / 32][2];   // AMX: the two halves of 16 pairs per 32-key step as
+  int64_t pair_stride[MAX_FILL_KEYS / 32];            //   tile operands, and their row stride in bytes
 };
 
 // Pins a loaded vector to a register: without it GCC re-loads the operand before every
@@ -195,17 +198,18 @@ inline void scores_tile(const uint32_t* qp, int64_t rvs, const c10::BFloat16* co
 // ot[c][rv] += sum over key pairs i of (hi + lo)[i][rv] . (v[2i][c], v[2i+1][c]) for C dims
 // from c0 x RV row vectors.
 template <int C, int RV>
-inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, const uint16_t* vp, int64_t dv,
-                        int64_t npairs, int64_t c0, float* ot) {
+inline void values_tile(const uint32_t* phi, const uint32_t* plo, int64_t rvs, const uint16_t* const* halves,
+                        int64_t dv, int64_t npairs, int64_t c0, float* ot) {
   __m512 acc[C][RV];
   load_tile(acc, ot, rvs, c0);
+  const int64_t half = rows::pair_half(c0, dv), at = rows::pair_offset(c0, dv);   // C <= 16 dims: one half
   for (int64_t i = 0; i < npairs; ++i) {
     __m512i h[RV], l[RV];
     for (int v = 0; v < RV; ++v) {
       h[v] = in_register(_mm512_loadu_si512(phi + (i * rvs + v) * LANES));
       l[v] = in_register(_mm512_loadu_si512(plo + (i * rvs + v) * LANES));
     }
-    const uint16_t* row = vp + i * 2 * dv + 2 * c0;
+    const uint16_t* row = halves[2 * i + half] + at;
     for (int c = 0; c < C; ++c) {
       const __m512i vv = broadcast_pair(row + 2 * c);
       for (int v = 0; v < RV; ++v) acc[c][v] = dot(dot(acc[c][v], h[v], vv), l[v], vv);
@@ -284,7 +288,7 @@ inline void value_tile(Scratch& w, int64_t rvs, int64_t v, int64_t n, int64_t dv
     values_tile<C, RV>(w.p.data() + v * LANES, rvs, v_rows, n, c, ot);
   } else {
 #if defined(__AVX512BF16__)
-    values_tile<C, RV>(w.phi.data() + v * LANES, w.plo.data() + v * LANES, rvs, w.vp.data(), dv, (n + 1) / 2, c, ot);
+    values_tile<C, RV>(w.phi.data() + v * LANES, w.plo.data() + v * LANES, rvs, w.halves, dv, (n + 1) / 2, c, ot);
 #endif
   }
 }
@@ -307,13 +311,13 @@ inline void block_values(Scratch& w, int64_t rvs, int64_t v0, int64_t v1, const 
 }
 
 #if defined(__AVX512BF16__)
-// w.vp = the block's values interleaved in key pairs, [key pairs][dv x 2], for keys [0, keys)
-// (rounded up to a pair); keys past n read as zero rows.
+// w.halves[2i + h] = half h of value pair i of the block's keys [0, keys) (keys even;
+// rows::value_pairs): in place from a cache that stores pairs, else interleaved into w.vp
+// (pair i at w.vp + 2 dv i); keys past n are zero.
 template <typename T>
-inline void interleave_values(Scratch& w, const T* const* v_rows, int64_t keys, int64_t n, int64_t dv,
-                              const T* zero) {
-  for (int64_t j = 0; j < keys; j += 2)
-    rows::interleave_pair(j < n ? v_rows[j] : zero, j + 1 < n ? v_rows[j + 1] : zero, w.vp.data() + j * dv, dv);
+inline void block_pairs(Scratch& w, const T* const* v_rows, int64_t keys, int64_t n, int64_t dv, const T* zero,
+                        bool stored) {
+  rows::value_pairs(v_rows, keys / 2, n, dv, stored, w.vp.data(), zero, w.halves);
 }
 #endif
 
@@ -396,13 +400,40 @@ inline void amx_values(Scratch& w, int64_t v, int64_t c0, int64_t steps, int64_t
   if constexpr (R > 1) _tile_stored(3, o + chunk + row, TILE_ROW);
 }
 
-// The distance (in elements) between consecutive rows of rows[0:16] when it is constant, else 0.
+// The distance (in elements) between consecutive rows of rows[0], rows[step], ..., rows[15 step]
+// when it is constant, else 0.
 template <typename T>
-inline int64_t even_stride(const T* const* rows) {
-  const int64_t stride = rows[1] - rows[0];
+inline int64_t even_stride(const T* const* rows, int step = 1) {
+  const int64_t stride = rows[step] - rows[0];
   for (int j = 2; j < 16; ++j)
-    if (rows[j] - rows[j - 1] != stride) return 0;
+    if (rows[j * step] - rows[(j - 1) * step] != stride) return 0;
   return stride > 0 ? stride : 0;
+}
+
+// w.pair_base[t][h] / w.pair_stride[t] (bytes): half h of the 16 value pairs of 32-key step
+// t < steps as one tile operand, in place when both halves are evenly strided alike (a cache
+// storing pairs, within a page), else copied to their w.vp slots (2 dv elements apart; slots
+// already built there stay).
+inline void pair_tiles(Scratch& w, int64_t steps, int64_t dv) {
+  const int64_t half_bytes = dv * static_cast<int64_t>(sizeof(uint16_t));
+  for (int64_t t = 0; t < steps; ++t) {
+    const uint16_t* const* halves = w.halves + 32 * t;
+    const int64_t stride = even_stride(halves, 2);
+    if (stride != 0 && even_stride(halves + 1, 2) == stride) {
+      w.pair_base[t][0] = halves[0];
+      w.pair_base[t][1] = halves[1];
+      w.pair_stride[t] = stride * static_cast<int64_t>(sizeof(uint16_t));
+      continue;
+    }
+    uint16_t* slots = w.vp.data() + 16 * t * 2 * dv;
+    for (int j = 0; j < 32; ++j) {   // half j % 2 of pair j / 2
+      uint16_t* slot = slots + j * dv;
+      if (halves[j] != slot) std::memcpy(slot, halves[j], half_bytes);
+    }
+    w.pair_base[t][0] = slots;
+    w.pair_base[t][1] = slots + dv;
+    w.pair_stride[t] = 2 * half_bytes;
+  }
 }
 
 // Raw scores of the block's keys for row vectors [v0, v1): each pair of row vectors takes
@@ -462,7 +493,11 @@ template <int G>
 inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
   static_assert(G == 2 || G == 4, "accumulator tiles for 32 or 64 dims");
   float* o = w.ot.data() + c0 * 16;   // chunk g at o + 256 g
-  const int64_t b_stride = 2 * dv * sizeof(uint16_t);
+  // B of dims c0 + 16 g: its half of the step's pairs (the halves split at dv / 2, a multiple of 16)
+  auto chunk = [&](int64_t t, int g) {
+    const int64_t c = c0 + 16 * g;
+    return w.pair_base[t][rows::pair_half(c, dv)] + rows::pair_offset(c, dv);
+  };
   _tile_loadd(0, o, TILE_ROW);
   _tile_loadd(1, o + 256, TILE_ROW);
   if constexpr (G > 2) _tile_loadd(2, o + 512, TILE_ROW);
@@ -470,17 +505,17 @@ inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
   for (int64_t t = 0; t < steps; ++t) {
     _tile_loadd(4, w.pt.data() + 2 * t * 256, TILE_ROW);
     _tile_loadd(5, w.pt.data() + (2 * t + 1) * 256, TILE_ROW);
-    const uint16_t* b = w.vp.data() + 16 * t * 2 * dv + 2 * c0;   // chunk g at b + 32 g
-    _tile_loadd(6, b, b_stride);
+    const int64_t b_stride = w.pair_stride[t];
+    _tile_loadd(6, chunk(t, 0), b_stride);
     _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b + 32, b_stride);
+    _tile_loadd(7, chunk(t, 1), b_stride);
     _tile_dpbf16ps(0, 5, 6);
     _tile_dpbf16ps(1, 4, 7);
-    if constexpr (G > 2) _tile_loadd(6, b + 64, b_stride);
+    if constexpr (G > 2) _tile_loadd(6, chunk(t, 2), b_stride);
     _tile_dpbf16ps(1, 5, 7);
     if constexpr (G > 2) {
       _tile_dpbf16ps(2, 4, 6);
-      _tile_loadd(7, b + 96, b_stride);
+      _tile_loadd(7, chunk(t, 3), b_stride);
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 4, 7);
       _tile_dpbf16ps(3, 5, 7);
@@ -495,9 +530,11 @@ inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
 // P.V of the block's first n keys in the decode form: the value pairs up to the 32-key step
 // holding key n - 1 (keys past n are zero), the probability pairs transposed, the products.
 template <typename T>
-inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
+inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero,
+                                  bool stored) {
   const int64_t keys = (n + 31) / 32 * 32, steps = keys / 32;
-  interleave_values(w, v_rows, keys, n, dv, zero);
+  block_pairs(w, v_rows, keys, n, dv, zero, stored);
+  pair_tiles(w, steps, dv);
   for (int64_t t = 0; t < steps; ++t) {
     transpose16(w.phi.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + 2 * t * 256, 16);
     transpose16(w.plo.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + (2 * t + 1) * 256, 16);
@@ -511,12 +548,18 @@ inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n,
 // w.vt = the block's values as V^T rows of key pairs, [32-key step][dv][16 key pairs], up to
 // the step that holds key n - 1 (keys past n are zero).
 template <typename T>
-inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero) {
-  const int64_t keys = (n + 31) / 32 * 32;
-  interleave_values(w, v_rows, keys, n, dv, zero);
-  const auto* words = reinterpret_cast<const uint32_t*>(w.vp.data());   // [key pairs][dv]
-  for (int64_t t = 0; t < keys / 32; ++t)
-    for (int64_t c = 0; c < dv; c += 16) transpose16(words + 16 * t * dv + c, dv, w.vt.data() + (t * dv + c) * 16, 16);
+inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero,
+                                 bool stored) {
+  const int64_t keys = (n + 31) / 32 * 32, steps = keys / 32;
+  block_pairs(w, v_rows, keys, n, dv, zero, stored);
+  pair_tiles(w, steps, dv);
+  for (int64_t t = 0; t < steps; ++t) {
+    const int64_t stride = w.pair_stride[t] / static_cast<int64_t>(sizeof(uint32_t));   // in words
+    for (int64_t c = 0; c < dv; c += 16) {   // dims c .. c + 15: 16 words of one half
+      const uint16_t* half = w.pair_base[t][rows::pair_half(c, dv)] + rows::pair_offset(c, dv);
+      transpose16(half, stride, w.vt.data() + (t * dv + c) * 16, 16);
+    }
+  }
 }
 #endif  // ASCEND_EXT_AMX
 
@@ -624,9 +667,10 @@ __attribute__((noinline)) inline Scratch& thread_scratch() {
   return scratch;
 }
 
+// stored_pairs: the value rows are a cache in value_layout "pairs" (rows::value_pairs).
 template <typename T, typename Rows>
 void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
-                  bool use_amx) {
+                  bool use_amx, bool stored_pairs) {
   constexpr bool BF16 = !std::is_same_v<T, float>;
   Scratch& w = thread_scratch();
   const int64_t rows = item.rows, d = item.dim, dv = item.dim_v;
@@ -692,7 +736,10 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     vec_lo[r / LANES] = std::min<int64_t>(vec_lo[r / LANES], lo[r]);
     vec_hi[r / LANES] = std::max<int64_t>(vec_hi[r / LANES], hi[r]);
   }
-  const int64_t first = *std::min_element(vec_lo.begin(), vec_lo.end());
+  // blocks of a cache storing value pairs start on a pair (and a 32-key step, so that whole
+  // steps within a page are read in place): the lanes mask the keys before `begin`
+  int64_t first = *std::min_element(vec_lo.begin(), vec_lo.end());
+  if (stored_pairs) first &= ~int64_t{31};
   const int64_t last = *std::max_element(vec_hi.begin(), vec_hi.end());
   const auto* zero = reinterpret_cast<const T*>(w.zero.data());
 #if defined(ASCEND_EXT_AMX)
@@ -712,17 +759,17 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
     }
     if (v0 >= v1) continue;
     keys.fill(n0, n, k_rows);
-    values.fill(n0, n, v_rows);
+    values.fill(n0, n + (stored_pairs && n % 2), v_rows);   // a cut pair's partner slot too
     for (int64_t j = n; j < block; ++j) k_rows[j] = zero;
     if constexpr (BF16) {
 #if defined(ASCEND_EXT_AMX)
       if (use_amx) {
-        if (!w.o_rows) amx_transpose_values(w, v_rows, n, dv, zero);
+        if (!w.o_rows) amx_transpose_values(w, v_rows, n, dv, zero, stored_pairs);
         amx_block_scores(w, v0, v1, reach.data(), k_rows, d);
       }
 #endif
       if (!use_amx) {
-        interleave_values(w, v_rows, n, n, dv, zero);
+        block_pairs(w, v_rows, (n + 1) / 2 * 2, n, dv, zero, stored_pairs);
         block_scores(w, w.qp.data(), rvs, v0, v1, reach.data(), k_rows, words);
       }
     } else {
@@ -733,7 +780,7 @@ void attend_tiles(const Item& item, int64_t begin, int64_t end, const Rows& keys
 #if defined(ASCEND_EXT_AMX)
     if constexpr (BF16) {
       if (use_amx) {
-        if (w.o_rows) amx_block_values_rows(w, v_rows, n, dv, zero);
+        if (w.o_rows) amx_block_values_rows(w, v_rows, n, dv, zero, stored_pairs);
         else amx_block_values(w, v0, v1, n, dv);
         continue;
       }
@@ -805,13 +852,14 @@ bool takes(int64_t dim, int64_t dim_v, float softcap, int64_t rows, bool amx) {
 // pass q_scale 1).
 template <typename T, typename Rows>
 bool attend(const Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale,
-            float softcap, bool amx) {
+            float softcap, bool amx, bool stored_pairs) {
   if (!takes<T>(item.dim, item.dim_v, softcap, item.rows, amx)) return false;
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale, false);
+  if constexpr (std::is_same_v<T, float>) attend_tiles<float>(item, begin, end, keys, values, q_scale, false, false);
 #endif
 #if defined(__AVX512BF16__)
-  if constexpr (std::is_same_v<T, c10::BFloat16>) attend_tiles<T>(item, begin, end, keys, values, q_scale, amx);
+  if constexpr (std::is_same_v<T, c10::BFloat16>)
+    attend_tiles<T>(item, begin, end, keys, values, q_scale, amx, stored_pairs);
 #endif
   return true;
 }

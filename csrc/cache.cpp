@@ -17,8 +17,8 @@
 namespace ascend_ext {
 namespace {
 
-// Calls row_fn(t, row) in parallel for every token t < len(slot_mapping) whose slot is >= 0,
-// row = the cache row (block slot // block_size, offset slot % block_size) as bytes.
+// Calls row_fn(t, row, offset) in parallel for every token t < len(slot_mapping) whose slot is
+// >= 0, row = the cache row (block slot // block_size, offset slot % block_size) as bytes.
 template <typename RowFn>
 void for_each_slot(const at::Tensor& slot_mapping, const at::Tensor& cache, RowFn row_fn) {
   TORCH_CHECK(slot_mapping.scalar_type() == at::kInt || slot_mapping.scalar_type() == at::kLong,
@@ -33,7 +33,7 @@ void for_each_slot(const at::Tensor& slot_mapping, const at::Tensor& cache, RowF
     at::parallel_for(0, n, 16, [&](int64_t first, int64_t last) {
       for (int64_t t = first; t < last; ++t) {
         const int64_t slot = slots[t];
-        if (slot >= 0) row_fn(t, dst + (slot / block) * cb + (slot % block) * ct);
+        if (slot >= 0) row_fn(t, dst + (slot / block) * cb + (slot % block) * ct, slot % block);
       }
     });
   };
@@ -46,13 +46,35 @@ void write_rows(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slot
   const int64_t heads = src.size(1), elem = src.element_size(), row_bytes = src.size(2) * elem;
   const char* base = static_cast<const char*>(src.data_ptr());
   const int64_t st = src.stride(0) * elem, sh = src.stride(1) * elem, ch = cache.stride(2) * elem;
-  for_each_slot(slot_mapping, cache, [&](int64_t t, char* row) {
+  for_each_slot(slot_mapping, cache, [&](int64_t t, char* row, int64_t) {
     for (int64_t h = 0; h < heads; ++h) std::memcpy(row + h * ch, base + t * st + h * sh, row_bytes);
   });
 }
 
+// value_layout "pairs" (16-bit values, even block size): token t at offset o of its block is
+// element 2c + o % 2 of the pair that starts at slot o - o % 2, for each dim c; the pair's
+// 2 D elements fill the rows of its two slots (ascend_ext/ops/attention/value_layout.py).
+void write_pairs(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slot_mapping) {
+  TORCH_CHECK(src.element_size() == 2 && cache.size(1) % 2 == 0,
+              "value_pairs: 16-bit values and an even block size");
+  const int64_t heads = src.size(1), dim = src.size(2);
+  const auto* base = static_cast<const uint16_t*>(src.data_ptr());
+  const int64_t st = src.stride(0), sh = src.stride(1), ch = cache.stride(2), ct = cache.stride(1);
+  for_each_slot(slot_mapping, cache, [&](int64_t t, char* row, int64_t offset) {
+    const int64_t odd = offset % 2;
+    uint16_t* first = reinterpret_cast<uint16_t*>(row) - odd * ct;   // slot o - o % 2
+    for (int64_t h = 0; h < heads; ++h) {
+      const uint16_t* v = base + t * st + h * sh;
+      for (int64_t c = 0; c < dim; ++c) {
+        const int64_t e = 2 * c + odd;
+        first[h * ch + (e / dim) * ct + e % dim] = v[c];
+      }
+    }
+  });
+}
+
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
-                       const at::Tensor& slot_mapping) {
+                       const at::Tensor& slot_mapping, bool value_pairs) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&key, &value, &k_cache, &v_cache}) {
     TORCH_CHECK(t->device().is_cpu(), "ascend_ext native reshape_and_cache: tensors must be on the CPU");
     TORCH_CHECK(t->stride(-1) == 1, "key, value and caches need a contiguous last (head) dim");
@@ -67,7 +89,8 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
   TORCH_CHECK(slot_mapping.dim() == 1 && slot_mapping.numel() <= key.size(0) && slot_mapping.is_contiguous(),
               "slot_mapping must be a contiguous [N] tensor with N <= tokens");
   write_rows(key, k_cache, slot_mapping);
-  write_rows(value, v_cache, slot_mapping);
+  if (value_pairs) write_pairs(value, v_cache, slot_mapping);
+  else write_rows(value, v_cache, slot_mapping);
 }
 
 // MLA latent cache write: cache[slot] = concat(kv_c[t], k_pe[t]) for t < len(slot_mapping),
@@ -89,7 +112,7 @@ void concat_and_cache_mla(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Te
   const char* c = static_cast<const char*>(kv_c.data_ptr());
   const char* r = static_cast<const char*>(k_pe.data_ptr());
   const int64_t sc = kv_c.stride(0) * elem, sr = k_pe.stride(0) * elem;
-  for_each_slot(slot_mapping, kv_cache, [&](int64_t t, char* row) {
+  for_each_slot(slot_mapping, kv_cache, [&](int64_t t, char* row, int64_t) {
     std::memcpy(row, c + t * sc, rank_bytes);
     std::memcpy(row + rank_bytes, r + t * sr, rope_bytes);
   });
@@ -100,7 +123,7 @@ void concat_and_cache_mla(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Te
 
 ASCEND_EXT_LIBRARY_FRAGMENT(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
-        "Tensor slot_mapping) -> ()");
+        "Tensor slot_mapping, bool value_pairs=False) -> ()");
   m.def("concat_and_cache_mla(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
 }
 

@@ -8,8 +8,19 @@ from ...ops._dispatch import register
 from .._triton import register_triton
 
 NATIVE_OPS = ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "mla_decode", "concat_and_cache_mla")
-NATIVE_SUPPORTS = Supports(mask=False, note="the native kernels apply causal/window rules, not TileMask tiles")
-NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=("fp8", "int8"),
+
+
+def _value_pairs_pay(head_dim_v: int) -> bool:
+    """The native kernels read bf16 value pairs in place (AVX512-BF16 builds, Dv % 32 == 0)."""
+    from .native import value_pairs_supported
+
+    return value_pairs_supported(head_dim_v)
+
+
+NATIVE_SUPPORTS = Supports(mask=False, value_layouts=("rows", "pairs"), value_pairs_pay=_value_pairs_pay,
+                           note="the native kernels apply causal/window rules, not TileMask tiles")
+NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=("fp8", "int8"), value_layouts=("rows", "pairs"),
+                                 value_pairs_pay=_value_pairs_pay,
                                  note="the native kernels apply causal/window rules, not TileMask tiles; fp8 / int8 "
                                       "caches are dequantised to float32 rows on load")
 

@@ -12,6 +12,7 @@ import torch
 
 from .kv_quant import dequantize, quantize
 from .mask_rules import visible_mask
+from .value_layout import from_pairs, to_pairs
 
 # bound on the float32 score block materialised at once (elements)
 _SCORE_BUDGET = 1 << 24
@@ -91,15 +92,18 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     return lse
 
 
-def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
-    """The first ``length`` tokens of a sequence whose blocks are ``blocks`` -> [length, H, D]."""
+def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int, pairs: bool = False) -> torch.Tensor:
+    """The first ``length`` tokens of a sequence whose blocks are ``blocks`` -> [length, H, D]
+    (``pairs``: a value cache in the "pairs" layout, returned as rows)."""
     block_size = cache.shape[1]
     n = -(-length // block_size)
-    return cache[blocks[:n].long()].flatten(0, 1)[:length]
+    gathered = cache[blocks[:n].long()]
+    return (from_pairs(gathered) if pairs else gathered).flatten(0, 1)[:length]
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None):
+                    softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None,
+                    value_layout="rows"):
     lse = _lse_buffer(q, return_lse, sinks)
     cq = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
@@ -108,7 +112,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         if q1 == q0:
             continue
         k = gather_paged(k_cache, block_table[b], length)
-        v = gather_paged(v_cache, block_table[b], length)
+        v = gather_paged(v_cache, block_table[b], length, pairs=value_layout == "pairs")
         if kv_scales is not None:
             k = dequantize(k, kv_scales.k_scale, kv_scales.k_offset)
             v = dequantize(v, kv_scales.v_scale, kv_scales.v_offset)
@@ -120,7 +124,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     return lse
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None):
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None, value_layout="rows"):
     n = slot_mapping.shape[0]
     slots = slot_mapping.long()
     keep = slots >= 0
@@ -128,7 +132,13 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=N
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
     key, value = key[:n][keep], value[:n][keep]
-    if kv_scales is None:
+    if kv_scales is None and value_layout == "pairs":   # the touched blocks as rows, written, re-paired
+        k_cache[blocks, offsets] = key.to(k_cache.dtype)
+        touched, local = torch.unique(blocks, return_inverse=True)
+        rows = from_pairs(v_cache[touched])
+        rows[local, offsets] = value.to(v_cache.dtype)
+        v_cache[touched] = to_pairs(rows)
+    elif kv_scales is None:
         k_cache[blocks, offsets] = key.to(k_cache.dtype)
         v_cache[blocks, offsets] = value.to(v_cache.dtype)
     else:
