@@ -384,6 +384,9 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     const int64_t n = std::min(g.keys, end - n0);
     keys.fill(n0, n, k_raw);
     values.fill(n0, n + (stored_pairs && n % 2), v_raw);   // a cut pair's partner slot too
+    // stored pairs are read by the p.V loop itself (no interleave pass that streams them in
+    // first): their lines are requested here, ahead of the scores
+    if (stored_pairs && !prefetch) prefetch_each(reinterpret_cast<const void* const*>(v_raw), n, g.dim_v * sizeof(S));
     const int64_t n_ahead = prefetch ? std::clamp<int64_t>(end - n0 - n, 0, g.keys) : 0;
     if (n_ahead > 0) {
       if constexpr (staged) {

@@ -276,23 +276,24 @@ inline void split_bf16(const float* p, uint16_t* hi, uint16_t* lo, int64_t padde
   }
 }
 
-// acc[r][offset:offset + W*16] += sum over key pairs i of p[r][2i] v[2i] + p[r][2i+1] v[2i+1]
-// for R rows, with p[r] = hi[r] + lo[r] (bfloat16 arrays read as (2i, 2i+1) pairs).
+// acc[r][d_u:d_u + 16] += sum over key pairs i of p[r][2i] v[2i] + p[r][2i+1] v[2i+1] for the
+// W dim chunks d_u = dims[u] and R rows, with p[r] = hi[r] + lo[r] (bfloat16 arrays read as
+// (2i, 2i+1) pairs).
 template <int R, int W>
 inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* hi, const uint16_t* const* lo,
-                                   const uint16_t* const* halves, int64_t dv, int64_t offset, int64_t npairs) {
+                                   const uint16_t* const* halves, int64_t dv, const int64_t* dims, int64_t npairs) {
   f16x a[R][W];
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + offset + u * kLanes);
+    for (int u = 0; u < W; ++u) a[r][u] = vec::load(acc[r] + dims[u]);
   auto broadcast_pair = [](const uint16_t* p, int64_t i) {
     uint32_t pair;
     std::memcpy(&pair, p + 2 * i, sizeof(pair));
     return reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
   };
-  int64_t half[W], at[W];   // vector u: dims offset + 16u .. (one half of the pair each)
+  int64_t half[W], at[W];   // chunk u lies in one half of the pair
   for (int u = 0; u < W; ++u) {
-    half[u] = pair_half(offset + u * kLanes, dv);
-    at[u] = pair_offset(offset + u * kLanes, dv);
+    half[u] = pair_half(dims[u], dv);
+    at[u] = pair_offset(dims[u], dv);
   }
   for (int64_t i = 0; i < npairs; ++i) {
     __m512bh vv[W];
@@ -303,17 +304,36 @@ inline void accumulate_pairs_chunk(float* const* acc, const uint16_t* const* hi,
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < W; ++u) vec::store(acc[r] + offset + u * kLanes, a[r][u]);
+    for (int u = 0; u < W; ++u) vec::store(acc[r] + dims[u], a[r][u]);
 }
 
 // acc[r][0:dv] += p[r] . V for R rows over the value pairs (value_pairs' halves; dv % 32 == 0).
+// Each pass reads both halves of every pair (dims c.. and dv / 2 + c..): a pass over one half
+// only reads every other slot of a stored pairs cache, which streamed 24% slower past the L2
+// (b1 ctx 16k, four-row kernels, benchmarks/NOTES.md "#19 value pairs").
 template <int R>
 inline void accumulate_pairs(float* const* acc, const uint16_t* const* hi, const uint16_t* const* lo,
                              const uint16_t* const* halves, int64_t dv, int64_t npairs) {
   constexpr int W = R == 1 ? 8 : 4;
-  int64_t i = 0;
-  for (; i + W * kLanes <= dv; i += W * kLanes) accumulate_pairs_chunk<R, W>(acc, hi, lo, halves, dv, i, npairs);
-  for (; i < dv; i += 2 * kLanes) accumulate_pairs_chunk<R, 2>(acc, hi, lo, halves, dv, i, npairs);
+  const int64_t mid = dv / 2;
+  int64_t c = 0;
+  if (mid % (W / 2 * kLanes) == 0) {
+    for (; c < mid; c += W / 2 * kLanes) {
+      int64_t dims[W];
+      for (int u = 0; u < W / 2; ++u) dims[u] = c + u * kLanes, dims[W / 2 + u] = mid + c + u * kLanes;
+      accumulate_pairs_chunk<R, W>(acc, hi, lo, halves, dv, dims, npairs);
+    }
+    return;
+  }
+  for (; c + W * kLanes <= dv; c += W * kLanes) {
+    int64_t dims[W];
+    for (int u = 0; u < W; ++u) dims[u] = c + u * kLanes;
+    accumulate_pairs_chunk<R, W>(acc, hi, lo, halves, dv, dims, npairs);
+  }
+  for (; c < dv; c += 2 * kLanes) {
+    const int64_t dims[2] = {c, c + kLanes};
+    accumulate_pairs_chunk<R, 2>(acc, hi, lo, halves, dv, dims, npairs);
+  }
 }
 #endif  // __AVX512BF16__
 

@@ -246,6 +246,7 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
             k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
             if self._layout is None:   # "pairs" where the native CPU kernels write and read it
                 self._layout = dict(value_layout=ops.preferred_value_layout(v_cache))
+                trace.note(f"value_layout={self._layout['value_layout']}")
             return k_cache, v_cache, self._layout
         if self.kv_quant == "fp8" and kv_cache.dtype == torch.uint8:   # vLLM allocates fp8 caches as uint8
             kv_cache = kv_cache.view(torch.float8_e4m3fn)
