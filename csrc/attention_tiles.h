@@ -527,14 +527,23 @@ inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
   if constexpr (G > 2) _tile_stored(3, o + 768, TILE_ROW);
 }
 
-// P.V of the block's first n keys in the decode form: the value pairs up to the 32-key step
-// holding key n - 1 (keys past n are zero), the probability pairs transposed, the products.
+// The block's value pairs as tile operands (block_pairs, pair_tiles) up to the 32-key step that
+// holds key n - 1 (keys past n are zero); returns the number of steps.
+template <typename T>
+inline int64_t amx_value_steps(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero,
+                               bool stored) {
+  const int64_t steps = (n + 31) / 32;
+  block_pairs(w, v_rows, 32 * steps, n, dv, zero, stored);
+  pair_tiles(w, steps, dv);
+  return steps;
+}
+
+// P.V of the block's first n keys in the decode form: the value pairs, the probability pairs
+// transposed, the products.
 template <typename T>
 inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero,
                                   bool stored) {
-  const int64_t keys = (n + 31) / 32 * 32, steps = keys / 32;
-  block_pairs(w, v_rows, keys, n, dv, zero, stored);
-  pair_tiles(w, steps, dv);
+  const int64_t steps = amx_value_steps(w, v_rows, n, dv, zero, stored);
   for (int64_t t = 0; t < steps; ++t) {
     transpose16(w.phi.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + 2 * t * 256, 16);
     transpose16(w.plo.data() + w.p_at.at(16 * t, 0), w.p_at.index, w.pt.data() + (2 * t + 1) * 256, 16);
@@ -545,14 +554,12 @@ inline void amx_block_values_rows(Scratch& w, const T* const* v_rows, int64_t n,
   }
 }
 
-// w.vt = the block's values as V^T rows of key pairs, [32-key step][dv][16 key pairs], up to
-// the step that holds key n - 1 (keys past n are zero).
+// w.vt = the block's values as V^T rows of key pairs, [32-key step][dv][16 key pairs] (the
+// steps of amx_value_steps).
 template <typename T>
 inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, int64_t dv, const T* zero,
                                  bool stored) {
-  const int64_t keys = (n + 31) / 32 * 32, steps = keys / 32;
-  block_pairs(w, v_rows, keys, n, dv, zero, stored);
-  pair_tiles(w, steps, dv);
+  const int64_t steps = amx_value_steps(w, v_rows, n, dv, zero, stored);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t stride = w.pair_stride[t] / static_cast<int64_t>(sizeof(uint32_t));   // in words
     for (int64_t c = 0; c < dv; c += 16) {   // dims c .. c + 15: 16 words of one half
