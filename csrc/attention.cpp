@@ -386,7 +386,8 @@ void attend_range(RowGroup& g, int64_t begin, int64_t end, const Rows& keys, con
     values.fill(n0, n + (stored_pairs && n % 2), v_raw);   // a cut pair's partner slot too
     // stored pairs are read by the p.V loop itself (no interleave pass that streams them in
     // first): their lines are requested here, ahead of the scores
-    if (stored_pairs && !prefetch) prefetch_each(reinterpret_cast<const void* const*>(v_raw), n, g.dim_v * sizeof(S));
+    if (stored_pairs && !prefetch)
+      prefetch_each(reinterpret_cast<const void* const*>(v_raw), n, g.dim_v * static_cast<int64_t>(sizeof(S)));
     const int64_t n_ahead = prefetch ? std::clamp<int64_t>(end - n0 - n, 0, g.keys) : 0;
     if (n_ahead > 0) {
       if constexpr (staged) {
@@ -584,7 +585,8 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
                                 g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
     bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
     if constexpr (rows_of_t)
-      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx, p.value_pairs);
+      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx,
+                               p.value_pairs);
     if (!tiled) attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch, p.value_pairs);
     const float value_factor = p.value_factor != nullptr ? p.value_factor[it.h] : 1.f;
     for (int64_t r = 0; r < rows; ++r) {
@@ -896,7 +898,8 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                      bool value_pairs) {
   check_tensors(q, k_cache, v_cache, 4, out, lse);
   if (value_pairs) {
-    TORCH_CHECK(v_cache.scalar_type() == at::kBFloat16, "value_pairs: bfloat16 caches only, got ", v_cache.scalar_type());
+    TORCH_CHECK(v_cache.scalar_type() == at::kBFloat16, "value_pairs: bfloat16 caches only, got ",
+                v_cache.scalar_type());
     TORCH_CHECK(value_pairs_supported(v_cache.size(3)), "value_pairs: this build has no AVX512-BF16 pair kernels ",
                 "for value head dim ", v_cache.size(3), " (needs a multiple of 32)");
     TORCH_CHECK(v_cache.size(1) % 2 == 0, "value_pairs: v_cache needs an even block size, got ", v_cache.size(1));
