@@ -436,6 +436,12 @@ inline void pair_tiles(Scratch& w, int64_t steps, int64_t dv) {
   }
 }
 
+// Dims c .. c + 15 of the 16 pairs of 32-key step t (pair_tiles): the start of their tile
+// operand in the half that holds them (the halves split at dv / 2, a multiple of 16).
+inline const uint16_t* pair_tile_dims(const Scratch& w, int64_t t, int64_t c, int64_t dv) {
+  return w.pair_base[t][rows::pair_half(c, dv)] + rows::pair_offset(c, dv);
+}
+
 // Raw scores of the block's keys for row vectors [v0, v1): each pair of row vectors takes
 // the 16-key slices its reach needs, two at a time.
 inline void amx_block_scores(Scratch& w, int64_t v0, int64_t v1, const int64_t* reach,
@@ -493,11 +499,7 @@ template <int G>
 inline void amx_values_rows(Scratch& w, int64_t c0, int64_t steps, int64_t dv) {
   static_assert(G == 2 || G == 4, "accumulator tiles for 32 or 64 dims");
   float* o = w.ot.data() + c0 * 16;   // chunk g at o + 256 g
-  // B of dims c0 + 16 g: its half of the step's pairs (the halves split at dv / 2, a multiple of 16)
-  auto chunk = [&](int64_t t, int g) {
-    const int64_t c = c0 + 16 * g;
-    return w.pair_base[t][rows::pair_half(c, dv)] + rows::pair_offset(c, dv);
-  };
+  auto chunk = [&](int64_t t, int g) { return pair_tile_dims(w, t, c0 + 16 * g, dv); };   // B of dims c0 + 16 g
   _tile_loadd(0, o, TILE_ROW);
   _tile_loadd(1, o + 256, TILE_ROW);
   if constexpr (G > 2) _tile_loadd(2, o + 512, TILE_ROW);
@@ -562,10 +564,8 @@ inline void amx_transpose_values(Scratch& w, const T* const* v_rows, int64_t n, 
   const int64_t steps = amx_value_steps(w, v_rows, n, dv, zero, stored);
   for (int64_t t = 0; t < steps; ++t) {
     const int64_t stride = w.pair_stride[t] / static_cast<int64_t>(sizeof(uint32_t));   // in words
-    for (int64_t c = 0; c < dv; c += 16) {   // dims c .. c + 15: 16 words of one half
-      const uint16_t* half = w.pair_base[t][rows::pair_half(c, dv)] + rows::pair_offset(c, dv);
-      transpose16(half, stride, w.vt.data() + (t * dv + c) * 16, 16);
-    }
+    for (int64_t c = 0; c < dv; c += 16)   // dims c .. c + 15: 16 words of one half
+      transpose16(pair_tile_dims(w, t, c, dv), stride, w.vt.data() + (t * dv + c) * 16, 16);
   }
 }
 #endif  // ASCEND_EXT_AMX

@@ -25,18 +25,16 @@ VALUE_LAYOUTS = ("rows", "pairs")
 LAYOUT_ENV = "ASCEND_EXT_VALUE_LAYOUT"   # "auto" (default) or "rows"
 
 
-def check(value_layout, v_cache: torch.Tensor) -> bool:
-    """Validate ``value_layout`` against ``v_cache`` [num_blocks, block_size, Hkv, Dv];
-    returns True for ``"pairs"``."""
+def check(value_layout, v_cache: torch.Tensor) -> None:
+    """Validate ``value_layout`` against ``v_cache`` [num_blocks, block_size, Hkv, Dv]."""
     if value_layout not in VALUE_LAYOUTS:
         raise ValueError(f"value_layout must be one of {VALUE_LAYOUTS}, got {value_layout!r}")
     if value_layout == "rows":
-        return False
+        return
     if v_cache.dtype != torch.bfloat16:
         raise TypeError(f"value_layout 'pairs' needs a bfloat16 v_cache, got {v_cache.dtype}")
     if v_cache.shape[1] % 2:
         raise ValueError(f"value_layout 'pairs' needs an even block size, v_cache has {v_cache.shape[1]}")
-    return True
 
 
 def preferred(v_cache: torch.Tensor) -> str:
