@@ -4,7 +4,7 @@ One run, same process, same inputs: a Llama-3-8B-like layer (32 query heads, 8 K
 heads, head dim 128, KV block 128) in the paged cache of each implementation (ours
 filled by ``ops.reshape_and_cache``, vLLM's by ``cpu_attn_reshape_and_cache``, its
 packed layout). Ours is vLLM's combined CPU cache (head-major slots holding K then V, split by
-``ops.split_kv_cache``) in the value layout our vLLM backend picks (``ops.preferred_value_layout``:
+``ops.split_kv_cache``) in the value layout our vLLM backend picks (``ops.preferred_kv_layout``:
 "pairs" where the native kernels read it); with "pairs" the same data in the "rows" layout runs
 beside it (``native_rows_ms``, ``rows_over_pairs``: > 1 = the pairs layout is faster). Cases:
 
@@ -95,10 +95,10 @@ class Case:
             return ops.split_kv_cache(torch.zeros(num_blocks, HKV, BLOCK, 2 * HEAD_DIM, dtype=dtype), HEAD_DIM)
 
         self.k_cache, self.v_cache = combined()
-        self.layout = {"value_layout": ops.preferred_value_layout(self.v_cache)}   # as our vLLM backend decides
+        self.layout = {"kv_layout": ops.preferred_kv_layout(self.v_cache)}   # as our vLLM backend decides
         ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int(), **self.layout)
         self.rows_caches = None
-        if self.layout["value_layout"] != "rows":   # the same data in the rows layout, for the A/B
+        if self.layout["kv_layout"] != "rows":   # the same data in the rows layout, for the A/B
             self.rows_caches = combined()
             ops.reshape_and_cache(key, value, *self.rows_caches, slots.int())
         self.scales = {}
@@ -187,7 +187,7 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     if case.rows_caches is not None and kv_quant is None and "native" in impls:
         sides["native_rows"] = case.ours("native", cache="rows")
         scopes["native_rows"] = pinned(attention="native")
-    row["value_layout"] = case.layout["value_layout"]
+    row["kv_layout"] = case.layout["kv_layout"]
     if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
         plain = torch.ones(case.kv_bytes // 4)
         sides["read"] = plain.sum

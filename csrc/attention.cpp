@@ -38,8 +38,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention_amx_tiled.h"
 #include "attention_rows.h"
 #include "attention_tiles.h"
+#include "key_tiles.h"
 #include "kv_dequant.h"
 #include "ops_namespace.h"
 #include "vec.h"
@@ -462,7 +464,7 @@ struct Problem {
   float scale, softcap;
   Window window;
   bool prefetch;                  // the call's K/V outgrow the last-level cache: stream with software prefetch
-  bool value_pairs = false;       // the value cache stores key pairs interleaved (value_layout "pairs")
+  bool value_pairs = false;       // the value cache stores key pairs interleaved (kv_layout "pairs" / "tiles")
   const float* sinks = nullptr;   // per query head sink logits (natural log), or none
   // per KV head factors of a quantised cache read as its stored values (kv_dequant.h): the
   // scores are multiplied by key_factor[h], the outputs by value_factor[h]; none = 1
@@ -472,6 +474,18 @@ struct Problem {
   // base-2 sink of query head h (NEG_INF without sinks)
   float sink2(int64_t head) const { return sinks ? sinks[head] * LOG2E : NEG_INF; }
 };
+
+// Row sources of a kv_layout "tiles" cache (key_tiles::StagedRows): items the AMX tiled kernel
+// takes read the cache in place through their sources, other items read staged rows.
+template <typename R>
+struct is_tiles_rows : std::false_type {};
+template <typename S>
+struct is_tiles_rows<key_tiles::StagedRows<S>> : std::true_type {};
+
+// Whether the AMX kernel over the "tiles" layout (attention_amx_tiled.h) takes a call.
+inline bool amx_tiled_takes(const Problem& p, bool amx) {
+  return amx && p.softcap <= 0.f && p.dim % 32 == 0 && p.dim_v % 32 == 0;
+}
 
 struct WorkItem {
   int64_t b, h, t0, t1, split, cost;
@@ -563,7 +577,9 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     // kernels take scaled float32 ones (not needed when the tile kernel takes 16-bit rows)
     constexpr bool raw_q = sizeof(T) == sizeof(uint16_t);
     constexpr bool rows_of_t = std::is_same_v<typename std::decay_t<decltype(keys)>::value_type, T>;
-    const bool raw_tiles = raw_q && rows_of_t && tiles::takes<T>(p.dim, p.dim_v, p.softcap, rows, amx);
+    constexpr bool tiles_rows = is_tiles_rows<std::decay_t<decltype(keys)>>::value;
+    const bool amx_tiled = tiles_rows && amx_tiled_takes(p, amx);
+    const bool raw_tiles = raw_q && (amx_tiled || (rows_of_t && tiles::takes<T>(p.dim, p.dim_v, p.softcap, rows, amx)));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = it.t0 + r / p.group;
       const int64_t head = it.h * p.group + r % p.group;
@@ -576,7 +592,8 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
       if constexpr (raw_q) std::memcpy(g.q_raw.data() + r * p.dim, qr, p.dim * sizeof(T));
       row_bounds(t, q_len[it.b], k_len[it.b], p.window, g.lo[r], g.hi[r]);
     }
-    // splits of a cache storing value pairs start on whole 32-key steps (pairs and AMX tiles)
+    // splits of a cache storing value pairs start on whole 32-key steps (pairs and AMX tiles; a
+    // "tiles" cache's 32-key steps lie in one block)
     const int64_t chunk = round_up((k_len[it.b] + splits - 1) / splits, p.value_pairs ? 32 : 1);
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
@@ -584,9 +601,16 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     const tiles::Item tile_item{rows, p.dim, p.dim_v, g.dvp, tile_q, raw_q ? p.dim : g.dp,
                                 g.lo.data(), g.hi.data(), g.m.data(), g.l.data(), g.acc.data()};
     bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
+#if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
+    if constexpr (tiles_rows) {
+      if (amx_tiled) amx_tiled::attend(tile_item, k0, k1, keys.source, values.source, q_scale);
+      tiled = amx_tiled;
+    }
+#endif
     if constexpr (rows_of_t)
-      tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx,
-                               p.value_pairs);
+      if (!tiled)
+        tiled = tiles::attend<T>(tile_item, k0, k1, keys, values, raw_q ? q_scale : 1.f, p.softcap, amx,
+                                 p.value_pairs);
     if (!tiled) attend_range<T>(g, k0, k1, keys, values, q_scale, p.softcap, p.prefetch, p.value_pairs);
     const float value_factor = p.value_factor != nullptr ? p.value_factor[it.h] : 1.f;
     for (int64_t r = 0; r < rows; ++r) {
@@ -883,10 +907,21 @@ void paged_attention_quantised(const at::Tensor& q, const at::Tensor& k_cache, c
   if (!fold) out.copy_(outx);
 }
 
-// Whether this build reads a bfloat16 value cache in value_layout "pairs" (rows::value_pairs)
+// Whether this build reads a bfloat16 value cache in kv_layout "pairs" (rows::value_pairs)
 // of head dim dim_v: the AVX512-BF16 pair kernels.
 bool value_pairs_supported(int64_t dim_v) {
   return value_path<c10::BFloat16>(dim_v) == RowPath::PairsBF16;
+}
+
+// Whether a bfloat16 cache in kv_layout "tiles" of head dims (dim, dim_v) is read in place by
+// the AMX tiled kernel now (built, granted, not switched off); other calls read staged rows.
+bool key_tiles_in_place(int64_t dim, int64_t dim_v) {
+#if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
+  return amx::usable() && dim % 32 == 0 && dim_v % 32 == 0 && value_pairs_supported(dim_v);
+#else
+  (void)dim, (void)dim_v;
+  return false;
+#endif
 }
 
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -895,8 +930,15 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                      const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks,
                      const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
                      const std::optional<at::Tensor>& k_offset, const std::optional<at::Tensor>& v_offset,
-                     bool value_pairs) {
+                     bool value_pairs, bool key_tiles) {
   check_tensors(q, k_cache, v_cache, 4, out, lse);
+  if (key_tiles) {
+    TORCH_CHECK(value_pairs, "key_tiles (kv_layout 'tiles') stores values as pairs: pass value_pairs=True too");
+    TORCH_CHECK(k_cache.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kBFloat16,
+                "key_tiles: bfloat16 queries and caches only");
+    TORCH_CHECK(k_cache.size(1) % 32 == 0 && k_cache.size(3) % 32 == 0,
+                "key_tiles: block size and head dim must be multiples of 32, got ", k_cache.sizes());
+  }
   if (value_pairs) {
     TORCH_CHECK(v_cache.scalar_type() == at::kBFloat16, "value_pairs: bfloat16 caches only, got ",
                 v_cache.scalar_type());
@@ -919,6 +961,20 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   p.sinks = sinks_ptr(sinks, p.hq);
   p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
   p.value_pairs = value_pairs;
+  if (key_tiles) {
+    using Rows = key_tiles::StagedRows<PagedRows<c10::BFloat16>>;
+    auto rows_of = [&](int64_t b, int64_t h) {
+      thread_local std::vector<c10::BFloat16> k_staging, v_staging;   // one fill() of any kernel (+ a partner slot)
+      const int64_t staged_rows = std::max(MAX_BLOCK_KEYS, tiles::MAX_FILL_KEYS) + 1;
+      k_staging.resize(staged_rows * p.dim);
+      v_staging.resize(staged_rows * p.dim_v);
+      const auto [keys, values] = call.rows<c10::BFloat16>(b, h);
+      return std::pair{Rows{keys, p.dim, true, k_staging.data()}, Rows{values, p.dim_v, false, v_staging.data()}};
+    };
+    run<c10::BFloat16>(p, q.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), lse_ptr(lse), q.size(0),
+                       call.q_start, call.q_len, lens, rows_of);
+    return;
+  }
   dispatch_float_type(q.scalar_type(), "ascend_ext::paged_attention", [&](auto tag) {
     using scalar_t = decltype(tag);
     auto rows_of = [&](int64_t b, int64_t h) { return call.rows<scalar_t>(b, h); };
@@ -968,10 +1024,12 @@ ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("amx_usable() -> bool", [] { return ascend_ext::amx::usable(); });
   // whether paged_attention reads a bfloat16 value cache stored as key pairs (value_pairs=True)
   m.def("value_pairs_supported(int dim_v) -> bool", &ascend_ext::value_pairs_supported);
+  // whether paged_attention reads a "tiles" cache (key_tiles=True) in place, on AMX, now
+  m.def("key_tiles_in_place(int dim, int dim_v) -> bool", &ascend_ext::key_tiles_in_place);
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
         "Tensor(b!)? lse, Tensor? sinks=None, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
-        "Tensor? v_offset=None, bool value_pairs=False) -> ()");
+        "Tensor? v_offset=None, bool value_pairs=False, bool key_tiles=False) -> ()");
   m.def("flash_attn_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, float scale, "
         "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? sinks=None) -> ()");
 }

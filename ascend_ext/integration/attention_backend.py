@@ -214,7 +214,7 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         self.kv_cache_dtype = kv_cache_dtype
         self.kv_quant = QUANT_KV_CACHE_DTYPES.get(kv_cache_dtype)   # None, "fp8" or "int8"
         self._scales: dict | None = None                               # the layer's scale tensors, once read
-        self._layout: dict | None = None   # value_layout of the layer's float cache, decided once (its whole life)
+        self._layout: dict | None = None   # kv_layout of the layer's float cache, decided once (its whole life)
         self.softcap = float(logits_soft_cap or 0.0)
         # vLLM's sliding_window W = the token itself and the W - 1 before it
         self.window_size = (sliding_window - 1, 0) if sliding_window else (-1, -1)
@@ -244,9 +244,9 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
         op that reads or writes it: the scales of a quantised cache, else its value layout."""
         if self.kv_quant is None:
             k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
-            if self._layout is None:   # "pairs" where the native CPU kernels write and read it
-                self._layout = dict(value_layout=ops.preferred_value_layout(v_cache))
-                trace.note(f"value_layout={self._layout['value_layout']}")
+            if self._layout is None:   # "tiles" / "pairs" where the native CPU kernels write and read it
+                self._layout = dict(kv_layout=ops.preferred_kv_layout(k_cache, v_cache))
+                trace.note(f"kv_layout={self._layout['kv_layout']}")
             return k_cache, v_cache, self._layout
         if self.kv_quant == "fp8" and kv_cache.dtype == torch.uint8:   # vLLM allocates fp8 caches as uint8
             kv_cache = kv_cache.view(torch.float8_e4m3fn)

@@ -11,7 +11,7 @@ from ._dispatch import describe, rebind, selected_impl, use_impl
 from ._validate import trusted_inputs
 from .attention import (CascadePlan, PagedKV, TileMask, cascade_attention, cascade_pays, cooperative_attention,
                         flash_attn_varlen, merge_attn_states, offload_prefix, paged_attention, plan_cascade,
-                        plan_kv_placement, preferred_value_layout, reshape_and_cache, shared_prefix_blocks,
+                        plan_kv_placement, preferred_kv_layout, reshape_and_cache, shared_prefix_blocks,
                         split_kv_cache)
 from .comm import tiled_linear_allreduce
 from .mla import concat_and_cache_mla, mla_decode
@@ -21,6 +21,6 @@ __all__ = [
     "CascadePlan", "CollectiveTimeoutError", "DispatchResult", "PagedKV", "TileMask", "cascade_attention",
     "cascade_pays", "concat_and_cache_mla", "cooperative_attention", "plan_cascade", "shared_prefix_blocks", "describe", "offload_prefix", "plan_kv_placement",
     "ep_combine", "ep_dispatch", "ep_moe", "flash_attn_varlen", "merge_attn_states", "mla_decode", "moe_experts",
-    "moe_route", "paged_attention", "preferred_value_layout", "rebind", "selected_impl", "tiled_linear_allreduce",
+    "moe_route", "paged_attention", "preferred_kv_layout", "rebind", "selected_impl", "tiled_linear_allreduce",
     "reshape_and_cache", "split_kv_cache", "trusted_inputs", "use_impl",
 ]

@@ -53,18 +53,18 @@ def _flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_se
 
 
 def _paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
-                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k, kv_scales, sinks, value_layout):
+                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k, kv_scales, sinks, kv_layout):
     """-> lse [Hq, Tq] or None; writes out [Tq, Hq, Dv].
 
     kv_scales: None (caches in the dtype of q), or the :class:`~.attention.kv_quant.KVScales`
     of float8_e4m3fn / int8 caches (dequantise on load). sinks: as for flash_attn_varlen (a
-    split-KV implementation joins it once, when it combines the splits). value_layout: "rows"
-    or "pairs" (:mod:`.attention.value_layout`)."""
+    split-KV implementation joins it once, when it combines the splits). kv_layout: "rows",
+    "pairs" or "tiles" (:mod:`.attention.kv_layout`)."""
 
 
-def _reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales, value_layout):
+def _reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales, kv_layout):
     """Writes the caches in place (kv_scales: None, or how to quantise into fp8 / int8 caches;
-    value_layout: "rows" or "pairs")."""
+    kv_layout: "rows", "pairs" or "tiles")."""
 
 
 def _merge_attn_states(out_a, lse_a, out_b, lse_b):
@@ -151,11 +151,11 @@ SCHEMAS: dict[str, str] = {
         "Tensor cu_seqlens_q, SymInt max_seqlen_q, SymInt max_seqlen_k, float softmax_scale, int window_left, "
         "int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? k_scale=None, "
         "Tensor? v_scale=None, Tensor? k_offset=None, Tensor? v_offset=None, Tensor? sinks=None, "
-        "str value_layout=\"rows\") -> ()",
+        "str kv_layout=\"rows\") -> ()",
     "reshape_and_cache":
         "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
         "Tensor slot_mapping, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
-        "Tensor? v_offset=None, str value_layout=\"rows\") -> ()",
+        "Tensor? v_offset=None, str kv_layout=\"rows\") -> ()",
     "merge_attn_states":
         "merge_attn_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor, Tensor)",
     "mla_decode":
@@ -199,13 +199,13 @@ class Supports:
     fp8_cache: bool = True                     # an FP8 (e4m3) latent cache with kv_scale
     kv_quant: tuple[str, ...] = ("fp8", "int8")  # quantised paged KV caches (attention/kv_quant.py)
     sinks: bool = True                         # attention-sink logits (gpt-oss)
-    value_layouts: tuple[str, ...] = ("rows",)  # value-cache layouts read / written (attention/value_layout.py)
-    value_pairs_pay: Callable[[int], bool] | None = None
-    """Whether the "pairs" value layout is faster here for a value head dim (None: never):
-    what ``ops.preferred_value_layout`` asks of the implementations bound for a cache."""
+    kv_layouts: tuple[str, ...] = ("rows",)  # paged-cache layouts read / written (attention/kv_layout.py)
+    layout_pays: Callable[[str, int, int], bool] | None = None
+    """Whether a layout other than "rows" is faster here for head dims (D, Dv) (None: never):
+    what ``ops.preferred_kv_layout`` asks of the implementations bound for a cache."""
     note: str = ""
     everything: bool = field(init=False, default=False)
-    """True when nothing above is restricted (then :func:`require` returns at once; value
+    """True when nothing above is restricted (then :func:`require` returns at once; cache
     layouts other than "rows" are checked before that shortcut)."""
 
     def __post_init__(self):
@@ -215,14 +215,14 @@ class Supports:
 
 
 def require(impl, device_type: str, *, dtype=None, head_dim=None, softcap=0.0, mask=False, window=(-1, 0),
-            s_q=None, fp8_cache=False, kv_quant=None, sinks=False, value_layout="rows") -> None:
+            s_q=None, fp8_cache=False, kv_quant=None, sinks=False, kv_layout="rows") -> None:
     """Raise NotImplementedError when ``impl`` (a bound Impl) cannot serve the request."""
     sup = impl.supports
-    if sup.everything and value_layout == "rows":
+    if sup.everything and kv_layout == "rows":
         return
     missing = None
-    if value_layout not in sup.value_layouts:
-        missing = f"value_layout {value_layout!r} (supported: {list(sup.value_layouts)})"
+    if kv_layout not in sup.kv_layouts:
+        missing = f"kv_layout {kv_layout!r} (supported: {list(sup.kv_layouts)})"
     elif dtype is not None and dtype not in sup.dtypes:
         missing = f"dtype {str(dtype).replace('torch.', '')}"
     elif head_dim is not None and sup.head_dims is not None and head_dim not in sup.head_dims:

@@ -94,20 +94,20 @@ def _kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset):
 
 def _paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
                      softmax_scale, window_left, window_right, softcap, out, lse, k_scale=None, v_scale=None,
-                     k_offset=None, v_offset=None, sinks=None, value_layout="rows"):
+                     k_offset=None, v_offset=None, sinks=None, kv_layout="rows"):
     result = bound("paged_attention", q.device.type).fn(
         q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, softmax_scale=softmax_scale,
         window=(window_left, window_right), softcap=softcap, out=out, return_lse=lse is not None,
         max_seqlen_k=_opt(max_seqlen_k), kv_scales=_kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset),
-        sinks=sinks, value_layout=value_layout)
+        sinks=sinks, kv_layout=kv_layout)
     _copy_lse(lse, result)
 
 
 def _reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None, k_offset=None,
-                       v_offset=None, value_layout="rows"):
+                       v_offset=None, kv_layout="rows"):
     bound("reshape_and_cache", key.device.type).fn(
         key, value, k_cache, v_cache, slot_mapping,
-        kv_scales=_kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset), value_layout=value_layout)
+        kv_scales=_kv_scales(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset), kv_layout=kv_layout)
 
 
 def _merge_attn_states(out_a, lse_a, out_b, lse_b):

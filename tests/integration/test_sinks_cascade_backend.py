@@ -43,13 +43,16 @@ def _shared_prefix_batch(rng, seqs, prefix_blocks, dtype=torch.bfloat16):
 
 
 def _in_backend_layout(combined):
-    """Rewrite the values of a rows-layout combined cache in the value layout the backend picks
-    for it with the implementations bound now (it writes every cache it reads in that layout)."""
+    """Rewrite a rows-layout combined cache in the layout the backend picks for it with the
+    implementations bound now (it writes every cache it reads in that layout)."""
     from ascend_ext import ops
-    from ascend_ext.ops.attention.value_layout import to_pairs
+    from ascend_ext.ops.attention.kv_layout import to_pairs, to_tiles
 
-    _, v_cache = ops.split_kv_cache(combined, D)
-    if ops.preferred_value_layout(v_cache) == "pairs":
+    k_cache, v_cache = ops.split_kv_cache(combined, D)
+    layout = ops.preferred_kv_layout(k_cache, v_cache)
+    if layout == "tiles":
+        k_cache.copy_(to_tiles(k_cache.clone()))
+    if layout != "rows":
         v_cache.copy_(to_pairs(v_cache.clone()))
 
 

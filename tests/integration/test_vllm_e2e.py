@@ -7,7 +7,7 @@ import random
 import pytest
 
 from ascend_ext.integration import attention_backend_name
-from ascend_ext.backends.cpu.native import native_available, value_pairs_supported
+from ascend_ext.backends.cpu.native import key_tiles_in_place, native_available, value_pairs_supported
 
 from ..conftest import SEED
 from .compare import assert_same_tokens
@@ -64,14 +64,16 @@ def test_greedy_tokens_match_vllm_cpu_backend(spec, theirs, enforce_eager):
 @pytest.mark.skipif(native_available("cpu") is not None or not value_pairs_supported(64),
                     reason="the native kernels of this build do not read value pairs")
 def test_bf16_value_pairs_generate_what_rows_generate(spec):
-    """bfloat16 in vLLM's default mode: the backend keeps its caches in the "pairs" value layout
-    (written and read by the native kernels) and generates the very tokens of the "rows" layout
-    (same kernels, values interleaved per call instead): chunked prefill, prefix-cache hits and
-    decode all read the pairs. (Against vLLM's own bf16 CPU kernel tokens differ by rounding.)"""
+    """bfloat16 in vLLM's default mode: the backend keeps its caches in its own layout ("tiles"
+    on AMX hosts, else "pairs"; written and read by the native kernels) and generates the very
+    tokens of the "rows" layout (values interleaved per call instead): chunked prefill,
+    prefix-cache hits and decode all read it. (Against vLLM's own bf16 CPU kernel tokens differ
+    by rounding.)"""
     bf16 = dict(spec, llm=dict(spec["llm"], dtype="bfloat16"))
     pairs = run_vllm(bf16, disable_plugin=False)
-    rows = run_vllm(bf16, disable_plugin=False, extra_env={"ASCEND_EXT_VALUE_LAYOUT": "rows"})
-    assert "value_layout=pairs" in pairs["trace"] and "value_layout=rows" not in pairs["trace"], pairs["trace"]
-    assert "value_layout=rows" in rows["trace"], rows["trace"]
+    rows = run_vllm(bf16, disable_plugin=False, extra_env={"ASCEND_EXT_KV_LAYOUT": "rows"})
+    ours = "tiles" if key_tiles_in_place(64, 64) else "pairs"
+    assert f"kv_layout={ours}" in pairs["trace"] and "kv_layout=rows" not in pairs["trace"], pairs["trace"]
+    assert "kv_layout=rows" in rows["trace"], rows["trace"]
     assert pairs["compilation_mode"] != "NONE"
     assert [o["token_ids"] for o in pairs["outputs"]] == [o["token_ids"] for o in rows["outputs"]]

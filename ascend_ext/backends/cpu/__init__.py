@@ -10,17 +10,21 @@ from .._triton import register_triton
 NATIVE_OPS = ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "mla_decode", "concat_and_cache_mla")
 
 
-def _value_pairs_pay(head_dim_v: int) -> bool:
-    """The native kernels read bf16 value pairs in place (AVX512-BF16 builds, Dv % 32 == 0)."""
-    from .native import value_pairs_supported
+def _layout_pays(kv_layout: str, head_dim: int, head_dim_v: int) -> bool:
+    """The native kernels read bf16 value pairs in place (AVX512-BF16 builds, Dv % 32 == 0), and
+    a "tiles" cache in place where AMX runs (benchmarks/NOTES.md, "#19 key tiles")."""
+    from .native import key_tiles_in_place, value_pairs_supported
 
-    return value_pairs_supported(head_dim_v)
+    if kv_layout == "tiles":
+        return key_tiles_in_place(head_dim, head_dim_v)
+    return kv_layout == "pairs" and value_pairs_supported(head_dim_v)
 
 
-NATIVE_SUPPORTS = Supports(mask=False, value_layouts=("rows", "pairs"), value_pairs_pay=_value_pairs_pay,
+NATIVE_LAYOUTS = ("rows", "pairs", "tiles")
+NATIVE_SUPPORTS = Supports(mask=False, kv_layouts=NATIVE_LAYOUTS, layout_pays=_layout_pays,
                            note="the native kernels apply causal/window rules, not TileMask tiles")
-NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=("fp8", "int8"), value_layouts=("rows", "pairs"),
-                                 value_pairs_pay=_value_pairs_pay,
+NATIVE_PAGED_SUPPORTS = Supports(mask=False, kv_quant=("fp8", "int8"), kv_layouts=NATIVE_LAYOUTS,
+                                 layout_pays=_layout_pays,
                                  note="the native kernels apply causal/window rules, not TileMask tiles; fp8 / int8 "
                                       "caches are dequantised to float32 rows on load")
 

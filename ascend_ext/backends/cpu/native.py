@@ -83,15 +83,14 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None,
-                    value_layout="rows"):
-    pairs = value_layout == "pairs"
-    if pairs:
+                    kv_layout="rows"):
+    if kv_layout != "rows":
         _require_pairs(v_cache)
     lse = _lse_buffer(q, return_lse)
     _ops().paged_attention(
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
         softmax_scale, window[0], window[1], softcap, out, lse, _contiguous(sinks), *_channel_scales(kv_scales),
-        value_pairs=pairs)
+        value_pairs=kv_layout != "rows", key_tiles=kv_layout == "tiles")
     return lse
 
 
@@ -102,11 +101,19 @@ def value_pairs_supported(head_dim_v: int) -> bool:
     return native_available("cpu") is None and bool(_ops().value_pairs_supported(head_dim_v))
 
 
+def key_tiles_in_place(head_dim: int, head_dim_v: int) -> bool:
+    """Whether this build reads a bfloat16 cache in the "tiles" layout in place (the AMX kernel:
+    built, granted by Linux, ``ASCEND_EXT_NATIVE_AMX`` not 0 now) at these head
+    dims; elsewhere the kernels read it through staged rows (correct, not faster)."""
+    return value_pairs_supported(head_dim_v) and bool(_ops().key_tiles_in_place(head_dim, head_dim_v))
+
+
 def _require_pairs(v_cache: torch.Tensor) -> None:
     if not value_pairs_supported(v_cache.shape[3]):
-        raise NotImplementedError(f"the native CPU kernels of this build do not read value_layout 'pairs' at value "
+        raise NotImplementedError(f"the native CPU kernels of this build do not read value pairs (kv_layout "
+                                  f"'pairs' / 'tiles') at value "
                                   f"head dim {v_cache.shape[3]} (AVX512-BF16 and a multiple of 32 needed); use "
-                                  "value_layout 'rows'")
+                                  "kv_layout 'rows'")
 
 
 def _channel_scales(kv_scales) -> tuple:
@@ -129,13 +136,13 @@ def mla_decode(q, kv_cache, block_table, seq_lens, *, kv_lora_rank, softmax_scal
     return lse
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None, value_layout="rows"):
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None, kv_layout="rows"):
     if kv_scales is not None:   # quantising store: the reference's vectorised torch path
         return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, kv_scales=kv_scales)
     if key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.stride(-1) != 1 or value.stride(-1) != 1:
-        return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, value_layout=value_layout)
+        return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, kv_layout=kv_layout)
     _ops().reshape_and_cache(key, value, k_cache, v_cache, slot_mapping.contiguous(),
-                             value_pairs=value_layout == "pairs")
+                             value_pairs=kv_layout != "rows", key_tiles=kv_layout == "tiles")
 
 
 def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):

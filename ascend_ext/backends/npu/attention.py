@@ -124,9 +124,9 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None,
-                    value_layout="rows"):
-    if value_layout != "rows":
-        raise NotImplementedError(f"the 'npu' paged_attention reads value_layout 'rows' only, got {value_layout!r}")
+                    kv_layout="rows"):
+    if kv_layout != "rows":
+        raise NotImplementedError(f"the 'npu' paged_attention reads kv_layout 'rows' only, got {kv_layout!r}")
     if softcap:
         raise NotImplementedError("npu_fused_infer_attention_score has no logit softcap")
     if sinks is not None and kv_scales is not None:

@@ -284,13 +284,13 @@ def _quant_args(kv_scales, softcap, dummy) -> tuple[list, dict]:
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None,
-                    sinks=None, value_layout="rows", configs=None, config=None, num_splits=None):
+                    sinks=None, kv_layout="rows", configs=None, config=None, num_splits=None):
     """Triton implementation behind :func:`ascend_ext.ops.paged_attention` (validated args).
 
     ``configs``: the backend's tile-config module (``paged_config``); ``config`` / ``num_splits``
     override it (tests, benchmarks)."""
-    if value_layout != "rows":
-        raise NotImplementedError(f"the Triton paged_attention reads value_layout 'rows' only, got {value_layout!r}")
+    if kv_layout != "rows":
+        raise NotImplementedError(f"the Triton paged_attention reads kv_layout 'rows' only, got {kv_layout!r}")
     tq, hq, d = q.shape
     hkv, dv = k_cache.shape[2], v_cache.shape[3]
     group = hq // hkv

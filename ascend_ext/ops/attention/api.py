@@ -9,7 +9,7 @@ from .. import _validate as check
 from .._contract import require
 from .._dispatch import bound
 from .._library import compiling, mask_to_args
-from . import kv_quant, value_layout as layouts
+from . import kv_quant, kv_layout as layouts
 from .tile_mask import TileMask
 
 
@@ -82,7 +82,7 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale=None, causal=True, window_size=(-1, -1), return_lse=False,
                     softcap=0.0, out=None, max_seqlen_k=None, k_scale=None, v_scale=None, k_offset=None,
-                    v_offset=None, sinks=None, value_layout="rows"):
+                    v_offset=None, sinks=None, kv_layout="rows"):
     """Attention of new queries over a paged KV cache (decode and chunked prefill).
 
     Args:
@@ -100,9 +100,10 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         max_seqlen_q: upper bound of Lq_b. max_seqlen_k: optional upper bound of seq_lens.
         causal, window_size, softmax_scale, softcap, return_lse, out, sinks: as in
             :func:`flash_attn_varlen` (causal bottom-right, so decode sees the whole cache).
-        value_layout: how v_cache stores its blocks, "rows" (vLLM's) or "pairs" (key pairs
-            interleaved per dim, bfloat16: see :mod:`.value_layout`); as written by
-            :func:`reshape_and_cache` with the same value_layout.
+        kv_layout: how the caches store their blocks: "rows" (vLLM's), "pairs" (values as key
+            pairs interleaved per dim) or "tiles" (also keys as AMX tile operands); both need
+            bfloat16 (see :mod:`.kv_layout`). As written by :func:`reshape_and_cache` with the
+            same kv_layout.
 
     Returns:
         out [Tq, Hq, Dv], plus lse float32 [Hq, Tq] when ``return_lse``.
@@ -117,8 +118,9 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     sinks = check.sinks(sinks, q)
     if out is None or not fast:
         out = check.output("out", out, (q.shape[0], q.shape[1], v_cache.shape[3]), q)
-    if value_layout != "rows":
-        layouts.check(value_layout, v_cache)
+    if kv_layout != "rows":
+        layouts.check(kv_layout, k_cache, v_cache)
+        check.same_dtype("q", q, k_cache=k_cache)
     scales = None
     if k_cache.dtype != q.dtype or k_scale is not None or v_scale is not None or k_offset is not None \
             or v_offset is not None:
@@ -128,16 +130,16 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         lse = _lse_buffer(q, return_lse)
         torch.ops.ascend_ext.paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                                              -1 if max_seqlen_k is None else max_seqlen_k, scale, window[0],
-                                             window[1], softcap, out, lse, sinks=sinks, value_layout=value_layout,
+                                             window[1], softcap, out, lse, sinks=sinks, kv_layout=kv_layout,
                                              **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
         impl = bound("paged_attention", q.device.type)
         require(impl, q.device.type, dtype=q.dtype, head_dim=q.shape[2], softcap=softcap, window=window,
-                kv_quant=scales and scales.kind, sinks=sinks is not None, value_layout=value_layout)
+                kv_quant=scales and scales.kind, sinks=sinks is not None, kv_layout=kv_layout)
         lse = impl.fn(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q,
                       softmax_scale=scale, window=window, softcap=softcap, out=out,
                       return_lse=return_lse, max_seqlen_k=max_seqlen_k, kv_scales=scales, sinks=sinks,
-                      value_layout=value_layout)
+                      kv_layout=kv_layout)
     return (out, lse) if return_lse else out
 
 
@@ -187,7 +189,7 @@ def _check_paged(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_s
 
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=None, v_scale=None, k_offset=None,
-                      v_offset=None, value_layout="rows") -> None:
+                      v_offset=None, kv_layout="rows") -> None:
     """Write new tokens into the paged cache in place.
 
     key [T, Hkv, D], value [T, Hkv, Dv]; caches [num_blocks, block_size, Hkv, D/Dv];
@@ -195,8 +197,8 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=Non
     ``slot // block_size``, offset ``slot % block_size``; slot < 0 is skipped (padding).
     Tokens past N are ignored (vLLM pads the token dim). Values are cast to the cache dtype;
     float8_e4m3fn / int8 caches are quantised with ``k_scale`` / ``v_scale`` (and int8's
-    optional offsets) as :mod:`.kv_quant` defines. ``value_layout="pairs"`` stores values as
-    :mod:`.value_layout` defines (bfloat16 caches; read back with the same value_layout).
+    optional offsets) as :mod:`.kv_quant` defines. ``kv_layout="pairs"`` / ``"tiles"`` store
+    the blocks as :mod:`.kv_layout` defines (bfloat16 caches; read back with the same kv_layout).
     """
     cache_dtypes = check.FLOAT_DTYPES + tuple(kv_quant.KINDS)
     check.tensor("key", key, ndim=3, dtypes=check.FLOAT_DTYPES)
@@ -213,15 +215,15 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, k_scale=Non
     check.slots(slot_mapping, key.shape[0], k_cache.shape[0] * k_cache.shape[1])
     scales = kv_quant.normalize(k_cache, v_cache, k_scale, v_scale, k_offset, v_offset,
                                 check_values=check.value_checks_enabled())
-    if value_layout != "rows":
-        layouts.check(value_layout, v_cache)
+    if kv_layout != "rows":
+        layouts.check(kv_layout, k_cache, v_cache)
     if compiling():
-        torch.ops.ascend_ext.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, value_layout=value_layout,
+        torch.ops.ascend_ext.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, kv_layout=kv_layout,
                                                **kv_quant.schema_args(scales, k_scale, v_scale, k_offset, v_offset))
     else:
         impl = bound("reshape_and_cache", key.device.type)
-        require(impl, key.device.type, value_layout=value_layout)
-        impl.fn(key, value, k_cache, v_cache, slot_mapping, kv_scales=scales, value_layout=value_layout)
+        require(impl, key.device.type, kv_layout=kv_layout)
+        impl.fn(key, value, k_cache, v_cache, slot_mapping, kv_scales=scales, kv_layout=kv_layout)
 
 
 def merge_attn_states(out_a, lse_a, out_b, lse_b):

@@ -80,18 +80,18 @@ def plan_cascade(block_table: torch.Tensor, seq_lens: torch.Tensor, cu_seqlens_q
 
 
 def cascade_attention(q, k_cache, v_cache, plan: CascadePlan, cu_seqlens_q, max_seqlen_q, *, softmax_scale=None,
-                      softcap=0.0, out=None, max_seqlen_k=None, sinks=None, value_layout="rows", **kv_scales):
+                      softcap=0.0, out=None, max_seqlen_k=None, sinks=None, kv_layout="rows", **kv_scales):
     """Causal attention of each sequence's queries over its cached context, computed as a
     shared-prefix pass plus a suffix pass merged by lse (see the module docstring).
 
     Args: as :func:`paged_attention` (causal, no sliding window), with ``plan`` from
     :func:`plan_cascade` in place of the block table and seq_lens; ``max_seqlen_k`` bounds
     the sequences' full lengths; ``kv_scales``: k_scale / v_scale / k_offset / v_offset of a
-    quantised cache; ``value_layout``: of v_cache, as in :func:`paged_attention`. Returns out [Tq, Hq, Dv].
+    quantised cache; ``kv_layout``: of the caches, as in :func:`paged_attention`. Returns out [Tq, Hq, Dv].
     """
     if plan.num_tokens != q.shape[0]:
         raise ValueError(f"the plan is for {plan.num_tokens} query tokens, q has {q.shape[0]}")
-    common = dict(softmax_scale=softmax_scale, softcap=softcap, return_lse=True, value_layout=value_layout, **kv_scales)
+    common = dict(softmax_scale=softmax_scale, softcap=softcap, return_lse=True, kv_layout=kv_layout, **kv_scales)
     prefix_out, prefix_lse = paged_attention(q, k_cache, v_cache, plan.prefix_table, plan.prefix_seq_lens,
                                              plan.prefix_cu, q.shape[0], causal=False,
                                              max_seqlen_k=plan.prefix_len, **common)

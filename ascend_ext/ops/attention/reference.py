@@ -12,7 +12,7 @@ import torch
 
 from .kv_quant import dequantize, quantize
 from .mask_rules import visible_mask
-from .value_layout import from_pairs, to_pairs
+from .kv_layout import from_pairs, from_tiles, to_pairs, to_tiles, values_as_pairs
 
 # bound on the float32 score block materialised at once (elements)
 _SCORE_BUDGET = 1 << 24
@@ -92,18 +92,18 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     return lse
 
 
-def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int, pairs: bool = False) -> torch.Tensor:
+def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int, as_rows=None) -> torch.Tensor:
     """The first ``length`` tokens of a sequence whose blocks are ``blocks`` -> [length, H, D]
-    (``pairs``: a value cache in the "pairs" layout, returned as rows)."""
+    (``as_rows``: the blocks' conversion to the "rows" layout, e.g. ``from_pairs``)."""
     block_size = cache.shape[1]
     n = -(-length // block_size)
     gathered = cache[blocks[:n].long()]
-    return (from_pairs(gathered) if pairs else gathered).flatten(0, 1)[:length]
+    return (gathered if as_rows is None else as_rows(gathered)).flatten(0, 1)[:length]
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None,
-                    value_layout="rows"):
+                    kv_layout="rows"):
     lse = _lse_buffer(q, return_lse, sinks)
     cq = cu_seqlens_q.tolist()
     lens = seq_lens.tolist()
@@ -111,8 +111,8 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         q0, q1 = cq[b], cq[b + 1]
         if q1 == q0:
             continue
-        k = gather_paged(k_cache, block_table[b], length)
-        v = gather_paged(v_cache, block_table[b], length, pairs=value_layout == "pairs")
+        k = gather_paged(k_cache, block_table[b], length, from_tiles if kv_layout == "tiles" else None)
+        v = gather_paged(v_cache, block_table[b], length, from_pairs if values_as_pairs(kv_layout) else None)
         if kv_scales is not None:
             k = dequantize(k, kv_scales.k_scale, kv_scales.k_offset)
             v = dequantize(v, kv_scales.v_scale, kv_scales.v_offset)
@@ -124,7 +124,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
     return lse
 
 
-def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None, value_layout="rows"):
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=None, kv_layout="rows"):
     n = slot_mapping.shape[0]
     slots = slot_mapping.long()
     keep = slots >= 0
@@ -132,12 +132,17 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=N
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
     key, value = key[:n][keep], value[:n][keep]
-    if kv_scales is None and value_layout == "pairs":   # the touched blocks as rows, written, re-paired
-        k_cache[blocks, offsets] = key.to(k_cache.dtype)
+    if kv_scales is None and kv_layout != "rows":   # the touched blocks as rows, written, converted back
         touched, local = torch.unique(blocks, return_inverse=True)
-        rows = from_pairs(v_cache[touched])
-        rows[local, offsets] = value.to(v_cache.dtype)
-        v_cache[touched] = to_pairs(rows)
+        key_layout = (from_tiles, to_tiles) if kv_layout == "tiles" else None
+        for cache, new, layout in ((k_cache, key, key_layout), (v_cache, value, (from_pairs, to_pairs))):
+            if layout is None:
+                cache[blocks, offsets] = new.to(cache.dtype)
+                continue
+            as_rows, from_rows = layout
+            rows = as_rows(cache[touched])
+            rows[local, offsets] = new.to(cache.dtype)
+            cache[touched] = from_rows(rows)
     elif kv_scales is None:
         k_cache[blocks, offsets] = key.to(k_cache.dtype)
         v_cache[blocks, offsets] = value.to(v_cache.dtype)

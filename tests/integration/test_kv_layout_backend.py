@@ -1,19 +1,19 @@
-"""The attention backend keeps a bfloat16 cache in the value layout the bound implementations
-read fastest, in process (no engine): "pairs" where the native CPU kernels write and read
-it, "rows" otherwise or with ASCEND_EXT_VALUE_LAYOUT=rows; every step's write and read use
-the layer's one layout."""
+"""The attention backend keeps a bfloat16 cache in the layout the bound implementations read
+fastest, in process (no engine): "tiles" where the native CPU kernels run on AMX, "pairs" where
+they have AVX512-BF16 (or with ASCEND_EXT_KV_LAYOUT=pairs), "rows" otherwise or with
+ASCEND_EXT_KV_LAYOUT=rows; every step's write and read use the layer's one layout."""
 
 import pytest
 import torch
 
-from ascend_ext.backends.cpu.native import native_available, value_pairs_supported
+from ascend_ext.backends.cpu.native import key_tiles_in_place, native_available, value_pairs_supported
 
 from ..ops.naive import assert_close, paged_f64
 from .vllm_runner import needs_vllm
 
 pytestmark = needs_vllm
 
-HQ, HKV, D, BS, NB = 8, 2, 64, 16, 6
+HQ, HKV, D, BS, NB = 8, 2, 64, 32, 6
 
 
 def _metadata(cached: int, new: int):
@@ -54,30 +54,37 @@ def _run(impls: dict, rng):
             ref, _ = paged_f64(query, [keys[:cached + new]], [values[:cached + new]], [(cached + new, new)],
                                D ** -0.5)
             results.append((out, ref))
-    return impl._layout["value_layout"], kv_cache, keys, values, results
+    return impl._layout["kv_layout"], kv_cache, keys, values, results
 
 
 @pytest.mark.skipif(native_available("cpu") is not None or not value_pairs_supported(D),
                     reason="the native kernels of this build do not read value pairs")
-@pytest.mark.parametrize("env", [None, "rows"])
-def test_native_backend_keeps_bf16_values_in_pairs(env, rng, monkeypatch):
-    from ascend_ext.ops.attention.value_layout import from_pairs
+@pytest.mark.parametrize("env", [None, "pairs", "rows"])
+@pytest.mark.parametrize("amx", ["1", "0"])
+def test_native_backend_keeps_bf16_caches_in_its_layout(env, amx, rng, monkeypatch):
+    from ascend_ext.ops.attention.kv_layout import from_pairs, from_tiles
 
+    monkeypatch.setenv("ASCEND_EXT_NATIVE_AMX", amx)
     if env is not None:
-        monkeypatch.setenv("ASCEND_EXT_VALUE_LAYOUT", env)
+        monkeypatch.setenv("ASCEND_EXT_KV_LAYOUT", env)
     layout, kv_cache, keys, values, results = _run({"attention": "native"}, rng)
-    assert layout == (env or "pairs")
+    in_place = key_tiles_in_place(D, D)   # AMX built, granted and not switched off
+    assert layout == (env or ("tiles" if in_place else "pairs"))
+    assert not in_place or amx == "1"
     for out, ref in results:
         assert_close(out, ref, torch.bfloat16)
-    v_blocks = kv_cache[..., D:].transpose(1, 2)[torch.tensor([4, 1])]   # keys 0-29: [2, BS, HKV, D]
-    stored = from_pairs(v_blocks) if layout == "pairs" else v_blocks
-    assert torch.equal(stored.flatten(0, 1)[:30], values)
+    blocks = torch.tensor([4])   # keys 0-29: [1, BS, HKV, D]
+    k_blocks, v_blocks = (kv_cache[..., part].transpose(1, 2)[blocks] for part in (slice(0, D), slice(D, None)))
+    k_stored = from_tiles(k_blocks) if layout == "tiles" else k_blocks
+    v_stored = from_pairs(v_blocks) if layout != "rows" else v_blocks
+    assert torch.equal(k_stored.flatten(0, 1)[:30], keys)
+    assert torch.equal(v_stored.flatten(0, 1)[:30], values)
 
 
 @pytest.mark.parametrize("impls", [{"attention": "reference"}, {"paged_attention": "triton"}],
                          ids=["reference", "triton"])
 def test_other_implementations_keep_rows(impls, rng):
-    """The reference reads pairs too but gains nothing from them; Triton reads rows only."""
+    """The reference reads pairs and tiles too but gains nothing from them; Triton reads rows only."""
     layout, _, _, _, results = _run(impls, rng)
     assert layout == "rows"
     for out, ref in results:
@@ -87,7 +94,7 @@ def test_other_implementations_keep_rows(impls, rng):
 def test_bad_layout_env(monkeypatch):
     from ascend_ext import ops
 
-    monkeypatch.setenv("ASCEND_EXT_VALUE_LAYOUT", "columns")
+    monkeypatch.setenv("ASCEND_EXT_KV_LAYOUT", "columns")
     k_cache, v_cache = ops.split_kv_cache(_vllm_cpu_cache(), D)
-    with pytest.raises(ValueError, match="ASCEND_EXT_VALUE_LAYOUT must be 'auto' or 'rows'"):
-        ops.preferred_value_layout(v_cache)
+    with pytest.raises(ValueError, match="ASCEND_EXT_KV_LAYOUT must be one of"):
+        ops.preferred_kv_layout(k_cache, v_cache)

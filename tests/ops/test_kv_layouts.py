@@ -1,6 +1,7 @@
-"""value_layout "pairs" (ops/attention/value_layout.py): the cache writers against the layout
-spelled out element by element, the readers (native CPU kernels: row kernels, AVX-512 tiles,
-AMX tiles; the reference) against the float64 reference, compilation, and the refusals."""
+"""kv_layout "pairs" and "tiles" (ops/attention/kv_layout.py): the cache writers against the
+layouts spelled out element by element, the readers (native CPU kernels: row kernels, AVX-512
+tiles, AMX tiles, the AMX kernel over "tiles" caches and the staged rows of "tiles" caches
+elsewhere; the reference) against the float64 reference, compilation, and the refusals."""
 
 import itertools
 
@@ -65,7 +66,7 @@ def fill(keys, values, block_size, rng, impl, layout="pairs", memory="head_major
         for part in (slice(0, half), slice(half, None)):
             padded = torch.cat([slot[part], torch.tensor([-1])])
             pad_kv = lambda x: torch.cat([x[part], x[:1]])   # noqa: E731 - the padding token's row
-            ops.reshape_and_cache(pad_kv(key), pad_kv(value), k_cache, v_cache, padded, value_layout=layout)
+            ops.reshape_and_cache(pad_kv(key), pad_kv(value), k_cache, v_cache, padded, kv_layout=layout)
     return k_cache, v_cache, table, torch.tensor([k.shape[0] for k in keys], dtype=torch.int32)
 
 
@@ -93,12 +94,42 @@ def test_writer_stores_the_documented_layout(impl, block_size, memory, rng):
     assert int((~v_cache.isnan()).sum()) == written * hkv * d
 
 
-def test_layout_helpers_invert_each_other(rng):
-    from ascend_ext.ops.attention.value_layout import from_pairs, to_pairs
+@pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=NATIVE)])
+@pytest.mark.parametrize("block_size", [32, 64])
+@pytest.mark.parametrize("memory", ["head_major", "token_major", "combined"])
+def test_tiles_writer_stores_the_documented_layout(impl, block_size, memory, rng):
+    """"tiles": key g of the 16-key group at slot o - o % 16 (g = o % 16) has its word
+    (dim pair) 16 r + j in word 16 r + g of the group's slot j; values as in "pairs"; slots of
+    keys never written keep NaN words in every slot of their group."""
+    hkv, d = 2, 64
+    keys = [randn((n, hkv, d), torch.bfloat16, rng) for n in (5, 40)]
+    values = [randn((n, hkv, d), torch.bfloat16, rng) for n in (5, 40)]
+    k_cache, v_cache, table, _ = fill(keys, values, block_size, rng, impl, layout="tiles", memory=memory)
+    written = 0
+    for b, (k, v) in enumerate(zip(keys, values)):
+        for j in range(k.shape[0]):
+            blk, off = int(table[b, j // block_size]), j % block_size
+            group, g = off - off % 16, off % 16
+            for h, w in itertools.product(range(hkv), range(d // 2)):
+                slot, word = group + w % 16, 16 * (w // 16) + g
+                assert torch.equal(k_cache[blk, slot, h, 2 * word:2 * word + 2], k[j, h, 2 * w:2 * w + 2]), (b, j, h, w)
+            pair, t = off - off % 2, off % 2
+            for h, c in itertools.product(range(hkv), range(d)):
+                flat = 2 * c + t
+                assert v_cache[blk, pair + flat // d, h, flat % d] == v[j, h, c], (b, j, h, c)
+            written += 1
+    assert int((~k_cache.isnan()).sum()) == written * hkv * d
+    assert int((~v_cache.isnan()).sum()) == written * hkv * d
 
-    rows = randn((3, 8, 2, 64), torch.bfloat16, rng)
+
+def test_layout_helpers_invert_each_other(rng):
+    from ascend_ext.ops.attention.kv_layout import from_pairs, from_tiles, to_pairs, to_tiles
+
+    rows = randn((3, 32, 2, 64), torch.bfloat16, rng)
     assert torch.equal(from_pairs(to_pairs(rows)), rows)
     assert not torch.equal(to_pairs(rows), rows)
+    assert torch.equal(from_tiles(to_tiles(rows)), rows)
+    assert not torch.equal(to_tiles(rows), rows)
 
 
 CASES = {   # (keys, new queries) per sequence: odd lengths, a 1-key and an empty sequence, chunks
@@ -107,28 +138,37 @@ CASES = {   # (keys, new queries) per sequence: odd lengths, a 1-key and an empt
 }
 
 
+BLOCKS = {   # block sizes and cache memory per layout ("tiles": multiples of 32)
+    "pairs": [(16, "head_major"), (32, "combined"), (128, "combined"), (16, "token_major")],
+    "tiles": [(32, "head_major"), (32, "combined"), (128, "combined"), (64, "token_major")],
+}
+
+
 @NATIVE
 @pytest.mark.parametrize("amx", _amx_modes())
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2), (12, 2)])
-@pytest.mark.parametrize("block_size,memory", [(16, "head_major"), (32, "combined"), (128, "combined"),
-                                               (16, "token_major")])
+@pytest.mark.parametrize("layout,block_size,memory", [(lay, *b) for lay in BLOCKS for b in BLOCKS[lay]])
 @pytest.mark.parametrize("window", [(-1, -1), (37, 0)])
-def test_native_pairs_match_float64(amx, case, hq, hkv, block_size, memory, window, monkeypatch, rng):
-    """Decode (one row per KV head: row kernels; GQA 4 / 6: AMX decode form or four-row kernels)
-    and chunks (tiles) over a pairs cache: NaN in every unwritten slot (odd tails leave half a
-    pair NaN), permuted block tables, windows starting on odd keys, the cache memory layouts."""
+@pytest.mark.parametrize("dim", [128, 32])
+def test_native_layouts_match_float64(amx, case, hq, hkv, layout, block_size, memory, window, dim, monkeypatch, rng):
+    """Decode (one row per KV head: row kernels; GQA 4 / 6: AMX decode form or four-row kernels;
+    "tiles": the AMX tiled kernel for every row count, staged rows without AMX) and chunks over
+    a pairs / tiles cache: NaN in every unwritten slot (odd tails leave half a pair NaN, a
+    partial 16-key group NaN words in all its slots), permuted block tables, windows starting
+    on odd keys, the cache memory layouts, head dims 128 and 32 (value pairs: one 16-dim chunk
+    per half)."""
     monkeypatch.setenv("ASCEND_EXT_NATIVE_AMX", amx)
     seqs = CASES[case]
-    keys = [randn((n, hkv, 128), torch.bfloat16, rng) for n, _ in seqs]
-    values = [randn((n, hkv, 128), torch.bfloat16, rng) for n, _ in seqs]
-    k_cache, v_cache, table, lens = fill(keys, values, block_size, rng, "native", memory=memory)
+    keys = [randn((n, hkv, dim), torch.bfloat16, rng) for n, _ in seqs]
+    values = [randn((n, hkv, dim), torch.bfloat16, rng) for n, _ in seqs]
+    k_cache, v_cache, table, lens = fill(keys, values, block_size, rng, "native", layout=layout, memory=memory)
     q_lens = [lq for _, lq in seqs]
-    q = randn((sum(q_lens), hq, 128), torch.bfloat16, rng)
+    q = randn((sum(q_lens), hq, dim), torch.bfloat16, rng)
     with ops.use_impl(attention="native"):
         got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu(q_lens), max(q_lens),
-                                       window_size=window, return_lse=True, value_layout="pairs")
-    ref, ref_lse = paged_f64(q, keys, values, seqs, 128 ** -0.5, True, window)
+                                       window_size=window, return_lse=True, kv_layout=layout)
+    ref, ref_lse = paged_f64(q, keys, values, seqs, dim ** -0.5, True, window)
     assert_close(got, ref, torch.bfloat16)
     assert_lse_close(lse, ref_lse, torch.bfloat16)
 
@@ -137,7 +177,8 @@ def test_native_pairs_match_float64(amx, case, hq, hkv, block_size, memory, wind
 @pytest.mark.parametrize("amx", _amx_modes())
 @pytest.mark.parametrize("num_threads", [1, 3])
 @pytest.mark.parametrize("streaming", [False, True])
-def test_native_pairs_kv_splits_sinks_softcap(amx, num_threads, streaming, monkeypatch, rng):
+@pytest.mark.parametrize("layout", ["pairs", "tiles"])
+def test_native_layouts_kv_splits_sinks_softcap(amx, num_threads, streaming, layout, monkeypatch, rng):
     """Few work items over long contexts (KV splits, cut on whole 32-key steps), the streaming
     path with its prefetches, sinks, and softcap (row kernels only)."""
     monkeypatch.setenv("ASCEND_EXT_NATIVE_AMX", amx)
@@ -149,13 +190,14 @@ def test_native_pairs_kv_splits_sinks_softcap(amx, num_threads, streaming, monke
         seqs, hq, hkv = [(3001, 1), (1537, 2)], 8, 2
         keys = [randn((n, hkv, 64), torch.bfloat16, rng) for n, _ in seqs]
         values = [randn((n, hkv, 64), torch.bfloat16, rng) for n, _ in seqs]
-        k_cache, v_cache, table, lens = fill(keys, values, 16, rng, "native", memory="combined")
+        k_cache, v_cache, table, lens = fill(keys, values, 16 if layout == "pairs" else 32, rng, "native",
+                                             layout=layout, memory="combined")
         q = randn((3, hq, 64), torch.bfloat16, rng)
         sinks = torch.randn(hq, generator=rng)
         for softcap, window in ((0.0, (-1, -1)), (0.0, (701, 0)), (5.0, (-1, -1))):
             with ops.use_impl(attention="native"):
                 got, lse = ops.paged_attention(q, k_cache, v_cache, table, lens, cu([1, 2]), 2, window_size=window,
-                                               softcap=softcap, sinks=sinks, return_lse=True, value_layout="pairs")
+                                               softcap=softcap, sinks=sinks, return_lse=True, kv_layout=layout)
             ref, ref_lse = paged_f64(q, keys, values, seqs, 64 ** -0.5, True, window, softcap=softcap, sinks=sinks)
             assert_close(got, ref, torch.bfloat16)
             assert_lse_close(lse, ref_lse, torch.bfloat16)
@@ -163,37 +205,40 @@ def test_native_pairs_kv_splits_sinks_softcap(amx, num_threads, streaming, monke
         torch.set_num_threads(before)
 
 
-def test_reference_reads_pairs(rng):
+@pytest.mark.parametrize("layout", ["pairs", "tiles"])
+def test_reference_reads_layouts(layout, rng):
     seqs = [(77, 3), (5, 1)]
     keys = [randn((n, 2, 32), torch.bfloat16, rng) for n, _ in seqs]
     values = [randn((n, 2, 32), torch.bfloat16, rng) for n, _ in seqs]
-    k_cache, v_cache, table, lens = fill(keys, values, 16, rng, "reference")
+    k_cache, v_cache, table, lens = fill(keys, values, 32, rng, "reference", layout=layout)
     q = randn((4, 4, 32), torch.bfloat16, rng)
     with ops.use_impl(attention="reference"):
-        got = ops.paged_attention(q, k_cache, v_cache, table, lens, cu([3, 1]), 3, value_layout="pairs")
+        got = ops.paged_attention(q, k_cache, v_cache, table, lens, cu([3, 1]), 3, kv_layout=layout)
     assert_close(got, paged_f64(q, keys, values, seqs, 32 ** -0.5)[0], torch.bfloat16)
 
 
 @pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=NATIVE)])
-def test_pairs_ops_compile_fullgraph(impl, rng):
-    """Under torch.compile the write and the read are the custom ops with value_layout in
+@pytest.mark.parametrize("layout", ["pairs", "tiles"])
+def test_layout_ops_compile_fullgraph(impl, layout, rng):
+    """Under torch.compile the write and the read are the custom ops with kv_layout in
     their schema, and match eager."""
     hkv, d = 2, 64
     key, value = randn((20, hkv, d), torch.bfloat16, rng), randn((20, hkv, d), torch.bfloat16, rng)
     q = randn((2, 4, d), torch.bfloat16, rng)
     table = torch.tensor([[2, 0], [1, 3]], dtype=torch.int32)
     lens = torch.tensor([9, 11], dtype=torch.int32)
-    slots = torch.cat([torch.arange(32, 41), torch.arange(16, 27)])
+    block = 32
+    slots = torch.cat([torch.arange(2 * block, 2 * block + 9), torch.arange(block, block + 11)])
 
     def step(key, value, k_cache, v_cache):
-        ops.reshape_and_cache(key, value, k_cache, v_cache, slots, value_layout="pairs")
-        return ops.paged_attention(q, k_cache, v_cache, table, lens, cu([1, 1]), 1, value_layout="pairs")
+        ops.reshape_and_cache(key, value, k_cache, v_cache, slots, kv_layout=layout)
+        return ops.paged_attention(q, k_cache, v_cache, table, lens, cu([1, 1]), 1, kv_layout=layout)
 
     with ops.use_impl(attention=impl):
-        caches = (head_major(4, 16, hkv, d), head_major(4, 16, hkv, d))
+        caches = (head_major(4, block, hkv, d), head_major(4, block, hkv, d))
         expected = step(key, value, *caches)
         torch._dynamo.reset()
-        got_caches = (head_major(4, 16, hkv, d), head_major(4, 16, hkv, d))
+        got_caches = (head_major(4, block, hkv, d), head_major(4, block, hkv, d))
         got = torch.compile(step, fullgraph=True, backend="aot_eager")(key, value, *got_caches)
     torch.testing.assert_close(got, expected)
     for e, g in zip(caches, got_caches):
@@ -208,26 +253,34 @@ def test_pairs_bad_input(rng):
 
     def call(v_cache, layout="pairs", k_cache=None, query=q):
         return ops.paged_attention(query, good if k_cache is None else k_cache, v_cache, table, lens, cu([1]), 1,
-                                   value_layout=layout)
+                                   kv_layout=layout)
 
-    with pytest.raises(ValueError, match="value_layout must be one of"):
+    with pytest.raises(ValueError, match="kv_layout must be one of"):
         call(good, "columns")
-    with pytest.raises(TypeError, match="value_layout 'pairs' needs a bfloat16 v_cache"):
+    with pytest.raises(TypeError, match="kv_layout 'pairs' needs bfloat16 caches, k_cache is torch.float32"):
         f32 = head_major(2, 16, 2, 32).float()
         call(f32, k_cache=f32, query=q.float())
     with pytest.raises(ValueError, match="even block size"):
         call(head_major(2, 15, 2, 32), k_cache=head_major(2, 15, 2, 32))
-    with pytest.raises(ValueError, match="value_layout must be one of"):
-        ops.reshape_and_cache(q[:, :2], q[:, :2], good, good, torch.zeros(1, dtype=torch.int64), value_layout="")
+    with pytest.raises(ValueError, match="kv_layout 'tiles' needs block size and head dims that are multiples of 32"):
+        call(good, "tiles")   # block size 16
+    with pytest.raises(ValueError, match="multiples of 32"):
+        wide = head_major(2, 32, 2, 48)
+        call(wide, "tiles", k_cache=wide, query=randn((1, 4, 48), torch.bfloat16, rng))
+    with pytest.raises(TypeError, match="q"):
+        call(head_major(2, 32, 2, 32), "tiles", k_cache=head_major(2, 32, 2, 32), query=q.float())
+    with pytest.raises(ValueError, match="kv_layout must be one of"):
+        ops.reshape_and_cache(q[:, :2], q[:, :2], good, good, torch.zeros(1, dtype=torch.int64), kv_layout="")
 
 
-def test_triton_refuses_pairs(rng):
+@pytest.mark.parametrize("layout", ["pairs", "tiles"])
+def test_triton_refuses_layouts(layout, rng):
     """Implementations without the layout refuse it by name instead of reading rows."""
     q = randn((1, 4, 32), torch.bfloat16, rng)
-    cache = head_major(2, 16, 2, 32)
-    with ops.use_impl(paged_attention="triton"), pytest.raises(NotImplementedError, match="value_layout 'pairs'"):
+    cache = head_major(2, 32, 2, 32)
+    with ops.use_impl(paged_attention="triton"), pytest.raises(NotImplementedError, match=f"kv_layout '{layout}'"):
         ops.paged_attention(q, cache, cache, torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
-                            cu([1]), 1, value_layout="pairs")
+                            cu([1]), 1, kv_layout=layout)
 
 
 @NATIVE
@@ -247,3 +300,15 @@ def test_raw_op_checks_pairs():
         f32 = torch.zeros(2, 16, 2, 32)
         torch.ops.ascend_ext_native.paged_attention(q.float(), f32, f32, table, lens, cu([1]), 0.1, -1, 0, 0.0,
                                                     out.float(), None, value_pairs=True)
+    block16 = torch.zeros(2, 16, 2, 32, dtype=torch.bfloat16)
+    block32 = torch.zeros(2, 32, 2, 32, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="multiples of 32"):
+        torch.ops.ascend_ext_native.paged_attention(q, block16, block16, table, lens, cu([1]), 0.1, -1, 0, 0.0,
+                                                    out, None, value_pairs=True, key_tiles=True)
+    for op_call in (lambda: torch.ops.ascend_ext_native.paged_attention(q, block32, block32, table, lens, cu([1]), 0.1,
+                                                                        -1, 0, 0.0, out, None, key_tiles=True),
+                    lambda: torch.ops.ascend_ext_native.reshape_and_cache(q[:, :2], q[:, :2], block32, block32,
+                                                                          torch.zeros(1, dtype=torch.int64),
+                                                                          key_tiles=True)):
+        with pytest.raises(RuntimeError, match="pass value_pairs=True"):
+            op_call()
