@@ -4,9 +4,10 @@ One run, same process, same inputs: a Llama-3-8B-like layer (32 query heads, 8 K
 heads, head dim 128, KV block 128) in the paged cache of each implementation (ours
 filled by ``ops.reshape_and_cache``, vLLM's by ``cpu_attn_reshape_and_cache``, its
 packed layout). Ours is vLLM's combined CPU cache (head-major slots holding K then V, split by
-``ops.split_kv_cache``) in the value layout our vLLM backend picks (``ops.preferred_kv_layout``:
-"pairs" where the native kernels read it); with "pairs" the same data in the "rows" layout runs
-beside it (``native_rows_ms``, ``rows_over_pairs``: > 1 = the pairs layout is faster). Cases:
+``ops.split_kv_cache``) in the cache layout our vLLM backend picks (``ops.preferred_kv_layout``:
+"tiles" where the native kernels run on AMX, "pairs" with AVX512-BF16); the same data in the
+simpler layouts runs beside it (``native_rows_ms`` / ``native_pairs_ms``, ``rows_over_ours`` /
+``pairs_over_ours``: > 1 = the chosen layout is faster). Cases:
 
 * decode: batch 1-64 x context 512-16k, one new token per sequence (``--quick``: six cases from
   cache-resident 2 MiB to 256 MiB), the sides alternated over ``--rounds`` rounds (median);
@@ -95,12 +96,13 @@ class Case:
             return ops.split_kv_cache(torch.zeros(num_blocks, HKV, BLOCK, 2 * HEAD_DIM, dtype=dtype), HEAD_DIM)
 
         self.k_cache, self.v_cache = combined()
-        self.layout = {"kv_layout": ops.preferred_kv_layout(self.v_cache)}   # as our vLLM backend decides
+        chosen = ops.preferred_kv_layout(self.k_cache, self.v_cache)   # as our vLLM backend decides
+        self.layout = {"kv_layout": chosen}
         ops.reshape_and_cache(key, value, self.k_cache, self.v_cache, slots.int(), **self.layout)
-        self.rows_caches = None
-        if self.layout["kv_layout"] != "rows":   # the same data in the rows layout, for the A/B
-            self.rows_caches = combined()
-            ops.reshape_and_cache(key, value, *self.rows_caches, slots.int())
+        self.alt_caches = {}   # the same data in the simpler layouts, for the A/B
+        for layout in ("rows", "pairs")[:("rows", "pairs", "tiles").index(chosen)]:
+            self.alt_caches[layout] = combined()
+            ops.reshape_and_cache(key, value, *self.alt_caches[layout], slots.int(), kv_layout=layout)
         self.scales = {}
         self.float_caches = (self.k_cache, self.v_cache)
         if kv_quant is not None:   # per-KV-head scales from the absmax; the float caches stay for comparison
@@ -130,10 +132,11 @@ class Case:
 
     def ours(self, impl: str, cache: str = "main"):
         """cache: "main" (quantised when --kv-cache-dtype), "float" (the float cache of the same
-        data, in the backend's value layout) or "rows" (the float cache in the rows layout)."""
+        data, in the backend's layout) or "rows" / "pairs" (the float cache in that layout)."""
         k_cache, v_cache = {"main": (self.k_cache, self.v_cache), "float": self.float_caches,
-                            "rows": self.rows_caches}[cache]
-        args = self.scales if cache == "main" and self.scales else self.layout if cache != "rows" else {}
+                            **self.alt_caches}[cache]
+        args = (self.scales if cache == "main" and self.scales else
+                {"kv_layout": cache} if cache in self.alt_caches else self.layout)
 
         def run():   # as the vLLM backend calls it; the timing loop pins the implementation
             with ops.trusted_inputs():
@@ -151,7 +154,7 @@ class Case:
 
     def varlen_native(self):
         """Prefill of one prompt as flash_attn_varlen over the same K/V (contiguous)."""
-        k_cache, v_cache = self.rows_caches or (self.k_cache, self.v_cache)
+        k_cache, v_cache = self.alt_caches.get("rows", (self.k_cache, self.v_cache))
         blocks = self.table[0, :-(-self.contexts[0] // BLOCK)].long()
         k = k_cache[blocks].flatten(0, 1)[:self.contexts[0]]
         v = v_cache[blocks].flatten(0, 1)[:self.contexts[0]]
@@ -184,9 +187,9 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
     if kv_quant is not None and "native" in impls:
         sides["native_float"] = case.ours("native", cache="float")
         scopes["native_float"] = pinned(attention="native")
-    if case.rows_caches is not None and kv_quant is None and "native" in impls:
-        sides["native_rows"] = case.ours("native", cache="rows")
-        scopes["native_rows"] = pinned(attention="native")
+    for layout in case.alt_caches if kv_quant is None and "native" in impls else ():
+        sides[f"native_{layout}"] = case.ours("native", cache=layout)
+        scopes[f"native_{layout}"] = pinned(attention="native")
     row["kv_layout"] = case.layout["kv_layout"]
     if kind == "decode":   # the roofline: a plain sum over as many bytes, same threads, in the same rounds
         plain = torch.ones(case.kv_bytes // 4)
@@ -213,8 +216,9 @@ def measure(kind: str, contexts: list[int], q_lens: list[int], dtype, vops, impl
         row["vllm_over_native"] = row["vllm_ms"] / row["native_ms"]
     if "native_ms" in row and "native_float_ms" in row:
         row["float_over_native"] = row["native_float_ms"] / row["native_ms"]
-    if "native_ms" in row and "native_rows_ms" in row:
-        row["rows_over_pairs"] = row["native_rows_ms"] / row["native_ms"]
+    for layout in ("rows", "pairs"):
+        if "native_ms" in row and f"native_{layout}_ms" in row:
+            row[f"{layout}_over_ours"] = row[f"native_{layout}_ms"] / row["native_ms"]
     for name in ("native", "vllm"):
         if kind == "decode" and f"{name}_GBps" in row:
             row[f"{name}_pct_of_read_bw"] = 100 * row[f"{name}_GBps"] / row["read_GBps"]
@@ -286,13 +290,15 @@ def main() -> int:
     print_table(f"decode, {args.dtype}{cache}, {result['threads']} threads, host read roofline "
                 f"{result['host_read_GBps']:.0f} GB/s",
                 [r for r in rows if r["kind"] == "decode"],
-                ["batch", "context", "kv_MiB", "native_ms", "native_rows_ms", "vllm_ms", "native_float_ms",
+                ["batch", "context", "kv_MiB", "native_ms", "native_rows_ms", "native_pairs_ms", "vllm_ms",
+                 "native_float_ms",
                  "native_GBps", "vllm_GBps", "read_GBps", "native_pct_of_read_bw", "vllm_pct_of_read_bw",
-                 "vllm_over_native", "rows_over_pairs", "float_over_native", "max_diff_vs_vllm"])
+                 "vllm_over_native", "rows_over_ours", "pairs_over_ours", "float_over_native", "max_diff_vs_vllm"])
     print_table("prefill / chunked prefill", [r for r in rows if r["kind"] != "decode"],
-                ["kind", "context", "new_tokens", "native_ms", "native_rows_ms", "native_varlen_ms", "vllm_ms",
+                ["kind", "context", "new_tokens", "native_ms", "native_rows_ms", "native_pairs_ms",
+                 "native_varlen_ms", "vllm_ms",
                  "native_float_ms", "reference_ms", "native_GFLOPs", "vllm_GFLOPs", "vllm_over_native",
-                 "rows_over_pairs", "float_over_native", "max_diff_vs_vllm"])
+                 "rows_over_ours", "pairs_over_ours", "float_over_native", "max_diff_vs_vllm"])
     name = f"cpu_attention_{args.dtype}" + (f"_{kv_quant}" if kv_quant else "")
     print("\nwrote", write_json(f"{name}.json", result))
     plot(result, os.path.join(out_dir(), f"{name}.png"))

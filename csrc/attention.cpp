@@ -41,7 +41,7 @@
 #include "attention_amx_tiled.h"
 #include "attention_rows.h"
 #include "attention_tiles.h"
-#include "key_tiles.h"
+#include "kv_tiles.h"
 #include "kv_dequant.h"
 #include "ops_namespace.h"
 #include "vec.h"
@@ -464,7 +464,9 @@ struct Problem {
   float scale, softcap;
   Window window;
   bool prefetch;                  // the call's K/V outgrow the last-level cache: stream with software prefetch
-  bool value_pairs = false;       // the value cache stores key pairs interleaved (kv_layout "pairs" / "tiles")
+  bool value_pairs = false;       // the value cache stores key pairs interleaved (kv_layout "pairs")
+  bool kv_tiles = false;          // the caches are in kv_layout "tiles" (kv_tiles.h)
+  int amx = -1;                   // whether the bfloat16 tiles run on AMX (-1: ask amx::usable per call)
   const float* sinks = nullptr;   // per query head sink logits (natural log), or none
   // per KV head factors of a quantised cache read as its stored values (kv_dequant.h): the
   // scores are multiplied by key_factor[h], the outputs by value_factor[h]; none = 1
@@ -475,12 +477,12 @@ struct Problem {
   float sink2(int64_t head) const { return sinks ? sinks[head] * LOG2E : NEG_INF; }
 };
 
-// Row sources of a kv_layout "tiles" cache (key_tiles::StagedRows): items the AMX tiled kernel
-// takes read the cache in place through their sources, other items read staged rows.
+// Row sources of a kv_layout "tiles" cache (kv_tiles::StagedRows): items the AMX tiled kernel
+// takes read the cache in place through the key source's pointers, other items read staged rows.
 template <typename R>
 struct is_tiles_rows : std::false_type {};
 template <typename S>
-struct is_tiles_rows<key_tiles::StagedRows<S>> : std::true_type {};
+struct is_tiles_rows<kv_tiles::StagedRows<S>> : std::true_type {};
 
 // Whether the AMX kernel over the "tiles" layout (attention_amx_tiled.h) takes a call.
 inline bool amx_tiled_takes(const Problem& p, bool amx) {
@@ -554,7 +556,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return work[a * splits].cost > work[b * splits].cost; });
   const float call_q_scale = p.softcap > 0.f ? p.scale : p.scale * LOG2E;
-  const bool amx = tiles::uses_amx<T>();   // read once per call
+  const bool amx = p.amx >= 0 ? p.amx != 0 : tiles::uses_amx<T>();   // read once per call
   const int64_t max_rows = tokens_per_tile * p.group;
   std::vector<float> part_out(splits > 1 ? work.size() * max_rows * p.dim_v : 0);
   std::vector<float> part_lse(splits > 1 ? work.size() * max_rows : 0);
@@ -594,7 +596,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     }
     // splits of a cache storing value pairs start on whole 32-key steps (pairs and AMX tiles; a
     // "tiles" cache's 32-key steps lie in one block)
-    const int64_t chunk = round_up((k_len[it.b] + splits - 1) / splits, p.value_pairs ? 32 : 1);
+    const int64_t chunk = round_up((k_len[it.b] + splits - 1) / splits, p.value_pairs || p.kv_tiles ? 32 : 1);
     const int64_t k0 = std::min(k_len[it.b], it.split * chunk);
     const int64_t k1 = std::min(k_len[it.b], k0 + chunk);
     const void* tile_q = raw_q ? static_cast<const void*>(g.q_raw.data()) : g.q.data();
@@ -603,7 +605,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     bool tiled = false;   // many rows: the tile kernel (rows stored as T only)
 #if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
     if constexpr (tiles_rows) {
-      if (amx_tiled) amx_tiled::attend(tile_item, k0, k1, keys.source, values.source, q_scale);
+      if (amx_tiled) amx_tiled::attend(tile_item, k0, k1, keys.source, q_scale);
       tiled = amx_tiled;
     }
 #endif
@@ -915,9 +917,9 @@ bool value_pairs_supported(int64_t dim_v) {
 
 // Whether a bfloat16 cache in kv_layout "tiles" of head dims (dim, dim_v) is read in place by
 // the AMX tiled kernel now (built, granted, not switched off); other calls read staged rows.
-bool key_tiles_in_place(int64_t dim, int64_t dim_v) {
+bool kv_tiles_in_place(int64_t dim, int64_t dim_v) {
 #if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
-  return amx::usable() && dim % 32 == 0 && dim_v % 32 == 0 && value_pairs_supported(dim_v);
+  return amx::usable() && dim % 32 == 0 && dim_v % 32 == 0;
 #else
   (void)dim, (void)dim_v;
   return false;
@@ -930,14 +932,12 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
                      const std::optional<at::Tensor>& lse, const std::optional<at::Tensor>& sinks,
                      const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale,
                      const std::optional<at::Tensor>& k_offset, const std::optional<at::Tensor>& v_offset,
-                     bool value_pairs, bool key_tiles) {
+                     bool value_pairs, bool kv_tiles) {
   check_tensors(q, k_cache, v_cache, 4, out, lse);
-  if (key_tiles) {
-    TORCH_CHECK(value_pairs, "key_tiles (kv_layout 'tiles') stores values as pairs: pass value_pairs=True too");
-    TORCH_CHECK(k_cache.scalar_type() == at::kBFloat16 && q.scalar_type() == at::kBFloat16,
-                "key_tiles: bfloat16 queries and caches only");
-    TORCH_CHECK(k_cache.size(1) % 32 == 0 && k_cache.size(3) % 32 == 0,
-                "key_tiles: block size and head dim must be multiples of 32, got ", k_cache.sizes());
+  if (kv_tiles) {
+    TORCH_CHECK(!value_pairs, "kv_tiles (kv_layout 'tiles') and value_pairs (kv_layout 'pairs') exclude each other");
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "kv_tiles: bfloat16 queries and caches only");
+    kv_tiles::check_caches(k_cache, v_cache);
   }
   if (value_pairs) {
     TORCH_CHECK(v_cache.scalar_type() == at::kBFloat16, "value_pairs: bfloat16 caches only, got ",
@@ -961,15 +961,18 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   p.sinks = sinks_ptr(sinks, p.hq);
   p.prefetch = kv_outgrows_cache(lens, p.hkv, p.dim, p.dim_v, q.element_size());
   p.value_pairs = value_pairs;
-  if (key_tiles) {
-    using Rows = key_tiles::StagedRows<PagedRows<c10::BFloat16>>;
+  if (kv_tiles) {   // in place on AMX (amx_tiled), else staged rows for the other kernels
+    p.kv_tiles = true;
+    p.amx = tiles::uses_amx<c10::BFloat16>();
+    using Rows = kv_tiles::StagedRows<PagedRows<c10::BFloat16>>;
     auto rows_of = [&](int64_t b, int64_t h) {
-      thread_local std::vector<c10::BFloat16> k_staging, v_staging;   // one fill() of any kernel (+ a partner slot)
-      const int64_t staged_rows = std::max(MAX_BLOCK_KEYS, tiles::MAX_FILL_KEYS) + 1;
+      thread_local std::vector<c10::BFloat16> k_staging, v_staging;   // one fill() of any kernel
+      const int64_t staged_rows = std::max(MAX_BLOCK_KEYS, tiles::MAX_FILL_KEYS);
       k_staging.resize(staged_rows * p.dim);
       v_staging.resize(staged_rows * p.dim_v);
       const auto [keys, values] = call.rows<c10::BFloat16>(b, h);
-      return std::pair{Rows{keys, p.dim, true, k_staging.data()}, Rows{values, p.dim_v, false, v_staging.data()}};
+      return std::pair{Rows{keys, p.dim, p.dim_v, true, k_staging.data()},
+                       Rows{values, p.dim, p.dim_v, false, v_staging.data()}};
     };
     run<c10::BFloat16>(p, q.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), lse_ptr(lse), q.size(0),
                        call.q_start, call.q_len, lens, rows_of);
@@ -1024,12 +1027,12 @@ ASCEND_EXT_LIBRARY(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("amx_usable() -> bool", [] { return ascend_ext::amx::usable(); });
   // whether paged_attention reads a bfloat16 value cache stored as key pairs (value_pairs=True)
   m.def("value_pairs_supported(int dim_v) -> bool", &ascend_ext::value_pairs_supported);
-  // whether paged_attention reads a "tiles" cache (key_tiles=True) in place, on AMX, now
-  m.def("key_tiles_in_place(int dim, int dim_v) -> bool", &ascend_ext::key_tiles_in_place);
+  // whether paged_attention reads a "tiles" cache (kv_tiles=True) in place, on AMX, now
+  m.def("kv_tiles_in_place(int dim, int dim_v) -> bool", &ascend_ext::kv_tiles_in_place);
   m.def("paged_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, Tensor seq_lens, "
         "Tensor cu_seqlens_q, float scale, int window_left, int window_right, float softcap, Tensor(a!) out, "
         "Tensor(b!)? lse, Tensor? sinks=None, Tensor? k_scale=None, Tensor? v_scale=None, Tensor? k_offset=None, "
-        "Tensor? v_offset=None, bool value_pairs=False, bool key_tiles=False) -> ()");
+        "Tensor? v_offset=None, bool value_pairs=False, bool kv_tiles=False) -> ()");
   m.def("flash_attn_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, float scale, "
         "int window_left, int window_right, float softcap, Tensor(a!) out, Tensor(b!)? lse, Tensor? sinks=None) -> ()");
 }

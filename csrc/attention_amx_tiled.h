@@ -1,22 +1,18 @@
-// AMX attention over a bfloat16 paged cache in kv_layout "tiles" (keys stored as AMX B
-// operands, values as key pairs): the standard operand order, for any number of rows.
+// AMX attention over a bfloat16 paged cache in kv_layout "tiles" (kv_tiles.h: every 32-key
+// step of a block is a run of contiguous 1 KiB B tiles, keys then values): the standard operand
+// order, for any number of rows.
 //
-//   S[M rows][32 keys] = Q[M][d] . K^T      A = query rows in place (bfloat16, row-major),
-//                                           B = the cache's key tiles in place;
+//   S[M rows][32 keys] = Q[M][d] . K^T      A = query rows (bfloat16, row-major),
+//                                           B = the step's key tiles in place;
 //   O[M rows][dv]     += P[M][32 keys] . V  A = probabilities (bfloat16 hi + lo, row-major),
-//                                           B = the cache's value pairs in place.
+//                                           B = the step's value tiles in place.
 //
-// Tiles hold M = min(16, rows) rows for A and C (a decode GQA group of 4 rows costs a quarter
-// of a 16-row product), so the scores come out one row per vector (softmax over 16 keys per
-// vector, no transposes) and no operand is copied except the value pairs of a 32-key step that a
-// sequence end cuts (keys past `end` may hold anything, NaN included: their pairs are rebuilt
-// with zeros; their scores are replaced by -inf).
-//
-// Cache layout (kv_layout.py): block sizes are multiples of 32, so every 32-key step lies in one
-// block and its 32 slots are evenly strided. Key tiles: slot j of a 16-key group holds, for each
-// 32-dim chunk r, the 64-byte row j of B tile r: keys 0..15 of the group x dims
-// (32 r + 2 j, 32 r + 2 j + 1). Value pairs: slots 2i and 2i + 1 hold keys 2i and 2i + 1
-// interleaved per dim, dims [0, dv/2) in slot 2i, [dv/2, dv) in slot 2i + 1.
+// Tiles hold M = min(16, rows) rows for A and C, so the scores come out one row per vector
+// (softmax over 16 keys per vector, no transposes) and no operand is copied except the value
+// tiles of a step that a sequence end cuts (keys past `end` may hold anything, NaN included:
+// their values are rebuilt as zeros, their scores replaced by -inf). The tile products cost the
+// same for 1 or 16 rows on the measured Xeon (16 cycles); what decode pays for is the tile
+// loads, which stream best from contiguous tiles.
 #pragma once
 
 #include "amx.h"
@@ -38,15 +34,13 @@ struct Scratch {
   alignas(64) float s[GROUP * BLOCK];         // one row group's raw scores of the block
   alignas(64) uint16_t phi[GROUP * BLOCK];    // its probabilities, bfloat16 hi and lo
   alignas(64) uint16_t plo[GROUP * BLOCK];
-  std::vector<uint16_t> cut;       // [32 slots][dv] the value pairs of a cut step, zero past `end`
+  std::vector<uint16_t> cut;       // [32 dv] the value tiles of a cut step, zero past `end`
 };
 
-// The block's 32-key steps: where each step's key groups and value pairs start (slot 0 of the
-// step) and the bytes from one slot to the next.
+// The block's 32-key steps: where each step's key tiles and value tiles start.
 struct Steps {
   const uint16_t* k[BLOCK / STEP];
   const uint16_t* v[BLOCK / STEP];
-  int64_t k_stride[BLOCK / STEP], v_stride[BLOCK / STEP];
 };
 
 // Tile configuration: A (0, 1) and C (4, 5) tiles of m rows, B (2, 3, 6, 7) tiles of 16 rows (two
@@ -75,18 +69,18 @@ inline void block_scores(const uint16_t* q, int64_t d, const Steps& st, int64_t 
   for (int64_t t = 0; t < steps; ++t) {
     _tile_zero(4);
     _tile_zero(5);
-    const uint16_t* k0 = st.k[t];
-    const uint16_t* k1 = k0 + 16 * st.k_stride[t] / 2;   // slot 16: the second key group
+    const uint16_t* k0 = st.k[t];          // tiles of keys 0..15: k0 + 512 r
+    const uint16_t* k1 = k0 + 16 * d;      // keys 16..31
     for (int64_t c = 0; c < d; c += 64) {   // d % 32 == 0: chunks of 32 dims, two at a time (B in 2, 3 / 6, 7)
       _tile_loadd(0, q + c, q_bytes);
-      _tile_loadd(2, k0 + c, st.k_stride[t]);
-      _tile_loadd(3, k1 + c, st.k_stride[t]);
+      _tile_loadd(2, k0 + 16 * c, TILE_BYTES);
+      _tile_loadd(3, k1 + 16 * c, TILE_BYTES);
       _tile_dpbf16ps(4, 0, 2);
       _tile_dpbf16ps(5, 0, 3);
       if (c + 32 < d) {
         _tile_loadd(1, q + c + 32, q_bytes);
-        _tile_loadd(6, k0 + c + 32, st.k_stride[t]);
-        _tile_loadd(7, k1 + c + 32, st.k_stride[t]);
+        _tile_loadd(6, k0 + 16 * (c + 32), TILE_BYTES);
+        _tile_loadd(7, k1 + 16 * (c + 32), TILE_BYTES);
         _tile_dpbf16ps(4, 1, 6);
         _tile_dpbf16ps(5, 1, 7);
       }
@@ -148,19 +142,14 @@ inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n
 // O[m rows][dv] += P . V over the block's steps (o: the group's output rows, stride dv), 32 dims
 // at a time.
 inline void block_values(const Scratch& w, float* o, int64_t dv, const Steps& st, int64_t steps) {
-  const int64_t o_bytes = dv * 4, half = dv / 2;
+  const int64_t o_bytes = dv * 4;
   for (int64_t c0 = 0; c0 < dv; c0 += 32) {   // dv % 32 == 0
     _tile_loadd(4, o + c0, o_bytes);
     _tile_loadd(5, o + c0 + 16, o_bytes);
     for (int64_t t = 0; t < steps; ++t) {
-      // dims c.. c + 15 of the pairs: slot 2i + (c >= dv / 2), element 2 (c mod dv / 2) (at dv 32
-      // the two chunks lie in different halves); rows 2 slots apart
-      auto pairs = [&](int64_t c) {
-        const int64_t h = c >= half;
-        return reinterpret_cast<const char*>(st.v[t]) + h * st.v_stride[t] + 4 * (c - h * half);
-      };
-      const char *b0 = pairs(c0), *b1 = pairs(c0 + 16);
-      const int64_t stride = 2 * st.v_stride[t];
+      const uint16_t* b0 = st.v[t] + 32 * c0;   // the tiles of dims c0 .. c0 + 15 and the next 16
+      const uint16_t* b1 = b0 + 512;
+      constexpr int64_t stride = TILE_BYTES;
       _tile_loadd(0, w.phi + STEP * t, BLOCK * 2);
       _tile_loadd(1, w.plo + STEP * t, BLOCK * 2);
       if (t % 2 == 0) {
@@ -184,21 +173,12 @@ inline void block_values(const Scratch& w, float* o, int64_t dv, const Steps& st
   }
 }
 
-// The value pairs of the step at slot `v` (stride bytes apart) with the keys from `valid` on
-// zeroed, copied to w.cut; returns its slot 0 (the cut step's slots are dv elements apart).
-inline const uint16_t* cut_pairs(Scratch& w, const uint16_t* v, int64_t stride, int64_t valid, int64_t dv) {
-  w.cut.resize(STEP * dv);
-  for (int64_t slot = 0; slot < STEP; ++slot) {
-    uint16_t* dst = w.cut.data() + slot * dv;
-    const int64_t pair_keys = std::clamp<int64_t>(valid - slot / 2 * 2, 0, 2);   // keys of the pair kept
-    const auto* src = reinterpret_cast<const uint16_t*>(reinterpret_cast<const char*>(v) + slot * stride);
-    if (pair_keys == 2) {
-      std::memcpy(dst, src, dv * 2);
-    } else {
-      std::memset(dst, 0, dv * 2);
-      for (int64_t e = 0; pair_keys == 1 && e < dv; e += 2) dst[e] = src[e];   // key 2i only
-    }
-  }
+// The value tiles of a step (at v) with the keys from `valid` on zeroed, copied to w.cut.
+inline const uint16_t* cut_values(Scratch& w, const uint16_t* v, int64_t valid, int64_t dv) {
+  w.cut.assign(v, v + STEP * dv);
+  for (int64_t ch = 0; ch < dv / 16; ++ch)
+    for (int64_t key = valid; key < STEP; ++key)   // row key / 2, elements 2 c + key % 2
+      for (int64_t c = 0; c < 16; ++c) w.cut[ch * 512 + 32 * (key / 2) + 2 * c + key % 2] = 0;
   return w.cut.data();
 }
 
@@ -207,11 +187,11 @@ __attribute__((noinline)) inline Scratch& thread_scratch() {
   return scratch;
 }
 
-// Attention of the item's rows over keys [begin, end) of one KV head. keys / values: paged row
-// sources (fill(first, n, out) -> slot pointers) of the "tiles" cache. q_scale turns raw q.k into
-// base-2 logits. Leaves m, l, acc of every row in `item` (acc zero and m -inf on entry).
+// Attention of the item's rows over keys [begin, end) of one KV head. keys: paged row source
+// (fill(first, n, out) -> slot pointers) into the K view of the "tiles" cache. q_scale turns raw
+// q.k into base-2 logits. Leaves m, l, acc of every row in `item` (acc zero and m -inf on entry).
 template <typename Rows>
-void attend(const tiles::Item& item, int64_t begin, int64_t end, const Rows& keys, const Rows& values, float q_scale) {
+void attend(const tiles::Item& item, int64_t begin, int64_t end, const Rows& keys, float q_scale) {
   Scratch& w = thread_scratch();
   const int64_t rows = item.rows, d = item.dim, dv = item.dim_v;
   const int64_t mrows = std::min<int64_t>(GROUP, rows), groups = (rows + mrows - 1) / mrows;
@@ -234,13 +214,10 @@ void attend(const tiles::Item& item, int64_t begin, int64_t end, const Rows& key
     const int64_t n = std::min(BLOCK, last - n0), steps = (n + STEP - 1) / STEP;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t k0 = n0 + STEP * t, valid = std::min(STEP, end - k0);
-      keys.fill(k0, 2, slots);
+      keys.fill(k0, 1, slots);   // the K part of the step's first slot: its region
       st.k[t] = reinterpret_cast<const uint16_t*>(slots[0]);
-      st.k_stride[t] = (slots[1] - slots[0]) * 2;
-      values.fill(k0, 2, slots);
-      st.v[t] = reinterpret_cast<const uint16_t*>(slots[0]);
-      st.v_stride[t] = (slots[1] - slots[0]) * 2;
-      if (valid < STEP) st.v[t] = cut_pairs(w, st.v[t], st.v_stride[t], valid, dv), st.v_stride[t] = dv * 2;
+      st.v[t] = st.k[t] + STEP * d;
+      if (valid < STEP) st.v[t] = cut_values(w, st.v[t], valid, dv);
     }
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t r0 = g * mrows, r1 = std::min(rows, r0 + mrows);

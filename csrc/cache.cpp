@@ -12,7 +12,7 @@
 #include <cstring>
 #include <initializer_list>
 
-#include "key_tiles.h"
+#include "kv_tiles.h"
 #include "ops_namespace.h"
 
 namespace ascend_ext {
@@ -74,29 +74,25 @@ void write_pairs(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slo
   });
 }
 
-// kv_layout "tiles" keys (16-bit, block size and head dim multiples of 32): token t at offset
-// o of its block is key o % 16 of the group whose slot 0 is slot o - o % 16 (key_tiles.h).
-void write_key_tiles(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slot_mapping) {
-  TORCH_CHECK(src.element_size() == 2 && cache.size(1) % 32 == 0 && cache.size(3) % 32 == 0 &&
-                  cache.stride(1) % 2 == 0 && cache.stride(2) % 2 == 0,
-              "key_tiles: 16-bit keys, block size and head dim multiples of 32, even strides");
-  const int64_t heads = src.size(1), words = src.size(2) / 2;
-  const auto* base = static_cast<const uint16_t*>(src.data_ptr());
-  const int64_t st = src.stride(0), sh = src.stride(1), ch = cache.stride(2) / 2, ct = cache.stride(1) / 2;
-  for_each_slot(slot_mapping, cache, [&](int64_t t, char* row, int64_t offset) {
-    const int64_t g = offset % key_tiles::GROUP;
-    uint32_t* slot0 = reinterpret_cast<uint32_t*>(row) - g * ct;   // in words
+// kv_layout "tiles" (kv_tiles.h; caches checked by kv_tiles::check_caches): token t at offset o
+// of its block is key o % 32 of the step region that starts at the K part of slot o - o % 32.
+void write_tiles(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, const at::Tensor& slot_mapping) {
+  const int64_t heads = key.size(1), d = key.size(2), dv = value.size(2);
+  const auto* k = static_cast<const uint16_t*>(key.data_ptr());
+  const auto* v = static_cast<const uint16_t*>(value.data_ptr());
+  const int64_t kt = key.stride(0), kh = key.stride(1), vt = value.stride(0), vh = value.stride(1);
+  const int64_t ch = k_cache.stride(2), ct = k_cache.stride(1);
+  for_each_slot(slot_mapping, k_cache, [&](int64_t t, char* row, int64_t offset) {
+    uint16_t* step = reinterpret_cast<uint16_t*>(row) - offset % kv_tiles::STEP * ct;
     for (int64_t h = 0; h < heads; ++h) {
-      uint32_t key[512];   // head dims up to 1024
-      TORCH_CHECK(words <= 512, "key_tiles: head dim up to 1024");
-      std::memcpy(key, base + t * st + h * sh, words * sizeof(uint32_t));
-      key_tiles::write_key(key, slot0 + h * ch, ct, g, words);
+      kv_tiles::write_key(k + t * kt + h * kh, step + h * ch, d, offset % kv_tiles::STEP);
+      kv_tiles::write_value(v + t * vt + h * vh, step + h * ch, d, dv, offset % kv_tiles::STEP);
     }
   });
 }
 
 void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
-                       const at::Tensor& slot_mapping, bool value_pairs, bool key_tiles) {
+                       const at::Tensor& slot_mapping, bool value_pairs, bool kv_tiles) {
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&key, &value, &k_cache, &v_cache}) {
     TORCH_CHECK(t->device().is_cpu(), "ascend_ext native reshape_and_cache: tensors must be on the CPU");
     TORCH_CHECK(t->stride(-1) == 1, "key, value and caches need a contiguous last (head) dim");
@@ -110,9 +106,12 @@ void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tenso
               "key/value shapes do not match the caches");
   TORCH_CHECK(slot_mapping.dim() == 1 && slot_mapping.numel() <= key.size(0) && slot_mapping.is_contiguous(),
               "slot_mapping must be a contiguous [N] tensor with N <= tokens");
-  TORCH_CHECK(!key_tiles || value_pairs, "key_tiles (kv_layout 'tiles') stores values as pairs: pass value_pairs=True");
-  if (key_tiles) write_key_tiles(key, k_cache, slot_mapping);
-  else write_rows(key, k_cache, slot_mapping);
+  if (kv_tiles) {
+    TORCH_CHECK(!value_pairs, "kv_tiles (kv_layout 'tiles') and value_pairs (kv_layout 'pairs') exclude each other");
+    kv_tiles::check_caches(k_cache, v_cache);
+    return write_tiles(key, value, k_cache, slot_mapping);
+  }
+  write_rows(key, k_cache, slot_mapping);
   if (value_pairs) write_pairs(value, v_cache, slot_mapping);
   else write_rows(value, v_cache, slot_mapping);
 }
@@ -147,7 +146,7 @@ void concat_and_cache_mla(const at::Tensor& kv_c, const at::Tensor& k_pe, at::Te
 
 ASCEND_EXT_LIBRARY_FRAGMENT(ASCEND_EXT_OPS_NAMESPACE, m) {
   m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
-        "Tensor slot_mapping, bool value_pairs=False, bool key_tiles=False) -> ()");
+        "Tensor slot_mapping, bool value_pairs=False, bool kv_tiles=False) -> ()");
   m.def("concat_and_cache_mla(Tensor kv_c, Tensor k_pe, Tensor(a!) kv_cache, Tensor slot_mapping) -> ()");
 }
 

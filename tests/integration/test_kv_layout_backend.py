@@ -6,7 +6,7 @@ ASCEND_EXT_KV_LAYOUT=rows; every step's write and read use the layer's one layou
 import pytest
 import torch
 
-from ascend_ext.backends.cpu.native import key_tiles_in_place, native_available, value_pairs_supported
+from ascend_ext.backends.cpu.native import kv_tiles_in_place, native_available, value_pairs_supported
 
 from ..ops.naive import assert_close, paged_f64
 from .vllm_runner import needs_vllm
@@ -68,15 +68,15 @@ def test_native_backend_keeps_bf16_caches_in_its_layout(env, amx, rng, monkeypat
     if env is not None:
         monkeypatch.setenv("ASCEND_EXT_KV_LAYOUT", env)
     layout, kv_cache, keys, values, results = _run({"attention": "native"}, rng)
-    in_place = key_tiles_in_place(D, D)   # AMX built, granted and not switched off
+    in_place = kv_tiles_in_place(D, D)   # AMX built, granted and not switched off
     assert layout == (env or ("tiles" if in_place else "pairs"))
     assert not in_place or amx == "1"
     for out, ref in results:
         assert_close(out, ref, torch.bfloat16)
-    blocks = torch.tensor([4])   # keys 0-29: [1, BS, HKV, D]
-    k_blocks, v_blocks = (kv_cache[..., part].transpose(1, 2)[blocks] for part in (slice(0, D), slice(D, None)))
-    k_stored = from_tiles(k_blocks) if layout == "tiles" else k_blocks
-    v_stored = from_pairs(v_blocks) if layout != "rows" else v_blocks
+    blocks = kv_cache.transpose(1, 2)[torch.tensor([4])]   # keys 0-29: [1, BS, HKV, 2 D]
+    k_stored, v_stored = from_tiles(blocks, D) if layout == "tiles" else (blocks[..., :D], blocks[..., D:])
+    if layout == "pairs":
+        v_stored = from_pairs(v_stored)
     assert torch.equal(k_stored.flatten(0, 1)[:30], keys)
     assert torch.equal(v_stored.flatten(0, 1)[:30], values)
 

@@ -51,8 +51,8 @@ def _in_backend_layout(combined):
     k_cache, v_cache = ops.split_kv_cache(combined, D)
     layout = ops.preferred_kv_layout(k_cache, v_cache)
     if layout == "tiles":
-        k_cache.copy_(to_tiles(k_cache.clone()))
-    if layout != "rows":
+        combined.transpose(1, 2).copy_(to_tiles(k_cache.clone(), v_cache.clone()))
+    elif layout == "pairs":
         v_cache.copy_(to_pairs(v_cache.clone()))
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from ascend_ext.integration import attention_backend_name
-from ascend_ext.backends.cpu.native import key_tiles_in_place, native_available, value_pairs_supported
+from ascend_ext.backends.cpu.native import kv_tiles_in_place, native_available, value_pairs_supported
 
 from ..conftest import SEED
 from .compare import assert_same_tokens
@@ -72,7 +72,7 @@ def test_bf16_value_pairs_generate_what_rows_generate(spec):
     bf16 = dict(spec, llm=dict(spec["llm"], dtype="bfloat16"))
     pairs = run_vllm(bf16, disable_plugin=False)
     rows = run_vllm(bf16, disable_plugin=False, extra_env={"ASCEND_EXT_KV_LAYOUT": "rows"})
-    ours = "tiles" if key_tiles_in_place(64, 64) else "pairs"
+    ours = "tiles" if kv_tiles_in_place(64, 64) else "pairs"
     assert f"kv_layout={ours}" in pairs["trace"] and "kv_layout=rows" not in pairs["trace"], pairs["trace"]
     assert "kv_layout=rows" in rows["trace"], rows["trace"]
     assert pairs["compilation_mode"] != "NONE"

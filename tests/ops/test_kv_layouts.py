@@ -96,30 +96,31 @@ def test_writer_stores_the_documented_layout(impl, block_size, memory, rng):
 
 @pytest.mark.parametrize("impl", ["reference", pytest.param("native", marks=NATIVE)])
 @pytest.mark.parametrize("block_size", [32, 64])
-@pytest.mark.parametrize("memory", ["head_major", "token_major", "combined"])
-def test_tiles_writer_stores_the_documented_layout(impl, block_size, memory, rng):
-    """"tiles": key g of the 16-key group at slot o - o % 16 (g = o % 16) has its word
-    (dim pair) 16 r + j in word 16 r + g of the group's slot j; values as in "pairs"; slots of
-    keys never written keep NaN words in every slot of their group."""
-    hkv, d = 2, 64
+@pytest.mark.parametrize("d", [64, 32])
+def test_tiles_writer_stores_the_documented_layout(impl, block_size, d, rng):
+    """"tiles": key k at offset o of its block lives in the step region of slots
+    o - o % 32 .. + 31 (their K and V parts, 32 (D + Dv) elements): element
+    (g D/32 + r) 512 + 32 j + 2 kg + t holds k[32 r + 2 j + t] for kk = o % 32 = 16 g + kg, and
+    element 32 D + (c // 16) 512 + 32 (kk // 2) + 2 (c % 16) + kk % 2 holds v[c]; elements of keys
+    never written stay NaN."""
+    hkv = 2
     keys = [randn((n, hkv, d), torch.bfloat16, rng) for n in (5, 40)]
     values = [randn((n, hkv, d), torch.bfloat16, rng) for n in (5, 40)]
-    k_cache, v_cache, table, _ = fill(keys, values, block_size, rng, impl, layout="tiles", memory=memory)
+    k_cache, v_cache, table, _ = fill(keys, values, block_size, rng, impl, layout="tiles", memory="combined")
+    both = k_cache.as_strided((*k_cache.shape[:3], 2 * d), k_cache.stride())
     written = 0
     for b, (k, v) in enumerate(zip(keys, values)):
         for j in range(k.shape[0]):
             blk, off = int(table[b, j // block_size]), j % block_size
-            group, g = off - off % 16, off % 16
-            for h, w in itertools.product(range(hkv), range(d // 2)):
-                slot, word = group + w % 16, 16 * (w // 16) + g
-                assert torch.equal(k_cache[blk, slot, h, 2 * word:2 * word + 2], k[j, h, 2 * w:2 * w + 2]), (b, j, h, w)
-            pair, t = off - off % 2, off % 2
-            for h, c in itertools.product(range(hkv), range(d)):
-                flat = 2 * c + t
-                assert v_cache[blk, pair + flat // d, h, flat % d] == v[j, h, c], (b, j, h, c)
+            first, kk = off - off % 32, off % 32
+            region = both[blk, first:first + 32].transpose(0, 1).reshape(hkv, -1)   # [H, 32 (D + Dv)]
+            g, kg = divmod(kk, 16)
+            for h, e in itertools.product(range(hkv), range(d)):
+                r, j2, t = e // 32, e % 32 // 2, e % 2
+                assert region[h, (g * d // 32 + r) * 512 + 32 * j2 + 2 * kg + t] == k[j, h, e], (b, j, h, e)
+                assert region[h, 32 * d + e // 16 * 512 + 32 * (kk // 2) + 2 * (e % 16) + kk % 2] == v[j, h, e]
             written += 1
-    assert int((~k_cache.isnan()).sum()) == written * hkv * d
-    assert int((~v_cache.isnan()).sum()) == written * hkv * d
+    assert int((~both.isnan()).sum()) == written * hkv * 2 * d
 
 
 def test_layout_helpers_invert_each_other(rng):
@@ -128,8 +129,12 @@ def test_layout_helpers_invert_each_other(rng):
     rows = randn((3, 32, 2, 64), torch.bfloat16, rng)
     assert torch.equal(from_pairs(to_pairs(rows)), rows)
     assert not torch.equal(to_pairs(rows), rows)
-    assert torch.equal(from_tiles(to_tiles(rows)), rows)
-    assert not torch.equal(to_tiles(rows), rows)
+    values = randn((3, 32, 2, 32), torch.bfloat16, rng)
+    tiled = to_tiles(rows, values)
+    assert tiled.shape == (3, 32, 2, 96)
+    k, v = from_tiles(tiled, 64)
+    assert torch.equal(k, rows) and torch.equal(v, values)
+    assert not torch.equal(tiled[..., :64], rows)
 
 
 CASES = {   # (keys, new queries) per sequence: odd lengths, a 1-key and an empty sequence, chunks
@@ -140,7 +145,7 @@ CASES = {   # (keys, new queries) per sequence: odd lengths, a 1-key and an empt
 
 BLOCKS = {   # block sizes and cache memory per layout ("tiles": multiples of 32)
     "pairs": [(16, "head_major"), (32, "combined"), (128, "combined"), (16, "token_major")],
-    "tiles": [(32, "head_major"), (32, "combined"), (128, "combined"), (64, "token_major")],
+    "tiles": [(32, "combined"), (64, "combined"), (128, "combined")],
 }
 
 
@@ -210,7 +215,7 @@ def test_reference_reads_layouts(layout, rng):
     seqs = [(77, 3), (5, 1)]
     keys = [randn((n, 2, 32), torch.bfloat16, rng) for n, _ in seqs]
     values = [randn((n, 2, 32), torch.bfloat16, rng) for n, _ in seqs]
-    k_cache, v_cache, table, lens = fill(keys, values, 32, rng, "reference", layout=layout)
+    k_cache, v_cache, table, lens = fill(keys, values, 32, rng, "reference", layout=layout, memory="combined")
     q = randn((4, 4, 32), torch.bfloat16, rng)
     with ops.use_impl(attention="reference"):
         got = ops.paged_attention(q, k_cache, v_cache, table, lens, cu([3, 1]), 3, kv_layout=layout)
@@ -235,10 +240,10 @@ def test_layout_ops_compile_fullgraph(impl, layout, rng):
         return ops.paged_attention(q, k_cache, v_cache, table, lens, cu([1, 1]), 1, kv_layout=layout)
 
     with ops.use_impl(attention=impl):
-        caches = (head_major(4, block, hkv, d), head_major(4, block, hkv, d))
+        caches = globals()["caches"]("combined", 4, block, hkv, d)
         expected = step(key, value, *caches)
         torch._dynamo.reset()
-        got_caches = (head_major(4, block, hkv, d), head_major(4, block, hkv, d))
+        got_caches = globals()["caches"]("combined", 4, block, hkv, d)
         got = torch.compile(step, fullgraph=True, backend="aot_eager")(key, value, *got_caches)
     torch.testing.assert_close(got, expected)
     for e, g in zip(caches, got_caches):
@@ -267,8 +272,14 @@ def test_pairs_bad_input(rng):
     with pytest.raises(ValueError, match="multiples of 32"):
         wide = head_major(2, 32, 2, 48)
         call(wide, "tiles", k_cache=wide, query=randn((1, 4, 48), torch.bfloat16, rng))
+    with pytest.raises(ValueError, match="two halves of one combined cache"):
+        call(head_major(2, 32, 2, 32), "tiles", k_cache=head_major(2, 32, 2, 32))
+    with pytest.raises(ValueError, match="two halves of one combined cache"):   # token-major slots
+        token_major = caches("token_major", 2, 32, 2, 32)
+        call(token_major[1], "tiles", k_cache=token_major[0])
     with pytest.raises(TypeError, match="q"):
-        call(head_major(2, 32, 2, 32), "tiles", k_cache=head_major(2, 32, 2, 32), query=q.float())
+        k_cache, v_cache = caches("combined", 2, 32, 2, 32)
+        call(v_cache, "tiles", k_cache=k_cache, query=q.float())
     with pytest.raises(ValueError, match="kv_layout must be one of"):
         ops.reshape_and_cache(q[:, :2], q[:, :2], good, good, torch.zeros(1, dtype=torch.int64), kv_layout="")
 
@@ -277,10 +288,10 @@ def test_pairs_bad_input(rng):
 def test_triton_refuses_layouts(layout, rng):
     """Implementations without the layout refuse it by name instead of reading rows."""
     q = randn((1, 4, 32), torch.bfloat16, rng)
-    cache = head_major(2, 32, 2, 32)
+    k_cache, v_cache = caches("combined", 2, 32, 2, 32)
     with ops.use_impl(paged_attention="triton"), pytest.raises(NotImplementedError, match=f"kv_layout '{layout}'"):
-        ops.paged_attention(q, cache, cache, torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
-                            cu([1]), 1, kv_layout=layout)
+        ops.paged_attention(q, k_cache, v_cache, torch.zeros(1, 1, dtype=torch.int32),
+                            torch.ones(1, dtype=torch.int32), cu([1]), 1, kv_layout=layout)
 
 
 @NATIVE
@@ -300,15 +311,39 @@ def test_raw_op_checks_pairs():
         f32 = torch.zeros(2, 16, 2, 32)
         torch.ops.ascend_ext_native.paged_attention(q.float(), f32, f32, table, lens, cu([1]), 0.1, -1, 0, 0.0,
                                                     out.float(), None, value_pairs=True)
-    block16 = torch.zeros(2, 16, 2, 32, dtype=torch.bfloat16)
-    block32 = torch.zeros(2, 32, 2, 32, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="multiples of 32"):
-        torch.ops.ascend_ext_native.paged_attention(q, block16, block16, table, lens, cu([1]), 0.1, -1, 0, 0.0,
-                                                    out, None, value_pairs=True, key_tiles=True)
-    for op_call in (lambda: torch.ops.ascend_ext_native.paged_attention(q, block32, block32, table, lens, cu([1]), 0.1,
-                                                                        -1, 0, 0.0, out, None, key_tiles=True),
-                    lambda: torch.ops.ascend_ext_native.reshape_and_cache(q[:, :2], q[:, :2], block32, block32,
-                                                                          torch.zeros(1, dtype=torch.int64),
-                                                                          key_tiles=True)):
-        with pytest.raises(RuntimeError, match="pass value_pairs=True"):
-            op_call()
+    native = torch.ops.ascend_ext_native
+    block16 = ops.split_kv_cache(torch.zeros(2, 2, 16, 64, dtype=torch.bfloat16), 32)
+    block32 = ops.split_kv_cache(torch.zeros(2, 2, 32, 64, dtype=torch.bfloat16), 32)
+    separate = torch.zeros(2, 32, 2, 32, dtype=torch.bfloat16)
+    slot = torch.zeros(1, dtype=torch.int64)
+    for caches_, match in ((block16, "multiples of 32"), ((separate, separate), "two halves of one combined cache")):
+        with pytest.raises(RuntimeError, match=match):
+            native.paged_attention(q, *caches_, table, lens, cu([1]), 0.1, -1, 0, 0.0, out, None, kv_tiles=True)
+        with pytest.raises(RuntimeError, match=match):
+            native.reshape_and_cache(q[:, :2], q[:, :2], *caches_, slot, kv_tiles=True)
+    with pytest.raises(RuntimeError, match="exclude each other"):
+        native.paged_attention(q, *block32, table, lens, cu([1]), 0.1, -1, 0, 0.0, out, None, value_pairs=True,
+                               kv_tiles=True)
+
+
+@NATIVE
+@pytest.mark.parametrize("amx", _amx_modes())
+@pytest.mark.parametrize("layout", ["pairs", "tiles"])
+def test_native_cascade_over_layouts(amx, layout, monkeypatch, rng):
+    """cascade_attention (a shared prefix pass whose query rows outnumber its keys, non-causal,
+    plus a suffix pass merged by lse) over a pairs / tiles cache matches float64."""
+    monkeypatch.setenv("ASCEND_EXT_NATIVE_AMX", amx)
+    bs, prefix_blocks, hq, hkv, d = 32, 2, 8, 2, 64
+    prefix_k, prefix_v = randn((64, hkv, d), torch.bfloat16, rng), randn((64, hkv, d), torch.bfloat16, rng)
+    seqs = [(1, 97), (3, 70), (1, 64 + 33)]
+    keys = [torch.cat([prefix_k, randn((n - 64, hkv, d), torch.bfloat16, rng)]) for _, n in seqs]
+    values = [torch.cat([prefix_v, randn((n - 64, hkv, d), torch.bfloat16, rng)]) for _, n in seqs]
+    k_cache, v_cache, table, lens = fill(keys, values, bs, rng, "native", layout=layout, memory="combined")
+    table[1:, :prefix_blocks] = table[0, :prefix_blocks]   # the shared prefix: the same physical blocks
+    q_lens = [lq for lq, _ in seqs]
+    q = randn((sum(q_lens), hq, d), torch.bfloat16, rng)
+    plan = ops.plan_cascade(table, lens, cu(q_lens), q.shape[0], bs, prefix_blocks)
+    with ops.use_impl(paged_attention="native"):
+        got = ops.cascade_attention(q, k_cache, v_cache, plan, cu(q_lens), max(q_lens), kv_layout=layout)
+    ref, _ = paged_f64(q, keys, values, [(n, lq) for lq, n in seqs], d ** -0.5)
+    assert_close(got, ref, torch.bfloat16)

@@ -13,10 +13,10 @@ NATIVE_OPS = ("flash_attn_varlen", "paged_attention", "reshape_and_cache", "mla_
 def _layout_pays(kv_layout: str, head_dim: int, head_dim_v: int) -> bool:
     """The native kernels read bf16 value pairs in place (AVX512-BF16 builds, Dv % 32 == 0), and
     a "tiles" cache in place where AMX runs (benchmarks/NOTES.md, "#19 key tiles")."""
-    from .native import key_tiles_in_place, value_pairs_supported
+    from .native import kv_tiles_in_place, value_pairs_supported
 
     if kv_layout == "tiles":
-        return key_tiles_in_place(head_dim, head_dim_v)
+        return kv_tiles_in_place(head_dim, head_dim_v)
     return kv_layout == "pairs" and value_pairs_supported(head_dim_v)
 
 

@@ -84,13 +84,13 @@ def flash_attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None,
                     kv_layout="rows"):
-    if kv_layout != "rows":
+    if kv_layout == "pairs":
         _require_pairs(v_cache)
     lse = _lse_buffer(q, return_lse)
     _ops().paged_attention(
         _last_dim_contiguous(q), k_cache, v_cache, block_table, seq_lens, cu_seqlens_q,
         softmax_scale, window[0], window[1], softcap, out, lse, _contiguous(sinks), *_channel_scales(kv_scales),
-        value_pairs=kv_layout != "rows", key_tiles=kv_layout == "tiles")
+        value_pairs=kv_layout == "pairs", kv_tiles=kv_layout == "tiles")
     return lse
 
 
@@ -101,17 +101,16 @@ def value_pairs_supported(head_dim_v: int) -> bool:
     return native_available("cpu") is None and bool(_ops().value_pairs_supported(head_dim_v))
 
 
-def key_tiles_in_place(head_dim: int, head_dim_v: int) -> bool:
+def kv_tiles_in_place(head_dim: int, head_dim_v: int) -> bool:
     """Whether this build reads a bfloat16 cache in the "tiles" layout in place (the AMX kernel:
-    built, granted by Linux, ``ASCEND_EXT_NATIVE_AMX`` not 0 now) at these head
-    dims; elsewhere the kernels read it through staged rows (correct, not faster)."""
-    return value_pairs_supported(head_dim_v) and bool(_ops().key_tiles_in_place(head_dim, head_dim_v))
+    built, granted by Linux, ``ASCEND_EXT_NATIVE_AMX`` not 0 now) at these head dims; elsewhere
+    the kernels read it through staged rows (correct, not faster)."""
+    return native_available("cpu") is None and bool(_ops().kv_tiles_in_place(head_dim, head_dim_v))
 
 
 def _require_pairs(v_cache: torch.Tensor) -> None:
     if not value_pairs_supported(v_cache.shape[3]):
-        raise NotImplementedError(f"the native CPU kernels of this build do not read value pairs (kv_layout "
-                                  f"'pairs' / 'tiles') at value "
+        raise NotImplementedError(f"the native CPU kernels of this build do not read kv_layout 'pairs' at value "
                                   f"head dim {v_cache.shape[3]} (AVX512-BF16 and a multiple of 32 needed); use "
                                   "kv_layout 'rows'")
 
@@ -142,7 +141,7 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=N
     if key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.stride(-1) != 1 or value.stride(-1) != 1:
         return reference.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, kv_layout=kv_layout)
     _ops().reshape_and_cache(key, value, k_cache, v_cache, slot_mapping.contiguous(),
-                             value_pairs=kv_layout != "rows", key_tiles=kv_layout == "tiles")
+                             value_pairs=kv_layout == "pairs", kv_tiles=kv_layout == "tiles")
 
 
 def concat_and_cache_mla(kv_c, k_pe, kv_cache, slot_mapping):

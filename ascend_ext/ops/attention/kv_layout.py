@@ -9,18 +9,25 @@
   layout of bfloat16 pair dot products (AVX512-BF16 ``vdpbf16ps``, AMX tiles), so the native
   CPU kernels read values in place instead of interleaving every block on every call
   (benchmarks/NOTES.md, "#19 value pairs").
-* ``"tiles"``: values as in ``"pairs"``; keys as AMX tile operands of ``S = Q K^T``: the 16
-  key slots of each 16-key group hold the group transposed per 16 x 16 block of dim pairs
-  (32-bit words): word ``16 r + g`` of slot ``j`` is word ``16 r + j`` of key ``g``, so slot
-  ``j`` is row ``j`` of the B tile of dims ``[32 r, 32 r + 32)``. The native AMX kernel reads
-  both caches in place in the standard operand order (scores one query row per vector, no
-  transposes; benchmarks/NOTES.md, "#19 key tiles").
+* ``"tiles"``: for vLLM's head-major combined cache, where the K and V rows of a slot are the two
+  halves of one row of ``D + Dv`` elements and the slot rows of a (block, KV head) are
+  contiguous: every 32-key step of a block owns its 32 slot rows (the "step region",
+  ``32 (D + Dv)`` elements) and holds there contiguous 1 KiB AMX B tiles, keys then values::
 
-``"pairs"`` needs bfloat16 caches and an even block size; ``"tiles"`` bfloat16 caches, block
-sizes and head dims that are multiples of 32. Any strides with a contiguous head dim (vLLM's
-combined cache, where a slot row holds K then V, included). A cache keeps one layout for its
-whole life: the writer and every reader must agree (the vLLM backend decides once per layer,
-:func:`preferred`).
+      keys   (g * D/32 + r) * 512 + 32 j + 2 kg + t  =  k[16 g + kg][32 r + 2 j + t]
+      values 32 D + (c // 16) * 512 + 32 i + 2 (c % 16) + t  =  v[2 i + t][c]
+
+  (B of S = Q K^T per 16 keys and 32 dims; B of O = P V per 16 key pairs and 16 dims). The
+  native AMX kernel reads both in place in the standard operand order (scores one query row
+  per vector, no transposes; contiguous tiles stream out of L3 1.5-2.6x faster than tiles
+  strided across slots: benchmarks/NOTES.md, "#19 key tiles").
+
+``"pairs"`` needs bfloat16 caches and an even block size, any strides with a contiguous head
+dim (vLLM's combined cache included); ``"tiles"`` bfloat16 caches, block sizes and head dims that
+are multiples of 32, and k_cache / v_cache as the halves of one combined cache with contiguous
+slot rows (``ops.split_kv_cache`` of a head-major ``[num_blocks, Hkv, block_size, 2 D]``). A cache
+keeps one layout for its whole life: the writer and every reader must agree (the vLLM backend
+decides once per layer, :func:`preferred`).
 """
 
 from __future__ import annotations
@@ -34,9 +41,22 @@ LAYOUT_ENV = "ASCEND_EXT_KV_LAYOUT"   # "auto" (default), "pairs" (at most) or "
 _MODES = ("auto", "pairs", "rows")
 
 
-def values_as_pairs(kv_layout: str) -> bool:
-    """Whether ``kv_layout`` stores values as key pairs."""
-    return kv_layout in ("pairs", "tiles")
+def combined(k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """The combined cache [num_blocks, block_size, Hkv, D + Dv] whose halves are k_cache and
+    v_cache (a view); ValueError when they are not its halves."""
+    _check_halves(k_cache, v_cache)
+    return k_cache.as_strided((*k_cache.shape[:3], k_cache.shape[3] + v_cache.shape[3]), k_cache.stride())
+
+
+def _check_halves(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    d, dv = k_cache.shape[3], v_cache.shape[3]
+    if not (v_cache.data_ptr() == k_cache.data_ptr() + d * k_cache.element_size()
+            and k_cache.stride(1) == v_cache.stride(1) == d + dv and k_cache.stride(0) == v_cache.stride(0)
+            and k_cache.stride(2) == v_cache.stride(2) and k_cache.stride(3) == v_cache.stride(3) == 1):
+        raise ValueError("kv_layout 'tiles' needs k_cache and v_cache to be the two halves of one combined cache "
+                         "whose slot rows (D + Dv) are contiguous per block and KV head (ops.split_kv_cache of a "
+                         f"head-major [num_blocks, Hkv, block_size, 2 D] cache), got strides {k_cache.stride()} / "
+                         f"{v_cache.stride()}")
 
 
 def check(kv_layout, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
@@ -54,6 +74,8 @@ def check(kv_layout, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     if kv_layout == "tiles" and (block_size % 32 or k_cache.shape[3] % 32 or v_cache.shape[3] % 32):
         raise ValueError(f"kv_layout 'tiles' needs block size and head dims that are multiples of 32, got "
                          f"k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
+    if kv_layout == "tiles" and not torch.compiler.is_compiling():   # (traced: checked by the op itself)
+        _check_halves(k_cache, v_cache)
 
 
 def preferred(k_cache: torch.Tensor, v_cache: torch.Tensor) -> str:
@@ -96,13 +118,27 @@ def from_pairs(pairs: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, block_size, heads, dv)
 
 
-def to_tiles(rows: torch.Tensor) -> torch.Tensor:
-    """Key blocks [n, block_size, H, D] in the ``"rows"`` layout -> the same blocks in
-    ``"tiles"`` (an involution: it is also the inverse)."""
-    n, block_size, heads, d = rows.shape
-    # [n, groups, key g, H, r, word j, 2] -> swap g and j
-    x = rows.reshape(n, block_size // 16, 16, heads, d // 32, 16, 2).transpose(2, 5)
-    return x.reshape(n, block_size, heads, d)
+def to_tiles(k_rows: torch.Tensor, v_rows: torch.Tensor) -> torch.Tensor:
+    """Key and value blocks [n, block_size, H, D / Dv] in the ``"rows"`` layout -> the combined
+    blocks [n, block_size, H, D + Dv] in ``"tiles"``."""
+    n, block_size, heads, d = k_rows.shape
+    dv, steps = v_rows.shape[3], block_size // 32
+    # keys: [n, S, g, kg, H, r, j, t] -> [n, S, H, g, r, j, kg, t]
+    k = k_rows.reshape(n, steps, 2, 16, heads, d // 32, 16, 2).permute(0, 1, 4, 2, 5, 6, 3, 7)
+    # values: [n, S, i, t, H, ch, c] -> [n, S, H, ch, i, c, t]
+    v = v_rows.reshape(n, steps, 16, 2, heads, dv // 16, 16).permute(0, 1, 4, 5, 2, 6, 3)
+    region = torch.cat([k.reshape(n, steps, heads, -1), v.reshape(n, steps, heads, -1)], dim=-1)
+    return region.reshape(n, steps, heads, 32, d + dv).permute(0, 1, 3, 2, 4).reshape(n, block_size, heads, d + dv)
 
 
-from_tiles = to_tiles
+def from_tiles(blocks: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`to_tiles`: combined blocks [n, block_size, H, D + Dv] in ``"tiles"``
+    -> (key rows [n, block_size, H, D], value rows [n, block_size, H, Dv])."""
+    n, block_size, heads, width = blocks.shape
+    dv, steps = width - d, block_size // 32
+    region = blocks.reshape(n, steps, 32, heads, width).permute(0, 1, 3, 2, 4).reshape(n, steps, heads, 32 * width)
+    k = region[..., :32 * d].reshape(n, steps, heads, 2, d // 32, 16, 16, 2)     # [n, S, H, g, r, j, kg, t]
+    v = region[..., 32 * d:].reshape(n, steps, heads, dv // 16, 16, 16, 2)       # [n, S, H, ch, i, c, t]
+    k_rows = k.permute(0, 1, 3, 6, 2, 4, 5, 7).reshape(n, block_size, heads, d)
+    v_rows = v.permute(0, 1, 4, 6, 2, 3, 5).reshape(n, block_size, heads, dv)
+    return k_rows, v_rows

@@ -12,7 +12,7 @@ import torch
 
 from .kv_quant import dequantize, quantize
 from .mask_rules import visible_mask
-from .kv_layout import from_pairs, from_tiles, to_pairs, to_tiles, values_as_pairs
+from .kv_layout import combined, from_pairs, from_tiles, to_pairs, to_tiles
 
 # bound on the float32 score block materialised at once (elements)
 _SCORE_BUDGET = 1 << 24
@@ -101,6 +101,14 @@ def gather_paged(cache: torch.Tensor, blocks: torch.Tensor, length: int, as_rows
     return (gathered if as_rows is None else as_rows(gathered)).flatten(0, 1)[:length]
 
 
+def gather_tiles(k_cache: torch.Tensor, v_cache: torch.Tensor, blocks: torch.Tensor,
+                 length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``length`` keys and values of a sequence in a "tiles" cache -> [length, H, D / Dv]."""
+    n = -(-length // k_cache.shape[1])
+    k, v = from_tiles(combined(k_cache, v_cache)[blocks[:n].long()], k_cache.shape[3])
+    return k.flatten(0, 1)[:length], v.flatten(0, 1)[:length]
+
+
 def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, max_seqlen_q, *,
                     softmax_scale, window, softcap, out, return_lse, max_seqlen_k=None, kv_scales=None, sinks=None,
                     kv_layout="rows"):
@@ -111,8 +119,11 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         q0, q1 = cq[b], cq[b + 1]
         if q1 == q0:
             continue
-        k = gather_paged(k_cache, block_table[b], length, from_tiles if kv_layout == "tiles" else None)
-        v = gather_paged(v_cache, block_table[b], length, from_pairs if values_as_pairs(kv_layout) else None)
+        if kv_layout == "tiles":
+            k, v = gather_tiles(k_cache, v_cache, block_table[b], length)
+        else:
+            k = gather_paged(k_cache, block_table[b], length)
+            v = gather_paged(v_cache, block_table[b], length, from_pairs if kv_layout == "pairs" else None)
         if kv_scales is not None:
             k = dequantize(k, kv_scales.k_scale, kv_scales.k_offset)
             v = dequantize(v, kv_scales.v_scale, kv_scales.v_offset)
@@ -132,17 +143,19 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping, *, kv_scales=N
     block_size = k_cache.shape[1]
     blocks, offsets = slots // block_size, slots % block_size
     key, value = key[:n][keep], value[:n][keep]
-    if kv_scales is None and kv_layout != "rows":   # the touched blocks as rows, written, converted back
+    if kv_scales is None and kv_layout == "tiles":   # the touched blocks as rows, written, tiled again
+        both = combined(k_cache, v_cache)
         touched, local = torch.unique(blocks, return_inverse=True)
-        key_layout = (from_tiles, to_tiles) if kv_layout == "tiles" else None
-        for cache, new, layout in ((k_cache, key, key_layout), (v_cache, value, (from_pairs, to_pairs))):
-            if layout is None:
-                cache[blocks, offsets] = new.to(cache.dtype)
-                continue
-            as_rows, from_rows = layout
-            rows = as_rows(cache[touched])
-            rows[local, offsets] = new.to(cache.dtype)
-            cache[touched] = from_rows(rows)
+        k_rows, v_rows = from_tiles(both[touched], k_cache.shape[3])
+        k_rows[local, offsets] = key.to(k_cache.dtype)
+        v_rows[local, offsets] = value.to(v_cache.dtype)
+        both[touched] = to_tiles(k_rows, v_rows)
+    elif kv_scales is None and kv_layout == "pairs":   # the touched value blocks as rows, written, re-paired
+        k_cache[blocks, offsets] = key.to(k_cache.dtype)
+        touched, local = torch.unique(blocks, return_inverse=True)
+        rows = from_pairs(v_cache[touched])
+        rows[local, offsets] = value.to(v_cache.dtype)
+        v_cache[touched] = to_pairs(rows)
     elif kv_scales is None:
         k_cache[blocks, offsets] = key.to(k_cache.dtype)
         v_cache[blocks, offsets] = value.to(v_cache.dtype)
