@@ -90,8 +90,27 @@ inline void block_scores(const uint16_t* q, int64_t d, const Steps& st, int64_t 
   }
 }
 
+// p = 2^(s * scale - m) of 16 keys -> phi / plo (bfloat16 hi + lo); returns p (0 off `mask`).
+template <bool MASKED>
+inline __m512 probabilities(const float* s, __mmask16 mask, __m512 scale, __m512 m, uint16_t* phi, uint16_t* plo) {
+  __m512 p;
+  if constexpr (MASKED) {
+    p = mask ? _mm512_maskz_mov_ps(mask, tiles::exp2(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, s), scale, m)))
+             : _mm512_setzero_ps();
+  } else {
+    p = tiles::exp2(_mm512_fmsub_ps(_mm512_loadu_ps(s), scale, m));
+  }
+  const __m256bh h = _mm512_cvtneps_pbh(p);
+  const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                           _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(h)), 16)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(phi), reinterpret_cast<__m256i>(h));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(plo), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(rest)));
+  return p;
+}
+
 // Online-softmax step of row r over the block's keys n0 + [0, 32 steps): keys outside
 // [lo, hi) (and past n) count as -inf; p = 2^(s * scale - m) into phi / plo (bfloat16 hi + lo).
+// Rows that see every key of the block (most rows of a prefill) take a path without masks.
 inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n, int64_t steps, int64_t lo,
                         int64_t hi, int64_t dv, float q_scale) {
   const float* s = w.s + r * BLOCK;
@@ -104,6 +123,7 @@ inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n
     std::memset(plo, 0, width * 2);
     return;
   }
+  const bool full = a == 0 && b == width;
   const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   auto seen = [&](int64_t j) {   // lanes of keys j .. j + 15 in [a, b)
@@ -111,9 +131,14 @@ inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n
     return static_cast<__mmask16>(_mm512_cmpge_epi32_mask(key, _mm512_set1_epi32(static_cast<int32_t>(a))) &
                                   _mm512_cmplt_epi32_mask(key, _mm512_set1_epi32(static_cast<int32_t>(b))));
   };
-  __m512 mx = minus_inf;
-  for (int64_t j = a & ~int64_t{15}; j < b; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(minus_inf, seen(j), s + j));
-  const float block_max = _mm512_reduce_max_ps(mx) * q_scale;
+  __m512 mx[2] = {minus_inf, minus_inf};
+  if (full) {
+    for (int64_t j = 0; j < width; j += 32)
+      mx[0] = _mm512_max_ps(mx[0], _mm512_loadu_ps(s + j)), mx[1] = _mm512_max_ps(mx[1], _mm512_loadu_ps(s + j + 16));
+  } else {
+    for (int64_t j = a & ~int64_t{15}; j < b; j += 16) mx[0] = _mm512_max_ps(mx[0], _mm512_mask_loadu_ps(minus_inf, seen(j), s + j));
+  }
+  const float block_max = _mm512_reduce_max_ps(_mm512_max_ps(mx[0], mx[1])) * q_scale;
   float& m = w.m[at];
   if (block_max > m + tiles::RESCALE_SLACK) {   // rescale the row's state to the new max
     const float alpha = std::exp2(m - block_max);   // 0 when m = -inf
@@ -124,19 +149,17 @@ inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n
     m = block_max;
   }
   const __m512 scale = _mm512_set1_ps(q_scale), m_sub = _mm512_set1_ps(m);
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < width; j += 16) {
-    const __mmask16 mask = seen(j);
-    __m512 p = _mm512_setzero_ps();
-    if (mask) p = _mm512_maskz_mov_ps(mask, tiles::exp2(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, s + j), scale, m_sub)));
-    sum = _mm512_add_ps(sum, p);
-    const __m256bh h = _mm512_cvtneps_pbh(p);
-    const __m512 rest = _mm512_sub_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                             _mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(h)), 16)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(phi + j), reinterpret_cast<__m256i>(h));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plo + j), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(rest)));
+  __m512 sum[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  if (full) {
+    for (int64_t j = 0; j < width; j += 32) {
+      sum[0] = _mm512_add_ps(sum[0], probabilities<false>(s + j, 0, scale, m_sub, phi + j, plo + j));
+      sum[1] = _mm512_add_ps(sum[1], probabilities<false>(s + j + 16, 0, scale, m_sub, phi + j + 16, plo + j + 16));
+    }
+  } else {
+    for (int64_t j = 0; j < width; j += 16)
+      sum[0] = _mm512_add_ps(sum[0], probabilities<true>(s + j, seen(j), scale, m_sub, phi + j, plo + j));
   }
-  w.l[at] += _mm512_reduce_add_ps(sum);
+  w.l[at] += _mm512_reduce_add_ps(_mm512_add_ps(sum[0], sum[1]));
 }
 
 // O[m rows][dv] += P . V over the block's steps (o: the group's output rows, stride dv), 32 dims
