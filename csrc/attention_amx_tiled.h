@@ -31,10 +31,12 @@ struct Scratch {
   std::vector<uint16_t> q;         // [row groups x M][d] the item's queries, zero rows past `rows`
   std::vector<float> o;            // [row groups x M][dv] unnormalised output
   std::vector<float> m, l;         // [row groups x M] base-2 running max, sum of p
-  alignas(64) float s[GROUP * BLOCK];         // one row group's raw scores of the block
-  alignas(64) uint16_t phi[GROUP * BLOCK];    // its probabilities, bfloat16 hi and lo
-  alignas(64) uint16_t plo[GROUP * BLOCK];
+  // two row groups in flight (pipeline): their raw scores of the block and probabilities
+  alignas(64) float s[2][GROUP * BLOCK];
+  alignas(64) uint16_t phi[2][GROUP * BLOCK];   // bfloat16 hi and lo
+  alignas(64) uint16_t plo[2][GROUP * BLOCK];
   std::vector<uint16_t> cut;       // [32 dv] the value tiles of a cut step, zero past `end`
+  std::vector<int64_t> active;     // the row groups that see the current block
 };
 
 // The block's 32-key steps: where each step's key tiles and value tiles start.
@@ -63,31 +65,29 @@ inline void configure(int m) {
   _tile_loadconfig(&configs[m]);
 }
 
-// Raw scores of `steps` steps for the m rows at q (row stride d): s[r][32 t + key].
-inline void block_scores(const uint16_t* q, int64_t d, const Steps& st, int64_t steps, float* s) {
+// Raw scores of step t for the m rows at q (row stride d): s[r][32 t + key].
+inline void step_scores(const uint16_t* q, int64_t d, const Steps& st, int64_t t, float* s) {
   const int64_t q_bytes = d * 2;
-  for (int64_t t = 0; t < steps; ++t) {
-    _tile_zero(4);
-    _tile_zero(5);
-    const uint16_t* k0 = st.k[t];          // tiles of keys 0..15: k0 + 512 r
-    const uint16_t* k1 = k0 + 16 * d;      // keys 16..31
-    for (int64_t c = 0; c < d; c += 64) {   // d % 32 == 0: chunks of 32 dims, two at a time (B in 2, 3 / 6, 7)
-      _tile_loadd(0, q + c, q_bytes);
-      _tile_loadd(2, k0 + 16 * c, TILE_BYTES);
-      _tile_loadd(3, k1 + 16 * c, TILE_BYTES);
-      _tile_dpbf16ps(4, 0, 2);
-      _tile_dpbf16ps(5, 0, 3);
-      if (c + 32 < d) {
-        _tile_loadd(1, q + c + 32, q_bytes);
-        _tile_loadd(6, k0 + 16 * (c + 32), TILE_BYTES);
-        _tile_loadd(7, k1 + 16 * (c + 32), TILE_BYTES);
-        _tile_dpbf16ps(4, 1, 6);
-        _tile_dpbf16ps(5, 1, 7);
-      }
+  _tile_zero(4);
+  _tile_zero(5);
+  const uint16_t* k0 = st.k[t];          // tiles of keys 0..15: k0 + 512 r
+  const uint16_t* k1 = k0 + 16 * d;      // keys 16..31
+  for (int64_t c = 0; c < d; c += 64) {   // d % 32 == 0: chunks of 32 dims, two at a time (B in 2, 3 / 6, 7)
+    _tile_loadd(0, q + c, q_bytes);
+    _tile_loadd(2, k0 + 16 * c, TILE_BYTES);
+    _tile_loadd(3, k1 + 16 * c, TILE_BYTES);
+    _tile_dpbf16ps(4, 0, 2);
+    _tile_dpbf16ps(5, 0, 3);
+    if (c + 32 < d) {
+      _tile_loadd(1, q + c + 32, q_bytes);
+      _tile_loadd(6, k0 + 16 * (c + 32), TILE_BYTES);
+      _tile_loadd(7, k1 + 16 * (c + 32), TILE_BYTES);
+      _tile_dpbf16ps(4, 1, 6);
+      _tile_dpbf16ps(5, 1, 7);
     }
-    _tile_stored(4, s + STEP * t, BLOCK * 4);
-    _tile_stored(5, s + STEP * t + 16, BLOCK * 4);
   }
+  _tile_stored(4, s + STEP * t, BLOCK * 4);
+  _tile_stored(5, s + STEP * t + 16, BLOCK * 4);
 }
 
 // p = 2^(s * scale - m) of 16 keys -> phi / plo (bfloat16 hi + lo); returns p (0 off `mask`).
@@ -111,11 +111,11 @@ inline __m512 probabilities(const float* s, __mmask16 mask, __m512 scale, __m512
 // Online-softmax step of row r over the block's keys n0 + [0, 32 steps): keys outside
 // [lo, hi) (and past n) count as -inf; p = 2^(s * scale - m) into phi / plo (bfloat16 hi + lo).
 // Rows that see every key of the block (most rows of a prefill) take a path without masks.
-inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n, int64_t steps, int64_t lo,
-                        int64_t hi, int64_t dv, float q_scale) {
-  const float* s = w.s + r * BLOCK;
-  uint16_t* phi = w.phi + r * BLOCK;
-  uint16_t* plo = w.plo + r * BLOCK;
+inline void row_softmax(Scratch& w, int buf, int64_t r, int64_t at, int64_t n0, int64_t n, int64_t steps,
+                        int64_t lo, int64_t hi, int64_t dv, float q_scale) {
+  const float* s = w.s[buf] + r * BLOCK;
+  uint16_t* phi = w.phi[buf] + r * BLOCK;
+  uint16_t* plo = w.plo[buf] + r * BLOCK;
   const int64_t width = STEP * steps;
   const int64_t a = std::clamp<int64_t>(lo - n0, 0, n), b = std::clamp<int64_t>(hi - n0, 0, n);
   if (a >= b) {   // the row sees none of the block's keys
@@ -162,38 +162,35 @@ inline void row_softmax(Scratch& w, int64_t r, int64_t at, int64_t n0, int64_t n
   w.l[at] += _mm512_reduce_add_ps(_mm512_add_ps(sum[0], sum[1]));
 }
 
-// O[m rows][dv] += P . V over the block's steps (o: the group's output rows, stride dv), 32 dims
-// at a time.
-inline void block_values(const Scratch& w, float* o, int64_t dv, const Steps& st, int64_t steps) {
+// O[m rows][c0, c0 + 32) += P . V over the block's steps (o: the group's output rows, stride dv).
+inline void chunk_values(const uint16_t* phi, const uint16_t* plo, float* o, int64_t dv, const Steps& st,
+                         int64_t steps, int64_t c0) {
   const int64_t o_bytes = dv * 4;
-  for (int64_t c0 = 0; c0 < dv; c0 += 32) {   // dv % 32 == 0
-    _tile_loadd(4, o + c0, o_bytes);
-    _tile_loadd(5, o + c0 + 16, o_bytes);
-    for (int64_t t = 0; t < steps; ++t) {
-      const uint16_t* b0 = st.v[t] + 32 * c0;   // the tiles of dims c0 .. c0 + 15 and the next 16
-      const uint16_t* b1 = b0 + 512;
-      constexpr int64_t stride = TILE_BYTES;
-      _tile_loadd(0, w.phi + STEP * t, BLOCK * 2);
-      _tile_loadd(1, w.plo + STEP * t, BLOCK * 2);
-      if (t % 2 == 0) {
-        _tile_loadd(2, b0, stride);
-        _tile_loadd(3, b1, stride);
-        _tile_dpbf16ps(4, 0, 2);
-        _tile_dpbf16ps(5, 0, 3);
-        _tile_dpbf16ps(4, 1, 2);
-        _tile_dpbf16ps(5, 1, 3);
-      } else {
-        _tile_loadd(6, b0, stride);
-        _tile_loadd(7, b1, stride);
-        _tile_dpbf16ps(4, 0, 6);
-        _tile_dpbf16ps(5, 0, 7);
-        _tile_dpbf16ps(4, 1, 6);
-        _tile_dpbf16ps(5, 1, 7);
-      }
+  _tile_loadd(4, o + c0, o_bytes);
+  _tile_loadd(5, o + c0 + 16, o_bytes);
+  for (int64_t t = 0; t < steps; ++t) {
+    const uint16_t* b0 = st.v[t] + 32 * c0;   // the tiles of dims c0 .. c0 + 15 and the next 16
+    const uint16_t* b1 = b0 + 512;
+    _tile_loadd(0, phi + STEP * t, BLOCK * 2);
+    _tile_loadd(1, plo + STEP * t, BLOCK * 2);
+    if (t % 2 == 0) {
+      _tile_loadd(2, b0, TILE_BYTES);
+      _tile_loadd(3, b1, TILE_BYTES);
+      _tile_dpbf16ps(4, 0, 2);
+      _tile_dpbf16ps(5, 0, 3);
+      _tile_dpbf16ps(4, 1, 2);
+      _tile_dpbf16ps(5, 1, 3);
+    } else {
+      _tile_loadd(6, b0, TILE_BYTES);
+      _tile_loadd(7, b1, TILE_BYTES);
+      _tile_dpbf16ps(4, 0, 6);
+      _tile_dpbf16ps(5, 0, 7);
+      _tile_dpbf16ps(4, 1, 6);
+      _tile_dpbf16ps(5, 1, 7);
     }
-    _tile_stored(4, o + c0, o_bytes);
-    _tile_stored(5, o + c0 + 16, o_bytes);
   }
+  _tile_stored(4, o + c0, o_bytes);
+  _tile_stored(5, o + c0 + 16, o_bytes);
 }
 
 // The value tiles of a step (at v) with the keys from `valid` on zeroed, copied to w.cut.
@@ -242,22 +239,47 @@ void attend(const tiles::Item& item, int64_t begin, int64_t end, const Rows& key
       st.v[t] = st.k[t] + STEP * d;
       if (valid < STEP) st.v[t] = cut_values(w, st.v[t], valid, dv);
     }
+    // The row groups that see the block, software-pipelined so that the tile unit works while
+    // the vector units run a softmax: during group i's softmax rows, group i-1's P.V chunks and
+    // group i+1's score steps are interleaved with them (two buffers of s / p; distinct groups,
+    // so a row's rescale never races a pending P.V of its own output).
+    std::vector<int64_t>& active = w.active;
+    active.clear();
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t r0 = g * mrows, r1 = std::min(rows, r0 + mrows);
       bool any = false;
-      for (int64_t r = r0; r < r1; ++r) any |= std::max(item.lo[r], begin) < std::min(item.hi[r], end) &&
-                                              item.lo[r] < n0 + n && item.hi[r] > n0;
-      if (!any) continue;
-      block_scores(w.q.data() + r0 * d, d, st, steps, w.s);
+      for (int64_t r = g * mrows; r < std::min(rows, (g + 1) * mrows); ++r)
+        any |= std::max(item.lo[r], begin) < std::min(item.hi[r], end) && item.lo[r] < n0 + n && item.hi[r] > n0;
+      if (any) active.push_back(g);
+    }
+    const int64_t count = static_cast<int64_t>(active.size());
+    auto scores_unit = [&](int64_t i, int64_t t) {
+      step_scores(w.q.data() + active[i] * mrows * d, d, st, t, w.s[i % 2]);
+    };
+    auto values_unit = [&](int64_t i, int64_t c0) {
+      chunk_values(w.phi[i % 2], w.plo[i % 2], w.o.data() + active[i] * mrows * dv, dv, st, steps, c0);
+    };
+    for (int64_t t = 0; count > 0 && t < steps; ++t) scores_unit(0, t);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t value_units = i > 0 ? dv / 32 : 0, units = value_units + (i + 1 < count ? steps : 0);
+      int64_t done = 0;
+      auto tile_work_until = [&](int64_t share) {   // the first `share` tile units of this round
+        for (; done < share; ++done) {
+          if (done < value_units) values_unit(i - 1, 32 * done);
+          else scores_unit(i + 1, done - value_units);
+        }
+      };
+      const int64_t r0 = active[i] * mrows, r1 = std::min(rows, r0 + mrows);
       for (int64_t r = r0; r < r0 + mrows; ++r) {
         if (r < r1)
-          row_softmax(w, r - r0, r, n0, n, steps, std::max(item.lo[r], begin), std::min(item.hi[r], end), dv,
-                      q_scale);
+          row_softmax(w, static_cast<int>(i % 2), r - r0, r, n0, n, steps, std::max(item.lo[r], begin),
+                      std::min(item.hi[r], end), dv, q_scale);
         else   // padding rows: p = 0
-          std::memset(w.phi + (r - r0) * BLOCK, 0, BLOCK * 2), std::memset(w.plo + (r - r0) * BLOCK, 0, BLOCK * 2);
+          std::memset(w.phi[i % 2] + (r - r0) * BLOCK, 0, BLOCK * 2),
+              std::memset(w.plo[i % 2] + (r - r0) * BLOCK, 0, BLOCK * 2);
+        tile_work_until(units * (r - r0 + 1) / mrows);
       }
-      block_values(w, w.o.data() + r0 * dv, dv, st, steps);
     }
+    for (int64_t c0 = 0; count > 0 && c0 < dv; c0 += 32) values_unit(count - 1, c0);
   }
   amx::release();
   for (int64_t r = 0; r < rows; ++r) {
