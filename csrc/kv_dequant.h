@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <cstring>
 
+#include "row_source.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -143,7 +144,7 @@ struct DequantRows {
   O* staging;
 
   void fill(int64_t first, int64_t n, const O** out) const {
-    each_row(first, n, [&](int64_t j, const C* stored) {
+    row_source::each_row(source, first, n, [&](int64_t j, const C* stored) {
       O* row = staging + j * dim;
       dequantize_row(stored, scale, offset, dim, row);
       out[j] = row;
@@ -152,22 +153,9 @@ struct DequantRows {
 
   // Software prefetch of the cache rows first .. first + n (the stored bytes, not staging).
   void prefetch(int64_t first, int64_t n) const {
-    each_row(first, n, [&](int64_t, const C* stored) {
+    row_source::each_row(source, first, n, [&](int64_t, const C* stored) {
       vec::prefetch_lines(stored, dim * static_cast<int64_t>(sizeof(C)));
     });
-  }
-
- private:
-  // fn(j, stored row first + j) for j < n, the row pointers resolved in chunks.
-  template <typename Fn>
-  void each_row(int64_t first, int64_t n, Fn fn) const {
-    constexpr int64_t kChunk = 64;
-    const C* raw[kChunk];
-    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-      const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
-      source.fill(first + j0, m, raw);
-      for (int64_t j = 0; j < m; ++j) fn(j0 + j, raw[j]);
-    }
   }
 };
 

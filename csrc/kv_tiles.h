@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "row_source.h"
 #include "vec.h"
 
 namespace ascend_ext {
@@ -82,7 +83,8 @@ struct StagedRows {
 
   void fill(int64_t first, int64_t n, const value_type** out) const {
     const int64_t len = keys ? d : dv;
-    each_slot(first, n, [&](int64_t j, const value_type* slot, int64_t block_offset) {
+    row_source::each_row(source, first, n, [&](int64_t j, const value_type* slot) {
+      const int64_t block_offset = (first + j) % source.block;
       // the step region starts at the K part of the step's first slot
       const auto* step = reinterpret_cast<const uint16_t*>(slot - (keys ? 0 : d) -
                                                            block_offset % STEP * source.stride_token);
@@ -95,21 +97,9 @@ struct StagedRows {
 
   // Software prefetch of the slot rows of keys first .. first + n (the stored lines).
   void prefetch(int64_t first, int64_t n) const {
-    each_slot(first, n, [&](int64_t, const value_type* slot, int64_t) {
+    row_source::each_row(source, first, n, [&](int64_t, const value_type* slot) {
       vec::prefetch_lines(slot, (keys ? d : dv) * static_cast<int64_t>(sizeof(value_type)));
     });
-  }
-
- private:
-  template <typename Fn>
-  void each_slot(int64_t first, int64_t n, Fn fn) const {
-    constexpr int64_t kChunk = 64;
-    const value_type* raw[kChunk];
-    for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
-      const int64_t m = n - j0 < kChunk ? n - j0 : kChunk;
-      source.fill(first + j0, m, raw);
-      for (int64_t j = 0; j < m; ++j) fn(j0 + j, raw[j], (first + j0 + j) % source.block);
-    }
   }
 };
 
