@@ -241,7 +241,7 @@ class AscendExtAttentionImpl(AttentionImpl[AscendExtAttentionMetadata]):
 
     def _caches(self, layer, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """(k_cache, v_cache) op views of vLLM's combined cache and the cache arguments of every
-        op that reads or writes it: the scales of a quantised cache, else its value layout."""
+        op that reads or writes it: the scales of a quantised cache, else its layout (kv_layout)."""
         if self.kv_quant is None:
             k_cache, v_cache = ops.split_kv_cache(kv_cache, self.head_size)
             if self._layout is None:   # "tiles" / "pairs" where the native CPU kernels write and read it

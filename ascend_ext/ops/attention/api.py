@@ -101,9 +101,10 @@ def paged_attention(q, k_cache, v_cache, block_table, seq_lens, cu_seqlens_q, ma
         causal, window_size, softmax_scale, softcap, return_lse, out, sinks: as in
             :func:`flash_attn_varlen` (causal bottom-right, so decode sees the whole cache).
         kv_layout: how the caches store their blocks: "rows" (vLLM's), "pairs" (values as key
-            pairs interleaved per dim) or "tiles" (also keys as AMX tile operands); both need
-            bfloat16 (see :mod:`.kv_layout`). As written by :func:`reshape_and_cache` with the
-            same kv_layout.
+            pairs interleaved per dim) or "tiles" (each 32-key step of a block as contiguous AMX
+            tiles, keys then values; k_cache / v_cache the halves of one combined cache); both
+            need bfloat16 (see :mod:`.kv_layout`). As written by :func:`reshape_and_cache` with
+            the same kv_layout.
 
     Returns:
         out [Tq, Hq, Dv], plus lse float32 [Hq, Tq] when ``return_lse``.
