@@ -59,7 +59,7 @@ $(VENV030)/.installed: pyproject.toml setup.py $(VENV)/.installed
 # (the eager Llama case and the bf16 whole-prompt MLA case are left to the main job: this job
 # checks vLLM 0.30's default mode; its float32 chunked MLA case prefills whole prompts too)
 test-vllm030: $(VENV030)/.installed
-	$(VENV030)/bin/python -m pytest -k "not eager and not whole_prefill and not bf16_value_pairs" \
+	$(VENV030)/bin/python -m pytest -k "not eager and not whole_prefill and not bf16_own_layouts" \
 		tests/integration/test_plugin_discovery.py \
 		tests/integration/test_compat.py tests/integration/test_vllm_e2e.py \
 		tests/integration/test_vllm_mla_e2e.py tests/npu/test_vllm_ascend_real.py

@@ -10,7 +10,7 @@ from ascend_ext.integration import attention_backend_name
 from ascend_ext.backends.cpu.native import kv_tiles_in_place, native_available, value_pairs_supported
 
 from ..conftest import SEED
-from .compare import assert_same_tokens
+from .compare import assert_same_tokens, check_logprobs_close
 from .models import build_tiny_llama
 from .vllm_runner import needs_vllm, run_vllm
 
@@ -63,17 +63,23 @@ def test_greedy_tokens_match_vllm_cpu_backend(spec, theirs, enforce_eager):
 
 @pytest.mark.skipif(native_available("cpu") is not None or not value_pairs_supported(64),
                     reason="the native kernels of this build do not read value pairs")
-def test_bf16_value_pairs_generate_what_rows_generate(spec):
+def test_bf16_own_layouts_generate_what_rows_generate(spec):
     """bfloat16 in vLLM's default mode: the backend keeps its caches in its own layout ("tiles"
-    on AMX hosts, else "pairs"; written and read by the native kernels) and generates the very
-    tokens of the "rows" layout (values interleaved per call instead): chunked prefill,
-    prefix-cache hits and decode all read it. (Against vLLM's own bf16 CPU kernel tokens differ
-    by rounding.)"""
-    bf16 = dict(spec, llm=dict(spec["llm"], dtype="bfloat16"))
-    pairs = run_vllm(bf16, disable_plugin=False)
+    on AMX hosts, else "pairs"; written and read by the native kernels) and generates what the
+    "rows" layout generates: chunked prefill, prefix-cache hits and decode all read it. "pairs"
+    runs the rows kernels' arithmetic on values read in place: the very tokens. "tiles" runs
+    another kernel (AMX over the tiles; its logprobs differ by up to ~0.03 in this bf16 model, as
+    our AMX and AVX-512 paths of the rows layout do between themselves): vLLM's rule,
+    tokens agree until a near-tie (each side's token among the other's top 5). (Against vLLM's
+    own bf16 CPU kernel tokens differ by rounding.)"""
+    bf16 = dict(spec, logprobs=5, llm=dict(spec["llm"], dtype="bfloat16"))
+    own = run_vllm(bf16, disable_plugin=False)
     rows = run_vllm(bf16, disable_plugin=False, extra_env={"ASCEND_EXT_KV_LAYOUT": "rows"})
     ours = "tiles" if kv_tiles_in_place(64, 64) else "pairs"
-    assert f"kv_layout={ours}" in pairs["trace"] and "kv_layout=rows" not in pairs["trace"], pairs["trace"]
+    assert f"kv_layout={ours}" in own["trace"] and "kv_layout=rows" not in own["trace"], own["trace"]
     assert "kv_layout=rows" in rows["trace"], rows["trace"]
-    assert pairs["compilation_mode"] != "NONE"
-    assert [o["token_ids"] for o in pairs["outputs"]] == [o["token_ids"] for o in rows["outputs"]]
+    assert own["compilation_mode"] != "NONE"
+    if ours == "pairs":
+        assert [o["token_ids"] for o in own["outputs"]] == [o["token_ids"] for o in rows["outputs"]]
+    else:
+        check_logprobs_close(own["outputs"], rows["outputs"], chosen_atol=0.1)
