@@ -5,9 +5,10 @@
 // __AMX_TILE__ and __AMX_BF16__) and used only when, at run time, Linux grants the process
 // the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once per process) and
 // ASCEND_EXT_NATIVE_AMX is not "0" (read per call: tests and benchmarks A/B both paths).
-// Every kernel tile is 16 rows x 64 bytes (16 x 32 bfloat16 operands, 16 x 16 float32
-// accumulators); a thread loads that configuration before its first tile instruction of a
-// work item and releases the tiles after its last one.
+// The tiles of attention_tiles.h are 16 rows x 64 bytes (16 x 32 bfloat16 operands, 16 x 16
+// float32 accumulators; configure() below); attention_amx_tiled.h loads its own configuration
+// (A and C tiles of min(16, rows) rows). A thread loads a configuration before its first tile
+// instruction of a work item and releases the tiles after its last one.
 #pragma once
 
 #include <cstdint>

@@ -17,12 +17,13 @@
 
 #include "amx.h"
 #include "attention_tiles.h"
+#include "kv_tiles.h"
 
 namespace ascend_ext {
 namespace amx_tiled {
 
 #if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
-constexpr int64_t STEP = 32;     // keys per tile step (two 16-key groups, 16 key pairs)
+constexpr int64_t STEP = kv_tiles::STEP;   // keys per tile step (two 16-key groups, 16 key pairs)
 constexpr int64_t BLOCK = 128;   // keys per softmax block: P.V accumulators load once per block
 constexpr int64_t GROUP = 16;    // rows per tile
 constexpr int TILE_BYTES = 64;
