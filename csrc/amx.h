@@ -44,13 +44,15 @@ inline bool usable() {
 constexpr int ROWS = 16;        // rows of every tile
 constexpr int ROW_BYTES = 64;   // bytes per tile row: 32 bfloat16 or 16 float32
 
+// The 64-byte operand of ldtilecfg (palette 1): bytes per row and rows of each tile.
+struct alignas(64) Config {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
 // Loads the kernels' tile configuration (all eight tiles 16 x 64 bytes) into this thread.
 inline void configure() {
-  struct alignas(64) Config {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-  };
   static const Config config = [] {
     Config c;
     for (int t = 0; t < 8; ++t) c.colsb[t] = ROW_BYTES, c.rows[t] = ROWS;

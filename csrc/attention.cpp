@@ -466,7 +466,6 @@ struct Problem {
   bool prefetch;                  // the call's K/V outgrow the last-level cache: stream with software prefetch
   bool value_pairs = false;       // the value cache stores key pairs interleaved (kv_layout "pairs")
   bool kv_tiles = false;          // the caches are in kv_layout "tiles" (kv_tiles.h)
-  int amx = -1;                   // whether the bfloat16 tiles run on AMX (-1: ask amx::usable per call)
   const float* sinks = nullptr;   // per query head sink logits (natural log), or none
   // per KV head factors of a quantised cache read as its stored values (kv_dequant.h): the
   // scores are multiplied by key_factor[h], the outputs by value_factor[h]; none = 1
@@ -484,9 +483,10 @@ struct is_tiles_rows : std::false_type {};
 template <typename S>
 struct is_tiles_rows<kv_tiles::StagedRows<S>> : std::true_type {};
 
-// Whether the AMX kernel over the "tiles" layout (attention_amx_tiled.h) takes a call.
-inline bool amx_tiled_takes(const Problem& p, bool amx) {
-  return amx && p.softcap <= 0.f && p.dim % 32 == 0 && p.dim_v % 32 == 0;
+// Whether the AMX kernel over the "tiles" layout (attention_amx_tiled.h) takes a call: built,
+// AMX usable (`amx`, read once per call), no softcap, head dims multiples of 32.
+inline bool amx_tiled_takes(int64_t dim, int64_t dim_v, float softcap, bool amx) {
+  return amx_tiled::BUILT && amx && softcap <= 0.f && dim % 32 == 0 && dim_v % 32 == 0;
 }
 
 struct WorkItem {
@@ -556,7 +556,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t a, int64_t b) { return work[a * splits].cost > work[b * splits].cost; });
   const float call_q_scale = p.softcap > 0.f ? p.scale : p.scale * LOG2E;
-  const bool amx = p.amx >= 0 ? p.amx != 0 : tiles::uses_amx<T>();   // read once per call
+  const bool amx = tiles::uses_amx<T>();   // read once per call
   const int64_t max_rows = tokens_per_tile * p.group;
   std::vector<float> part_out(splits > 1 ? work.size() * max_rows * p.dim_v : 0);
   std::vector<float> part_lse(splits > 1 ? work.size() * max_rows : 0);
@@ -580,7 +580,7 @@ void run(const Problem& p, const T* q, T* out, float* lse, int64_t total_tokens,
     constexpr bool raw_q = sizeof(T) == sizeof(uint16_t);
     constexpr bool rows_of_t = std::is_same_v<typename std::decay_t<decltype(keys)>::value_type, T>;
     constexpr bool tiles_rows = is_tiles_rows<std::decay_t<decltype(keys)>>::value;
-    const bool amx_tiled = tiles_rows && amx_tiled_takes(p, amx);
+    const bool amx_tiled = tiles_rows && amx_tiled_takes(p.dim, p.dim_v, p.softcap, amx);
     const bool raw_tiles = raw_q && (amx_tiled || (rows_of_t && tiles::takes<T>(p.dim, p.dim_v, p.softcap, rows, amx)));
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t t = it.t0 + r / p.group;
@@ -918,12 +918,7 @@ bool value_pairs_supported(int64_t dim_v) {
 // Whether a bfloat16 cache in kv_layout "tiles" of head dims (dim, dim_v) is read in place by
 // the AMX tiled kernel now (built, granted, not switched off); other calls read staged rows.
 bool kv_tiles_in_place(int64_t dim, int64_t dim_v) {
-#if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
-  return amx::usable() && dim % 32 == 0 && dim_v % 32 == 0;
-#else
-  (void)dim, (void)dim_v;
-  return false;
-#endif
+  return amx_tiled_takes(dim, dim_v, 0.f, tiles::uses_amx<c10::BFloat16>());
 }
 
 void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -963,7 +958,6 @@ void paged_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::T
   p.value_pairs = value_pairs;
   if (kv_tiles) {   // in place on AMX (amx_tiled), else staged rows for the other kernels
     p.kv_tiles = true;
-    p.amx = tiles::uses_amx<c10::BFloat16>();
     using Rows = kv_tiles::StagedRows<PagedRows<c10::BFloat16>>;
     auto rows_of = [&](int64_t b, int64_t h) {
       thread_local std::vector<c10::BFloat16> k_staging, v_staging;   // one fill() of any kernel

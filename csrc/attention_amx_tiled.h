@@ -23,6 +23,7 @@ namespace ascend_ext {
 namespace amx_tiled {
 
 #if defined(ASCEND_EXT_AMX) && defined(__AVX512BF16__)
+constexpr bool BUILT = true;   // this build has the kernel (AMX and AVX512-BF16)
 constexpr int64_t STEP = kv_tiles::STEP;   // keys per tile step (two 16-key groups, 16 key pairs)
 constexpr int64_t BLOCK = 128;   // keys per softmax block: P.V accumulators load once per block
 constexpr int64_t GROUP = 16;    // rows per tile
@@ -50,13 +51,8 @@ struct Steps {
 // of B tiles taking turns measured no faster: 231 vs 245 us for a 128-row prefill item, decode
 // even.)
 inline void configure(int m) {
-  struct alignas(64) Config {
-    uint8_t palette = 1, start_row = 0, reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-  };
   static const auto configs = [] {
-    std::vector<Config> all(GROUP + 1);
+    std::vector<amx::Config> all(GROUP + 1);
     for (int rows = 1; rows <= GROUP; ++rows)
       for (int t = 0; t < 6; ++t) {
         all[rows].colsb[t] = TILE_BYTES;
@@ -72,12 +68,10 @@ inline void step_scores(const uint16_t* q, int64_t d, const Steps& st, int64_t t
   const int64_t q_bytes = d * 2;
   _tile_zero(4);
   _tile_zero(5);
-  const uint16_t* k0 = st.k[t];          // tiles of keys 0..15: k0 + 512 r
-  const uint16_t* k1 = k0 + 16 * d;      // keys 16..31
   for (int64_t c = 0; c < d; c += 32) {   // d % 32 == 0: chunks of 32 dims
     _tile_loadd(0, q + c, q_bytes);
-    _tile_loadd(2, k0 + 16 * c, TILE_BYTES);
-    _tile_loadd(3, k1 + 16 * c, TILE_BYTES);
+    _tile_loadd(2, st.k[t] + kv_tiles::key_tile(d, 0, c / 32), TILE_BYTES);   // keys 0..15
+    _tile_loadd(3, st.k[t] + kv_tiles::key_tile(d, 1, c / 32), TILE_BYTES);   // keys 16..31
     _tile_dpbf16ps(4, 0, 2);
     _tile_dpbf16ps(5, 0, 3);
   }
@@ -164,8 +158,8 @@ inline void chunk_values(const uint16_t* phi, const uint16_t* plo, float* o, int
   _tile_loadd(4, o + c0, o_bytes);
   _tile_loadd(5, o + c0 + 16, o_bytes);
   for (int64_t t = 0; t < steps; ++t) {
-    const uint16_t* b0 = st.v[t] + 32 * c0;   // the tiles of dims c0 .. c0 + 15 and the next 16
-    const uint16_t* b1 = b0 + 512;
+    const uint16_t* b0 = st.v[t] + kv_tiles::value_tile(0, c0 / 16);       // dims c0 .. c0 + 15
+    const uint16_t* b1 = st.v[t] + kv_tiles::value_tile(0, c0 / 16 + 1);   // the next 16
     _tile_loadd(0, phi + STEP * t, BLOCK * 2);
     _tile_loadd(1, plo + STEP * t, BLOCK * 2);
     _tile_loadd(2, b0, TILE_BYTES);
@@ -183,8 +177,8 @@ inline void chunk_values(const uint16_t* phi, const uint16_t* plo, float* o, int
 inline const uint16_t* cut_values(Scratch& w, const uint16_t* v, int64_t valid, int64_t dv) {
   w.cut.assign(v, v + STEP * dv);
   for (int64_t ch = 0; ch < dv / 16; ++ch)
-    for (int64_t key = valid; key < STEP; ++key)   // row key / 2, elements 2 c + key % 2
-      for (int64_t c = 0; c < 16; ++c) w.cut[ch * 512 + 32 * (key / 2) + 2 * c + key % 2] = 0;
+    for (int64_t key = valid; key < STEP; ++key)   // (the step's value tiles, from value_tile(d, 0))
+      for (int64_t c = 0; c < 16; ++c) w.cut[kv_tiles::value_element(0, key, 16 * ch + c)] = 0;
   return w.cut.data();
 }
 
@@ -222,7 +216,7 @@ void attend(const tiles::Item& item, int64_t begin, int64_t end, const Rows& key
       const int64_t k0 = n0 + STEP * t, valid = std::min(STEP, end - k0);
       keys.fill(k0, 1, slots);   // the K part of the step's first slot: its region
       st.k[t] = reinterpret_cast<const uint16_t*>(slots[0]);
-      st.v[t] = st.k[t] + STEP * d;
+      st.v[t] = st.k[t] + kv_tiles::value_tile(d, 0);
       if (valid < STEP) st.v[t] = cut_values(w, st.v[t], valid, dv);
     }
     // The row groups that see the block, software-pipelined so that the tile unit works while
@@ -274,6 +268,8 @@ void attend(const tiles::Item& item, int64_t begin, int64_t end, const Rows& key
     std::memcpy(item.acc + r * item.acc_stride, w.o.data() + r * dv, dv * sizeof(float));
   }
 }
+#else
+constexpr bool BUILT = false;
 #endif
 
 }  // namespace amx_tiled

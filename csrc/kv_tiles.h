@@ -23,12 +23,18 @@ namespace kv_tiles {
 
 constexpr int64_t STEP = 32;   // keys per step region (whole steps lie in one block)
 
-// Offsets in a step region (in 32-bit words for keys, 16-bit elements for values).
+// Where a tile starts in a step region (16-bit elements; every tile is 16 rows of 32 elements):
+// the key tile of keys [16 g, 16 g + 16) x dims [32 r, 32 r + 32), the value tile of dims
+// [16 ch, 16 ch + 16) x the 32 keys.
+inline int64_t key_tile(int64_t d, int64_t g, int64_t r) { return (g * (d / 32) + r) * 512; }
+inline int64_t value_tile(int64_t d, int64_t ch) { return 32 * d + ch * 512; }
+
+// Offsets of one element in a step region (in 32-bit words for keys, 16-bit elements for values).
 inline int64_t key_word(int64_t d, int64_t key, int64_t word) {
-  return (key / 16 * (d / 32) + word / 16) * 256 + 16 * (word % 16) + key % 16;
+  return key_tile(d, key / 16, word / 16) / 2 + 16 * (word % 16) + key % 16;
 }
 inline int64_t value_element(int64_t d, int64_t key, int64_t c) {
-  return 32 * d + c / 16 * 512 + 32 * (key / 2) + 2 * (c % 16) + key % 2;
+  return value_tile(d, c / 16) + 32 * (key / 2) + 2 * (c % 16) + key % 2;
 }
 
 // The caches of a "tiles" call: bfloat16 K and V views that are the halves of one combined cache
